@@ -1,0 +1,208 @@
+//! The agent's one `Config`: built from an optional YAML file, then `WEFT_*` environment
+//! variables, then flags (later wins), and validated once before anything starts.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+/// Why a configuration was refused; each names the setting to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("node name is empty: set --node-name or WEFT_NODE_NAME")]
+    NoNodeName,
+    #[error(
+        "admin address {0} is not loopback: the admin API must stay on 127.0.0.1 (--admin-addr)"
+    )]
+    AdminNotLoopback(SocketAddr),
+    #[error("excluded port {0} is one of the agent's own ports (15001, 15006, 15008)")]
+    ExcludedAgentPort(u16),
+    #[error("{0} excluded ports given; at most {max} fit the kernel map", max = weft_common::MAX_EXCLUDED_PORTS)]
+    TooManyExcludedPorts(usize),
+    #[error("no configuration source: give --manifests DIR for local mode")]
+    NoSource,
+}
+
+/// Where namespaces, pods, services and policies come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A folder of Kubernetes YAML manifests, re-read when it changes.
+    Local { dir: PathBuf },
+}
+
+/// The validated configuration of one agent.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_name: String,
+    pub source: Source,
+    /// Folder on a bpffs where programs, links and maps are pinned.
+    pub bpffs_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub admin_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub readiness_addr: SocketAddr,
+    pub excluded_ports: Vec<u16>,
+    pub trust_domain: String,
+}
+
+/// The file form: every field optional, overridden by env and flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FileConfig {
+    pub node_name: Option<String>,
+    pub manifests: Option<PathBuf>,
+    pub bpffs_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub admin_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub readiness_addr: Option<SocketAddr>,
+    pub excluded_ports: Option<Vec<u16>>,
+    pub trust_domain: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Lays `over` (env and flags) on top of the file and validates the result.
+    pub fn merge(self, over: Self) -> Result<Config, ConfigError> {
+        let config = Config {
+            node_name: over.node_name.or(self.node_name).unwrap_or_default(),
+            source: Source::Local {
+                dir: over
+                    .manifests
+                    .or(self.manifests)
+                    .ok_or(ConfigError::NoSource)?,
+            },
+            bpffs_dir: over
+                .bpffs_dir
+                .or(self.bpffs_dir)
+                .unwrap_or_else(|| "/sys/fs/bpf/weft".into()),
+            state_dir: over
+                .state_dir
+                .or(self.state_dir)
+                .unwrap_or_else(|| "/var/lib/weft".into()),
+            admin_addr: over
+                .admin_addr
+                .or(self.admin_addr)
+                .unwrap_or(([127, 0, 0, 1], 15000).into()),
+            metrics_addr: over
+                .metrics_addr
+                .or(self.metrics_addr)
+                .unwrap_or(([0, 0, 0, 0], 15020).into()),
+            readiness_addr: over
+                .readiness_addr
+                .or(self.readiness_addr)
+                .unwrap_or(([0, 0, 0, 0], 15021).into()),
+            excluded_ports: over
+                .excluded_ports
+                .or(self.excluded_ports)
+                .unwrap_or_default(),
+            trust_domain: over
+                .trust_domain
+                .or(self.trust_domain)
+                .unwrap_or_else(|| "cluster.local".into()),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_name.trim().is_empty() {
+            return Err(ConfigError::NoNodeName);
+        }
+        if !self.admin_addr.ip().is_loopback() {
+            return Err(ConfigError::AdminNotLoopback(self.admin_addr));
+        }
+        if self.excluded_ports.len() > weft_common::MAX_EXCLUDED_PORTS as usize {
+            return Err(ConfigError::TooManyExcludedPorts(self.excluded_ports.len()));
+        }
+        let own = [
+            weft_common::OUTBOUND_PORT,
+            weft_common::INBOUND_PORT,
+            weft_common::HBONE_PORT,
+        ];
+        if let Some(port) = self.excluded_ports.iter().find(|p| own.contains(p)) {
+            return Err(ConfigError::ExcludedAgentPort(*port));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(node: &str) -> FileConfig {
+        FileConfig {
+            node_name: Some(node.into()),
+            manifests: Some("/m".into()),
+            ..FileConfig::default()
+        }
+    }
+
+    #[test]
+    fn flags_override_file_and_defaults_apply() {
+        let file = FileConfig {
+            node_name: Some("from-file".into()),
+            trust_domain: Some("corp".into()),
+            ..FileConfig::default()
+        };
+        let config = file.merge(flags("node-a")).expect("valid");
+        assert_eq!(config.node_name, "node-a");
+        assert_eq!(config.trust_domain, "corp");
+        assert_eq!(config.admin_addr, ([127, 0, 0, 1], 15000).into());
+    }
+
+    #[test]
+    fn refuses_public_admin_and_agent_ports() {
+        let over = FileConfig {
+            admin_addr: Some(([0, 0, 0, 0], 15000).into()),
+            ..flags("n")
+        };
+        assert!(matches!(
+            FileConfig::default().merge(over),
+            Err(ConfigError::AdminNotLoopback(_))
+        ));
+        let over = FileConfig {
+            excluded_ports: Some(vec![22, 15008]),
+            ..flags("n")
+        };
+        assert!(matches!(
+            FileConfig::default().merge(over),
+            Err(ConfigError::ExcludedAgentPort(15008))
+        ));
+        assert!(matches!(
+            FileConfig::default().merge(flags(" ")),
+            Err(ConfigError::NoNodeName)
+        ));
+    }
+
+    #[test]
+    fn unknown_file_fields_are_errors() {
+        let parsed: Result<FileConfig, _> = serde_yaml::from_str("nodeName: a\nbogus: 1\n");
+        assert!(parsed.is_err());
+    }
+}

@@ -1,0 +1,139 @@
+//! A small client and server to run inside harness pods: connect and report the addresses the
+//! socket saw, stream bytes with a checksum, and serve a checksum echo.
+#![forbid(unsafe_code)]
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Connect, print `local=<addr> peer=<addr>` and close.
+    Connect { addr: SocketAddr },
+    /// Send `bytes` of a deterministic pattern, half-close, read the peer's reply until EOF and
+    /// print `sent=<n> sent_sum=<x> received=<n> received_sum=<x> peer=<addr>`.
+    Send { addr: SocketAddr, bytes: u64 },
+    /// Accept connections forever; for each, read to EOF, then write back what it read and close.
+    /// The reply is preceded by one line: `peer=<addr> received=<n> sum=<x>`.
+    Serve { addr: SocketAddr },
+}
+
+/// FNV-1a: cheap, order-sensitive, good enough to prove bytes arrived intact and in order.
+#[derive(Clone, Copy)]
+struct Checksum(u64);
+
+impl Checksum {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+    fn update(&mut self, data: &[u8]) {
+        for b in data {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+fn pattern(offset: u64, buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        let n = offset + i as u64;
+        *b = (n.wrapping_mul(31) ^ (n >> 8)) as u8;
+    }
+}
+
+fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connect to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(60)))?;
+    Ok(stream)
+}
+
+fn send(addr: SocketAddr, total: u64) -> anyhow::Result<()> {
+    let mut stream = connect(addr)?;
+    let peer = stream.peer_addr()?;
+    let reader = stream.try_clone()?;
+    let receiver = std::thread::spawn(move || -> anyhow::Result<(u64, u64)> {
+        let mut reader = reader;
+        let mut sum = Checksum::new();
+        let mut received = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = reader.read(&mut buf).context("reading reply")?;
+            if n == 0 {
+                return Ok((received, sum.0));
+            }
+            received += n as u64;
+            sum.update(&buf[..n]);
+        }
+    });
+    let mut sum = Checksum::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    while sent < total {
+        let n = usize::try_from((total - sent).min(buf.len() as u64))?;
+        pattern(sent, &mut buf[..n]);
+        stream.write_all(&buf[..n]).context("sending")?;
+        sum.update(&buf[..n]);
+        sent += n as u64;
+    }
+    stream.shutdown(Shutdown::Write)?;
+    let (received, received_sum) = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    println!(
+        "sent={sent} sent_sum={:x} received={received} received_sum={received_sum:x} peer={peer}",
+        sum.0
+    );
+    Ok(())
+}
+
+fn serve(addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let peer = stream.peer_addr()?;
+            let mut data = Vec::new();
+            stream.read_to_end(&mut data)?;
+            let mut sum = Checksum::new();
+            sum.update(&data);
+            // The reply starts only after the client's half-close was seen: that proves the
+            // half-close crossed every hop while the other direction stayed open.
+            stream.write_all(
+                format!("peer={peer} received={} sum={:x}\n", data.len(), sum.0).as_bytes(),
+            )?;
+            stream.write_all(&data)?;
+            stream.shutdown(Shutdown::Write)?;
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    match Args::parse().command {
+        Cmd::Connect { addr } => {
+            let stream = connect(addr)?;
+            println!(
+                "local={} peer={}",
+                stream.local_addr()?,
+                stream.peer_addr()?
+            );
+            Ok(())
+        }
+        Cmd::Send { addr, bytes } => send(addr, bytes),
+        Cmd::Serve { addr } => serve(addr),
+    }
+}

@@ -1,0 +1,153 @@
+//! `cargo xtask setup`: makes a fresh machine able to build and test Weft. Idempotent: each
+//! step checks first and does nothing when its part is already there.
+
+use std::{fs, path::PathBuf, process::Command};
+
+use anyhow::{bail, Context as _};
+
+use crate::shell;
+
+/// Debian packages the tests and the demo use.
+const PACKAGES: &[&str] = &[
+    "iproute2",
+    "curl",
+    "nghttp2-client",
+    "iperf3",
+    "tcpdump",
+    "tshark",
+    "bpftool",
+    "openssl",
+    "procps",
+];
+
+pub fn run() -> anyhow::Result<()> {
+    check_machine()?;
+    ensure_nightly()?;
+    ensure_bpf_linker()?;
+    ensure_packages()?;
+    weft_harness::cluster::ensure_bpffs()?;
+    eprintln!("setup: this machine can build and test Weft");
+    Ok(())
+}
+
+/// Stops with one sentence naming what is missing and how to get it.
+fn check_machine() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("Weft's set-up, tests and demo need root (they install packages, create network namespaces and load eBPF): run `sudo -E cargo xtask …`.");
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        bail!("This kernel exposes no BTF (/sys/kernel/btf/vmlinux): use Linux 6.1 or newer built with CONFIG_DEBUG_INFO_BTF=y.");
+    }
+    if !std::path::Path::new("/proc/sys/kernel/unprivileged_bpf_disabled").exists() {
+        bail!("This kernel has no BPF syscall (CONFIG_BPF_SYSCALL): use Linux 6.1 or newer with BPF enabled.");
+    }
+    if weft_harness::cgroup::cgroup2_mount().is_none() {
+        bail!("No cgroup v2 is mounted (see /proc/mounts): mount one with `mount -t cgroup2 none /sys/fs/cgroup` or boot with systemd.unified_cgroup_hierarchy=1.");
+    }
+    Ok(())
+}
+
+fn ensure_nightly() -> anyhow::Result<()> {
+    let toolchains = shell::output(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is needed to manage the nightly toolchain for kernel programs")?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        shell::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let components = shell::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        shell::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// The nightly toolchain's own libLLVM, and its full version (e.g. `22.1-rust-1.97.0-nightly`).
+fn nightly_llvm() -> anyhow::Result<(PathBuf, String)> {
+    let sysroot = shell::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let lib = PathBuf::from(sysroot.trim()).join("lib");
+    for entry in fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(version) = name.strip_prefix("libLLVM.so.") {
+            return Ok((lib.join(&name), version.to_owned()));
+        }
+    }
+    bail!("the nightly toolchain ships no libLLVM.so.* in {}: reinstall it with `rustup toolchain install nightly`", lib.display())
+}
+
+/// bpf-linker built against the nightly's own libLLVM, so both agree on the LLVM version.
+fn ensure_bpf_linker() -> anyhow::Result<()> {
+    let (libllvm, version) = nightly_llvm()?;
+    let major = version.split('.').next().unwrap_or_default().to_owned();
+    let cache =
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/weft");
+    let marker = cache.join("bpf-linker.llvm");
+    let linker_ok = shell::succeeds(Command::new("bpf-linker").arg("--version"));
+    if linker_ok && fs::read_to_string(&marker).is_ok_and(|m| m.trim() == version) {
+        return Ok(());
+    }
+    let prefix = cache.join("llvm");
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)?;
+    for link in [
+        prefix_lib.join("libLLVM.so"),
+        prefix_lib.join(format!("libLLVM.so.{version}")),
+    ] {
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    eprintln!("setup: building bpf-linker against LLVM {version} (about a minute)");
+    shell::run(
+        shell::cargo(None)
+            .args([
+                "install",
+                "--force",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    fs::write(&marker, &version)?;
+    Ok(())
+}
+
+fn ensure_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !shell::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_ok_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+    shell::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    shell::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
