@@ -6,23 +6,18 @@ use std::{env, fs, path::PathBuf};
 
 fn main() {
     println!("cargo::rerun-if-env-changed=WEFT_BPF_OBJECT");
-    println!("cargo::rustc-check-cfg=cfg(weft_bpf_stub)");
-    let out =
-        PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("weft-ebpf.o");
-    match env::var_os("WEFT_BPF_OBJECT") {
-        Some(path) => {
-            let path = PathBuf::from(path);
-            println!("cargo::rerun-if-changed={}", path.display());
-            fs::copy(&path, &out).unwrap_or_else(|e| {
-                panic!(
-                    "WEFT_BPF_OBJECT={} cannot be read ({e}): run `cargo xtask build`",
-                    path.display()
-                )
-            });
+    let out_dir = env::var_os("OUT_DIR").expect("cargo sets OUT_DIR");
+    let out = PathBuf::from(out_dir).join("weft-ebpf.o");
+    if let Some(path) = env::var_os("WEFT_BPF_OBJECT") {
+        let path = PathBuf::from(path);
+        println!("cargo::rerun-if-changed={}", path.display());
+        if let Err(e) = fs::copy(&path, &out) {
+            panic!(
+                "WEFT_BPF_OBJECT={} cannot be read ({e}): run `cargo xtask build`",
+                path.display()
+            );
         }
-        None => {
-            fs::write(&out, b"").expect("writing the stand-in object");
-            println!("cargo::rustc-cfg=weft_bpf_stub");
-        }
+    } else {
+        fs::write(&out, b"").expect("writing the stand-in object");
     }
 }

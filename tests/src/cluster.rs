@@ -312,7 +312,7 @@ impl Cluster {
     }
 
     /// Starts a program in a node's netns (e.g. the agent); stopped by PID on drop.
-    pub fn spawn_in_node(&self, node: &NodeHandle, command: Command) -> anyhow::Result<u32> {
+    pub fn spawn_in_node(&self, node: &NodeHandle, command: &Command) -> anyhow::Result<u32> {
         let program = command.get_program().to_owned();
         let args: Vec<_> = command.get_args().map(ToOwned::to_owned).collect();
         let mut wrapped = Command::new("ip");

@@ -150,8 +150,7 @@ fn kernel_program_acts_on_connections_from_inside_the_pod_only() {
         .expect("run");
     assert!(
         netns_only.status.success(),
-        "same netns outside the pod cgroup is untouched: {:?}",
-        netns_only
+        "same netns outside the pod cgroup is untouched: {netns_only:?}"
     );
 
     let seen: HashMap<_, u64, u64> =

@@ -1,6 +1,13 @@
 //! `cargo xtask test`: set-up, formatting, clippy with warnings denied, then every test,
 //! privileged ones included (they fail, never skip, under CI=true).
 
+use std::{
+    io::{BufRead as _, BufReader},
+    process::Stdio,
+};
+
+use anyhow::Context as _;
+
 use crate::{build, setup, shell};
 
 pub fn run() -> anyhow::Result<()> {
@@ -21,15 +28,55 @@ pub fn run() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The harness refuses to skip under CI=true; outside CI it still runs as root here
-    // because set-up checked for it.
-    shell::run(build::user_cargo().args([
+    let totals = run_tests()?;
+    // One closing line for people and for CI: every test binary's results added up.
+    println!("tests: {} passed, {} failed", totals.passed, totals.failed);
+    anyhow::ensure!(
+        totals.failed == 0 && totals.ok,
+        "some tests failed (see above)"
+    );
+    anyhow::ensure!(totals.passed > 0, "no test ran");
+    Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ok: bool,
+}
+
+/// Runs `cargo test`, echoing its output, and adds up its `test result:` lines.
+fn run_tests() -> anyhow::Result<Totals> {
+    let mut cmd = build::user_cargo();
+    cmd.args([
         "test",
         "--workspace",
         "--all-features",
         "--",
         "--test-threads=2",
-    ]))?;
-    eprintln!("xtask test: formatting, clippy and all tests passed (privileged tests included)");
-    Ok(())
+    ]);
+    eprintln!("+ cargo test --workspace --all-features -- --test-threads=2");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let mut totals = Totals::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            totals.passed += count_before(rest, " passed");
+            totals.failed += count_before(rest, " failed");
+        }
+    }
+    totals.ok = child.wait()?.success();
+    Ok(totals)
+}
+
+fn count_before(text: &str, label: &str) -> u64 {
+    text.find(label)
+        .and_then(|end| text[..end].rsplit([' ', '.', ';']).next()?.parse().ok())
+        .unwrap_or(0)
 }

@@ -23,7 +23,8 @@ pub struct OrigDst {
     pub ip_be: u32,
     /// Port in host byte order.
     pub port: u16,
-    pub _pad: u16,
+    /// Zero; makes the layout explicit.
+    pub pad: u16,
 }
 
 /// Identifies one captured connection from the agent's side: the pod's network namespace and
@@ -34,7 +35,8 @@ pub struct OrigDstKey {
     pub netns_cookie: u64,
     /// Port in host byte order.
     pub src_port: u16,
-    pub _pad: [u8; 6],
+    /// Zero; makes the layout explicit.
+    pub pad: [u8; 6],
 }
 
 /// Per enrolled pod settings, keyed by the pod's network-namespace cookie.

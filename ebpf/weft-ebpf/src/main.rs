@@ -141,7 +141,7 @@ pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
     let orig = OrigDst {
         ip_be: dst_ip_be,
         port: dst_port,
-        _pad: 0,
+        pad: 0,
     };
     if ORIG_DST_BY_COOKIE.insert(&cookie, &orig, 0).is_err() {
         // Refuse rather than let the connection bypass the agent.
@@ -197,7 +197,7 @@ pub fn weft_sockops(ctx: SockOpsContext) -> u32 {
     let key = OrigDstKey {
         netns_cookie: netns,
         src_port: ops.local_port as u16,
-        _pad: [0; 6],
+        pad: [0; 6],
     };
     if ORIG_DST.insert(&key, &orig, 0).is_err() {
         count(counter::MAP_ERRORS);

@@ -2,7 +2,7 @@
 //! with the peer address it saw, its own name and the request's headers.
 #![forbid(unsafe_code)]
 
-use std::{convert::Infallible, net::SocketAddr};
+use std::{convert::Infallible, fmt::Write as _, net::SocketAddr};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -48,10 +48,11 @@ fn answer(name: &str, peer: SocketAddr, req: &Request<Incoming>) -> Response<Ful
         req.version()
     );
     for (key, value) in req.headers() {
-        body.push_str(&format!(
-            "header {key}: {}\n",
+        let _ = writeln!(
+            body,
+            "header {key}: {}",
             value.to_str().unwrap_or("<binary>")
-        ));
+        );
     }
     Response::new(Full::new(Bytes::from(body)))
 }

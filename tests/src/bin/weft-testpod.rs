@@ -48,15 +48,15 @@ impl Checksum {
 fn pattern(offset: u64, buf: &mut [u8]) {
     for (i, b) in buf.iter_mut().enumerate() {
         let n = offset + i as u64;
-        *b = (n.wrapping_mul(31) ^ (n >> 8)) as u8;
+        *b = (n.wrapping_mul(31) ^ (n >> 8)).to_le_bytes()[0];
     }
 }
 
 fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("connect to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(60)))?;
+    stream.set_read_timeout(Some(Duration::from_mins(1)))?;
+    stream.set_write_timeout(Some(Duration::from_mins(1)))?;
     Ok(stream)
 }
 
@@ -89,11 +89,11 @@ fn send(addr: SocketAddr, total: u64) -> anyhow::Result<()> {
         sent += n as u64;
     }
     stream.shutdown(Shutdown::Write)?;
-    let (received, received_sum) = receiver
+    let (received_len, received_sum) = receiver
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
     println!(
-        "sent={sent} sent_sum={:x} received={received} received_sum={received_sum:x} peer={peer}",
+        "sent={sent} sent_sum={:x} received={received_len} received_sum={received_sum:x} peer={peer}",
         sum.0
     );
     Ok(())
