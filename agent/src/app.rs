@@ -1,11 +1,89 @@
 //! Wires the agent's parts together from a validated [`Config`].
 
+use std::sync::{atomic::Ordering, Arc, Mutex};
+
 use aya::{programs::Program, EbpfLoader};
+use tokio::sync::watch;
 
 use crate::{
-    capture::{self, CaptureError},
-    config::Config,
+    admin::{self, AdminError, AdminState},
+    capture::{self, CaptureError, Programs},
+    config::{Config, Source},
+    connections::Connections,
+    enrollment::Enrollment,
+    netns,
+    proxy::ProxyContext,
+    registry::local,
 };
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("cannot read the agent's own network namespace: {0}")]
+    HostNetns(std::io::Error),
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs the agent until SIGTERM or Ctrl-C. Capture stays attached and pinned when it exits:
+/// enrolled pods then fail closed until an agent runs again and adopts the pins.
+pub async fn run(config: Config) -> Result<(), AppError> {
+    netns::init_host().map_err(AppError::HostNetns)?;
+    let (programs, mut maps) = Programs::load_or_adopt(&config.bpffs_dir)?;
+    maps.set_excluded_ports(&config.excluded_ports)?;
+    let adopted = programs.adopted;
+    tracing::info!(pins = %config.bpffs_dir.display(), adopted, "kernel programs ready");
+    let Source::Local { dir } = &config.source;
+    let (registry_tx, registry_rx) = watch::channel(Arc::new(local::read_dir(dir)));
+    tokio::spawn(local::watch(dir.clone(), registry_tx));
+
+    let maps = Arc::new(Mutex::new(maps));
+    let connections = Arc::new(Connections::default());
+    let proxy = Arc::new(ProxyContext::new(
+        registry_rx.clone(),
+        maps.clone(),
+        connections.clone(),
+    ));
+    let mut enrollment = Enrollment::new(config.node_name.clone(), programs, proxy);
+    let state = Arc::new(AdminState {
+        node: config.node_name.clone(),
+        ready: false.into(),
+        adopted_programs: adopted,
+        registry: registry_rx.clone(),
+        enrollment: enrollment.status.clone(),
+        connections,
+        maps,
+    });
+    admin::start(state.clone(), config.admin_addr, config.readiness_addr).await?;
+    let mut updates = registry_rx;
+    let snapshot = updates.borrow_and_update().clone();
+    enrollment.reconcile(&snapshot).await;
+    state.ready.store(true, Ordering::Relaxed);
+    tracing::info!(node = %config.node_name, enrolled = enrollment.enrolled_count(), admin = %config.admin_addr, "agent ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(AppError::Signals)?;
+    loop {
+        tokio::select! {
+            changed = updates.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let snapshot = updates.borrow_and_update().clone();
+                enrollment.reconcile(&snapshot).await;
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!(
+        "agent stopping; capture stays pinned and fails closed until the next agent adopts it"
+    );
+    Ok(())
+}
 
 /// What `weft-agent check` found: the kernel programs the verifier accepted.
 #[derive(Debug)]
@@ -24,9 +102,8 @@ pub fn check(config: &Config) -> Result<CheckReport, CaptureError> {
     let scratch = config
         .bpffs_dir
         .with_file_name(format!("weft-check-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).map_err(|e| {
-        CaptureError::KernelFeature(format!("cannot create {}: {e}", scratch.display()))
-    })?;
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| CaptureError::Pin(format!("creating {}: {e}", scratch.display())))?;
     let loaded = EbpfLoader::new()
         .default_map_pin_directory(&scratch)
         .load(capture::kernel_object()?);
@@ -48,4 +125,9 @@ pub fn check(config: &Config) -> Result<CheckReport, CaptureError> {
     }
     programs.sort();
     Ok(CheckReport { programs })
+}
+
+/// `weft-agent uninstall`: removes every program, link and pin the agent made.
+pub fn uninstall(config: &Config) -> Result<Vec<String>, CaptureError> {
+    capture::programs::uninstall(&config.bpffs_dir)
 }

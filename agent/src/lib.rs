@@ -1,6 +1,13 @@
 //! The Weft node agent: captures enrolled pods' TCP traffic with eBPF and carries it between
-//! nodes. `main` builds a [`config::Config`] and hands it to [`app::build`].
+//! nodes. `main` builds a [`config::Config`] and hands it to [`app::run`].
+#![deny(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod capture;
 pub mod config;
+pub mod connections;
+pub mod enrollment;
+pub mod netns;
+pub mod proxy;
+pub mod registry;

@@ -21,18 +21,42 @@ struct Args {
     /// bpffs folder for pins.
     #[arg(long, env = "WEFT_BPFFS_DIR")]
     bpffs_dir: Option<PathBuf>,
+    /// Ports never captured (repeat or comma-separate).
+    #[arg(long, env = "WEFT_EXCLUDED_PORTS", value_delimiter = ',')]
+    excluded_ports: Option<Vec<u16>>,
+    #[arg(long, env = "WEFT_ADMIN_ADDR")]
+    admin_addr: Option<std::net::SocketAddr>,
+    #[arg(long, env = "WEFT_READINESS_ADDR")]
+    readiness_addr: Option<std::net::SocketAddr>,
+    /// Log lines as JSON.
+    #[arg(long, env = "WEFT_LOG_JSON")]
+    log_json: bool,
     #[command(subcommand)]
-    command: Cmd,
+    command: Option<Cmd>,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the agent (the default).
+    Run,
     /// Check that this kernel can run Weft's programs, then exit.
     Check,
+    /// Remove every program, link and pin the agent made on this node.
+    Uninstall,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if args.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
@@ -41,10 +65,30 @@ fn main() -> anyhow::Result<()> {
         node_name: args.node_name,
         manifests: args.manifests,
         bpffs_dir: args.bpffs_dir,
+        excluded_ports: args.excluded_ports,
+        admin_addr: args.admin_addr,
+        readiness_addr: args.readiness_addr,
         ..FileConfig::default()
     };
     let config = file.merge(over).context("invalid configuration")?;
-    match args.command {
+    match args.command.unwrap_or(Cmd::Run) {
+        Cmd::Run => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(weft_agent::app::run(config))?;
+        }
+        Cmd::Uninstall => {
+            let removed = weft_agent::app::uninstall(&config)?;
+            println!(
+                "uninstalled: removed {} pins under {}",
+                removed.len(),
+                config.bpffs_dir.display()
+            );
+            for pin in removed {
+                println!("  {pin}");
+            }
+        }
         Cmd::Check => {
             let report = weft_agent::app::check(&config)?;
             println!(

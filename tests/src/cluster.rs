@@ -313,11 +313,33 @@ impl Cluster {
 
     /// Starts a program in a node's netns (e.g. the agent); stopped by PID on drop.
     pub fn spawn_in_node(&self, node: &NodeHandle, command: &Command) -> anyhow::Result<u32> {
+        self.spawn_in_node_with(node, command, None)
+    }
+
+    /// Like [`Cluster::spawn_in_node`], with stdout and stderr appended to `log`.
+    pub fn spawn_in_node_logged(
+        &self,
+        node: &NodeHandle,
+        command: &Command,
+        log: std::fs::File,
+    ) -> anyhow::Result<u32> {
+        self.spawn_in_node_with(node, command, Some(log))
+    }
+
+    fn spawn_in_node_with(
+        &self,
+        node: &NodeHandle,
+        command: &Command,
+        log: Option<std::fs::File>,
+    ) -> anyhow::Result<u32> {
         let program = command.get_program().to_owned();
         let args: Vec<_> = command.get_args().map(ToOwned::to_owned).collect();
-        let mut wrapped = Command::new("ip");
+        // nsenter switches only the network namespace; `ip netns exec` would also remount /sys
+        // and hide the cgroup2 and bpffs mounts the agent needs.
+        let mut wrapped = Command::new("nsenter");
         wrapped
-            .args(["netns", "exec", &node.netns])
+            .arg(format!("--net={}", netns::path(&node.netns).display()))
+            .arg("--")
             .arg(program)
             .args(args);
         for (key, value) in command.get_envs() {
@@ -329,11 +351,26 @@ impl Cluster {
         if let Some(dir) = command.get_current_dir() {
             wrapped.current_dir(dir);
         }
+        if let Some(log) = log {
+            wrapped.stdout(log.try_clone()?).stderr(log);
+        }
         let child = wrapped
             .stdin(Stdio::null())
             .spawn()
             .context("starting a process in a node")?;
         Ok(self.track(child))
+    }
+
+    /// Whether a process this cluster started has exited (reaping it if so).
+    pub fn has_exited(&self, pid: u32) -> bool {
+        let mut children = self
+            .children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        children
+            .iter_mut()
+            .find(|c| c.id() == pid)
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
     }
 
     fn track(&self, child: Child) -> u32 {

@@ -5,8 +5,10 @@
 //! removed when the [`Cluster`] drops, also after a panic, and is swept at the start of the next
 //! run if a crash left it behind. See `tests/README.md`.
 
+pub mod agent;
 pub mod cgroup;
 pub mod cluster;
+pub mod manifests;
 pub mod netns;
 pub mod privileges;
 pub mod run;

@@ -28,6 +28,8 @@ pub fn run() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // End-to-end tests start the real binaries (weft-agent among them): build them all first.
+    shell::run(build::user_cargo().args(["build", "--workspace", "--bins"]))?;
     let totals = run_tests()?;
     // One closing line for people and for CI: every test binary's results added up.
     println!("tests: {} passed, {} failed", totals.passed, totals.failed);

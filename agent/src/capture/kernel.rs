@@ -17,8 +17,16 @@ pub enum CaptureError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("the kernel object has no program {0}: agent and object are from different builds")]
-    MissingProgram(&'static str),
+    #[error("the kernel object has no map {0}: agent and object are from different builds")]
+    MissingMap(&'static str),
+    #[error("kernel map: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error("kernel link: {0}")]
+    Link(#[from] aya::programs::links::LinkError),
+    #[error("bpffs pin {0}")]
+    Pin(String),
+    #[error("pod: {0}")]
+    Pod(String),
 }
 
 static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft-ebpf.o"));

@@ -39,6 +39,19 @@ pub struct OrigDstKey {
     pub pad: [u8; 6],
 }
 
+/// An agent's own delivery connection into a pod, from the client's address: `sk_lookup`
+/// lets these SYNs through to the application instead of capturing them again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DeliveryKey {
+    /// The client address the agent's socket is bound to, network byte order.
+    pub client_ip_be: u32,
+    /// The agent socket's port, host byte order.
+    pub client_port: u16,
+    /// The application port being dialed, host byte order.
+    pub app_port: u16,
+}
+
 /// Per enrolled pod settings, keyed by the pod's network-namespace cookie.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -100,5 +113,6 @@ mod pod {
         unsafe impl aya::Pod for super::super::OrigDst {}
         unsafe impl aya::Pod for super::super::OrigDstKey {}
         unsafe impl aya::Pod for super::super::PodConfig {}
+        unsafe impl aya::Pod for super::super::DeliveryKey {}
     }
 }

@@ -17,8 +17,8 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use weft_common::{
-    counter, OrigDst, OrigDstKey, PodConfig, HBONE_PORT, INBOUND_PORT, MAX_EXCLUDED_PORTS,
-    OUTBOUND_PORT, POD_FLAG_ENROLLED,
+    counter, DeliveryKey, OrigDst, OrigDstKey, PodConfig, HBONE_PORT, INBOUND_PORT,
+    MAX_EXCLUDED_PORTS, OUTBOUND_PORT, POD_FLAG_ENROLLED,
 };
 
 const AF_INET: u32 = 2;
@@ -26,7 +26,6 @@ const AF_INET6: u32 = 10;
 const IPPROTO_TCP: u32 = 6;
 const SOCK_STREAM: u32 = 1;
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
-const LOOPBACK_IFINDEX: u32 = 1;
 const LOCALHOST_BE: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
 /// Pending captured connections; LRU so a crashed agent can never fill it for good.
 const ORIG_DST_ENTRIES: u32 = 65_536;
@@ -49,6 +48,10 @@ static ORIG_DST: LruHashMap<OrigDstKey, OrigDst> = LruHashMap::pinned(ORIG_DST_E
 /// Ports never captured, in either direction (host byte order).
 #[map]
 static EXCLUDED_PORTS: HashMap<u16, u8> = HashMap::pinned(MAX_EXCLUDED_PORTS, 0);
+
+/// The agent's delivery connections in flight (see [`DeliveryKey`]).
+#[map]
+static DELIVERIES: HashMap<DeliveryKey, u8> = HashMap::pinned(ORIG_DST_ENTRIES, 0);
 
 /// The agent's inbound listener for each enrolled pod, keyed by the pod IP (network order).
 #[map]
@@ -229,11 +232,19 @@ pub fn weft_getpeername4(ctx: SockAddrContext) -> i32 {
 pub fn weft_sk_lookup(ctx: SkLookupContext) -> u32 {
     // SAFETY: the kernel hands sk_lookup programs a valid context.
     let lookup = unsafe { &*ctx.lookup };
-    if lookup.protocol != IPPROTO_TCP || lookup.ingress_ifindex == LOOPBACK_IFINDEX {
+    // Traffic to 127.0.0.0/8 stays inside the pod. (ingress_ifindex cannot tell a pod's own
+    // connections to its pod IP apart: the kernel reports the address's device, not lo.)
+    if lookup.protocol != IPPROTO_TCP
+        || (lookup.family == AF_INET && is_loopback_be(lookup.local_ip4))
+    {
         count(counter::INBOUND_EXEMPTED);
         return sk_action::SK_PASS;
     }
     if lookup.family == AF_INET6 {
+        let ip = lookup.local_ip6;
+        if ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && ip[3] == 1u32.to_be() {
+            return sk_action::SK_PASS;
+        }
         count(counter::IPV6_REFUSED);
         return sk_action::SK_DROP;
     }
@@ -242,6 +253,16 @@ pub fn weft_sk_lookup(ctx: SkLookupContext) -> u32 {
     }
     let port = lookup.local_port as u16;
     if port == HBONE_PORT || is_excluded(port) {
+        count(counter::INBOUND_EXEMPTED);
+        return sk_action::SK_PASS;
+    }
+    let delivery = DeliveryKey {
+        client_ip_be: lookup.remote_ip4,
+        client_port: u16::from_be(lookup.remote_port),
+        app_port: port,
+    };
+    // SAFETY: presence check only.
+    if unsafe { DELIVERIES.get(&delivery).is_some() } {
         count(counter::INBOUND_EXEMPTED);
         return sk_action::SK_PASS;
     }

@@ -21,12 +21,17 @@ struct Args {
 enum Cmd {
     /// Connect, print `local=<addr> peer=<addr>` and close.
     Connect { addr: SocketAddr },
-    /// Send `bytes` of a deterministic pattern, half-close, read the peer's reply until EOF and
-    /// print `sent=<n> sent_sum=<x> received=<n> received_sum=<x> peer=<addr>`.
+    /// Send `bytes` of a deterministic pattern, half-close, read the server's line and its echo
+    /// until EOF, and print `sent=<n> sent_sum=<x> echoed=<n> echoed_sum=<x> peer=<addr>
+    /// server: <the server's line>`. `peer` is what getpeername reports.
     Send { addr: SocketAddr, bytes: u64 },
-    /// Accept connections forever; for each, read to EOF, then write back what it read and close.
-    /// The reply is preceded by one line: `peer=<addr> received=<n> sum=<x>`.
-    Serve { addr: SocketAddr },
+    /// Accept connections forever; for each, read to EOF, then answer one line
+    /// `server=<name> peer=<addr> received=<n> sum=<x>` followed by what it read, and close.
+    Serve {
+        addr: SocketAddr,
+        #[arg(long, default_value = "testpod")]
+        name: String,
+    },
 }
 
 /// FNV-1a: cheap, order-sensitive, good enough to prove bytes arrived intact and in order.
@@ -64,15 +69,17 @@ fn send(addr: SocketAddr, total: u64) -> anyhow::Result<()> {
     let mut stream = connect(addr)?;
     let peer = stream.peer_addr()?;
     let reader = stream.try_clone()?;
-    let receiver = std::thread::spawn(move || -> anyhow::Result<(u64, u64)> {
-        let mut reader = reader;
+    let receiver = std::thread::spawn(move || -> anyhow::Result<(u64, u64, String)> {
+        let mut reader = std::io::BufReader::with_capacity(64 * 1024, reader);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).context("reading the server's line")?;
         let mut sum = Checksum::new();
         let mut received = 0u64;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = reader.read(&mut buf).context("reading reply")?;
             if n == 0 {
-                return Ok((received, sum.0));
+                return Ok((received, sum.0, line.trim().to_owned()));
             }
             received += n as u64;
             sum.update(&buf[..n]);
@@ -89,20 +96,18 @@ fn send(addr: SocketAddr, total: u64) -> anyhow::Result<()> {
         sent += n as u64;
     }
     stream.shutdown(Shutdown::Write)?;
-    let (received_len, received_sum) = receiver
+    let (echoed, echoed_sum, server_line) = receiver
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-    println!(
-        "sent={sent} sent_sum={:x} received={received_len} received_sum={received_sum:x} peer={peer}",
-        sum.0
-    );
+    println!("sent={sent} sent_sum={:x} echoed={echoed} echoed_sum={echoed_sum:x} peer={peer} server: {server_line}", sum.0);
     Ok(())
 }
 
-fn serve(addr: SocketAddr) -> anyhow::Result<()> {
+fn serve(addr: SocketAddr, name: &str) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
+        let name = name.to_owned();
         std::thread::spawn(move || -> anyhow::Result<()> {
             let peer = stream.peer_addr()?;
             let mut data = Vec::new();
@@ -112,7 +117,13 @@ fn serve(addr: SocketAddr) -> anyhow::Result<()> {
             // The reply starts only after the client's half-close was seen: that proves the
             // half-close crossed every hop while the other direction stayed open.
             stream.write_all(
-                format!("peer={peer} received={} sum={:x}\n", data.len(), sum.0).as_bytes(),
+                format!(
+                    "server={name} peer={peer} received={} sum={:x}
+",
+                    data.len(),
+                    sum.0
+                )
+                .as_bytes(),
             )?;
             stream.write_all(&data)?;
             stream.shutdown(Shutdown::Write)?;
@@ -134,6 +145,6 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Send { addr, bytes } => send(addr, bytes),
-        Cmd::Serve { addr } => serve(addr),
+        Cmd::Serve { addr, name } => serve(addr, &name),
     }
 }

@@ -1,0 +1,140 @@
+//! Attaching the capture programs to one pod, as pinned links under
+//! `<pin_dir>/pods/<namespace>_<pod>/`: cgroup programs on the pod's cgroup, sk_lookup on its
+//! netns. Pinned links outlive the agent, which is what keeps capture failing closed while it
+//! restarts; detaching is unpinning.
+
+use std::{
+    fs::{self, File},
+    path::{Path, PathBuf},
+};
+
+use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
+
+use super::{CaptureError, Programs};
+
+const LINKS: [&str; 5] = [
+    "connect4",
+    "connect6",
+    "getpeername4",
+    "sockops",
+    "sk_lookup",
+];
+
+fn pin_error(path: &Path, e: impl std::fmt::Display) -> CaptureError {
+    CaptureError::Pin(format!("{}: {e}", path.display()))
+}
+
+/// The folder of one pod's links.
+pub fn pod_dir(pin_dir: &Path, pod_key: &str) -> PathBuf {
+    pin_dir.join("pods").join(pod_key)
+}
+
+/// Pod keys that have pinned links (from this or an earlier agent).
+pub fn pinned_pods(pin_dir: &Path) -> Vec<String> {
+    fs::read_dir(pin_dir.join("pods"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Attaches every capture program to the pod, skipping links already pinned (adoption).
+/// Returns how many links were newly attached.
+pub fn attach(
+    programs: &mut Programs,
+    pod_key: &str,
+    cgroup: &Path,
+    netns: &File,
+) -> Result<usize, CaptureError> {
+    let dir = pod_dir(&programs.pin_dir, pod_key);
+    fs::create_dir_all(&dir).map_err(|e| pin_error(&dir, e))?;
+    let cgroup_fd = File::open(cgroup)
+        .map_err(|e| CaptureError::Pod(format!("opening cgroup {}: {e}", cgroup.display())))?;
+    let mut attached = 0;
+    for name in LINKS {
+        let pin = dir.join(name);
+        if pin.exists() && PinnedLink::from_pin(&pin).is_ok() {
+            continue;
+        }
+        let _ = fs::remove_file(&pin);
+        let program_error = |source| CaptureError::Program {
+            name: name.to_owned(),
+            source,
+        };
+        // bpf_link attachments to cgroups always coexist with other programs there.
+        let link: FdLink = match name {
+            "connect4" | "connect6" | "getpeername4" => {
+                let program = match name {
+                    "connect4" => &mut programs.connect4,
+                    "connect6" => &mut programs.connect6,
+                    _ => &mut programs.getpeername4,
+                };
+                let id = program
+                    .attach(&cgroup_fd, CgroupAttachMode::Single)
+                    .map_err(program_error)?;
+                program.take_link(id).map_err(program_error)?.try_into()?
+            }
+            "sockops" => {
+                let id = programs
+                    .sockops
+                    .attach(&cgroup_fd, CgroupAttachMode::Single)
+                    .map_err(program_error)?;
+                programs
+                    .sockops
+                    .take_link(id)
+                    .map_err(program_error)?
+                    .try_into()?
+            }
+            _ => {
+                let id = programs.sk_lookup.attach(netns).map_err(program_error)?;
+                programs
+                    .sk_lookup
+                    .take_link(id)
+                    .map_err(program_error)?
+                    .into()
+            }
+        };
+        link.pin(&pin).map_err(|e| pin_error(&pin, e))?;
+        attached += 1;
+    }
+    Ok(attached)
+}
+
+/// Detaches the pod's links by unpinning them. Returns the names removed.
+pub fn detach(pin_dir: &Path, pod_key: &str) -> Result<Vec<String>, CaptureError> {
+    let dir = pod_dir(pin_dir, pod_key);
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Ok(removed);
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match PinnedLink::from_pin(&path) {
+            // Dropping the last reference to the link detaches it.
+            Ok(link) => drop(link.unpin().map_err(|e| pin_error(&path, e))?),
+            Err(_) => fs::remove_file(&path).map_err(|e| pin_error(&path, e))?,
+        }
+        removed.push(format!(
+            "pods/{pod_key}/{}",
+            entry.file_name().to_string_lossy()
+        ));
+    }
+    fs::remove_dir(&dir).map_err(|e| pin_error(&dir, e))?;
+    Ok(removed)
+}
+
+/// Detaches every pod's links under `pods_dir`.
+pub fn detach_all(pods_dir: &Path) -> Result<Vec<String>, CaptureError> {
+    let pin_dir = pods_dir.parent().unwrap_or(pods_dir);
+    let mut removed = Vec::new();
+    for key in pinned_pods(pin_dir) {
+        removed.extend(detach(pin_dir, &key)?);
+    }
+    if pods_dir.exists() {
+        fs::remove_dir(pods_dir).map_err(|e| pin_error(pods_dir, e))?;
+    }
+    Ok(removed)
+}

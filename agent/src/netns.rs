@@ -1,0 +1,130 @@
+//! Pods' network namespaces: the agent enters one on the current thread only for as long as it
+//! takes to create a socket or start a command, then returns to the node's namespace. Sockets
+//! keep the namespace they were created in, which is how the agent's listeners and connections
+//! live inside each pod (the in-pod socket model).
+
+use std::{
+    fs::File,
+    io,
+    os::fd::{AsFd, AsRawFd as _},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::OnceLock,
+};
+
+use nix::sched::{setns, CloneFlags};
+
+static HOST_NETNS: OnceLock<File> = OnceLock::new();
+
+/// Remembers the agent's own (node) namespace. Call once at start, before entering any pod.
+pub fn init_host() -> io::Result<()> {
+    let file = File::open("/proc/thread-self/ns/net")?;
+    let _ = HOST_NETNS.set(file);
+    Ok(())
+}
+
+/// An open handle on a pod's network namespace.
+#[derive(Debug)]
+pub struct Netns {
+    file: File,
+    path: PathBuf,
+}
+
+impl Netns {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = File::open(path).map_err(|e| {
+            io::Error::new(e.kind(), format!("opening netns {}: {e}", path.display()))
+        })?;
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Runs `f` on this thread inside the namespace. `f` must not block or await.
+    pub fn enter<T>(&self, f: impl FnOnce() -> T) -> io::Result<T> {
+        let host = HOST_NETNS
+            .get()
+            .ok_or_else(|| io::Error::other("netns::init_host was not called"))?;
+        setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        let out = f();
+        if let Err(e) = setns(host, CloneFlags::CLONE_NEWNET) {
+            // A worker thread stuck in a pod's namespace would put other pods' traffic there.
+            tracing::error!(error = %e, "cannot return to the node network namespace; aborting");
+            std::process::abort();
+        }
+        Ok(out)
+    }
+
+    /// A non-blocking IPv4 TCP socket that lives in this namespace.
+    pub fn tcp_socket(&self) -> io::Result<socket2::Socket> {
+        let socket = self.enter(|| {
+            socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )
+        })??;
+        socket.set_nonblocking(true)?;
+        socket.set_cloexec(true)?;
+        Ok(socket)
+    }
+
+    /// Runs a command inside the namespace (from a short-lived thread: the child inherits the
+    /// thread's namespace). Blocking: call from a blocking context.
+    pub fn run(&self, program: &str, args: &[&str]) -> io::Result<Output> {
+        let file = self.file.try_clone()?;
+        let mut command = Command::new(program);
+        command.args(args);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    setns(&file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+                    command.output()
+                })
+                .join()
+                .map_err(|_| io::Error::other("netns command thread panicked"))?
+        })
+    }
+
+    /// Writes a sysctl of this namespace (`/proc/sys/net/...` resolves per opening thread).
+    pub fn write_sysctl(&self, key: &str, value: &str) -> io::Result<()> {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        self.enter(|| std::fs::write(&path, value))?
+    }
+}
+
+/// The kernel's cookie for the namespace a socket lives in (`SO_NETNS_COOKIE`), the key the
+/// kernel programs use for the pod.
+pub fn netns_cookie(socket: &impl AsFd) -> io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len =
+        libc::socklen_t::try_from(std::mem::size_of::<u64>()).map_err(io::Error::other)?;
+    #[expect(
+        unsafe_code,
+        reason = "getsockopt(SO_NETNS_COOKIE) has no safe wrapper in nix or socket2"
+    )]
+    // SAFETY: the fd is valid for the borrow, and `cookie`/`len` describe a writable u64.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            std::ptr::from_mut(&mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cookie)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,104 @@
+//! Inbound: a connection to an enrolled pod, steered by `weft_sk_lookup` to the agent's
+//! listener in the pod's netns. The accepted socket's local address is the original
+//! destination; the agent delivers to it from the client's own address so the application
+//! sees the real peer.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{atomic::Ordering, Arc, PoisonError},
+    time::Duration,
+};
+
+use weft_common::DeliveryKey;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use super::{outbound::CONNECT_TIMEOUT, splice, PodContext, ProxyContext};
+use crate::{
+    connections::{Connection, Direction},
+    enrollment::DELIVERY_MARK,
+};
+
+pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, ctx: Arc<ProxyContext>) {
+    loop {
+        let (client, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(pod = %pod.name(), error = %e, "inbound accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (pod, ctx) = (pod.clone(), ctx.clone());
+        tokio::spawn(async move { handle(client, peer, &pod, &ctx).await });
+    }
+}
+
+async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &ProxyContext) {
+    let Ok(original) = client.local_addr() else {
+        return;
+    };
+    let guard = ctx.connections.open(Connection {
+        id: 0,
+        direction: Direction::Inbound,
+        pod: pod.name(),
+        source: peer,
+        original_destination: original,
+        destination: original,
+        service: None,
+        started_unix_ms: 0,
+    });
+    match deliver(pod, ctx, peer, original).await {
+        Ok(server) => splice(client, server, &guard).await,
+        Err(e) => {
+            ctx.connections
+                .totals
+                .failed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(pod = %pod.name(), %peer, %original, error = %e, "inbound delivery failed: nothing listens in the pod?");
+        }
+    }
+}
+
+/// Connects to the application from the client's address: `IP_TRANSPARENT` lets the socket
+/// bind a foreign address, and the mark routes the application's replies back to it.
+async fn deliver(
+    pod: &PodContext,
+    ctx: &ProxyContext,
+    client: SocketAddr,
+    destination: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let socket = pod.netns.tcp_socket()?;
+    socket.set_ip_transparent_v4(true)?;
+    socket.set_mark(DELIVERY_MARK)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&SocketAddr::new(client.ip(), 0).into())?;
+    let (IpAddr::V4(client_ip), Some(bound)) = (client.ip(), socket.local_addr()?.as_socket())
+    else {
+        return Err(std::io::Error::other("inbound delivery is IPv4 only"));
+    };
+    // Tell sk_lookup this SYN is the agent's own delivery, so it reaches the application
+    // instead of being captured again.
+    let key = DeliveryKey {
+        client_ip_be: u32::from_ne_bytes(client_ip.octets()),
+        client_port: bound.port(),
+        app_port: destination.port(),
+    };
+    ctx.maps
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .deliveries
+        .insert(key, 1, 0)
+        .map_err(std::io::Error::other)?;
+    let socket = TcpSocket::from_std_stream(socket.into());
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(destination))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"));
+    let _ = ctx
+        .maps
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .deliveries
+        .remove(&key);
+    connected?
+}

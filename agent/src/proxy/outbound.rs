@@ -1,0 +1,118 @@
+//! Outbound: a connection an enrolled pod made, redirected by `weft_connect4` to the agent's
+//! listener in the pod's netns. The agent connects onward from the same netns, so packets leave
+//! with the pod's address.
+
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    sync::{atomic::Ordering, Arc, PoisonError},
+    time::Duration,
+};
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use super::{splice, PodContext, ProxyContext};
+use crate::connections::{Connection, Direction};
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a captured connection goes: the endpoint picked and the Service it came through.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Route {
+    pub destination: SocketAddr,
+    pub service: Option<String>,
+}
+
+/// Resolves an original destination: a Service VIP:port picks a ready endpoint in turn (port
+/// mapped to targetPort); a pod IP or any other address is used as is.
+pub fn resolve(ctx: &ProxyContext, original: SocketAddrV4) -> Result<Route, String> {
+    let registry = ctx.registry.borrow().clone();
+    if let Some((service, port)) = registry.service_by_vip(original) {
+        let name = format!("{}/{}", service.namespace, service.name);
+        let endpoints = registry.endpoints(service, port);
+        let destination = ctx
+            .next_of(&format!("{name}:{}", port.port), &endpoints)
+            .ok_or_else(|| format!("service {name} port {} has no ready endpoints", port.port))?;
+        return Ok(Route {
+            destination,
+            service: Some(name),
+        });
+    }
+    Ok(Route {
+        destination: SocketAddr::V4(original),
+        service: None,
+    })
+}
+
+pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, ctx: Arc<ProxyContext>) {
+    loop {
+        let (client, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(pod = %pod.name(), error = %e, "outbound accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (pod, ctx) = (pod.clone(), ctx.clone());
+        tokio::spawn(async move { handle(client, peer, &pod, &ctx).await });
+    }
+}
+
+async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &ProxyContext) {
+    let original = ctx
+        .maps
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take_orig_dst(pod.netns_cookie, peer.port());
+    let Some(original) = original else {
+        // Only connections the kernel redirected have an entry: anything else that reaches the
+        // listener is refused, so it can never serve as an open relay.
+        ctx.connections
+            .totals
+            .refused_not_captured
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(pod = %pod.name(), %peer, "refused: connection to the outbound listener was not redirected by capture");
+        return;
+    };
+    let route = match resolve(ctx, original) {
+        Ok(route) => route,
+        Err(reason) => {
+            ctx.connections
+                .totals
+                .failed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(pod = %pod.name(), %original, %reason, "outbound connection failed");
+            return;
+        }
+    };
+    let guard = ctx.connections.open(Connection {
+        id: 0,
+        direction: Direction::Outbound,
+        pod: pod.name(),
+        source: SocketAddr::from((pod.placement.ip, peer.port())),
+        original_destination: SocketAddr::V4(original),
+        destination: route.destination,
+        service: route.service.clone(),
+        started_unix_ms: 0,
+    });
+    match connect_from_pod(pod, route.destination).await {
+        Ok(server) => splice(client, server, &guard).await,
+        Err(e) => {
+            ctx.connections
+                .totals
+                .failed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(pod = %pod.name(), %original, destination = %route.destination, error = %e, "outbound connection failed: destination unreachable");
+        }
+    }
+}
+
+/// Connects from a socket created in the pod's netns.
+async fn connect_from_pod(pod: &PodContext, destination: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = pod.netns.tcp_socket()?;
+    socket.set_tcp_nodelay(true)?;
+    let socket = TcpSocket::from_std_stream(socket.into());
+    tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(destination))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+}

@@ -1,0 +1,170 @@
+//! The registry: namespaces, pods, services and endpoints the agent acts on, in one immutable
+//! snapshot per change. Filled by a source (local manifests now, the Kubernetes API later)
+//! through [`Registry::from_objects`], the one code path after parsing.
+
+pub mod local;
+mod objects;
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
+};
+
+pub use objects::{Endpoint, EndpointSlice, Namespace, Pod, Service, ServicePort};
+use serde::Serialize;
+
+/// Label that opts a namespace in (`enabled`) or a pod out (`disabled`).
+pub const MESH_LABEL: &str = "weft.io/mesh";
+/// Local mode: the pod's network namespace file.
+pub const NETNS_ANNOTATION: &str = "weft.io/netns";
+/// Local mode: the pod's cgroup folder.
+pub const CGROUP_ANNOTATION: &str = "weft.io/cgroup";
+
+/// An object that was skipped, and why: shown in logs, the admin API and a metric.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ObjectError {
+    pub source: String,
+    pub object: String,
+    pub reason: String,
+}
+
+/// One consistent view of the cluster as this node needs it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Registry {
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub pods: Vec<Pod>,
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+    pub errors: Vec<ObjectError>,
+}
+
+/// Where an enrolled pod lives on this node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PodPlacement {
+    pub namespace: String,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub netns: PathBuf,
+    pub cgroup: PathBuf,
+}
+
+impl PodPlacement {
+    /// A name unique on the node and valid in bpffs (which refuses dots): `<namespace>_<name>`.
+    /// Kubernetes names never contain `_`, so the key is unambiguous.
+    pub fn key(&self) -> String {
+        format!("{}_{}", self.namespace, self.name)
+    }
+}
+
+impl Registry {
+    /// Builds a snapshot from parsed YAML/JSON documents. Objects that do not parse or fail
+    /// validation are recorded in `errors` and skipped; the rest is kept.
+    pub fn from_objects(docs: impl IntoIterator<Item = (String, serde_yaml::Value)>) -> Self {
+        let mut registry = Self::default();
+        for (source, doc) in docs {
+            if let Err(error) = objects::add(&mut registry, doc) {
+                tracing::warn!(%source, object = %error.0, reason = %error.1, "skipping bad object");
+                registry.errors.push(ObjectError {
+                    source,
+                    object: error.0,
+                    reason: error.1,
+                });
+            }
+        }
+        registry
+    }
+
+    /// Whether the mesh captures this pod (SPEC labels).
+    pub fn is_enrolled(&self, pod: &Pod) -> bool {
+        let namespace_on = self
+            .namespaces
+            .get(&pod.namespace)
+            .is_some_and(|ns| ns.labels.get(MESH_LABEL).is_some_and(|v| v == "enabled"));
+        let pod_off = pod.labels.get(MESH_LABEL).is_some_and(|v| v == "disabled");
+        namespace_on && !pod_off
+    }
+
+    /// Enrolled pods scheduled on `node` that have an address and (local mode) a netns and a
+    /// cgroup. Pods enrolled but not placeable are reported through `unplaceable`.
+    pub fn enrolled_on(&self, node: &str) -> (Vec<PodPlacement>, Vec<String>) {
+        let mut placed = Vec::new();
+        let mut unplaceable = Vec::new();
+        for pod in self
+            .pods
+            .iter()
+            .filter(|p| p.node_name.as_deref() == Some(node))
+        {
+            if !self.is_enrolled(pod) {
+                continue;
+            }
+            let netns = pod.annotations.get(NETNS_ANNOTATION);
+            let cgroup = pod.annotations.get(CGROUP_ANNOTATION);
+            match (pod.ip, netns, cgroup) {
+                (Some(ip), Some(netns), Some(cgroup)) => placed.push(PodPlacement {
+                    namespace: pod.namespace.clone(),
+                    name: pod.name.clone(),
+                    ip,
+                    netns: netns.into(),
+                    cgroup: cgroup.into(),
+                }),
+                _ => unplaceable.push(format!(
+                    "{}/{}: needs status.podIP and annotations {NETNS_ANNOTATION} and {CGROUP_ANNOTATION}",
+                    pod.namespace, pod.name
+                )),
+            }
+        }
+        placed.sort();
+        (placed, unplaceable)
+    }
+
+    pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&Pod> {
+        self.pods.iter().find(|p| p.ip == Some(ip))
+    }
+
+    /// The Service and port a virtual IP and port belong to.
+    pub fn service_by_vip(&self, dst: SocketAddrV4) -> Option<(&Service, &ServicePort)> {
+        self.services
+            .iter()
+            .filter(|s| s.cluster_ip == Some(*dst.ip()))
+            .find_map(|s| {
+                s.ports
+                    .iter()
+                    .find(|p| p.port == dst.port())
+                    .map(|p| (s, p))
+            })
+    }
+
+    /// Ready backends of a Service port, as addresses with the target port resolved: the
+    /// EndpointSlice port of the same name, else the Service's numeric targetPort.
+    pub fn endpoints(&self, service: &Service, port: &ServicePort) -> Vec<SocketAddr> {
+        let mut out = Vec::new();
+        for slice in self
+            .endpoint_slices
+            .iter()
+            .filter(|e| e.namespace == service.namespace && e.service_name == service.name)
+        {
+            let target = slice
+                .ports
+                .iter()
+                .find(|p| p.name == port.name)
+                .map(|p| p.port)
+                .or(port.target_port);
+            let Some(target) = target else { continue };
+            for endpoint in slice.endpoints.iter().filter(|e| e.ready) {
+                out.extend(
+                    endpoint
+                        .addresses
+                        .iter()
+                        .map(|a| SocketAddr::from((*a, target))),
+                );
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,296 @@
+//! The Kubernetes objects the registry keeps, reduced to the fields Weft uses, and their
+//! validation. Unknown kinds are not errors (a manifest folder may hold anything); malformed
+//! objects of known kinds are.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+use super::Registry;
+
+type Labels = BTreeMap<String, String>;
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Meta {
+    name: Option<String>,
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: Labels,
+    #[serde(default)]
+    annotations: Labels,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: Labels,
+    pub annotations: Labels,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub annotations: Labels,
+    pub node_name: Option<String>,
+    pub service_account: String,
+    pub ip: Option<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: String,
+    pub port: u16,
+    /// Numeric targetPort; a named one is resolved through the EndpointSlice.
+    pub target_port: Option<u16>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub annotations: Labels,
+    pub cluster_ip: Option<Ipv4Addr>,
+    pub ports: Vec<ServicePort>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addresses: Vec<Ipv4Addr>,
+    pub ready: bool,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct EndpointPort {
+    pub name: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct EndpointSlice {
+    pub namespace: String,
+    pub name: String,
+    pub service_name: String,
+    pub endpoints: Vec<Endpoint>,
+    pub ports: Vec<EndpointPort>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodSpecIn {
+    node_name: Option<String>,
+    service_account_name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PodStatusIn {
+    #[serde(rename = "podIP")]
+    pod_ip: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ServicePortIn {
+    name: Option<String>,
+    port: u16,
+    target_port: Option<serde_yaml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceSpecIn {
+    #[serde(rename = "clusterIP")]
+    cluster_ip: Option<String>,
+    #[serde(default)]
+    ports: Vec<ServicePortIn>,
+}
+
+#[derive(Deserialize)]
+struct ConditionsIn {
+    ready: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct EndpointIn {
+    addresses: Vec<String>,
+    conditions: Option<ConditionsIn>,
+}
+
+#[derive(Deserialize)]
+struct EndpointPortIn {
+    name: Option<String>,
+    port: Option<u16>,
+}
+
+/// (object, reason) of a rejected object.
+pub(super) type Rejection = (String, String);
+
+fn field<T: serde::de::DeserializeOwned>(
+    doc: &serde_yaml::Value,
+    key: &str,
+    object: &str,
+) -> Result<Option<T>, Rejection> {
+    match doc.get(key) {
+        None | Some(serde_yaml::Value::Null) => Ok(None),
+        Some(value) => serde_yaml::from_value(value.clone())
+            .map(Some)
+            .map_err(|e| (object.to_owned(), format!("{key}: {e}"))),
+    }
+}
+
+fn ipv4(text: &str, what: &str, object: &str) -> Result<Ipv4Addr, Rejection> {
+    text.parse().map_err(|_| {
+        (
+            object.to_owned(),
+            format!("{what} {text:?} is not an IPv4 address"),
+        )
+    })
+}
+
+/// Adds one document to the registry, or says why it was rejected.
+pub(super) fn add(registry: &mut Registry, doc: serde_yaml::Value) -> Result<(), Rejection> {
+    let kind = doc
+        .get("kind")
+        .and_then(serde_yaml::Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let api = doc
+        .get("apiVersion")
+        .and_then(serde_yaml::Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let meta: Meta = field(&doc, "metadata", &kind)?.unwrap_or_default();
+    let name = meta.name.clone().unwrap_or_default();
+    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
+    let object = format!("{kind} {namespace}/{name}");
+    if kind.is_empty() {
+        return Err(("<unknown>".into(), "no kind".into()));
+    }
+    let known = matches!(
+        (api.as_str(), kind.as_str()),
+        ("v1", "Namespace" | "Pod" | "Service") | ("discovery.k8s.io/v1", "EndpointSlice")
+    );
+    if !known {
+        return Ok(());
+    }
+    if name.is_empty() {
+        return Err((object, "metadata.name is missing".into()));
+    }
+    match kind.as_str() {
+        "Namespace" => {
+            registry.namespaces.insert(
+                name.clone(),
+                Namespace {
+                    name,
+                    labels: meta.labels,
+                    annotations: meta.annotations,
+                },
+            );
+        }
+        "Pod" => {
+            let spec: Option<PodSpecIn> = field(&doc, "spec", &object)?;
+            let status: PodStatusIn = field(&doc, "status", &object)?.unwrap_or_default();
+            let ip = status
+                .pod_ip
+                .as_deref()
+                .map(|t| ipv4(t, "status.podIP", &object))
+                .transpose()?;
+            let (node_name, service_account) =
+                spec.map_or((None, None), |s| (s.node_name, s.service_account_name));
+            registry.pods.push(Pod {
+                namespace,
+                name,
+                labels: meta.labels,
+                annotations: meta.annotations,
+                node_name,
+                service_account: service_account.unwrap_or_else(|| "default".into()),
+                ip,
+            });
+        }
+        "Service" => {
+            let spec: ServiceSpecIn = field(&doc, "spec", &object)?
+                .ok_or_else(|| (object.clone(), "spec is missing".into()))?;
+            let cluster_ip = match spec.cluster_ip.as_deref() {
+                None | Some("None" | "") => None,
+                Some(t) => Some(ipv4(t, "spec.clusterIP", &object)?),
+            };
+            let ports = spec
+                .ports
+                .into_iter()
+                .map(|p| {
+                    let target_port = match p.target_port {
+                        None => Some(p.port),
+                        Some(serde_yaml::Value::Number(n)) => {
+                            Some(n.as_u64().and_then(|n| u16::try_from(n).ok()).ok_or_else(
+                                || (object.clone(), format!("targetPort {n} is not a port")),
+                            )?)
+                        }
+                        Some(_) => None,
+                    };
+                    Ok(ServicePort {
+                        name: p.name.unwrap_or_default(),
+                        port: p.port,
+                        target_port,
+                    })
+                })
+                .collect::<Result<_, Rejection>>()?;
+            registry.services.push(Service {
+                namespace,
+                name,
+                labels: meta.labels,
+                annotations: meta.annotations,
+                cluster_ip,
+                ports,
+            });
+        }
+        _ => {
+            let service_name = meta
+                .labels
+                .get("kubernetes.io/service-name")
+                .cloned()
+                .ok_or_else(|| {
+                    (
+                        object.clone(),
+                        "label kubernetes.io/service-name is missing".into(),
+                    )
+                })?;
+            let endpoints: Vec<EndpointIn> = field(&doc, "endpoints", &object)?.unwrap_or_default();
+            let ports: Vec<EndpointPortIn> = field(&doc, "ports", &object)?.unwrap_or_default();
+            let endpoints = endpoints
+                .into_iter()
+                .map(|e| {
+                    let addresses = e
+                        .addresses
+                        .iter()
+                        .map(|a| ipv4(a, "endpoint address", &object))
+                        .collect::<Result<_, _>>()?;
+                    Ok(Endpoint {
+                        addresses,
+                        ready: e.conditions.and_then(|c| c.ready).unwrap_or(true),
+                    })
+                })
+                .collect::<Result<_, Rejection>>()?;
+            let ports = ports
+                .into_iter()
+                .filter_map(|p| {
+                    p.port.map(|port| EndpointPort {
+                        name: p.name.unwrap_or_default(),
+                        port,
+                    })
+                })
+                .collect();
+            registry.endpoint_slices.push(EndpointSlice {
+                namespace,
+                name,
+                service_name,
+                endpoints,
+                ports,
+            });
+        }
+    }
+    Ok(())
+}

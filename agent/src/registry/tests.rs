@@ -1,0 +1,95 @@
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use super::*;
+
+fn docs(yaml: &str) -> Registry {
+    let docs = serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| {
+            (
+                "test.yaml".to_owned(),
+                <serde_yaml::Value as serde::Deserialize>::deserialize(d).expect("yaml"),
+            )
+        })
+        .collect::<Vec<_>>();
+    Registry::from_objects(docs)
+}
+
+const CLUSTER: &str = r"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {weft.io/mesh: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: demo, annotations: {weft.io/netns: /run/netns/a, weft.io/cgroup: /cg/a}}
+spec: {nodeName: n1}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: off, namespace: demo, labels: {weft.io/mesh: disabled}, annotations: {weft.io/netns: /x, weft.io/cgroup: /y}}
+spec: {nodeName: n1}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: plain, namespace: legacy, annotations: {weft.io/netns: /x, weft.io/cgroup: /y}}
+spec: {nodeName: n1}
+status: {podIP: 10.0.0.3}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: demo}
+spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: echo-1, namespace: demo, labels: {kubernetes.io/service-name: echo}}
+endpoints:
+- addresses: [10.0.0.1]
+- addresses: [10.0.0.9]
+  conditions: {ready: false}
+ports: [{name: http, port: 8080}]
+";
+
+#[test]
+fn enrollment_follows_namespace_and_pod_labels() {
+    let registry = docs(CLUSTER);
+    let (placed, unplaceable) = registry.enrolled_on("n1");
+    assert_eq!(
+        placed.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["a"]
+    );
+    assert!(unplaceable.is_empty());
+    assert!(registry.enrolled_on("n2").0.is_empty());
+}
+
+#[test]
+fn service_vip_resolves_to_ready_endpoints_with_target_port() {
+    let registry = docs(CLUSTER);
+    let (service, port) = registry
+        .service_by_vip(SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80))
+        .expect("vip");
+    assert_eq!(
+        registry.endpoints(service, port),
+        vec!["10.0.0.1:8080".parse().expect("addr")]
+    );
+    assert!(registry
+        .service_by_vip(SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 81))
+        .is_none());
+}
+
+#[test]
+fn bad_objects_are_reported_and_skipped() {
+    let registry = docs(&format!(
+        "{CLUSTER}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: broken, namespace: demo}}\nstatus: {{podIP: not-an-ip}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{namespace: demo}}\nspec: {{}}\n"
+    ));
+    assert_eq!(registry.errors.len(), 2, "{:?}", registry.errors);
+    assert!(registry.errors[0].reason.contains("not-an-ip"));
+    assert!(registry.errors[1].reason.contains("metadata.name"));
+    assert_eq!(registry.pods.len(), 3, "good pods kept");
+}

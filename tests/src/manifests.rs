@@ -1,0 +1,86 @@
+//! Local-mode manifests for a harness cluster: the same Kubernetes YAML a user would write,
+//! with the local-mode annotations that tell the agent each pod's netns and cgroup.
+
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+
+use crate::{netns, PodHandle};
+
+/// A manifest folder. Writes are atomic (write then rename), as `kubectl apply` would be.
+#[derive(Clone, Debug)]
+pub struct Manifests {
+    pub dir: PathBuf,
+}
+
+impl Manifests {
+    pub fn create(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub fn write(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, self.dir.join(file)).context("renaming manifest into place")
+    }
+}
+
+pub fn namespace(name: &str, enrolled: bool) -> String {
+    let label = if enrolled {
+        "\n  labels:\n    weft.io/mesh: enabled"
+    } else {
+        ""
+    };
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}{label}\n")
+}
+
+pub fn pod(pod: &PodHandle, labels: &[(&str, &str)]) -> String {
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n",
+        pod.name, pod.namespace
+    );
+    if !labels.is_empty() {
+        yaml.push_str("  labels:\n");
+        for (k, v) in labels {
+            let _ = writeln!(yaml, "    {k}: {v}");
+        }
+    }
+    let _ = write!(
+        yaml,
+        "  annotations:\n    weft.io/netns: {}\n    weft.io/cgroup: {}\nspec:\n  nodeName: {}\n  serviceAccountName: {}\n  containers:\n  - name: main\n    image: local\nstatus:\n  podIP: {}\n",
+        netns::path(&pod.netns).display(),
+        pod.cgroup.display(),
+        pod.node,
+        pod.name,
+        pod.ip
+    );
+    yaml
+}
+
+/// A Service with one named port and its EndpointSlice over `backends`.
+pub fn service(
+    namespace: &str,
+    name: &str,
+    vip: Ipv4Addr,
+    port: u16,
+    target_port: u16,
+    backends: &[Ipv4Addr],
+) -> String {
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  clusterIP: {vip}\n  ports:\n  - name: main\n    port: {port}\n    targetPort: {target_port}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {namespace}\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n- name: main\n  port: {target_port}\nendpoints:\n"
+    );
+    for backend in backends {
+        let _ = writeln!(
+            yaml,
+            "- addresses: [\"{backend}\"]\n  conditions:\n    ready: true"
+        );
+    }
+    yaml
+}
