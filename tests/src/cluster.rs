@@ -304,8 +304,11 @@ impl Cluster {
         program: &str,
         args: &[&str],
     ) -> anyhow::Result<u32> {
+        // No inherited stdout/stderr: a long-lived pod process must not hold the caller's pipes.
         let child = Self::pod_command(pod, program, args)
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {program} in pod {}/{}", pod.namespace, pod.name))?;
         Ok(self.track(child))

@@ -1,11 +1,21 @@
-//! `cargo xtask demo`: the SPEC playground. Two nodes, an enrolled `demo` namespace and a
-//! plain `legacy` one, echo servers behind Service `demo/echo`; a scripted tour, then teardown.
+//! `cargo xtask demo`: the SPEC playground. Two nodes, each with a `weft-agent`; an enrolled
+//! `demo` namespace and a plain `legacy` one; echo servers behind Service `demo/echo`. A scripted
+//! tour, then teardown (`up` leaves it running, `down` removes it).
 
-use std::path::PathBuf;
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::Context as _;
 use serde_json::json;
-use weft_harness::{cluster, Cluster, ClusterSpec, PodHandle, PodSpec, RunId};
+use weft_harness::{
+    agent::pin_dir,
+    cluster,
+    manifests::{self, Manifests},
+    Cluster, ClusterSpec, PodSpec, RunId,
+};
 
 use crate::{build, setup, shell};
 
@@ -18,6 +28,8 @@ pub enum Action {
     /// Remove a playground left by `up`.
     Down,
 }
+
+const ECHO_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
 fn spec() -> ClusterSpec {
     ClusterSpec {
@@ -37,104 +49,297 @@ fn state_dir() -> PathBuf {
 
 pub fn run(action: Action) -> anyhow::Result<()> {
     if let Action::Down = action {
-        cluster::remove_named(&RunId::demo(), &spec());
-        let _ = std::fs::remove_file(state_dir().join("playground.json"));
+        down();
         println!("demo: playground removed");
         return Ok(());
     }
     setup::run()?;
     let bin = build::all(false)?;
+    down();
     let cluster = Cluster::start_demo(&spec())?;
+    let manifests = Manifests::create(&state_dir().join("manifests"))?;
+    write_manifests(&cluster, &manifests, false)?;
     for pod in cluster.pods.iter().filter(|p| p.name.starts_with("echo")) {
         let echo = bin.join("weft-echo");
         cluster.spawn_in_pod(pod, &echo.to_string_lossy(), &["0.0.0.0:8080", &pod.name])?;
     }
-    write_playground(&cluster)?;
-    match action {
-        Action::Up => {
-            let client = cluster.pod("demo", "client").clone();
-            let echo = cluster.pod("demo", "echo-v1").clone();
-            let pids = cluster.keep_running();
-            println!(
-                "demo: playground is up (processes {pids:?}); described in {}",
-                state_dir().join("playground.json").display()
-            );
-            println!(
-                "  try: ip netns exec {} curl -s http://{}:8080/",
-                client.netns, echo.ip
-            );
-            println!("  remove it with: cargo xtask demo down");
-            Ok(())
-        }
-        _ => tour(&cluster),
+    let mut agents = Vec::new();
+    for node in &cluster.nodes {
+        let pid = cluster
+            .start_agent(
+                node,
+                &bin.join("weft-agent"),
+                &manifests.dir,
+                &state_dir().join("logs"),
+            )
+            .with_context(|| {
+                format!(
+                    "starting the agent on {} (log in {})",
+                    node.name,
+                    state_dir().join("logs").display()
+                )
+            })?;
+        agents.push((node.name.clone(), pid));
     }
+    write_playground(&cluster, &manifests, &agents)?;
+    if let Action::Up = action {
+        let client = cluster.pod("demo", "client").netns.clone();
+        cluster.keep_running();
+        println!(
+            "demo: the playground is up; it is described in {}",
+            state_dir().join("playground.json").display()
+        );
+        println!("  try:     ip netns exec {client} curl -s http://{ECHO_VIP}/");
+        println!("  agents:  ip netns exec weft-node-a curl -s 127.0.0.1:15000/stats");
+        println!(
+            "  edit:    {} (changes apply live)",
+            manifests.dir.display()
+        );
+        println!("  remove:  cargo xtask demo down");
+        return Ok(());
+    }
+    let result = tour(&cluster, &manifests);
+    drop(cluster);
+    down();
+    println!("\ndemo: playground removed");
+    result
 }
 
-fn tour(cluster: &Cluster) -> anyhow::Result<()> {
-    let client = cluster.pod("demo", "client");
-    wait_for_echo(cluster, client, cluster.pod("demo", "echo-v1"))?;
-    wait_for_echo(cluster, client, cluster.pod("demo", "echo-v2"))?;
-    for target in ["echo-v1", "echo-v2"] {
-        let echo = cluster.pod("demo", target);
+fn banner(text: &str) {
+    println!("\n=== {text}");
+}
+
+fn curl(cluster: &Cluster, namespace: &str, pod: &str, url: &str) -> anyhow::Result<String> {
+    let pod = cluster.pod(namespace, pod);
+    let out = cluster.run_in_pod(pod, "curl", &["-sS", "--max-time", "5", url])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "curl {url} from {namespace}/{pod}: {}",
+        String::from_utf8_lossy(&out.stderr).trim(),
+        pod = pod.name
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn answer_line<'a>(body: &'a str, key: &str) -> &'a str {
+    body.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or("?")
+}
+
+fn show_stats(cluster: &Cluster) -> anyhow::Result<()> {
+    for node in &cluster.nodes {
+        let stats = cluster.admin(node, "/stats")?;
+        let p = &stats["proxy"];
+        let k = &stats["kernel"];
         println!(
-            "\n== curl from demo/client ({}) to demo/{target} ({}:8080), cross-node: {}",
-            client.ip,
-            echo.ip,
-            client.node != echo.node
-        );
-        let out = cluster.run_in_pod(
-            client,
-            "curl",
-            &[
-                "-sS",
-                "--max-time",
-                "5",
-                &format!("http://{}:8080/tour", echo.ip),
-            ],
-        )?;
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-        anyhow::ensure!(
-            out.status.success(),
-            "curl failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "  {:<7} outbound {:>3}  inbound {:>3}  refused-not-captured {}  | kernel: redirected out {} in {}",
+            node.name, p["outbound_opened"], p["inbound_opened"], p["refused_not_captured"], k["outbound_redirected"], k["inbound_redirected"]
         );
     }
-    println!("\ndemo: tour complete; removing the playground");
     Ok(())
 }
 
-fn wait_for_echo(cluster: &Cluster, client: &PodHandle, echo: &PodHandle) -> anyhow::Result<()> {
-    let url = format!("http://{}:8080/ready", echo.ip);
-    for _ in 0..50 {
-        if cluster
-            .run_in_pod(
-                client,
-                "curl",
-                &["-s", "-o", "/dev/null", "--max-time", "1", &url],
-            )?
-            .status
-            .success()
-        {
-            return Ok(());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+fn tour(cluster: &Cluster, manifests: &Manifests) -> anyhow::Result<()> {
+    banner("The playground");
+    for node in &cluster.nodes {
+        println!(
+            "  node {:<7} {:<15} netns {}",
+            node.name, node.ip, node.netns
+        );
     }
-    anyhow::bail!(
-        "echo server {}/{} did not answer within 5 s",
-        echo.namespace,
-        echo.name
+    for pod in &cluster.pods {
+        let enrolled = if pod.namespace == "demo" {
+            "enrolled"
+        } else {
+            "not enrolled"
+        };
+        println!(
+            "  pod  {:<15} {:<12} on {}  ({enrolled})",
+            format!("{}/{}", pod.namespace, pod.name),
+            pod.ip.to_string(),
+            pod.node
+        );
+    }
+    println!("  service demo/echo  {ECHO_VIP}:80 -> 8080 on echo-v1, echo-v2");
+
+    banner(
+        "demo/client curls the echo Service four times (captured by eBPF, carried by both agents)",
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 1..=4 {
+        let body = curl(
+            cluster,
+            "demo",
+            "client",
+            &format!("http://{ECHO_VIP}/hello"),
+        )?;
+        let server = answer_line(&body, "server=").to_owned();
+        println!(
+            "  #{i}: answered by {server:<8} which saw the peer {}",
+            answer_line(&body, "peer=")
+        );
+        seen.insert(server);
+    }
+    anyhow::ensure!(
+        seen.len() == 2,
+        "expected both echo versions to answer, got {seen:?}"
+    );
+    println!(
+        "  both versions answered; the servers saw the client pod's own IP {}",
+        cluster.pod("demo", "client").ip
+    );
+
+    banner("Agent state (admin API on 127.0.0.1:15000 inside each node)");
+    show_stats(cluster)?;
+    let workloads = cluster.admin(cluster.node("node-a"), "/workloads")?;
+    let names: Vec<String> = workloads
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| {
+            format!(
+                "{}/{}",
+                w["namespace"].as_str().unwrap_or("?"),
+                w["name"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    println!("  node-a captures: {}", names.join(", "));
+
+    banner(
+        "legacy/plain (not enrolled) calls echo-v1 directly: only the destination agent sees it",
+    );
+    let echo_v1 = cluster.pod("demo", "echo-v1").ip;
+    let body = curl(
+        cluster,
+        "legacy",
+        "plain",
+        &format!("http://{echo_v1}:8080/from-legacy"),
+    )?;
+    println!(
+        "  answered by {}, peer {}",
+        answer_line(&body, "server="),
+        answer_line(&body, "peer=")
+    );
+    show_stats(cluster)?;
+
+    banner("Enroll namespace legacy live by editing its label in the manifest folder");
+    write_manifests(cluster, manifests, true)?;
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let body = curl(
+        cluster,
+        "legacy",
+        "plain",
+        &format!("http://{ECHO_VIP}/now-enrolled"),
+    )?;
+    println!("  legacy/plain -> echo Service answered by {} (the Service VIP only works through an agent)", answer_line(&body, "server="));
+    show_stats(cluster)?;
+    write_manifests(cluster, manifests, false)?;
+    println!("\ndemo: tour complete");
+    Ok(())
+}
+
+fn write_manifests(
+    cluster: &Cluster,
+    manifests: &Manifests,
+    legacy_enrolled: bool,
+) -> anyhow::Result<()> {
+    let namespaces = [
+        manifests::namespace("demo", true),
+        manifests::namespace("legacy", legacy_enrolled),
+    ]
+    .join("---\n");
+    manifests.write("namespaces.yaml", &namespaces)?;
+    let pods: Vec<String> = cluster
+        .pods
+        .iter()
+        .map(|p| manifests::pod(p, &[("app", &p.name)]))
+        .collect();
+    manifests.write("pods.yaml", &pods.join("---\n"))?;
+    let backends = [
+        cluster.pod("demo", "echo-v1").ip,
+        cluster.pod("demo", "echo-v2").ip,
+    ];
+    manifests.write(
+        "services.yaml",
+        &manifests::service("demo", "echo", ECHO_VIP, 80, 8080, &backends),
     )
 }
 
-fn write_playground(cluster: &Cluster) -> anyhow::Result<()> {
-    let dir = state_dir();
-    std::fs::create_dir_all(&dir)?;
+fn write_playground(
+    cluster: &Cluster,
+    manifests: &Manifests,
+    agents: &[(String, u32)],
+) -> anyhow::Result<()> {
     let doc = json!({
-        "nodes": cluster.nodes.iter().map(|n| json!({"name": n.name, "netns": n.netns, "ip": n.ip, "podCIDR": n.pod_cidr})).collect::<Vec<_>>(),
-        "pods": cluster.pods.iter().map(|p| json!({"namespace": p.namespace, "name": p.name, "node": p.node, "netns": p.netns, "ip": p.ip})).collect::<Vec<_>>(),
+        "manifests": manifests.dir,
+        "nodes": cluster.nodes.iter().map(|n| json!({
+            "name": n.name, "netns": n.netns, "ip": n.ip, "podCIDR": n.pod_cidr,
+            "admin": "127.0.0.1:15000",
+            "agentPid": agents.iter().find(|(name, _)| *name == n.name).map(|(_, pid)| pid),
+            "pins": pin_dir(cluster, n),
+        })).collect::<Vec<_>>(),
+        "pods": cluster.pods.iter().map(|p| json!({"namespace": p.namespace, "name": p.name, "node": p.node, "netns": p.netns, "ip": p.ip, "cgroup": p.cgroup})).collect::<Vec<_>>(),
+        "services": [{"namespace": "demo", "name": "echo", "vip": ECHO_VIP, "ports": [{"port": 80, "targetPort": 8080}]}],
     });
-    let path = dir.join("playground.json");
+    let path = state_dir().join("playground.json");
     std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Stops the agents recorded in playground.json by PID, removes their pins, then the
+/// playground's namespaces and cgroups. Safe to run when nothing is up.
+fn down() {
+    let path = state_dir().join("playground.json");
+    if let Ok(doc) = std::fs::read_to_string(&path)
+        .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap_or_default())
+    {
+        for node in doc["nodes"].as_array().into_iter().flatten() {
+            if let Some(pid) = node["agentPid"]
+                .as_i64()
+                .and_then(|p| i32::try_from(p).ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let agent = shell::root().join("target/debug/weft-agent");
+        for node in doc["nodes"].as_array().into_iter().flatten() {
+            if let Some(pins) = node["pins"].as_str() {
+                uninstall(&agent, Path::new(pins));
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    cluster::remove_named(&RunId::demo(), &spec());
+    let pins = PathBuf::from("/sys/fs/bpf").join(RunId::demo().root_name());
+    let _ = std::fs::remove_dir_all(pins);
+}
+
+fn uninstall(agent: &Path, pins: &Path) {
+    if !pins.exists() {
+        return;
+    }
+    let out = Command::new(agent)
+        .args([
+            "--node-name",
+            "demo",
+            "--manifests",
+            "/nonexistent",
+            "--bpffs-dir",
+        ])
+        .arg(pins)
+        .arg("uninstall")
+        .output();
+    if !out.is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "demo: `weft-agent uninstall` failed for {}; removing the pins directly",
+            pins.display()
+        );
+        let _ = std::fs::remove_dir_all(pins);
+    }
 }
