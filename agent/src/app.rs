@@ -24,6 +24,8 @@ pub enum AppError {
     Admin(#[from] AdminError),
     #[error("cannot read the agent's own network namespace: {0}")]
     HostNetns(std::io::Error),
+    #[error("cannot create the state folder {0}: {1}")]
+    StateDir(std::path::PathBuf, std::io::Error),
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -47,7 +49,15 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         maps.clone(),
         connections.clone(),
     ));
-    let mut enrollment = Enrollment::new(config.node_name.clone(), programs, proxy);
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| AppError::StateDir(config.state_dir.clone(), e))?;
+    let mut enrollment = Enrollment::new(
+        config.node_name.clone(),
+        programs,
+        proxy,
+        config.excluded_ports.clone(),
+        &config.state_dir,
+    );
     let state = Arc::new(AdminState {
         node: config.node_name.clone(),
         ready: false.into(),
@@ -127,7 +137,12 @@ pub fn check(config: &Config) -> Result<CheckReport, CaptureError> {
     Ok(CheckReport { programs })
 }
 
-/// `weft-agent uninstall`: removes every program, link and pin the agent made.
+/// `weft-agent uninstall`: removes every program, link and pin the agent made, and the capture
+/// routing it installed in pods.
 pub fn uninstall(config: &Config) -> Result<Vec<String>, CaptureError> {
-    capture::programs::uninstall(&config.bpffs_dir)
+    netns::init_host()
+        .map_err(|e| CaptureError::Pod(format!("reading the agent's own netns: {e}")))?;
+    let mut removed = crate::enrollment::remove_recorded_routing(&config.state_dir);
+    removed.extend(capture::programs::uninstall(&config.bpffs_dir)?);
+    Ok(removed)
 }

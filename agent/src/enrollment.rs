@@ -1,12 +1,13 @@
 //! Enrollment: makes the node's set of captured pods follow the registry. For each enrolled
-//! pod it prepares the pod's netns, opens the agent's listeners inside it, registers them with
-//! the kernel and attaches the capture programs; for a pod that leaves, it undoes all of that
-//! so the pod's direct path is restored.
+//! pod it opens the agent's listeners inside the pod's netns, registers them with the kernel,
+//! installs the capture routing and attaches the capture program; for a pod that leaves, it
+//! undoes all of that so the pod's direct path is restored.
 
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
     os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
 };
 
@@ -14,17 +15,13 @@ use serde::Serialize;
 use tokio::{net::TcpListener, task::JoinHandle};
 use weft_common::{PodConfig, INBOUND_PORT, OUTBOUND_PORT, POD_FLAG_ENROLLED};
 
+pub use crate::capture::routing::{DELIVERY_MARK, EGRESS_MARK};
 use crate::{
-    capture::{links, CaptureError, Programs},
-    netns::{self, Netns},
+    capture::{links, routing, CaptureError, Programs},
+    netns::Netns,
     proxy::{self, PodContext, ProxyContext},
     registry::{PodPlacement, Registry},
 };
-
-/// Mark on the agent's delivery sockets. With `tcp_fwmark_accept` the application's accepted
-/// socket inherits it, and a policy rule sends its replies to the agent over `lo`.
-pub const DELIVERY_MARK: u32 = 0x5746;
-const DELIVERY_TABLE: &str = "22342";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
@@ -40,6 +37,12 @@ pub enum EnrollError {
         pod: String,
         #[source]
         source: CaptureError,
+    },
+    #[error("pod {pod}: installing capture routing: {source}")]
+    Routing {
+        pod: String,
+        #[source]
+        source: routing::RoutingError,
     },
 }
 
@@ -71,16 +74,27 @@ pub struct Enrollment {
     node: String,
     programs: Programs,
     proxy: Arc<ProxyContext>,
+    excluded_ports: Vec<u16>,
+    /// Where the netns paths of enrolled pods are recorded, for `weft-agent uninstall`.
+    record: PathBuf,
     pods: BTreeMap<String, Enrolled>,
     pub status: Arc<Mutex<EnrollmentStatus>>,
 }
 
 impl Enrollment {
-    pub fn new(node: String, programs: Programs, proxy: Arc<ProxyContext>) -> Self {
+    pub fn new(
+        node: String,
+        programs: Programs,
+        proxy: Arc<ProxyContext>,
+        excluded_ports: Vec<u16>,
+        state_dir: &Path,
+    ) -> Self {
         Self {
             node,
             programs,
             proxy,
+            excluded_ports,
+            record: state_dir.join("enrolled-netns.json"),
             pods: BTreeMap::new(),
             status: Arc::default(),
         }
@@ -101,23 +115,15 @@ impl Enrollment {
         for key in leaving {
             self.unenroll(&key);
         }
-        // Links pinned by an earlier agent for pods that are no longer enrolled.
-        for key in links::pinned_pods(&self.programs.pin_dir) {
-            if !desired.contains_key(&key) {
-                tracing::info!(pod = %key, "detaching capture left from an earlier run");
-                if let Err(e) = links::detach(&self.programs.pin_dir, &key) {
-                    tracing::warn!(pod = %key, error = %e, "detaching stale capture failed");
-                }
-            }
-        }
+        self.forget_stale(&desired);
         let mut failed = Vec::new();
         for (key, placement) in desired {
             if self.pods.contains_key(&key) {
                 continue;
             }
-            match self.enroll(placement).await {
+            match self.enroll(placement) {
                 Ok(enrolled) => {
-                    tracing::info!(pod = %enrolled.context.name(), ip = %enrolled.context.placement.ip, "pod enrolled; IPv6 TCP from it is refused (capture is IPv4 only)");
+                    tracing::info!(pod = %enrolled.context.name(), ip = %enrolled.context.placement.ip, "pod enrolled; its IPv6 TCP is refused (capture is IPv4 only)");
                     self.pods.insert(key, enrolled);
                 }
                 Err(e) => {
@@ -129,6 +135,7 @@ impl Enrollment {
         for reason in &unplaceable {
             tracing::warn!(%reason, "enrolled pod cannot be captured");
         }
+        self.write_record();
         *self.status.lock().unwrap_or_else(PoisonError::into_inner) = EnrollmentStatus {
             enrolled: self
                 .pods
@@ -140,7 +147,27 @@ impl Enrollment {
         };
     }
 
-    async fn enroll(&mut self, placement: PodPlacement) -> Result<Enrolled, EnrollError> {
+    /// Undoes capture an earlier agent left for pods that are no longer enrolled.
+    fn forget_stale(&self, desired: &BTreeMap<String, PodPlacement>) {
+        for key in links::pinned_pods(&self.programs.pin_dir)
+            .into_iter()
+            .filter(|k| !desired.contains_key(k))
+        {
+            tracing::info!(pod = %key, "detaching capture left by an earlier run");
+            if let Err(e) = links::detach(&self.programs.pin_dir, &key) {
+                tracing::warn!(pod = %key, error = %e, "detaching stale capture failed");
+            }
+        }
+        for (key, netns) in read_record(&self.record) {
+            if !desired.contains_key(&key) && !self.pods.contains_key(&key) {
+                if let Ok(ns) = Netns::open(&netns) {
+                    routing::remove(&ns);
+                }
+            }
+        }
+    }
+
+    fn enroll(&mut self, placement: PodPlacement) -> Result<Enrolled, EnrollError> {
         let pod = format!("{}/{}", placement.namespace, placement.name);
         let io = |what| {
             let pod = pod.clone();
@@ -151,14 +178,10 @@ impl Enrollment {
             source,
         };
         let ns = Netns::open(&placement.netns).map_err(io("opening its netns"))?;
-        prepare_netns(&ns)
-            .await
-            .map_err(io("preparing its netns for transparent delivery"))?;
-        let outbound = listen(&ns, Ipv4Addr::LOCALHOST, OUTBOUND_PORT)
-            .map_err(io("opening the outbound listener"))?;
-        let inbound = listen(&ns, Ipv4Addr::LOCALHOST, INBOUND_PORT)
-            .map_err(io("opening the inbound listener"))?;
-        let cookie = netns::netns_cookie(&outbound).map_err(io("reading its netns cookie"))?;
+        let outbound =
+            listen(&ns, OUTBOUND_PORT, true).map_err(io("opening the outbound listener"))?;
+        let inbound =
+            listen(&ns, INBOUND_PORT, false).map_err(io("opening the inbound listener"))?;
         let ip_key = u32::from_ne_bytes(placement.ip.octets());
         {
             let mut maps = self
@@ -169,30 +192,30 @@ impl Enrollment {
             maps.inbound_listeners
                 .insert(ip_key, inbound.as_raw_fd(), 0)
                 .map_err(|e| capture(e.into()))?;
+            maps.outbound_listeners
+                .insert(ip_key, outbound.as_raw_fd(), 0)
+                .map_err(|e| capture(e.into()))?;
+            let config = PodConfig {
+                pod_ip_be: ip_key,
+                flags: POD_FLAG_ENROLLED,
+            };
             maps.pods
-                .insert(
-                    cookie,
-                    PodConfig {
-                        pod_ip_be: ip_key,
-                        flags: POD_FLAG_ENROLLED,
-                    },
-                    0,
-                )
+                .insert(ip_key, config, 0)
                 .map_err(|e| capture(e.into()))?;
         }
-        // Listeners exist before the programs attach: capture never points at nothing.
-        let attached = links::attach(
-            &mut self.programs,
-            &placement.key(),
-            &placement.cgroup,
-            ns.file(),
-        )
-        .map_err(capture)?;
-        tracing::debug!(%pod, attached, "capture links in place");
+        // Listeners exist before capture points at them.
+        routing::install(&ns, placement.ip, &self.excluded_ports).map_err(|source| {
+            EnrollError::Routing {
+                pod: pod.clone(),
+                source,
+            }
+        })?;
+        let attached =
+            links::attach(&mut self.programs, &placement.key(), ns.file()).map_err(capture)?;
+        tracing::debug!(%pod, attached, "capture link in place");
         let context = Arc::new(PodContext {
             placement,
             netns: ns,
-            netns_cookie: cookie,
         });
         let tasks = vec![
             tokio::spawn(proxy::outbound::serve(
@@ -216,92 +239,76 @@ impl Enrollment {
         if let Err(e) = links::detach(&self.programs.pin_dir, key) {
             tracing::warn!(pod = %key, error = %e, "detaching capture failed");
         }
+        routing::remove(&pod.context.netns);
         {
+            let ip_key = u32::from_ne_bytes(pod.context.placement.ip.octets());
             let mut maps = self
                 .proxy
                 .maps
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let _ = maps.pods.remove(&pod.context.netns_cookie);
-            let _ = maps
-                .inbound_listeners
-                .remove(&u32::from_ne_bytes(pod.context.placement.ip.octets()));
-        }
-        if let Err(e) = pod.context.netns.run(
-            "ip",
-            &[
-                "rule",
-                "del",
-                "fwmark",
-                &DELIVERY_MARK.to_string(),
-                "lookup",
-                DELIVERY_TABLE,
-            ],
-        ) {
-            tracing::debug!(pod = %key, error = %e, "removing the delivery rule");
+            let _ = maps.pods.remove(&ip_key);
+            let _ = maps.inbound_listeners.remove(&ip_key);
+            let _ = maps.outbound_listeners.remove(&ip_key);
         }
         tracing::info!(pod = %pod.context.name(), "pod unenrolled; its direct path is restored");
-        drop(pod);
     }
 
     pub fn enrolled_count(&self) -> usize {
         self.pods.len()
     }
+
+    fn write_record(&self) {
+        let record: BTreeMap<&String, &Path> = self
+            .pods
+            .iter()
+            .map(|(k, p)| (k, p.context.placement.netns.as_path()))
+            .collect();
+        let written = serde_json::to_vec(&record)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(&self.record, json));
+        if let Err(e) = written {
+            tracing::warn!(path = %self.record.display(), error = %e, "cannot record enrolled pods; `weft-agent uninstall` will not find their routing");
+        }
+    }
 }
 
-/// A listener inside the pod's netns.
-fn listen(ns: &Netns, ip: Ipv4Addr, port: u16) -> std::io::Result<TcpListener> {
+/// The enrolled pods' netns paths an agent recorded in `record`.
+fn read_record(record: &Path) -> BTreeMap<String, PathBuf> {
+    std::fs::read(record)
+        .ok()
+        .and_then(|json| serde_json::from_slice(&json).ok())
+        .unwrap_or_default()
+}
+
+/// Removes the capture routing from every pod an agent with this state folder recorded.
+pub fn remove_recorded_routing(state_dir: &Path) -> Vec<String> {
+    let record = state_dir.join("enrolled-netns.json");
+    let mut cleaned = Vec::new();
+    for (key, netns) in read_record(&record) {
+        if let Ok(ns) = Netns::open(&netns) {
+            routing::remove(&ns);
+            cleaned.push(format!("routing of {key} ({})", netns.display()));
+        }
+    }
+    let _ = std::fs::remove_file(record);
+    cleaned
+}
+
+/// A listener on the pod's loopback. The outbound one is transparent: `weft_sk_lookup` hands
+/// it connections to any destination, and their accepted sockets keep that address. The
+/// inbound one is marked for egress.
+fn listen(ns: &Netns, port: u16, transparent: bool) -> std::io::Result<TcpListener> {
     let socket = ns.tcp_socket()?;
     socket.set_reuse_address(true)?;
-    socket.bind(&SocketAddr::from((ip, port)).into())?;
+    if transparent {
+        socket.set_ip_transparent_v4(true)?;
+    } else {
+        // Accepted sockets inherit the mark, so their replies to the network take the pod's
+        // normal routes instead of the capture route.
+        socket.set_mark(EGRESS_MARK)?;
+    }
+    socket.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into())?;
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
-}
-
-/// Lets the agent deliver inbound connections from the client's own address: marked sockets
-/// (and the application sockets that inherit the mark) route through a table whose default is
-/// local, so replies to a foreign client address come back to the agent. Idempotent.
-async fn prepare_netns(ns: &Netns) -> std::io::Result<()> {
-    ns.write_sysctl("net.ipv4.tcp_fwmark_accept", "1")?;
-    let mark = DELIVERY_MARK.to_string();
-    let rules = ns.run("ip", &["rule", "show", "fwmark", &mark])?;
-    if String::from_utf8_lossy(&rules.stdout).trim().is_empty() {
-        checked(ns.run(
-            "ip",
-            &[
-                "rule",
-                "add",
-                "fwmark",
-                &mark,
-                "lookup",
-                DELIVERY_TABLE,
-                "pref",
-                "100",
-            ],
-        )?)?;
-    }
-    checked(ns.run(
-        "ip",
-        &[
-            "route",
-            "replace",
-            "local",
-            "0.0.0.0/0",
-            "dev",
-            "lo",
-            "table",
-            DELIVERY_TABLE,
-        ],
-    )?)
-}
-
-fn checked(output: std::process::Output) -> std::io::Result<()> {
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!(
-            "ip: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))
-    }
 }

@@ -1,6 +1,6 @@
 //! The Weft node agent: captures enrolled pods' TCP traffic with eBPF and carries it between
 //! nodes. `main` builds a [`config::Config`] and hands it to [`app::run`].
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;

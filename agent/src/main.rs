@@ -21,6 +21,9 @@ struct Args {
     /// bpffs folder for pins.
     #[arg(long, env = "WEFT_BPFFS_DIR")]
     bpffs_dir: Option<PathBuf>,
+    /// Folder for the agent's state (local CA, enrolled pods).
+    #[arg(long, env = "WEFT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     /// Ports never captured (repeat or comma-separate).
     #[arg(long, env = "WEFT_EXCLUDED_PORTS", value_delimiter = ',')]
     excluded_ports: Option<Vec<u16>>,
@@ -65,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         node_name: args.node_name,
         manifests: args.manifests,
         bpffs_dir: args.bpffs_dir,
+        state_dir: args.state_dir,
         excluded_ports: args.excluded_ports,
         admin_addr: args.admin_addr,
         readiness_addr: args.readiness_addr,

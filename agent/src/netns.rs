@@ -6,7 +6,6 @@
 use std::{
     fs::File,
     io,
-    os::fd::{AsFd, AsRawFd as _},
     path::{Path, PathBuf},
     process::{Command, Output},
     sync::OnceLock,
@@ -99,32 +98,5 @@ impl Netns {
     pub fn write_sysctl(&self, key: &str, value: &str) -> io::Result<()> {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
         self.enter(|| std::fs::write(&path, value))?
-    }
-}
-
-/// The kernel's cookie for the namespace a socket lives in (`SO_NETNS_COOKIE`), the key the
-/// kernel programs use for the pod.
-pub fn netns_cookie(socket: &impl AsFd) -> io::Result<u64> {
-    let mut cookie: u64 = 0;
-    let mut len =
-        libc::socklen_t::try_from(std::mem::size_of::<u64>()).map_err(io::Error::other)?;
-    #[expect(
-        unsafe_code,
-        reason = "getsockopt(SO_NETNS_COOKIE) has no safe wrapper in nix or socket2"
-    )]
-    // SAFETY: the fd is valid for the borrow, and `cookie`/`len` describe a writable u64.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            std::ptr::from_mut(&mut cookie).cast(),
-            &raw mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(cookie)
-    } else {
-        Err(io::Error::last_os_error())
     }
 }

@@ -11,6 +11,11 @@ pub fn pin_dir(cluster: &Cluster, node: &NodeHandle) -> std::path::PathBuf {
     cluster.bpffs_dir().join(&node.name)
 }
 
+/// Where an agent keeps its state, beside its log.
+pub fn state_dir(log_dir: &Path, node: &NodeHandle) -> std::path::PathBuf {
+    log_dir.join(format!("{}-state", node.name))
+}
+
 impl Cluster {
     /// Starts `weft-agent` in the node's netns, logging to `<log_dir>/<node>.log`, and waits
     /// until it reports ready. Returns its PID; the cluster stops it on drop.
@@ -33,6 +38,8 @@ impl Cluster {
             .arg(manifests)
             .arg("--bpffs-dir")
             .arg(pin_dir(self, node))
+            .arg("--state-dir")
+            .arg(state_dir(log_dir, node))
             .env("RUST_LOG", "info,weft_agent=debug");
         let pid = self.spawn_in_node_logged(node, &command, log)?;
         self.wait_ready(node, pid)?;

@@ -132,7 +132,17 @@ impl Fixture {
     fn send(&self, from: &PodHandle, to: &str, bytes: u64) -> Result<Report, String> {
         let out = self
             .cluster
-            .run_in_pod(from, TESTPOD, &["send", to, &bytes.to_string()])
+            .run_in_pod(
+                from,
+                TESTPOD,
+                &[
+                    "--connect-timeout-ms",
+                    "2000",
+                    "send",
+                    to,
+                    &bytes.to_string(),
+                ],
+            )
             .expect("run testpod");
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).into_owned());
@@ -322,35 +332,33 @@ fn non_enrolled_pods_bypass_agents_until_their_namespace_is_enrolled_live() {
     }
 }
 
-/// Program ids attached to a cgroup, by attach type, as bpftool reports them.
-fn cgroup_programs(cgroup: &Path) -> Vec<(String, u64)> {
-    let out = Command::new("bpftool")
-        .args(["-j", "cgroup", "show"])
-        .arg(cgroup)
-        .output()
-        .expect("bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let list: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::json!([]));
-    let mut programs: Vec<(String, u64)> = list
+/// The pinned capture program's id and how many links (one per enrolled pod's netns) use it.
+fn capture_program(pins: &Path) -> (u64, usize) {
+    let bpftool = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new("bpftool")
+            .arg("-j")
+            .args(args)
+            .output()
+            .expect("bpftool");
+        assert!(
+            out.status.success(),
+            "bpftool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("bpftool json")
+    };
+    let pin = pins.join("progs/weft_sk_lookup");
+    let id = bpftool(&["prog", "show", "pinned", &pin.to_string_lossy()])["id"]
+        .as_u64()
+        .expect("program id");
+    let links = bpftool(&["link", "show"]);
+    let count = links
         .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| {
-                    (
-                        p["attach_type"].as_str().unwrap_or("?").to_owned(),
-                        p["id"].as_u64().unwrap_or(0),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    programs.sort();
-    programs
+        .into_iter()
+        .flatten()
+        .filter(|l| l["prog_id"].as_u64() == Some(id))
+        .count();
+    (id, count)
 }
 
 #[test]
@@ -363,32 +371,30 @@ fn agent_restart_fails_closed_then_adopts_pins_without_duplicates() {
     let server_a = f.pod("demo", "server-a").clone();
     let plain2 = f.pod("legacy", "plain2").clone();
     let plain = f.pod("legacy", "plain").clone();
-    let attached = cgroup_programs(&client.cgroup);
-    let types: Vec<&str> = attached.iter().map(|(t, _)| t.as_str()).collect();
+    let pins = pin_dir(&f.cluster, f.cluster.node("node0"));
+    let before = capture_program(&pins);
     assert_eq!(
-        types,
-        [
-            "cgroup_inet4_connect",
-            "cgroup_inet4_getpeername",
-            "cgroup_inet6_connect",
-            "cgroup_sock_ops"
-        ],
-        "{attached:?}"
+        before.1, 2,
+        "one link per enrolled pod on node0 (client, server-b)"
     );
 
     let node0_agent = f.agents[0];
     f.cluster
         .stop(node0_agent, nix::sys::signal::Signal::SIGKILL);
     // Enrolled: outbound from node0's pod fails, inbound to node0's pod fails.
+    let error = f
+        .send(&client, &format!("{}:9000", server_a.ip), 1024)
+        .expect_err("outbound must fail closed");
     assert!(
-        f.send(&client, &format!("{}:9000", server_a.ip), 1024)
-            .is_err(),
-        "outbound must fail closed"
+        error.contains("timed out"),
+        "the SYN is dropped, never let past: {error}"
     );
+    let error = f
+        .send(&plain, &format!("{}:9000", client.ip), 1024)
+        .expect_err("inbound must fail closed");
     assert!(
-        f.send(&plain, &format!("{}:9000", client.ip), 1024)
-            .is_err(),
-        "inbound must fail closed"
+        error.contains("timed out"),
+        "the SYN is dropped, never delivered: {error}"
     );
     // Not enrolled: unaffected.
     f.send(&plain, &format!("{}:9000", plain2.ip), 1024)
@@ -408,9 +414,9 @@ fn agent_restart_fails_closed_then_adopts_pins_without_duplicates() {
         .expect("inbound after restart")
         .assert_intact(1024);
     assert_eq!(
-        cgroup_programs(&client.cgroup),
-        attached,
-        "the same programs, none added"
+        capture_program(&pins),
+        before,
+        "the same program and links, none added"
     );
 }
 
@@ -425,22 +431,28 @@ fn capture_listeners_refuse_connections_that_were_not_redirected() {
     let node1 = f.cluster.node("node1").clone();
     for port in [15001, 15006] {
         let target = format!("{}:{port}", client.ip);
-        let from_other_node =
-            weft_harness::netns::exec(&node1.netns, &[TESTPOD, "connect", &target]);
+        let from_other_node = weft_harness::netns::exec(
+            &node1.netns,
+            &[TESTPOD, "--connect-timeout-ms", "1000", "connect", &target],
+        );
         assert!(
             from_other_node.is_err(),
             "{target} reachable from another node"
         );
         let out = f
             .cluster
-            .run_in_pod(&plain2, TESTPOD, &["connect", &target])
+            .run_in_pod(
+                &plain2,
+                TESTPOD,
+                &["--connect-timeout-ms", "1000", "connect", &target],
+            )
             .expect("run");
         assert!(
             !out.status.success(),
             "{target} reachable from a non-enrolled pod"
         );
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains("refused"),
+            String::from_utf8_lossy(&out.stderr).contains("timed out"),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
@@ -453,7 +465,7 @@ fn capture_listeners_refuse_connections_that_were_not_redirected() {
 }
 
 #[test]
-fn uninstall_removes_every_program_link_and_pin() {
+fn uninstall_removes_every_program_link_pin_and_rule() {
     if !require_privileges() {
         return;
     }
@@ -461,11 +473,8 @@ fn uninstall_removes_every_program_link_and_pin() {
     let client = f.pod("demo", "client").clone();
     let node0 = f.cluster.node("node0").clone();
     let pins = pin_dir(&f.cluster, &node0);
-    assert!(pins.join("progs/weft_connect4").exists());
-    let ids: Vec<u64> = cgroup_programs(&client.cgroup)
-        .into_iter()
-        .map(|(_, id)| id)
-        .collect();
+    let (program_id, links) = capture_program(&pins);
+    assert_eq!(links, 2);
     f.cluster
         .stop(f.agents[0], nix::sys::signal::Signal::SIGTERM);
     let out = Command::new(agent_bin())
@@ -473,6 +482,8 @@ fn uninstall_removes_every_program_link_and_pin() {
         .arg(&f.manifests.dir)
         .arg("--bpffs-dir")
         .arg(&pins)
+        .arg("--state-dir")
+        .arg(weft_harness::agent::state_dir(&f.logs, &node0))
         .arg("uninstall")
         .output()
         .expect("uninstall");
@@ -482,20 +493,25 @@ fn uninstall_removes_every_program_link_and_pin() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!pins.exists(), "pins left: {}", pins.display());
+    let shown = Command::new("bpftool")
+        .args(["prog", "show", "id", &program_id.to_string()])
+        .output()
+        .expect("bpftool");
     assert!(
-        cgroup_programs(&client.cgroup).is_empty(),
-        "links left on the pod cgroup"
+        !shown.status.success(),
+        "program {program_id} still loaded: a link or pin still holds it"
     );
-    for id in ids {
-        let shown = Command::new("bpftool")
-            .args(["prog", "show", "id", &id.to_string()])
-            .output()
-            .expect("bpftool");
-        assert!(!shown.status.success(), "program {id} still loaded");
-    }
-    // The pod's direct path works again without an agent.
+    let rules = weft_harness::netns::ip(&client.netns, &["rule", "show"]).expect("ip rule");
+    assert!(
+        !rules.contains("0x5747") && !rules.contains("22342"),
+        "capture routing left in the pod: {rules}"
+    );
+    // The pod's direct path works again without an agent, both ways.
     let plain = f.pod("legacy", "plain").clone();
     f.send(&plain, &format!("{}:9000", client.ip), 1024)
-        .expect("direct path after uninstall")
+        .expect("inbound direct path after uninstall")
+        .assert_intact(1024);
+    f.send(&client, &format!("{}:9000", plain.ip), 1024)
+        .expect("outbound direct path after uninstall")
         .assert_intact(1024);
 }

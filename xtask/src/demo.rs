@@ -109,14 +109,25 @@ fn banner(text: &str) {
     println!("\n=== {text}");
 }
 
+/// Runs curl inside a pod exactly as a user would: `ip netns exec weft-<ns>-<pod> curl …`.
 fn curl(cluster: &Cluster, namespace: &str, pod: &str, url: &str) -> anyhow::Result<String> {
-    let pod = cluster.pod(namespace, pod);
-    let out = cluster.run_in_pod(pod, "curl", &["-sS", "--max-time", "5", url])?;
+    let netns = &cluster.pod(namespace, pod).netns;
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            url,
+        ])
+        .output()?;
     anyhow::ensure!(
         out.status.success(),
-        "curl {url} from {namespace}/{pod}: {}",
-        String::from_utf8_lossy(&out.stderr).trim(),
-        pod = pod.name
+        "ip netns exec {netns} curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -164,7 +175,7 @@ fn tour(cluster: &Cluster, manifests: &Manifests) -> anyhow::Result<()> {
     println!("  service demo/echo  {ECHO_VIP}:80 -> 8080 on echo-v1, echo-v2");
 
     banner(
-        "demo/client curls the echo Service four times (captured by eBPF, carried by both agents)",
+        "ip netns exec weft-demo-client curl http://10.96.0.10/hello, four times (captured by eBPF, carried by the agents)",
     );
     let mut seen = std::collections::BTreeSet::new();
     for i in 1..=4 {

@@ -17,7 +17,9 @@ pub enum CaptureError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("the kernel object has no map {0}: agent and object are from different builds")]
+    #[error(
+        "the kernel object has no map or program {0}: agent and object are from different builds"
+    )]
     MissingMap(&'static str),
     #[error("kernel map: {0}")]
     Map(#[from] aya::maps::MapError),

@@ -1,24 +1,17 @@
-//! Attaching the capture programs to one pod, as pinned links under
-//! `<pin_dir>/pods/<namespace>_<pod>/`: cgroup programs on the pod's cgroup, sk_lookup on its
-//! netns. Pinned links outlive the agent, which is what keeps capture failing closed while it
-//! restarts; detaching is unpinning.
+//! Attaching the capture program to one pod's netns, as a pinned link under
+//! `<pin_dir>/pods/<namespace>_<pod>/sk_lookup`. A pinned link outlives the agent, which is
+//! what keeps capture failing closed while it restarts; detaching is unpinning.
 
 use std::{
     fs::{self, File},
     path::{Path, PathBuf},
 };
 
-use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
+use aya::programs::links::{FdLink, PinnedLink};
 
 use super::{CaptureError, Programs};
 
-const LINKS: [&str; 5] = [
-    "connect4",
-    "connect6",
-    "getpeername4",
-    "sockops",
-    "sk_lookup",
-];
+const LINK: &str = "sk_lookup";
 
 fn pin_error(path: &Path, e: impl std::fmt::Display) -> CaptureError {
     CaptureError::Pin(format!("{}: {e}", path.display()))
@@ -41,66 +34,28 @@ pub fn pinned_pods(pin_dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Attaches every capture program to the pod, skipping links already pinned (adoption).
-/// Returns how many links were newly attached.
-pub fn attach(
-    programs: &mut Programs,
-    pod_key: &str,
-    cgroup: &Path,
-    netns: &File,
-) -> Result<usize, CaptureError> {
+/// Attaches the capture program to the pod's netns, unless a link is already pinned there
+/// (adoption after a restart). Returns whether a link was newly attached.
+pub fn attach(programs: &mut Programs, pod_key: &str, netns: &File) -> Result<bool, CaptureError> {
     let dir = pod_dir(&programs.pin_dir, pod_key);
     fs::create_dir_all(&dir).map_err(|e| pin_error(&dir, e))?;
-    let cgroup_fd = File::open(cgroup)
-        .map_err(|e| CaptureError::Pod(format!("opening cgroup {}: {e}", cgroup.display())))?;
-    let mut attached = 0;
-    for name in LINKS {
-        let pin = dir.join(name);
-        if pin.exists() && PinnedLink::from_pin(&pin).is_ok() {
-            continue;
-        }
-        let _ = fs::remove_file(&pin);
-        let program_error = |source| CaptureError::Program {
-            name: name.to_owned(),
-            source,
-        };
-        // bpf_link attachments to cgroups always coexist with other programs there.
-        let link: FdLink = match name {
-            "connect4" | "connect6" | "getpeername4" => {
-                let program = match name {
-                    "connect4" => &mut programs.connect4,
-                    "connect6" => &mut programs.connect6,
-                    _ => &mut programs.getpeername4,
-                };
-                let id = program
-                    .attach(&cgroup_fd, CgroupAttachMode::Single)
-                    .map_err(program_error)?;
-                program.take_link(id).map_err(program_error)?.try_into()?
-            }
-            "sockops" => {
-                let id = programs
-                    .sockops
-                    .attach(&cgroup_fd, CgroupAttachMode::Single)
-                    .map_err(program_error)?;
-                programs
-                    .sockops
-                    .take_link(id)
-                    .map_err(program_error)?
-                    .try_into()?
-            }
-            _ => {
-                let id = programs.sk_lookup.attach(netns).map_err(program_error)?;
-                programs
-                    .sk_lookup
-                    .take_link(id)
-                    .map_err(program_error)?
-                    .into()
-            }
-        };
-        link.pin(&pin).map_err(|e| pin_error(&pin, e))?;
-        attached += 1;
+    let pin = dir.join(LINK);
+    if pin.exists() && PinnedLink::from_pin(&pin).is_ok() {
+        return Ok(false);
     }
-    Ok(attached)
+    let _ = fs::remove_file(&pin);
+    let program_error = |source| CaptureError::Program {
+        name: "weft_sk_lookup".to_owned(),
+        source,
+    };
+    let id = programs.sk_lookup.attach(netns).map_err(program_error)?;
+    let link: FdLink = programs
+        .sk_lookup
+        .take_link(id)
+        .map_err(program_error)?
+        .into();
+    link.pin(&pin).map_err(|e| pin_error(&pin, e))?;
+    Ok(true)
 }
 
 /// Detaches the pod's links by unpinning them. Returns the names removed.

@@ -1,4 +1,4 @@
-//! Loads Weft's kernel programs once per node and pins them with their maps, or adopts what an
+//! Loads Weft's capture program once per node and pins it with its maps, or adopts what an
 //! earlier agent pinned, so a restart never attaches duplicates and capture survives it.
 
 use std::{
@@ -8,33 +8,29 @@ use std::{
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, SockHash},
-    programs::{CgroupSockAddr, CgroupSockAddrAttachType, Program, SkLookup, SockOps},
+    programs::{Program, SkLookup},
     EbpfLoader,
 };
-use weft_common::{counter, DeliveryKey, OrigDst, OrigDstKey, PodConfig};
+use weft_common::{counter, DeliveryKey, PodConfig};
 
 use super::{kernel_object, CaptureError};
 
-/// The loaded (or adopted) programs, each owned through its pin.
+/// The capture program, loaded or adopted, owned through its pin.
 #[derive(Debug)]
 pub struct Programs {
-    pub connect4: CgroupSockAddr,
-    pub connect6: CgroupSockAddr,
-    pub getpeername4: CgroupSockAddr,
-    pub sockops: SockOps,
     pub sk_lookup: SkLookup,
-    /// `true` when the programs were already pinned by an earlier agent.
+    /// `true` when the program was already pinned by an earlier agent.
     pub adopted: bool,
     pub pin_dir: PathBuf,
 }
 
 /// The maps user space reads and writes.
 pub struct Maps {
-    pub pods: HashMap<MapData, u64, PodConfig>,
-    pub orig_dst: HashMap<MapData, OrigDstKey, OrigDst>,
+    pub pods: HashMap<MapData, u32, PodConfig>,
     pub excluded_ports: HashMap<MapData, u16, u8>,
-    pub inbound_listeners: SockHash<MapData, u32>,
     pub deliveries: HashMap<MapData, DeliveryKey, u8>,
+    pub inbound_listeners: SockHash<MapData, u32>,
+    pub outbound_listeners: SockHash<MapData, u32>,
     pub counters: PerCpuArray<MapData, u64>,
 }
 
@@ -47,19 +43,16 @@ impl std::fmt::Debug for Maps {
 /// Kernel counters summed over CPUs, by slot name.
 pub type Counters = Vec<(&'static str, u64)>;
 
-const CGROUP_PROGRAMS: [(&str, CgroupSockAddrAttachType); 3] = [
-    ("weft_connect4", CgroupSockAddrAttachType::Connect4),
-    ("weft_connect6", CgroupSockAddrAttachType::Connect6),
-    ("weft_getpeername4", CgroupSockAddrAttachType::GetPeerName4),
-];
+const PROGRAM: &str = "weft_sk_lookup";
 
 fn io_error(what: &str, path: &Path, e: impl std::fmt::Display) -> CaptureError {
     CaptureError::Pin(format!("{what} {}: {e}", path.display()))
 }
 
 impl Programs {
-    /// Loads the object with its maps pinned under `<pin_dir>/maps`, and each program pinned at
-    /// `<pin_dir>/progs/<name>`; programs already pinned there are adopted, not loaded again.
+    /// Loads the object with its maps pinned under `<pin_dir>/maps`, and the program pinned at
+    /// `<pin_dir>/progs/weft_sk_lookup`; a program already pinned there is adopted, not loaded
+    /// again.
     pub fn load_or_adopt(pin_dir: &Path) -> Result<(Self, Maps), CaptureError> {
         let missing = super::missing_kernel_features();
         if !missing.is_empty() {
@@ -73,45 +66,23 @@ impl Programs {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .load(kernel_object()?)?;
-        let adopted = progs_dir.join("weft_sk_lookup").exists();
-        for (name, program) in ebpf.programs_mut() {
-            let pin = progs_dir.join(name);
-            if pin.exists() || name.starts_with("weft_probe") {
-                continue;
-            }
-            let loaded = match program {
-                Program::CgroupSockAddr(p) => p.load(),
-                Program::SockOps(p) => p.load(),
-                Program::SkLookup(p) => p.load(),
-                _ => continue,
+        let pin = progs_dir.join(PROGRAM);
+        let adopted = pin.exists();
+        let program_error = |source| CaptureError::Program {
+            name: PROGRAM.to_owned(),
+            source,
+        };
+        if !adopted {
+            let Some(Program::SkLookup(program)) = ebpf.program_mut(PROGRAM) else {
+                return Err(CaptureError::MissingMap(PROGRAM));
             };
-            loaded.map_err(|source| CaptureError::Program {
-                name: name.to_owned(),
-                source,
-            })?;
+            program.load().map_err(program_error)?;
             program
                 .pin(&pin)
                 .map_err(|e| io_error("pinning", &pin, e))?;
         }
-        fn program_error(
-            name: &'static str,
-        ) -> impl Fn(aya::programs::ProgramError) -> CaptureError {
-            move |source| CaptureError::Program {
-                name: name.to_owned(),
-                source,
-            }
-        }
-        let [connect4, connect6, getpeername4] = CGROUP_PROGRAMS.map(|(name, attach)| {
-            CgroupSockAddr::from_pin(progs_dir.join(name), attach).map_err(program_error(name))
-        });
         let programs = Self {
-            connect4: connect4?,
-            connect6: connect6?,
-            getpeername4: getpeername4?,
-            sockops: SockOps::from_pin(progs_dir.join("weft_sockops"))
-                .map_err(program_error("weft_sockops"))?,
-            sk_lookup: SkLookup::from_pin(progs_dir.join("weft_sk_lookup"))
-                .map_err(program_error("weft_sk_lookup"))?,
+            sk_lookup: SkLookup::from_pin(&pin).map_err(program_error)?,
             adopted,
             pin_dir: pin_dir.to_owned(),
         };
@@ -119,10 +90,10 @@ impl Programs {
             |name: &'static str| ebpf.take_map(name).ok_or(CaptureError::MissingMap(name));
         let maps = Maps {
             pods: HashMap::try_from(take("PODS")?)?,
-            orig_dst: HashMap::try_from(take("ORIG_DST")?)?,
             excluded_ports: HashMap::try_from(take("EXCLUDED_PORTS")?)?,
-            inbound_listeners: SockHash::try_from(take("INBOUND_LISTENERS")?)?,
             deliveries: HashMap::try_from(take("DELIVERIES")?)?,
+            inbound_listeners: SockHash::try_from(take("INBOUND_LISTENERS")?)?,
+            outbound_listeners: SockHash::try_from(take("OUTBOUND_LISTENERS")?)?,
             counters: PerCpuArray::try_from(take("COUNTERS")?)?,
         };
         Ok((programs, maps))
@@ -147,26 +118,7 @@ impl Maps {
         Ok(())
     }
 
-    /// Reads and removes the original destination of a captured outbound connection.
-    pub fn take_orig_dst(
-        &mut self,
-        netns_cookie: u64,
-        client_port: u16,
-    ) -> Option<std::net::SocketAddrV4> {
-        let key = OrigDstKey {
-            netns_cookie,
-            src_port: client_port,
-            pad: [0; 6],
-        };
-        let orig = self.orig_dst.get(&key, 0).ok()?;
-        let _ = self.orig_dst.remove(&key);
-        Some(std::net::SocketAddrV4::new(
-            std::net::Ipv4Addr::from(u32::from_be(orig.ip_be)),
-            orig.port,
-        ))
-    }
-
-    /// The kernel programs' counters, summed over CPUs.
+    /// The kernel program's counters, summed over CPUs.
     pub fn counters(&self) -> Counters {
         (0..counter::COUNT)
             .map(|slot| {
@@ -181,8 +133,8 @@ impl Maps {
     }
 }
 
-/// Removes everything pinned under `pin_dir`: pod links (which detaches them), programs and
-/// maps. Returns what was removed, for the operator.
+/// Removes everything pinned under `pin_dir`: pod links (which detaches them), the program and
+/// the maps. Returns what was removed, for the operator.
 pub fn uninstall(pin_dir: &Path) -> Result<Vec<String>, CaptureError> {
     let mut removed = Vec::new();
     if !pin_dir.exists() {

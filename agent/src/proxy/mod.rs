@@ -37,7 +37,6 @@ pub struct ProxyContext {
 pub struct PodContext {
     pub placement: PodPlacement,
     pub netns: Netns,
-    pub netns_cookie: u64,
 }
 
 impl PodContext {

@@ -1,17 +1,20 @@
-//! Outbound: a connection an enrolled pod made, redirected by `weft_connect4` to the agent's
+//! Outbound: a connection an enrolled pod made, steered by `weft_sk_lookup` to the agent's
 //! listener in the pod's netns. The agent connects onward from the same netns, so packets leave
 //! with the pod's address.
 
 use std::{
     net::{SocketAddr, SocketAddrV4},
-    sync::{atomic::Ordering, Arc, PoisonError},
+    sync::{atomic::Ordering, Arc},
     time::Duration,
 };
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use super::{splice, PodContext, ProxyContext};
-use crate::connections::{Connection, Direction};
+use crate::{
+    connections::{Connection, Direction},
+    enrollment::EGRESS_MARK,
+};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -59,20 +62,20 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, ctx: Arc<ProxyCo
 }
 
 async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &ProxyContext) {
-    let original = ctx
-        .maps
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take_orig_dst(pod.netns_cookie, peer.port());
-    let Some(original) = original else {
-        // Only connections the kernel redirected have an entry: anything else that reaches the
-        // listener is refused, so it can never serve as an open relay.
-        ctx.connections
-            .totals
-            .refused_not_captured
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(pod = %pod.name(), %peer, "refused: connection to the outbound listener was not redirected by capture");
-        return;
+    // The listener is transparent and `weft_sk_lookup` handed it the pod's SYN, so the
+    // accepted socket's local address is what the pod dialed. A connection that reached the
+    // listener any other way (someone in the pod dialing 127.0.0.1:15001) is refused: the
+    // listener can never serve as an open relay.
+    let original = match client.local_addr() {
+        Ok(SocketAddr::V4(addr)) if !addr.ip().is_loopback() => addr,
+        _ => {
+            ctx.connections
+                .totals
+                .refused_not_captured
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(pod = %pod.name(), %peer, "refused: connection to the outbound listener was not redirected by capture");
+            return;
+        }
     };
     let route = match resolve(ctx, original) {
         Ok(route) => route,
@@ -110,6 +113,9 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
 /// Connects from a socket created in the pod's netns.
 async fn connect_from_pod(pod: &PodContext, destination: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = pod.netns.tcp_socket()?;
+    // The mark routes the agent's own connection out through the pod's interface instead of
+    // into capture again.
+    socket.set_mark(EGRESS_MARK)?;
     socket.set_tcp_nodelay(true)?;
     let socket = TcpSocket::from_std_stream(socket.into());
     tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(destination))

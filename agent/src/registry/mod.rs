@@ -18,7 +18,7 @@ use serde::Serialize;
 pub const MESH_LABEL: &str = "weft.io/mesh";
 /// Local mode: the pod's network namespace file.
 pub const NETNS_ANNOTATION: &str = "weft.io/netns";
-/// Local mode: the pod's cgroup folder.
+/// Local mode: the pod's cgroup folder (recorded; capture needs only the netns).
 pub const CGROUP_ANNOTATION: &str = "weft.io/cgroup";
 
 /// An object that was skipped, and why: shown in logs, the admin API and a metric.
@@ -46,7 +46,7 @@ pub struct PodPlacement {
     pub name: String,
     pub ip: Ipv4Addr,
     pub netns: PathBuf,
-    pub cgroup: PathBuf,
+    pub cgroup: Option<PathBuf>,
 }
 
 impl PodPlacement {
@@ -85,8 +85,7 @@ impl Registry {
         namespace_on && !pod_off
     }
 
-    /// Enrolled pods scheduled on `node` that have an address and (local mode) a netns and a
-    /// cgroup. Pods enrolled but not placeable are reported through `unplaceable`.
+    /// Enrolled pods scheduled on `node` that have an address and (local mode) a netns. Pods enrolled but not placeable are reported through `unplaceable`.
     pub fn enrolled_on(&self, node: &str) -> (Vec<PodPlacement>, Vec<String>) {
         let mut placed = Vec::new();
         let mut unplaceable = Vec::new();
@@ -100,16 +99,16 @@ impl Registry {
             }
             let netns = pod.annotations.get(NETNS_ANNOTATION);
             let cgroup = pod.annotations.get(CGROUP_ANNOTATION);
-            match (pod.ip, netns, cgroup) {
-                (Some(ip), Some(netns), Some(cgroup)) => placed.push(PodPlacement {
+            match (pod.ip, netns) {
+                (Some(ip), Some(netns)) => placed.push(PodPlacement {
                     namespace: pod.namespace.clone(),
                     name: pod.name.clone(),
                     ip,
                     netns: netns.into(),
-                    cgroup: cgroup.into(),
+                    cgroup: cgroup.map(PathBuf::from),
                 }),
                 _ => unplaceable.push(format!(
-                    "{}/{}: needs status.podIP and annotations {NETNS_ANNOTATION} and {CGROUP_ANNOTATION}",
+                    "{}/{}: needs status.podIP and the annotation {NETNS_ANNOTATION}",
                     pod.namespace, pod.name
                 )),
             }

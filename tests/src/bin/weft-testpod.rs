@@ -13,6 +13,9 @@ use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 struct Args {
+    /// How long a connect may take before it counts as failed.
+    #[arg(long, global = true, default_value_t = 5000)]
+    connect_timeout_ms: u64,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -58,8 +61,12 @@ fn pattern(offset: u64, buf: &mut [u8]) {
 }
 
 fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("connect to {addr}"))?;
+    let timeout = CONNECT_TIMEOUT
+        .get()
+        .copied()
+        .unwrap_or(Duration::from_secs(5));
+    let stream =
+        TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_mins(1)))?;
     stream.set_write_timeout(Some(Duration::from_mins(1)))?;
     Ok(stream)
@@ -133,8 +140,12 @@ fn serve(addr: SocketAddr, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+static CONNECT_TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
 fn main() -> anyhow::Result<()> {
-    match Args::parse().command {
+    let args = Args::parse();
+    let _ = CONNECT_TIMEOUT.set(Duration::from_millis(args.connect_timeout_ms));
+    match args.command {
         Cmd::Connect { addr } => {
             let stream = connect(addr)?;
             println!(
