@@ -70,7 +70,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     admin::start(state.clone(), config.admin_addr, config.readiness_addr).await?;
     let mut updates = registry_rx;
     let snapshot = updates.borrow_and_update().clone();
-    enrollment.reconcile(&snapshot).await;
+    enrollment.reconcile(&snapshot);
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(node = %config.node_name, enrolled = enrollment.enrolled_count(), admin = %config.admin_addr, "agent ready");
 
@@ -83,7 +83,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                     break;
                 }
                 let snapshot = updates.borrow_and_update().clone();
-                enrollment.reconcile(&snapshot).await;
+                enrollment.reconcile(&snapshot);
             }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,

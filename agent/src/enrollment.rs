@@ -36,7 +36,7 @@ pub enum EnrollError {
     Capture {
         pod: String,
         #[source]
-        source: CaptureError,
+        source: Box<CaptureError>,
     },
     #[error("pod {pod}: installing capture routing: {source}")]
     Routing {
@@ -102,7 +102,7 @@ impl Enrollment {
 
     /// Brings the captured set in line with the registry. Errors are per pod: one pod that
     /// cannot be enrolled is reported and the others still are.
-    pub async fn reconcile(&mut self, registry: &Registry) {
+    pub fn reconcile(&mut self, registry: &Registry) {
         let (desired, unplaceable) = registry.enrolled_on(&self.node);
         let desired: BTreeMap<String, PodPlacement> =
             desired.into_iter().map(|p| (p.key(), p)).collect();
@@ -173,9 +173,9 @@ impl Enrollment {
             let pod = pod.clone();
             move |source| EnrollError::Io { pod, what, source }
         };
-        let capture = |source| EnrollError::Capture {
+        let capture = |source: CaptureError| EnrollError::Capture {
             pod: pod.clone(),
-            source,
+            source: Box::new(source),
         };
         let ns = Netns::open(&placement.netns).map_err(io("opening its netns"))?;
         let outbound =

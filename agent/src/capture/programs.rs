@@ -122,11 +122,7 @@ impl Maps {
     pub fn counters(&self) -> Counters {
         (0..counter::COUNT)
             .map(|slot| {
-                let total = self
-                    .counters
-                    .get(&slot, 0)
-                    .map(|v| v.iter().sum())
-                    .unwrap_or(0);
+                let total = self.counters.get(&slot, 0).map_or(0, |v| v.iter().sum());
                 (counter::NAMES[slot as usize], total)
             })
             .collect()

@@ -34,11 +34,19 @@ fn ip(ns: &Netns, args: &[&str]) -> Result<(), RoutingError> {
     if out.status.success() {
         Ok(())
     } else {
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
         Err(RoutingError::Ip {
             args: args.join(" "),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            stderr,
         })
     }
+}
+
+/// Runs `ip <family> <command…>`, the command given as one space-separated string.
+fn ip_words(ns: &Netns, family: &str, command: &str) -> Result<(), RoutingError> {
+    let mut args = vec![family];
+    args.extend(command.split_whitespace());
+    ip(ns, &args)
 }
 
 /// Installs (or refreshes) the capture rules. IPv6 gets the same catch-all so its TCP meets
@@ -46,111 +54,53 @@ fn ip(ns: &Netns, args: &[&str]) -> Result<(), RoutingError> {
 pub fn install(ns: &Netns, pod_ip: Ipv4Addr, excluded_ports: &[u16]) -> Result<(), RoutingError> {
     remove(ns);
     ns.write_sysctl("net.ipv4.tcp_fwmark_accept", "1")?;
-    let delivery = DELIVERY_MARK.to_string();
-    let egress = EGRESS_MARK.to_string();
-    for family in ["-4", "-6"] {
-        let result = (|| {
-            // Without `src`, a local route would make the destination its own source address.
-            let pod_ip = pod_ip.to_string();
-            let route: &[&str] = if family == "-4" {
-                &[
-                    "-4",
-                    "route",
-                    "replace",
-                    "local",
-                    "0.0.0.0/0",
-                    "dev",
-                    "lo",
-                    "table",
-                    TABLE,
-                    "src",
-                    &pod_ip,
-                ]
-            } else {
-                &[
-                    "-6", "route", "replace", "local", "::/0", "dev", "lo", "table", TABLE,
-                ]
-            };
-            ip(ns, route)?;
-            if family == "-4" {
-                ip(
-                    ns,
-                    &[
-                        family,
-                        "rule",
-                        "add",
-                        "pref",
-                        &PREF_DELIVERY.to_string(),
-                        "fwmark",
-                        &delivery,
-                        "lookup",
-                        TABLE,
-                    ],
-                )?;
-            }
-            ip(
-                ns,
-                &[
-                    family,
-                    "rule",
-                    "add",
-                    "pref",
-                    &PREF_EGRESS.to_string(),
-                    "fwmark",
-                    &egress,
-                    "lookup",
-                    "main",
-                ],
-            )?;
-            // Excluded ports bypass capture both as destinations (the pod dials them) and as
-            // sources (the pod serves them directly and replies from them).
-            for port in excluded_ports {
-                let port = port.to_string();
-                for side in ["dport", "sport"] {
-                    ip(
-                        ns,
-                        &[
-                            family,
-                            "rule",
-                            "add",
-                            "pref",
-                            &PREF_EXCLUDED.to_string(),
-                            "ipproto",
-                            "tcp",
-                            side,
-                            &port,
-                            "lookup",
-                            "main",
-                        ],
-                    )?;
-                }
-            }
-            ip(
-                ns,
-                &[
-                    family,
-                    "rule",
-                    "add",
-                    "pref",
-                    &PREF_CAPTURE.to_string(),
-                    "iif",
-                    "lo",
-                    "ipproto",
-                    "tcp",
-                    "lookup",
-                    TABLE,
-                ],
-            )
-        })();
-        match (family, result) {
-            (_, Ok(())) => {}
-            ("-6", Err(e)) => {
-                tracing::info!(netns = %ns.path().display(), error = %e, "no IPv6 capture rules (IPv6 unavailable in the pod?)")
-            }
-            (_, Err(e)) => return Err(e),
-        }
+    install_family(ns, "-4", Some(pod_ip), excluded_ports)?;
+    if let Err(e) = install_family(ns, "-6", None, excluded_ports) {
+        tracing::info!(netns = %ns.path().display(), error = %e, "no IPv6 capture rules (IPv6 unavailable in the pod?)");
     }
     Ok(())
+}
+
+fn install_family(
+    ns: &Netns,
+    family: &str,
+    pod_ip: Option<Ipv4Addr>,
+    excluded_ports: &[u16],
+) -> Result<(), RoutingError> {
+    // Without `src`, a local route would make the destination its own source address.
+    let route = match pod_ip {
+        Some(ip) => format!("route replace local 0.0.0.0/0 dev lo table {TABLE} src {ip}"),
+        None => format!("route replace local ::/0 dev lo table {TABLE}"),
+    };
+    ip_words(ns, family, &route)?;
+    if pod_ip.is_some() {
+        ip_words(
+            ns,
+            family,
+            &format!("rule add pref {PREF_DELIVERY} fwmark {DELIVERY_MARK} lookup {TABLE}"),
+        )?;
+    }
+    ip_words(
+        ns,
+        family,
+        &format!("rule add pref {PREF_EGRESS} fwmark {EGRESS_MARK} lookup main"),
+    )?;
+    // Excluded ports bypass capture both as destinations (the pod dials them) and as sources
+    // (the pod serves them directly and replies from them).
+    for port in excluded_ports {
+        for side in ["dport", "sport"] {
+            ip_words(
+                ns,
+                family,
+                &format!("rule add pref {PREF_EXCLUDED} ipproto tcp {side} {port} lookup main"),
+            )?;
+        }
+    }
+    ip_words(
+        ns,
+        family,
+        &format!("rule add pref {PREF_CAPTURE} iif lo ipproto tcp lookup {TABLE}"),
+    )
 }
 
 /// Removes every rule and route `install` made; the pod's direct path is back. Best effort.
@@ -159,11 +109,11 @@ pub fn remove(ns: &Netns) {
         for pref in [PREF_DELIVERY, PREF_EGRESS, PREF_EXCLUDED, PREF_CAPTURE] {
             // Several rules may share a preference (excluded ports): delete until none is left.
             for _ in 0..256 {
-                if ip(ns, &[family, "rule", "del", "pref", &pref.to_string()]).is_err() {
+                if ip_words(ns, family, &format!("rule del pref {pref}")).is_err() {
                     break;
                 }
             }
         }
-        let _ = ip(ns, &[family, "route", "flush", "table", TABLE]);
+        let _ = ip_words(ns, family, &format!("route flush table {TABLE}"));
     }
 }

@@ -63,7 +63,7 @@ impl Registry {
     pub fn from_objects(docs: impl IntoIterator<Item = (String, serde_yaml::Value)>) -> Self {
         let mut registry = Self::default();
         for (source, doc) in docs {
-            if let Err(error) = objects::add(&mut registry, doc) {
+            if let Err(error) = objects::add(&mut registry, &doc) {
                 tracing::warn!(%source, object = %error.0, reason = %error.1, "skipping bad object");
                 registry.errors.push(ObjectError {
                     source,

@@ -151,22 +151,39 @@ fn ipv4(text: &str, what: &str, object: &str) -> Result<Ipv4Addr, Rejection> {
     })
 }
 
+/// What every object shares, checked once.
+struct Object<'a> {
+    doc: &'a serde_yaml::Value,
+    /// `Kind namespace/name`, for error reports.
+    id: String,
+    name: String,
+    namespace: String,
+    meta: Meta,
+}
+
+impl Object<'_> {
+    fn field<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Rejection> {
+        field(self.doc, key, &self.id)
+    }
+
+    fn ipv4(&self, text: &str, what: &str) -> Result<Ipv4Addr, Rejection> {
+        ipv4(text, what, &self.id)
+    }
+
+    fn reject(&self, reason: impl Into<String>) -> Rejection {
+        (self.id.clone(), reason.into())
+    }
+}
+
 /// Adds one document to the registry, or says why it was rejected.
-pub(super) fn add(registry: &mut Registry, doc: serde_yaml::Value) -> Result<(), Rejection> {
-    let kind = doc
-        .get("kind")
-        .and_then(serde_yaml::Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let api = doc
-        .get("apiVersion")
-        .and_then(serde_yaml::Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let meta: Meta = field(&doc, "metadata", &kind)?.unwrap_or_default();
-    let name = meta.name.clone().unwrap_or_default();
-    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
-    let object = format!("{kind} {namespace}/{name}");
+pub(super) fn add(registry: &mut Registry, doc: &serde_yaml::Value) -> Result<(), Rejection> {
+    let text = |key: &str| {
+        doc.get(key)
+            .and_then(serde_yaml::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (kind, api) = (text("kind"), text("apiVersion"));
     if kind.is_empty() {
         return Err(("<unknown>".into(), "no kind".into()));
     }
@@ -177,11 +194,22 @@ pub(super) fn add(registry: &mut Registry, doc: serde_yaml::Value) -> Result<(),
     if !known {
         return Ok(());
     }
-    if name.is_empty() {
-        return Err((object, "metadata.name is missing".into()));
+    let meta: Meta = field(doc, "metadata", &kind)?.unwrap_or_default();
+    let name = meta.name.clone().unwrap_or_default();
+    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
+    let object = Object {
+        doc,
+        id: format!("{kind} {namespace}/{name}"),
+        name,
+        namespace,
+        meta,
+    };
+    if object.name.is_empty() {
+        return Err(object.reject("metadata.name is missing"));
     }
     match kind.as_str() {
         "Namespace" => {
+            let Object { name, meta, .. } = object;
             registry.namespaces.insert(
                 name.clone(),
                 Namespace {
@@ -191,106 +219,110 @@ pub(super) fn add(registry: &mut Registry, doc: serde_yaml::Value) -> Result<(),
                 },
             );
         }
-        "Pod" => {
-            let spec: Option<PodSpecIn> = field(&doc, "spec", &object)?;
-            let status: PodStatusIn = field(&doc, "status", &object)?.unwrap_or_default();
-            let ip = status
-                .pod_ip
-                .as_deref()
-                .map(|t| ipv4(t, "status.podIP", &object))
-                .transpose()?;
-            let (node_name, service_account) =
-                spec.map_or((None, None), |s| (s.node_name, s.service_account_name));
-            registry.pods.push(Pod {
-                namespace,
-                name,
-                labels: meta.labels,
-                annotations: meta.annotations,
-                node_name,
-                service_account: service_account.unwrap_or_else(|| "default".into()),
-                ip,
-            });
-        }
-        "Service" => {
-            let spec: ServiceSpecIn = field(&doc, "spec", &object)?
-                .ok_or_else(|| (object.clone(), "spec is missing".into()))?;
-            let cluster_ip = match spec.cluster_ip.as_deref() {
-                None | Some("None" | "") => None,
-                Some(t) => Some(ipv4(t, "spec.clusterIP", &object)?),
-            };
-            let ports = spec
-                .ports
-                .into_iter()
-                .map(|p| {
-                    let target_port = match p.target_port {
-                        None => Some(p.port),
-                        Some(serde_yaml::Value::Number(n)) => {
-                            Some(n.as_u64().and_then(|n| u16::try_from(n).ok()).ok_or_else(
-                                || (object.clone(), format!("targetPort {n} is not a port")),
-                            )?)
-                        }
-                        Some(_) => None,
-                    };
-                    Ok(ServicePort {
-                        name: p.name.unwrap_or_default(),
-                        port: p.port,
-                        target_port,
-                    })
-                })
-                .collect::<Result<_, Rejection>>()?;
-            registry.services.push(Service {
-                namespace,
-                name,
-                labels: meta.labels,
-                annotations: meta.annotations,
-                cluster_ip,
-                ports,
-            });
-        }
-        _ => {
-            let service_name = meta
-                .labels
-                .get("kubernetes.io/service-name")
-                .cloned()
-                .ok_or_else(|| {
-                    (
-                        object.clone(),
-                        "label kubernetes.io/service-name is missing".into(),
-                    )
-                })?;
-            let endpoints: Vec<EndpointIn> = field(&doc, "endpoints", &object)?.unwrap_or_default();
-            let ports: Vec<EndpointPortIn> = field(&doc, "ports", &object)?.unwrap_or_default();
-            let endpoints = endpoints
-                .into_iter()
-                .map(|e| {
-                    let addresses = e
-                        .addresses
-                        .iter()
-                        .map(|a| ipv4(a, "endpoint address", &object))
-                        .collect::<Result<_, _>>()?;
-                    Ok(Endpoint {
-                        addresses,
-                        ready: e.conditions.and_then(|c| c.ready).unwrap_or(true),
-                    })
-                })
-                .collect::<Result<_, Rejection>>()?;
-            let ports = ports
-                .into_iter()
-                .filter_map(|p| {
-                    p.port.map(|port| EndpointPort {
-                        name: p.name.unwrap_or_default(),
-                        port,
-                    })
-                })
-                .collect();
-            registry.endpoint_slices.push(EndpointSlice {
-                namespace,
-                name,
-                service_name,
-                endpoints,
-                ports,
-            });
-        }
+        "Pod" => registry.pods.push(pod(object)?),
+        "Service" => registry.services.push(service(object)?),
+        _ => registry.endpoint_slices.push(endpoint_slice(object)?),
     }
     Ok(())
+}
+
+fn pod(object: Object<'_>) -> Result<Pod, Rejection> {
+    let spec: Option<PodSpecIn> = object.field("spec")?;
+    let status: PodStatusIn = object.field("status")?.unwrap_or_default();
+    let ip = status
+        .pod_ip
+        .as_deref()
+        .map(|t| object.ipv4(t, "status.podIP"))
+        .transpose()?;
+    let (node_name, service_account) =
+        spec.map_or((None, None), |s| (s.node_name, s.service_account_name));
+    Ok(Pod {
+        namespace: object.namespace,
+        name: object.name,
+        labels: object.meta.labels,
+        annotations: object.meta.annotations,
+        node_name,
+        service_account: service_account.unwrap_or_else(|| "default".into()),
+        ip,
+    })
+}
+
+fn service(object: Object<'_>) -> Result<Service, Rejection> {
+    let spec: ServiceSpecIn = object
+        .field("spec")?
+        .ok_or_else(|| object.reject("spec is missing"))?;
+    let cluster_ip = match spec.cluster_ip.as_deref() {
+        None | Some("None" | "") => None,
+        Some(t) => Some(object.ipv4(t, "spec.clusterIP")?),
+    };
+    let ports = spec
+        .ports
+        .into_iter()
+        .map(|p| {
+            let target_port = match p.target_port {
+                None => Some(p.port),
+                Some(serde_yaml::Value::Number(n)) => Some(
+                    n.as_u64()
+                        .and_then(|n| u16::try_from(n).ok())
+                        .ok_or_else(|| object.reject(format!("targetPort {n} is not a port")))?,
+                ),
+                // A named targetPort is resolved through the EndpointSlice's port names.
+                Some(_) => None,
+            };
+            Ok(ServicePort {
+                name: p.name.unwrap_or_default(),
+                port: p.port,
+                target_port,
+            })
+        })
+        .collect::<Result<_, Rejection>>()?;
+    Ok(Service {
+        namespace: object.namespace,
+        name: object.name,
+        labels: object.meta.labels,
+        annotations: object.meta.annotations,
+        cluster_ip,
+        ports,
+    })
+}
+
+fn endpoint_slice(object: Object<'_>) -> Result<EndpointSlice, Rejection> {
+    let service_name = object
+        .meta
+        .labels
+        .get("kubernetes.io/service-name")
+        .cloned()
+        .ok_or_else(|| object.reject("label kubernetes.io/service-name is missing"))?;
+    let endpoints: Vec<EndpointIn> = object.field("endpoints")?.unwrap_or_default();
+    let ports: Vec<EndpointPortIn> = object.field("ports")?.unwrap_or_default();
+    let endpoints = endpoints
+        .into_iter()
+        .map(|e| {
+            let addresses = e
+                .addresses
+                .iter()
+                .map(|a| object.ipv4(a, "endpoint address"))
+                .collect::<Result<_, _>>()?;
+            Ok(Endpoint {
+                addresses,
+                ready: e.conditions.and_then(|c| c.ready).unwrap_or(true),
+            })
+        })
+        .collect::<Result<_, Rejection>>()?;
+    let ports = ports
+        .into_iter()
+        .filter_map(|p| {
+            p.port.map(|port| EndpointPort {
+                name: p.name.unwrap_or_default(),
+                port,
+            })
+        })
+        .collect();
+    Ok(EndpointSlice {
+        namespace: object.namespace,
+        name: object.name,
+        service_name,
+        endpoints,
+        ports,
+    })
 }
