@@ -296,40 +296,54 @@ fn non_enrolled_pods_bypass_agents_until_their_namespace_is_enrolled_live() {
         "no agent saw the non-enrolled pods' connection"
     );
 
-    // Label the namespace in the manifest folder: both pods are captured within a second.
+    // Label the namespace in the manifest folder: the agent captures the pod within a second.
+    let node1 = f.cluster.node("node1").clone();
+    let enrolled = |f: &Fixture| {
+        let workloads = f.cluster.admin(&node1, "/workloads").expect("workloads");
+        workloads
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|w| w["name"] == "plain")
+    };
     f.write_namespaces(true, true);
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let start = f.stat("node1", "outbound_opened");
-    loop {
-        let report = f.send(&plain, &target, 4096).expect("send");
-        report.assert_intact(4096);
-        if f.stat("node1", "outbound_opened") > start {
-            assert_eq!(report.server_saw(), plain.ip.to_string());
-            break;
-        }
+    let start = Instant::now();
+    while !enrolled(&f) {
         assert!(
-            Instant::now() < deadline,
+            start.elapsed() < Duration::from_secs(1),
             "enrollment did not take effect within 1 s"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
+    let before = f.stat("node1", "outbound_opened");
+    let report = f.send(&plain, &target, 4096).expect("send");
+    report.assert_intact(4096);
+    assert_eq!(report.server_saw(), plain.ip.to_string());
+    assert_eq!(
+        f.stat("node1", "outbound_opened"),
+        before + 1,
+        "captured once enrolled"
+    );
+
     // And removing the label restores the direct path.
     f.write_namespaces(true, false);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let start = f.stat("node1", "outbound_opened");
-        f.send(&plain, &target, 4096)
-            .expect("send")
-            .assert_intact(4096);
-        if f.stat("node1", "outbound_opened") == start {
-            break;
-        }
+    let start = Instant::now();
+    while enrolled(&f) {
         assert!(
-            Instant::now() < deadline,
-            "un-enrolling did not restore the direct path"
+            start.elapsed() < Duration::from_secs(1),
+            "un-enrolling did not take effect within 1 s"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
+    let before = f.stat("node1", "outbound_opened");
+    f.send(&plain, &target, 4096)
+        .expect("send")
+        .assert_intact(4096);
+    assert_eq!(
+        f.stat("node1", "outbound_opened"),
+        before,
+        "direct path once un-enrolled"
+    );
 }
 
 /// The pinned capture program's id and how many links (one per enrolled pod's netns) use it.

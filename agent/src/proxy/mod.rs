@@ -1,6 +1,7 @@
 //! The transparent L4 proxy: accepts what capture redirected in each enrolled pod, resolves
 //! the original destination through the registry and carries the bytes both ways.
 
+pub mod copy;
 pub mod inbound;
 pub mod outbound;
 
@@ -10,7 +11,7 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-use tokio::{io::AsyncWriteExt as _, net::TcpStream, sync::watch};
+use tokio::{net::TcpStream, sync::watch};
 
 use crate::{
     capture::Maps,
@@ -18,10 +19,6 @@ use crate::{
     netns::Netns,
     registry::{PodPlacement, Registry},
 };
-
-/// Copy buffer per direction. 64 KiB moved ~2x the bytes per syscall of tokio's 8 KiB default
-/// in a loopback iperf3 run through the agent; larger buffers gained nothing measurable.
-pub const COPY_BUFFER: usize = 64 * 1024;
 
 /// Shared by every proxied connection on the node.
 #[derive(Debug)]
@@ -75,20 +72,12 @@ impl ProxyContext {
     }
 }
 
-/// Copies both ways until both directions are done; a half-close on one side is passed on as
-/// a shutdown of the other while the reverse direction keeps flowing.
+/// Carries a proxied connection until both directions are done; a half-close on one side is
+/// passed on as a shutdown of the other while the reverse direction keeps flowing.
 pub async fn splice(mut client: TcpStream, mut server: TcpStream, guard: &Guard<'_>) {
-    match tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut server,
-        COPY_BUFFER,
-        COPY_BUFFER,
-    )
-    .await
-    {
-        Ok((from_client, to_client)) => guard.finish(from_client, to_client),
-        Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
+    let ((from_client, to_client), error) = copy::both_ways(&mut client, &mut server).await;
+    guard.finish(from_client, to_client);
+    if let Some(e) = error {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
-    let _ = client.shutdown().await;
-    let _ = server.shutdown().await;
 }

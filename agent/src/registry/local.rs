@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use super::{ObjectError, Registry};
 
 /// How often the folder is checked; enrollment must follow an edit within a second.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Reads every `*.yaml`, `*.yml` and `*.json` file (multi-document YAML allowed). A file that
 /// cannot be read or parsed is reported as a whole; the others still count.
