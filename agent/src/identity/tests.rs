@@ -1,0 +1,260 @@
+//! Handshakes between real rustls peers over an in-memory pipe: what is accepted and what is
+//! refused, and why.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use super::*;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("weft-identity-test-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn store(dir: &TempDir, trust_domain: &str) -> CertStore {
+    let ca = LocalCa::load(&CaSource::Generated { dir: dir.0.clone() }, trust_domain).expect("ca");
+    CertStore::new(ca, trust_domain, Duration::from_secs(3600))
+}
+
+fn id(td: &str, sa: &str) -> SpiffeId {
+    SpiffeId::new(td, "demo", sa)
+}
+
+/// Runs a TLS handshake and one byte each way; returns the identity the server saw.
+async fn handshake(
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+) -> Result<SpiffeId, String> {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let server_side = async move {
+        let mut tls = TlsAcceptor::from(server)
+            .accept(a)
+            .await
+            .map_err(|e| format!("server: {e}"))?;
+        let peer = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first().and_then(peer_identity));
+        tokio::io::AsyncWriteExt::write_all(&mut tls, b"s")
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::io::AsyncWriteExt::flush(&mut tls)
+            .await
+            .map_err(|e| e.to_string())?;
+        peer.ok_or_else(|| "no client identity".to_owned())
+    };
+    let client_side = async move {
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let mut tls = TlsConnector::from(client)
+            .connect(name, b)
+            .await
+            .map_err(|e| format!("client: {e}"))?;
+        let mut byte = [0u8; 1];
+        tokio::io::AsyncReadExt::read_exact(&mut tls, &mut byte)
+            .await
+            .map_err(|e| format!("client read: {e}"))?;
+        Ok::<_, String>(())
+    };
+    let (server_result, client_result) = tokio::join!(server_side, client_side);
+    match (server_result, client_result) {
+        (Ok(id), Ok(())) => Ok(id),
+        (server, client) => Err(format!("{:?} | {:?}", server.err(), client.err())),
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn spiffe_ids_parse_only_kubernetes_form() {
+    let parsed = SpiffeId::parse("spiffe://cluster.local/ns/demo/sa/client").expect("valid");
+    assert_eq!(parsed, id("cluster.local", "client"));
+    assert_eq!(
+        parsed.to_string(),
+        "spiffe://cluster.local/ns/demo/sa/client"
+    );
+    for bad in [
+        "spiffe://cluster.local/ns/demo",
+        "https://x/ns/a/sa/b",
+        "spiffe://td/ns/a/sa/b/extra",
+        "spiffe:///ns/a/sa/b",
+    ] {
+        assert!(SpiffeId::parse(bad).is_none(), "{bad}");
+    }
+}
+
+#[test]
+fn mutual_tls_with_the_expected_identity_succeeds_and_names_the_client() {
+    let dir = TempDir::new();
+    let store = store(&dir, "cluster.local");
+    let (server, client) = (id("cluster.local", "echo"), id("cluster.local", "client"));
+    let seen = rt()
+        .block_on(handshake(
+            server_config(&store, &server).expect("server"),
+            client_config(&store, &client, &server).expect("client"),
+        ))
+        .expect("handshake");
+    assert_eq!(seen, client);
+    let certs = store.certs();
+    assert_eq!(certs.len(), 2);
+    assert!(certs.iter().all(|c| c.seconds_to_expiry > 3500));
+}
+
+#[test]
+fn a_server_with_another_identity_is_refused_secure_naming() {
+    let dir = TempDir::new();
+    let store = store(&dir, "cluster.local");
+    let client = id("cluster.local", "client");
+    let result = rt().block_on(handshake(
+        server_config(&store, &id("cluster.local", "impostor")).expect("server"),
+        client_config(&store, &client, &id("cluster.local", "echo")).expect("client"),
+    ));
+    let error = result.expect_err("must refuse");
+    assert!(
+        error.contains("expected spiffe://cluster.local/ns/demo/sa/echo"),
+        "{error}"
+    );
+}
+
+#[test]
+fn peers_from_another_root_are_refused_both_ways() {
+    let (dir_a, dir_b) = (TempDir::new(), TempDir::new());
+    let (ours, theirs) = (
+        store(&dir_a, "cluster.local"),
+        store(&dir_b, "cluster.local"),
+    );
+    let (server, client) = (id("cluster.local", "echo"), id("cluster.local", "client"));
+    let foreign_server = rt().block_on(handshake(
+        server_config(&theirs, &server).expect("server"),
+        client_config(&ours, &client, &server).expect("client"),
+    ));
+    assert!(foreign_server
+        .expect_err("server from another root")
+        .contains("client:"));
+    let foreign_client = rt().block_on(handshake(
+        server_config(&ours, &server).expect("server"),
+        client_config(&theirs, &client, &server).expect("client"),
+    ));
+    let error = foreign_client.expect_err("client from another root");
+    assert!(
+        error.contains("UnknownIssuer"),
+        "the server refused it: {error}"
+    );
+}
+
+#[test]
+fn a_client_from_another_trust_domain_is_refused() {
+    let dir = TempDir::new();
+    let store = store(&dir, "cluster.local");
+    let server = id("cluster.local", "echo");
+    // Same CA, but the SVID names another trust domain.
+    let result = rt().block_on(handshake(
+        server_config(&store, &server).expect("server"),
+        client_config(&store, &id("evil.example", "client"), &server).expect("client"),
+    ));
+    assert!(
+        result.expect_err("must refuse").contains("server:"),
+        "the server refused it"
+    );
+}
+
+#[test]
+fn expired_certificates_and_missing_client_certificates_are_refused() {
+    let dir = TempDir::new();
+    let store = store(&dir, "cluster.local");
+    let server = id("cluster.local", "echo");
+    let client = id("cluster.local", "client");
+    // An expired server certificate signed by our own CA.
+    let ca =
+        LocalCa::load(&CaSource::Generated { dir: dir.0.clone() }, "cluster.local").expect("ca");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let now = std::time::SystemTime::now();
+    let issued = ca
+        .issue_valid_between(
+            &server,
+            &key,
+            now - Duration::from_secs(7200),
+            now - Duration::from_secs(3600),
+        )
+        .expect("issue");
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let mut expired = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("tls13")
+    .with_no_client_auth()
+    .with_single_cert(issued.chain, key_der)
+    .expect("config");
+    expired.alpn_protocols = vec![b"h2".to_vec()];
+    let result = rt().block_on(handshake(
+        Arc::new(expired),
+        client_config(&store, &client, &server).expect("client"),
+    ));
+    assert!(result
+        .expect_err("expired")
+        .to_lowercase()
+        .contains("expired"));
+
+    // A client that presents no certificate at all.
+    let mut anonymous = (*client_config(&store, &client, &server).expect("client")).clone();
+    anonymous.client_auth_cert_resolver = Arc::new(NoClientCert);
+    let result = rt().block_on(handshake(
+        server_config(&store, &server).expect("server"),
+        Arc::new(anonymous),
+    ));
+    let error = result.expect_err("no client certificate");
+    assert!(
+        error.contains("server: peer sent no certificates"),
+        "{error}"
+    );
+}
+
+#[test]
+fn renewal_at_half_life_issues_a_new_serial() {
+    let dir = TempDir::new();
+    let ca =
+        LocalCa::load(&CaSource::Generated { dir: dir.0.clone() }, "cluster.local").expect("ca");
+    // 60 s of backdating plus a 2 s lifetime puts half-life in the past at once.
+    let store = CertStore::new(ca, "cluster.local", Duration::from_secs(2));
+    let client = id("cluster.local", "client");
+    let first = store.get(&client).expect("svid").serial.clone();
+    assert_eq!(store.renew_due(), 1);
+    assert_ne!(store.get(&client).expect("svid").serial, first);
+}
+
+#[derive(Debug)]
+struct NoClientCert;
+
+impl rustls::client::ResolvesClientCert for NoClientCert {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
+    }
+}
