@@ -168,9 +168,8 @@ impl LocalCa {
                 format!("Weft root CA {unique:08x} for {trust_domain}"),
             );
             params.distinguished_name = name;
-            params.not_before = (SystemTime::now() - Duration::from_secs(3600)).into();
-            params.not_after =
-                (SystemTime::now() + Duration::from_secs(10 * 365 * 24 * 3600)).into();
+            params.not_before = (SystemTime::now() - Duration::from_hours(1)).into();
+            params.not_after = (SystemTime::now() + Duration::from_hours(87600)).into();
             let cert = params.self_signed(&key)?;
             let tmp = dir.join(format!(".ca.pem.{}", std::process::id()));
             write_private(&tmp, &format!("{}{}", cert.pem(), key.serialize_pem()))?;
@@ -196,7 +195,7 @@ impl LocalCa {
         lifetime: Duration,
     ) -> Result<Issued, CaError> {
         let now = SystemTime::now();
-        self.issue_valid_between(id, key, now - Duration::from_secs(60), now + lifetime)
+        self.issue_valid_between(id, key, now - Duration::from_mins(1), now + lifetime)
     }
 
     /// Signs an SVID valid between two instants (tests use it for expired certificates).
@@ -225,7 +224,10 @@ impl LocalCa {
         let cert = params.signed_by(key, &self.issuer)?;
         let mut chain = vec![cert.der().clone()];
         chain.extend(self.chain.iter().cloned());
-        let serial_hex = serial.iter().map(|b| format!("{b:02x}")).collect();
+        let serial_hex = serial.iter().fold(String::with_capacity(32), |mut hex, b| {
+            let _ = std::fmt::Write::write_fmt(&mut hex, format_args!("{b:02x}"));
+            hex
+        });
         Ok(Issued {
             chain,
             not_before,

@@ -156,7 +156,7 @@ impl CertStore {
                     renewed += 1;
                 }
                 Err(e) => {
-                    tracing::error!(identity = %id, error = %e, "SVID renewal failed; the old one stays in use until it expires")
+                    tracing::error!(identity = %id, error = %e, "SVID renewal failed; the old one stays in use until it expires");
                 }
             }
         }

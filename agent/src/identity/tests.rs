@@ -27,7 +27,7 @@ impl Drop for TempDir {
 
 fn store(dir: &TempDir, trust_domain: &str) -> CertStore {
     let ca = LocalCa::load(&CaSource::Generated { dir: dir.0.clone() }, trust_domain).expect("ca");
-    CertStore::new(ca, trust_domain, Duration::from_secs(3600))
+    CertStore::new(ca, trust_domain, Duration::from_hours(1))
 }
 
 fn id(td: &str, sa: &str) -> SpiffeId {
@@ -192,8 +192,8 @@ fn expired_certificates_and_missing_client_certificates_are_refused() {
         .issue_valid_between(
             &server,
             &key,
-            now - Duration::from_secs(7200),
-            now - Duration::from_secs(3600),
+            now - Duration::from_hours(2),
+            now - Duration::from_hours(1),
         )
         .expect("issue");
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
