@@ -18,7 +18,8 @@ use serde_json::json;
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
-    capture::Maps, connections::Connections, enrollment::EnrollmentStatus, registry::Registry,
+    capture::Maps, connections::Connections, enrollment::EnrollmentStatus, identity::CertStore,
+    proxy::ProxyContext, registry::Registry,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,8 @@ pub struct AdminState {
     pub enrollment: Arc<Mutex<EnrollmentStatus>>,
     pub connections: Arc<Connections>,
     pub maps: Arc<Mutex<Maps>>,
+    pub certs: Arc<CertStore>,
+    pub proxy: Arc<ProxyContext>,
 }
 
 impl AdminState {
@@ -81,10 +84,11 @@ impl AdminState {
                     json!({"proxy": self.connections.totals, "kernel": kernel}),
                 )
             }
+            "/certs" => (StatusCode::OK, json!(self.certs.certs())),
             "/config_dump" => (StatusCode::OK, json!(*self.registry.borrow().clone())),
             _ => (
                 StatusCode::NOT_FOUND,
-                json!({"error": format!("no such endpoint {path}"), "endpoints": ["/status", "/workloads", "/connections", "/stats", "/config_dump"]}),
+                json!({"error": format!("no such endpoint {path}"), "endpoints": ["/status", "/workloads", "/connections", "/stats", "/certs", "/config_dump"]}),
             ),
         }
     }

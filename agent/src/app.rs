@@ -11,6 +11,7 @@ use crate::{
     config::{Config, Source},
     connections::Connections,
     enrollment::Enrollment,
+    identity::{CertStore, LocalCa},
     netns,
     proxy::ProxyContext,
     registry::local,
@@ -24,6 +25,8 @@ pub enum AppError {
     Admin(#[from] AdminError),
     #[error("cannot read the agent's own network namespace: {0}")]
     HostNetns(std::io::Error),
+    #[error(transparent)]
+    Ca(#[from] crate::identity::CaError),
     #[error("cannot create the state folder {0}: {1}")]
     StateDir(std::path::PathBuf, std::io::Error),
     #[error("installing signal handlers: {0}")]
@@ -44,13 +47,22 @@ pub async fn run(config: Config) -> Result<(), AppError> {
 
     let maps = Arc::new(Mutex::new(maps));
     let connections = Arc::new(Connections::default());
+    let ca = LocalCa::load(&config.ca, &config.trust_domain)?;
+    let certs = Arc::new(CertStore::new(
+        ca,
+        &config.trust_domain,
+        config.svid_lifetime,
+    ));
+    tokio::spawn(maintain_certs(certs.clone(), config.ca.clone()));
     let proxy = Arc::new(ProxyContext::new(
         registry_rx.clone(),
+        certs.clone(),
         maps.clone(),
         connections.clone(),
     ));
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| AppError::StateDir(config.state_dir.clone(), e))?;
+    let proxy_for_admin = proxy.clone();
     let mut enrollment = Enrollment::new(
         config.node_name.clone(),
         programs,
@@ -66,6 +78,8 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         enrollment: enrollment.status.clone(),
         connections,
         maps,
+        certs,
+        proxy: proxy_for_admin,
     });
     admin::start(state.clone(), config.admin_addr, config.readiness_addr).await?;
     let mut updates = registry_rx;
@@ -93,6 +107,31 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         "agent stopping; capture stays pinned and fails closed until the next agent adopts it"
     );
     Ok(())
+}
+
+/// Renews SVIDs at half-life and reloads the trust bundle when its file changes.
+async fn maintain_certs(certs: Arc<CertStore>, source: crate::identity::CaSource) {
+    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let bundle = certs.bundle_file();
+    let mut last = modified(&bundle);
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        let renewed = certs.renew_due();
+        if renewed > 0 {
+            tracing::info!(
+                renewed,
+                "SVIDs renewed at half-life; open connections keep theirs"
+            );
+        }
+        let now = modified(&bundle);
+        if now != last {
+            last = now;
+            if let Err(e) = certs.reload(&source) {
+                tracing::error!(error = %e, file = %bundle.display(), "trust bundle changed but cannot be loaded; keeping the old one");
+            }
+        }
+    }
 }
 
 /// What `weft-agent check` found: the kernel programs the verifier accepted.

@@ -8,6 +8,8 @@ use std::{
 
 use serde::Deserialize;
 
+use crate::identity::CaSource;
+
 /// Why a configuration was refused; each names the setting to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -31,6 +33,10 @@ pub enum ConfigError {
     ExcludedAgentPort(u16),
     #[error("{0} excluded ports given; at most {max} fit the kernel map", max = weft_common::MAX_EXCLUDED_PORTS)]
     TooManyExcludedPorts(usize),
+    #[error("a CA needs both --ca-cert and --ca-key (or neither, to generate one)")]
+    HalfCa,
+    #[error("SVID lifetime of {0} s is too short: give at least 10 s")]
+    SvidLifetime(u64),
     #[error("no configuration source: give --manifests DIR for local mode")]
     NoSource,
 }
@@ -55,6 +61,8 @@ pub struct Config {
     pub readiness_addr: SocketAddr,
     pub excluded_ports: Vec<u16>,
     pub trust_domain: String,
+    pub ca: CaSource,
+    pub svid_lifetime: std::time::Duration,
 }
 
 /// The file form: every field optional, overridden by env and flags.
@@ -70,6 +78,15 @@ pub struct FileConfig {
     pub readiness_addr: Option<SocketAddr>,
     pub excluded_ports: Option<Vec<u16>>,
     pub trust_domain: Option<String>,
+    /// Folder of the generated local CA (`ca.pem`); default `<stateDir>/ca`.
+    pub ca_dir: Option<PathBuf>,
+    /// A CA certificate and key to sign with instead (a root, or an intermediate with
+    /// `caChain` up to the root).
+    pub ca_cert: Option<PathBuf>,
+    pub ca_key: Option<PathBuf>,
+    pub ca_chain: Option<PathBuf>,
+    /// SVID lifetime in seconds (default 86400); renewed at half-life.
+    pub svid_lifetime_secs: Option<u64>,
 }
 
 impl FileConfig {
@@ -86,7 +103,34 @@ impl FileConfig {
 
     /// Lays `over` (env and flags) on top of the file and validates the result.
     pub fn merge(self, over: Self) -> Result<Config, ConfigError> {
+        let state_dir: PathBuf = over
+            .state_dir
+            .or(self.state_dir)
+            .unwrap_or_else(|| "/var/lib/weft".into());
+        let ca = match (over.ca_cert.or(self.ca_cert), over.ca_key.or(self.ca_key)) {
+            (Some(cert), Some(key)) => CaSource::Files {
+                cert,
+                key,
+                chain: over.ca_chain.or(self.ca_chain),
+            },
+            (None, None) => CaSource::Generated {
+                dir: over
+                    .ca_dir
+                    .or(self.ca_dir)
+                    .unwrap_or_else(|| state_dir.join("ca")),
+            },
+            _ => return Err(ConfigError::HalfCa),
+        };
+        let svid_lifetime_secs = over
+            .svid_lifetime_secs
+            .or(self.svid_lifetime_secs)
+            .unwrap_or(86_400);
+        if svid_lifetime_secs < 10 {
+            return Err(ConfigError::SvidLifetime(svid_lifetime_secs));
+        }
         let config = Config {
+            ca,
+            svid_lifetime: std::time::Duration::from_secs(svid_lifetime_secs),
             node_name: over.node_name.or(self.node_name).unwrap_or_default(),
             source: Source::Local {
                 dir: over
@@ -98,10 +142,7 @@ impl FileConfig {
                 .bpffs_dir
                 .or(self.bpffs_dir)
                 .unwrap_or_else(|| "/sys/fs/bpf/weft".into()),
-            state_dir: over
-                .state_dir
-                .or(self.state_dir)
-                .unwrap_or_else(|| "/var/lib/weft".into()),
+            state_dir,
             admin_addr: over
                 .admin_addr
                 .or(self.admin_addr)

@@ -20,6 +20,16 @@ pub enum Direction {
     Inbound,
 }
 
+/// Whether the hop between agents was protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    /// HBONE: mutual TLS between workload identities.
+    Mtls,
+    /// Plain TCP (a destination or a client outside the mesh).
+    Plaintext,
+}
+
 /// One connection the agent is carrying.
 #[derive(Clone, Debug, Serialize)]
 pub struct Connection {
@@ -33,6 +43,11 @@ pub struct Connection {
     /// Where the agent connected.
     pub destination: SocketAddr,
     pub service: Option<String>,
+    pub security: Security,
+    /// The SPIFFE ID of the peer workload, when mutual TLS proved it.
+    pub peer_identity: Option<String>,
+    /// Serial of the certificate the peer proved its identity with.
+    pub peer_certificate_serial: Option<String>,
     pub started_unix_ms: u64,
 }
 

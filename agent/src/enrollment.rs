@@ -18,6 +18,8 @@ use weft_common::{PodConfig, INBOUND_PORT, OUTBOUND_PORT, POD_FLAG_ENROLLED};
 pub use crate::capture::routing::{DELIVERY_MARK, EGRESS_MARK};
 use crate::{
     capture::{links, routing, CaptureError, Programs},
+    hbone,
+    identity::SpiffeId,
     netns::Netns,
     proxy::{self, PodContext, ProxyContext},
     registry::{PodPlacement, Registry},
@@ -182,6 +184,8 @@ impl Enrollment {
             listen(&ns, OUTBOUND_PORT, true).map_err(io("opening the outbound listener"))?;
         let inbound =
             listen(&ns, INBOUND_PORT, false).map_err(io("opening the inbound listener"))?;
+        let hbone_listener = listen_hbone(&ns, placement.ip)
+            .map_err(io("opening the HBONE listener on port 15008"))?;
         let ip_key = u32::from_ne_bytes(placement.ip.octets());
         {
             let mut maps = self
@@ -213,8 +217,14 @@ impl Enrollment {
         let attached =
             links::attach(&mut self.programs, &placement.key(), ns.file()).map_err(capture)?;
         tracing::debug!(%pod, attached, "capture link in place");
+        let identity = SpiffeId::new(
+            &self.proxy.certs.trust_domain,
+            &placement.namespace,
+            &placement.service_account,
+        );
         let context = Arc::new(PodContext {
             placement,
+            identity,
             netns: ns,
         });
         let tasks = vec![
@@ -225,6 +235,11 @@ impl Enrollment {
             )),
             tokio::spawn(proxy::inbound::serve(
                 inbound,
+                context.clone(),
+                self.proxy.clone(),
+            )),
+            tokio::spawn(hbone::server::serve(
+                hbone_listener,
                 context.clone(),
                 self.proxy.clone(),
             )),
@@ -293,6 +308,17 @@ pub fn remove_recorded_routing(state_dir: &Path) -> Vec<String> {
     }
     let _ = std::fs::remove_file(record);
     cleaned
+}
+
+/// The pod's HBONE listener on its own IP. Marked for egress: its replies leave through the
+/// pod's interface, and `weft_sk_lookup` leaves port 15008 to it.
+fn listen_hbone(ns: &Netns, ip: Ipv4Addr) -> std::io::Result<TcpListener> {
+    let socket = ns.tcp_socket()?;
+    socket.set_reuse_address(true)?;
+    socket.set_mark(EGRESS_MARK)?;
+    socket.bind(&SocketAddr::from((ip, weft_common::HBONE_PORT)).into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// A listener on the pod's loopback. The outbound one is transparent: `weft_sk_lookup` hands

@@ -31,6 +31,22 @@ struct Args {
     admin_addr: Option<std::net::SocketAddr>,
     #[arg(long, env = "WEFT_READINESS_ADDR")]
     readiness_addr: Option<std::net::SocketAddr>,
+    /// Folder of the generated local CA (shared by the agents of a local cluster).
+    #[arg(long, env = "WEFT_CA_DIR")]
+    ca_dir: Option<PathBuf>,
+    /// Sign SVIDs with this CA certificate (PEM) instead of a generated root.
+    #[arg(long, env = "WEFT_CA_CERT", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    #[arg(long, env = "WEFT_CA_KEY", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// The chain from --ca-cert up to the root, when --ca-cert is an intermediate.
+    #[arg(long, env = "WEFT_CA_CHAIN")]
+    ca_chain: Option<PathBuf>,
+    /// SVID lifetime in seconds; renewed at half-life.
+    #[arg(long, env = "WEFT_SVID_LIFETIME_SECS")]
+    svid_lifetime_secs: Option<u64>,
+    #[arg(long, env = "WEFT_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
     /// Log lines as JSON.
     #[arg(long, env = "WEFT_LOG_JSON")]
     log_json: bool,
@@ -72,6 +88,12 @@ fn main() -> anyhow::Result<()> {
         excluded_ports: args.excluded_ports,
         admin_addr: args.admin_addr,
         readiness_addr: args.readiness_addr,
+        ca_dir: args.ca_dir,
+        ca_cert: args.ca_cert,
+        ca_key: args.ca_key,
+        ca_chain: args.ca_chain,
+        svid_lifetime_secs: args.svid_lifetime_secs,
+        trust_domain: args.trust_domain,
         ..FileConfig::default()
     };
     let config = file.merge(over).context("invalid configuration")?;

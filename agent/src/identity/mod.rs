@@ -10,7 +10,7 @@ use std::fmt;
 
 pub use ca::{CaError, CaSource, Issued, LocalCa};
 pub use store::{CertInfo, CertStore, Svid};
-pub use verify::{client_config, peer_identity, server_config, TlsError};
+pub use verify::{client_config, peer_identity, serial_of, server_config, TlsError};
 
 /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]

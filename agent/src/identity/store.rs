@@ -27,15 +27,17 @@ pub struct Svid {
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     pub serial: String,
+    /// When it was issued (`not_before` is backdated for clock skew).
+    pub issued_at: SystemTime,
 }
 
 impl Svid {
     fn renew_at(&self) -> SystemTime {
         let lifetime = self
             .not_after
-            .duration_since(self.not_before)
+            .duration_since(self.issued_at)
             .unwrap_or_default();
-        self.not_before + lifetime / 2
+        self.issued_at + lifetime / 2
     }
 }
 
@@ -126,6 +128,7 @@ impl CertStore {
             .map_err(|_| rcgen::Error::KeyGenerationUnavailable)?;
         tracing::info!(identity = %id, %serial, "issued SVID");
         Ok(Svid {
+            issued_at: SystemTime::now(),
             id: id.clone(),
             certified: Arc::new(CertifiedKey::new(chain, signing)),
             not_before,

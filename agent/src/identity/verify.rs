@@ -57,6 +57,20 @@ pub fn peer_identity(cert: &CertificateDer<'_>) -> Option<SpiffeId> {
     SpiffeId::parse(uri)
 }
 
+/// A certificate's serial number in lowercase hex, as `weftctl certs` shows it.
+pub fn serial_of(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    Some(
+        parsed
+            .raw_serial()
+            .iter()
+            .fold(String::new(), |mut hex, b| {
+                let _ = std::fmt::Write::write_fmt(&mut hex, format_args!("{b:02x}"));
+                hex
+            }),
+    )
+}
+
 fn bad_identity(what: &str) -> Error {
     Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
         std::io::Error::other(what.to_owned()),

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use super::{outbound::CONNECT_TIMEOUT, splice, PodContext, ProxyContext};
 use crate::{
-    connections::{Connection, Direction},
+    connections::{Connection, Direction, Security},
     enrollment::DELIVERY_MARK,
 };
 
@@ -46,6 +46,9 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         original_destination: original,
         destination: original,
         service: None,
+        security: Security::Plaintext,
+        peer_identity: None,
+        peer_certificate_serial: None,
         started_unix_ms: 0,
     });
     match deliver(pod, ctx, peer, original).await {
@@ -62,7 +65,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
 
 /// Connects to the application from the client's address: `IP_TRANSPARENT` lets the socket
 /// bind a foreign address, and the mark routes the application's replies back to it.
-async fn deliver(
+pub(crate) async fn deliver(
     pod: &PodContext,
     ctx: &ProxyContext,
     client: SocketAddr,

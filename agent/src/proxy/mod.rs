@@ -16,6 +16,8 @@ use tokio::{net::TcpStream, sync::watch};
 use crate::{
     capture::Maps,
     connections::{Connections, Guard},
+    hbone::client::Pool,
+    identity::{CertStore, SpiffeId},
     netns::Netns,
     registry::{PodPlacement, Registry},
 };
@@ -24,6 +26,8 @@ use crate::{
 #[derive(Debug)]
 pub struct ProxyContext {
     pub registry: watch::Receiver<Arc<Registry>>,
+    pub certs: Arc<CertStore>,
+    pub pool: Pool,
     pub maps: Arc<Mutex<Maps>>,
     pub connections: Arc<Connections>,
     round_robin: Mutex<HashMap<String, usize>>,
@@ -33,6 +37,7 @@ pub struct ProxyContext {
 #[derive(Debug)]
 pub struct PodContext {
     pub placement: PodPlacement,
+    pub identity: SpiffeId,
     pub netns: Netns,
 }
 
@@ -45,11 +50,15 @@ impl PodContext {
 impl ProxyContext {
     pub fn new(
         registry: watch::Receiver<Arc<Registry>>,
+        certs: Arc<CertStore>,
         maps: Arc<Mutex<Maps>>,
         connections: Arc<Connections>,
     ) -> Self {
+        let pool = Pool::new(certs.clone());
         Self {
             registry,
+            certs,
+            pool,
             maps,
             connections,
             round_robin: Mutex::new(HashMap::new()),

@@ -11,9 +11,13 @@ use std::{
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use super::{splice, PodContext, ProxyContext};
+use weft_common::HBONE_PORT;
+
 use crate::{
-    connections::{Connection, Direction},
+    connections::{Connection, Direction, Security},
     enrollment::EGRESS_MARK,
+    hbone::stream as hbone_stream,
+    identity::SpiffeId,
 };
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,6 +92,9 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
             return;
         }
     };
+    // An enrolled destination gets an HBONE tunnel to its own agent listener and must prove
+    // the identity the registry gives it; anything else gets plain TCP.
+    let peer_identity = hbone_identity(ctx, route.destination);
     let guard = ctx.connections.open(Connection {
         id: 0,
         direction: Direction::Outbound,
@@ -96,22 +103,69 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         original_destination: SocketAddr::V4(original),
         destination: route.destination,
         service: route.service.clone(),
+        security: if peer_identity.is_some() {
+            Security::Mtls
+        } else {
+            Security::Plaintext
+        },
+        peer_identity: peer_identity.as_ref().map(ToString::to_string),
+        peer_certificate_serial: None,
         started_unix_ms: 0,
     });
-    match connect_from_pod(pod, route.destination).await {
-        Ok(server) => splice(client, server, &guard).await,
-        Err(e) => {
-            ctx.connections
-                .totals
-                .failed
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(pod = %pod.name(), %original, destination = %route.destination, error = %e, "outbound connection failed: destination unreachable");
+    let failed = |reason: &dyn std::fmt::Display| {
+        ctx.connections
+            .totals
+            .failed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(pod = %pod.name(), %original, destination = %route.destination, %reason, "outbound connection failed");
+    };
+    match peer_identity {
+        Some(identity) => {
+            let hbone = SocketAddr::new(route.destination.ip(), HBONE_PORT);
+            match ctx
+                .pool
+                .open(pod, &identity, hbone, route.destination)
+                .await
+            {
+                Ok(tunnel) => {
+                    let crate::hbone::client::Tunnel { send, recv, slot } = tunnel;
+                    let ((from_client, to_client), error) =
+                        hbone_stream::splice(client, send, recv).await;
+                    drop(slot);
+                    guard.finish(from_client, to_client);
+                    if let Some(e) = error {
+                        tracing::debug!(error = %e, "tunnel ended with an error");
+                    }
+                }
+                Err(e) => failed(&e),
+            }
         }
+        None => match connect_from_pod(pod, route.destination).await {
+            Ok(server) => splice(client, server, &guard).await,
+            Err(e) => failed(&format_args!("destination unreachable: {e}")),
+        },
     }
 }
 
+/// The identity a destination must prove, when it is an enrolled pod.
+fn hbone_identity(ctx: &ProxyContext, destination: SocketAddr) -> Option<SpiffeId> {
+    let std::net::IpAddr::V4(ip) = destination.ip() else {
+        return None;
+    };
+    let registry = ctx.registry.borrow().clone();
+    let pod = registry.pod_by_ip(ip).filter(|p| registry.is_enrolled(p))?;
+    Some(SpiffeId::new(
+        &ctx.certs.trust_domain,
+        &pod.namespace,
+        &pod.service_account,
+    ))
+}
+
 /// Connects from a socket created in the pod's netns.
-async fn connect_from_pod(pod: &PodContext, destination: SocketAddr) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect_from_pod(
+    pod: &PodContext,
+    destination: SocketAddr,
+) -> std::io::Result<TcpStream> {
     let socket = pod.netns.tcp_socket()?;
     // The mark routes the agent's own connection out through the pod's interface instead of
     // into capture again.

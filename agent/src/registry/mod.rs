@@ -45,6 +45,7 @@ pub struct PodPlacement {
     pub namespace: String,
     pub name: String,
     pub ip: Ipv4Addr,
+    pub service_account: String,
     pub netns: PathBuf,
     pub cgroup: Option<PathBuf>,
 }
@@ -104,6 +105,7 @@ impl Registry {
                     namespace: pod.namespace.clone(),
                     name: pod.name.clone(),
                     ip,
+                    service_account: pod.service_account.clone(),
                     netns: netns.into(),
                     cgroup: cgroup.map(PathBuf::from),
                 }),

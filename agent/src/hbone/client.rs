@@ -1,0 +1,226 @@
+//! The HBONE client: a pool of HTTP/2 connections per (source pod, source identity,
+//! destination identity, destination address), each carrying up to [`MAX_STREAMS`] tunnels.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+};
+
+use bytes::Bytes;
+use h2::{client::SendRequest, RecvStream, SendStream};
+use rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+use super::{
+    HboneError, CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_STREAMS, STREAM_WINDOW,
+};
+use crate::{
+    identity::{self, CertStore, SpiffeId},
+    proxy::PodContext,
+};
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PoolKey {
+    source_pod: String,
+    source: SpiffeId,
+    destination: SpiffeId,
+    address: SocketAddr,
+}
+
+#[derive(Debug)]
+struct Connection {
+    send: SendRequest<Bytes>,
+    /// Serial of the client SVID this connection's TLS session was made with.
+    serial: String,
+    streams: AtomicUsize,
+    closed: Arc<AtomicBool>,
+}
+
+/// An open tunnel stream. Keep `slot` alive while the stream is in use: it counts against
+/// its connection's streams.
+#[derive(Debug)]
+pub struct Tunnel {
+    pub send: SendStream<Bytes>,
+    pub recv: RecvStream,
+    pub slot: StreamSlot,
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    certs: Arc<CertStore>,
+    connections: Mutex<HashMap<PoolKey, Vec<Arc<Connection>>>>,
+    /// HTTP/2 connections this pool has opened.
+    pub opened: AtomicU64,
+}
+
+/// Pool sizes for the admin API.
+#[derive(Debug, serde::Serialize)]
+pub struct PoolStats {
+    pub connections_opened: u64,
+    pub connections_open: usize,
+    pub streams_open: usize,
+}
+
+impl Pool {
+    pub fn new(certs: Arc<CertStore>) -> Self {
+        Self {
+            certs,
+            connections: Mutex::default(),
+            opened: AtomicU64::new(0),
+        }
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let live = connections
+            .values()
+            .flatten()
+            .filter(|c| !c.closed.load(Ordering::Relaxed));
+        let (mut open, mut streams) = (0, 0);
+        for connection in live {
+            open += 1;
+            streams += connection.streams.load(Ordering::Relaxed);
+        }
+        PoolStats {
+            connections_opened: self.opened.load(Ordering::Relaxed),
+            connections_open: open,
+            streams_open: streams,
+        }
+    }
+
+    /// Opens a tunnel from `pod` to `target` (the original destination, pod IP:port) through
+    /// the HBONE listener at `address`, which must present `destination`.
+    pub async fn open(
+        &self,
+        pod: &PodContext,
+        destination: &SpiffeId,
+        address: SocketAddr,
+        target: SocketAddr,
+    ) -> Result<Tunnel, HboneError> {
+        let key = PoolKey {
+            source_pod: pod.name(),
+            source: pod.identity.clone(),
+            destination: destination.clone(),
+            address,
+        };
+        // A connection made with an SVID that has since been renewed takes no new streams: new
+        // tunnels use the new certificate, open ones finish on the old connection.
+        let serial = self.certs.get(&key.source)?.serial.clone();
+        let connection = if let Some(connection) = self.checkout(&key, &serial) {
+            connection
+        } else {
+            let connection = Arc::new(self.connect(pod, &key, serial).await?);
+            connection.streams.fetch_add(1, Ordering::Relaxed);
+            let mut connections = self
+                .connections
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let entry = connections.entry(key).or_default();
+            entry.retain(|c| !c.closed.load(Ordering::Relaxed));
+            entry.push(connection.clone());
+            connection
+        };
+        let slot = StreamSlot(connection.clone());
+        let mut send = connection.send.clone().ready().await?;
+        let request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(target.to_string())
+            .header("forwarded", format!("for={}", pod.placement.ip))
+            .body(())
+            .map_err(|e| HboneError::Authority(e.to_string()))?;
+        let (response, stream) = send.send_request(request, false)?;
+        let response = response.await?;
+        if response.status() != http::StatusCode::OK {
+            return Err(HboneError::Status(response.status()));
+        }
+        Ok(Tunnel {
+            send: stream,
+            recv: response.into_body(),
+            slot,
+        })
+    }
+
+    fn checkout(&self, key: &PoolKey, serial: &str) -> Option<Arc<Connection>> {
+        let mut connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let list = connections.get_mut(key)?;
+        list.retain(|c| !c.closed.load(Ordering::Relaxed));
+        let connection = list
+            .iter()
+            .find(|c| {
+                c.serial == serial && c.streams.load(Ordering::Relaxed) < MAX_STREAMS as usize
+            })?
+            .clone();
+        connection.streams.fetch_add(1, Ordering::Relaxed);
+        Some(connection)
+    }
+
+    async fn connect(
+        &self,
+        pod: &PodContext,
+        key: &PoolKey,
+        serial: String,
+    ) -> Result<Connection, HboneError> {
+        let config = identity::client_config(&self.certs, &key.source, &key.destination)?;
+        let tcp = crate::proxy::outbound::connect_from_pod(pod, key.address)
+            .await
+            .map_err(|source| HboneError::Connect {
+                addr: key.address,
+                source,
+            })?;
+        let name = ServerName::IpAddress(key.address.ip().into());
+        let tls = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            TlsConnector::from(config).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))
+        .and_then(|r| r)
+        .map_err(|source| HboneError::Tls {
+            addr: key.address,
+            source,
+        })?;
+        let (send, driver) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .handshake(tls)
+            .await?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let flag = closed.clone();
+        let address = key.address;
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                tracing::debug!(%address, error = %e, "HBONE connection ended");
+            }
+            flag.store(true, Ordering::Relaxed);
+        });
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%address, source = %key.source, destination = %key.destination, "HBONE connection opened");
+        Ok(Connection {
+            send,
+            streams: AtomicUsize::new(0),
+            closed,
+            serial,
+        })
+    }
+}
+
+/// One stream's place on a pooled connection, given back when dropped.
+#[derive(Debug)]
+pub struct StreamSlot(Arc<Connection>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}

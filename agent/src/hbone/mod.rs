@@ -1,0 +1,57 @@
+//! HBONE, Istio's tunnel protocol: one HTTP/2 `CONNECT` stream per proxied TCP connection,
+//! over mutual TLS between workload identities, to the destination pod's port 15008. The
+//! server side accepts tunnels into the pods of this node; the client side pools HTTP/2
+//! connections per (source pod and identity, destination identity, destination address).
+
+pub mod client;
+pub mod server;
+pub mod stream;
+
+use std::time::Duration;
+
+/// HTTP/2 stream window. With 4 MiB per stream and 16 MiB per connection a single tunnel is
+/// not held back by flow control on the playground (see ARCHITECTURE.md), while 100 streams
+/// of one connection still share its window fairly.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Larger frames mean fewer frame headers and wakeups for bulk transfers.
+pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
+/// Streams per pooled connection before the pool opens another.
+pub const MAX_STREAMS: u32 = 100;
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HboneError {
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS with {addr}: {source}")]
+    Tls {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] crate::identity::TlsError),
+    #[error("no SVID: {0}")]
+    Identity(#[from] crate::identity::CaError),
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
+    #[error("the destination answered {0}")]
+    Status(http::StatusCode),
+    #[error("bad CONNECT target {0}")]
+    Authority(String),
+}
+
+pub(crate) fn h2_io(error: h2::Error) -> std::io::Error {
+    if error.is_io() {
+        error
+            .into_io()
+            .unwrap_or_else(|| std::io::Error::other("h2 I/O error"))
+    } else {
+        std::io::Error::other(error)
+    }
+}

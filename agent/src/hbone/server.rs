@@ -1,0 +1,163 @@
+//! The HBONE server of one enrolled pod: mutual TLS on the pod's IP:15008 (presenting the
+//! pod's own SVID), then one `CONNECT` stream per tunnel, delivered into the pod from the
+//! client's address. Status codes per the SPEC: 200 open, 400 malformed or not this pod,
+//! 503 destination unreachable. Nothing a peer sends can stop the listener.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use http::{Request, StatusCode};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use super::{
+    HboneError, CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_STREAMS, STREAM_WINDOW,
+};
+use crate::{
+    connections::{Connection, Direction, Security},
+    identity::{self, SpiffeId},
+    proxy::{inbound::deliver, PodContext, ProxyContext},
+};
+
+pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, ctx: Arc<ProxyContext>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(pod = %pod.name(), error = %e, "HBONE accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (pod, ctx) = (pod.clone(), ctx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = connection(tcp, peer, &pod, &ctx).await {
+                tracing::info!(pod = %pod.name(), %peer, error = %e, "HBONE connection refused or failed");
+            }
+        });
+    }
+}
+
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    pod: &Arc<PodContext>,
+    ctx: &Arc<ProxyContext>,
+) -> Result<(), HboneError> {
+    let config = identity::server_config(&ctx.certs, &pod.identity)?;
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))
+        .and_then(|r| r)
+        .map_err(|source| HboneError::Tls { addr: peer, source })?;
+    let client_cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+    let serial = client_cert.and_then(identity::serial_of);
+    let client = client_cert.and_then(identity::peer_identity);
+    let Some(client) = client else {
+        return Err(HboneError::Authority(
+            "client presented no SPIFFE identity".into(),
+        ));
+    };
+    let mut h2 = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_concurrent_streams(MAX_STREAMS)
+        .handshake(tls)
+        .await?;
+    while let Some(stream) = h2.accept().await {
+        let (request, respond) = stream?;
+        let (pod, ctx, client, serial) = (pod.clone(), ctx.clone(), client.clone(), serial.clone());
+        tokio::spawn(
+            async move { tunnel(request, respond, peer, (client, serial), &pod, &ctx).await },
+        );
+    }
+    Ok(())
+}
+
+fn reply(respond: &mut SendResponse<Bytes>, status: StatusCode) {
+    let response = http::Response::builder()
+        .status(status)
+        .body(())
+        .unwrap_or_default();
+    let _ = respond.send_response(response, true);
+}
+
+/// The target of a CONNECT: an IP:port that must be this pod.
+fn target(request: &Request<h2::RecvStream>, pod: &PodContext) -> Result<SocketAddr, &'static str> {
+    if request.method() != http::Method::CONNECT {
+        return Err("method is not CONNECT");
+    }
+    let authority = request.uri().authority().ok_or("no :authority")?;
+    let target: SocketAddr = authority
+        .as_str()
+        .parse()
+        .map_err(|_| ":authority is not IP:port")?;
+    if target.ip() != pod.placement.ip {
+        return Err(":authority is not a workload of this pod");
+    }
+    Ok(target)
+}
+
+async fn tunnel(
+    request: Request<h2::RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    peer: SocketAddr,
+    (client, serial): (SpiffeId, Option<String>),
+    pod: &PodContext,
+    ctx: &ProxyContext,
+) {
+    let target = match target(&request, pod) {
+        Ok(target) => target,
+        Err(reason) => {
+            tracing::info!(pod = %pod.name(), %peer, %client, %reason, "HBONE request refused with 400");
+            reply(&mut respond, StatusCode::BAD_REQUEST);
+            return;
+        }
+    };
+    let guard = ctx.connections.open(Connection {
+        id: 0,
+        started_unix_ms: 0,
+        direction: Direction::Inbound,
+        pod: pod.name(),
+        source: peer,
+        original_destination: target,
+        destination: target,
+        service: None,
+        security: Security::Mtls,
+        peer_identity: Some(client.to_string()),
+        peer_certificate_serial: serial,
+    });
+    // The client agent connects from the client pod's own address: deliver from it.
+    let server = match deliver(pod, ctx, SocketAddr::new(peer.ip(), 0), target).await {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::warn!(pod = %pod.name(), %client, %target, error = %e, "HBONE destination unreachable: 503");
+            ctx.connections
+                .totals
+                .failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            reply(&mut respond, StatusCode::SERVICE_UNAVAILABLE);
+            return;
+        }
+    };
+    let response = http::Response::builder()
+        .status(StatusCode::OK)
+        .body(())
+        .unwrap_or_default();
+    let send = match respond.send_response(response, false) {
+        Ok(send) => send,
+        Err(e) => {
+            tracing::debug!(error = %e, "HBONE stream reset before it opened");
+            return;
+        }
+    };
+    // The TCP side here is the application: what it sends goes back to the client.
+    let ((to_client, from_client), error) =
+        super::stream::splice(server, send, request.into_body()).await;
+    guard.finish(from_client, to_client);
+    if let Some(e) = error {
+        tracing::debug!(error = %e, "HBONE tunnel ended with an error");
+    }
+}

@@ -1,0 +1,83 @@
+//! Bytes between a TCP socket and an HTTP/2 stream, both ways, with half-close passed on
+//! (END_STREAM ↔ TCP FIN) and HTTP/2 flow control as back-pressure.
+
+use std::future::poll_fn;
+
+use bytes::{Bytes, BytesMut};
+use h2::{RecvStream, SendStream};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpStream,
+    },
+};
+
+use super::h2_io;
+use crate::proxy::copy::{INITIAL_BUFFER, MAX_BUFFER};
+
+async fn tcp_to_h2(
+    reader: &mut OwnedReadHalf,
+    mut send: SendStream<Bytes>,
+) -> std::io::Result<u64> {
+    let mut buffer = BytesMut::with_capacity(INITIAL_BUFFER);
+    let mut size = INITIAL_BUFFER;
+    let mut total = 0u64;
+    loop {
+        buffer.reserve(size);
+        let n = reader.read_buf(&mut buffer).await?;
+        if n == 0 {
+            send.send_data(Bytes::new(), true).map_err(h2_io)?;
+            return Ok(total);
+        }
+        total += n as u64;
+        if n >= size && size < MAX_BUFFER {
+            size *= 2;
+        }
+        let mut chunk = buffer.split().freeze();
+        while !chunk.is_empty() {
+            send.reserve_capacity(chunk.len());
+            let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(granted) => granted.map_err(h2_io)?,
+                None => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::BrokenPipe,
+                        "tunnel stream closed",
+                    ))
+                }
+            };
+            if granted > 0 {
+                send.send_data(chunk.split_to(granted.min(chunk.len())), false)
+                    .map_err(h2_io)?;
+            }
+        }
+    }
+}
+
+async fn h2_to_tcp(mut recv: RecvStream, writer: &mut OwnedWriteHalf) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    while let Some(data) = recv.data().await {
+        let data = data.map_err(h2_io)?;
+        writer.write_all(&data).await?;
+        total += data.len() as u64;
+        let _ = recv.flow_control().release_capacity(data.len());
+    }
+    writer.shutdown().await?;
+    Ok(total)
+}
+
+/// Carries a tunnel until both directions end. Returns (bytes TCP→tunnel, tunnel→TCP) and the
+/// first error.
+pub async fn splice(
+    tcp: TcpStream,
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+) -> ((u64, u64), Option<std::io::Error>) {
+    let (mut reader, mut writer) = tcp.into_split();
+    let (up, down) = tokio::join!(tcp_to_h2(&mut reader, send), h2_to_tcp(recv, &mut writer));
+    let error = match (&up, &down) {
+        (Err(e), _) | (_, Err(e)) => Some(std::io::Error::new(e.kind(), e.to_string())),
+        _ => None,
+    };
+    ((up.unwrap_or(0), down.unwrap_or(0)), error)
+}
