@@ -81,7 +81,7 @@ impl AdminState {
                     .collect();
                 (
                     StatusCode::OK,
-                    json!({"proxy": self.connections.totals, "kernel": kernel}),
+                    json!({"proxy": self.connections.totals, "kernel": kernel, "pool": self.proxy.pool.stats()}),
                 )
             }
             "/certs" => (StatusCode::OK, json!(self.certs.certs())),

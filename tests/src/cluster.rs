@@ -232,6 +232,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// The netns holding the fabric bridge (`weft-fabric`) between the nodes.
+    pub fn fabric_netns(&self) -> &str {
+        &self.fabric
+    }
+
     pub fn run_id(&self) -> &RunId {
         &self.run
     }

@@ -27,7 +27,20 @@ enum Cmd {
     /// Send `bytes` of a deterministic pattern, half-close, read the server's line and its echo
     /// until EOF, and print `sent=<n> sent_sum=<x> echoed=<n> echoed_sum=<x> peer=<addr>
     /// server: <the server's line>`. `peer` is what getpeername reports.
-    Send { addr: SocketAddr, bytes: u64 },
+    Send {
+        addr: SocketAddr,
+        bytes: u64,
+        /// Send these bytes first (a marker to look for in packet captures).
+        #[arg(long)]
+        marker: Option<String>,
+        /// Keep the connection open this long after sending, before the half-close.
+        #[arg(long, default_value_t = 0)]
+        hold_ms: u64,
+        /// Repeat the whole exchange on this many connections, one after another; the report
+        /// is the last one's, preceded by `connections=<n>`.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
     /// Accept connections forever; for each, read to EOF, then answer one line
     /// `server=<name> peer=<addr> received=<n> sum=<x>` followed by what it read, and close.
     Serve {
@@ -72,7 +85,13 @@ fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
     Ok(stream)
 }
 
-fn send(addr: SocketAddr, total: u64) -> anyhow::Result<()> {
+#[derive(Clone, Copy)]
+struct SendOptions<'a> {
+    marker: Option<&'a str>,
+    hold: Duration,
+}
+
+fn send(addr: SocketAddr, total: u64, options: SendOptions<'_>) -> anyhow::Result<String> {
     let mut stream = connect(addr)?;
     let peer = stream.peer_addr()?;
     let reader = stream.try_clone()?;
@@ -95,6 +114,14 @@ fn send(addr: SocketAddr, total: u64) -> anyhow::Result<()> {
     let mut sum = Checksum::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut sent = 0u64;
+    if let Some(marker) = options.marker {
+        stream
+            .write_all(marker.as_bytes())
+            .context("sending the marker")?;
+        sum.update(marker.as_bytes());
+        sent += marker.len() as u64;
+    }
+    let total = total + sent;
     while sent < total {
         let n = usize::try_from((total - sent).min(buf.len() as u64))?;
         pattern(sent, &mut buf[..n]);
@@ -102,12 +129,12 @@ fn send(addr: SocketAddr, total: u64) -> anyhow::Result<()> {
         sum.update(&buf[..n]);
         sent += n as u64;
     }
+    std::thread::sleep(options.hold);
     stream.shutdown(Shutdown::Write)?;
     let (echoed, echoed_sum, server_line) = receiver
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-    println!("sent={sent} sent_sum={:x} echoed={echoed} echoed_sum={echoed_sum:x} peer={peer} server: {server_line}", sum.0);
-    Ok(())
+    Ok(format!("sent={sent} sent_sum={:x} echoed={echoed} echoed_sum={echoed_sum:x} peer={peer} server: {server_line}", sum.0))
 }
 
 fn serve(addr: SocketAddr, name: &str) -> anyhow::Result<()> {
@@ -155,7 +182,27 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::Send { addr, bytes } => send(addr, bytes),
+        Cmd::Send {
+            addr,
+            bytes,
+            marker,
+            hold_ms,
+            count,
+        } => {
+            let options = SendOptions {
+                marker: marker.as_deref(),
+                hold: Duration::from_millis(hold_ms),
+            };
+            let mut report = String::new();
+            for _ in 0..count {
+                report = send(addr, bytes, options)?;
+            }
+            if count > 1 {
+                print!("connections={count} ");
+            }
+            println!("{report}");
+            Ok(())
+        }
         Cmd::Serve { addr, name } => serve(addr, &name),
     }
 }

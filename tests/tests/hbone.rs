@@ -1,0 +1,509 @@
+//! HBONE between agents on the real kernel: what crosses the fabric is TLS 1.3 to port 15008
+//! and nothing else, identities are proven and recorded, tunnels share pooled HTTP/2
+//! connections, SVIDs rotate under load, and malformed input never stops an agent.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use weft_agent::identity::{self, CaSource, CertStore, LocalCa, SpiffeId};
+use weft_harness::{netns, require_privileges};
+
+mod common;
+use common::{Fixture, Report, TESTPOD, VIP};
+
+fn id(name: &str) -> SpiffeId {
+    SpiffeId::new("cluster.local", "demo", name)
+}
+
+/// The admin API's live connections of a node.
+fn connections(f: &Fixture, node: &str) -> Vec<serde_json::Value> {
+    let list = f
+        .cluster
+        .admin(f.cluster.node(node), "/connections")
+        .expect("connections");
+    list.as_array().cloned().unwrap_or_default()
+}
+
+fn cert_serial(f: &Fixture, node: &str, identity: &SpiffeId) -> Option<String> {
+    let certs = f
+        .cluster
+        .admin(f.cluster.node(node), "/certs")
+        .expect("certs");
+    certs
+        .as_array()?
+        .iter()
+        .find(|c| c["identity"] == identity.to_string())
+        .and_then(|c| c["serial"].as_str().map(str::to_owned))
+}
+
+fn pool_opened(f: &Fixture, node: &str) -> u64 {
+    let stats = f
+        .cluster
+        .admin(f.cluster.node(node), "/stats")
+        .expect("stats");
+    stats["pool"]["connections_opened"]
+        .as_u64()
+        .expect("pool counter")
+}
+
+/// Starts `weft-testpod send` in the background; returns the child to wait on.
+fn send_in_background(f: &Fixture, from: &str, to: &str, args: &[&str]) -> std::process::Child {
+    let pod = f.pod("demo", from);
+    let mut full = vec!["send", to];
+    full.extend_from_slice(args);
+    weft_harness::Cluster::pod_command(pod, TESTPOD, &full)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start testpod")
+}
+
+fn wait_report(child: std::process::Child) -> Report {
+    let out = child.wait_with_output().expect("testpod");
+    assert!(
+        out.status.success(),
+        "send failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Report::parse(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Polls until `check` holds, for at most `limit`.
+fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "{what} (waited {limit:?})");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn cross_node_traffic_is_tls13_on_15008_and_the_server_records_the_client_identity() {
+    if !require_privileges() {
+        return;
+    }
+    let f = Fixture::start();
+    let (client, server) = (
+        f.pod("demo", "client").clone(),
+        f.pod("demo", "server-a").clone(),
+    );
+    let pcap = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{}-fabric.pcap", f.cluster.run_id().root_name()));
+    let mut tcpdump = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            f.cluster.fabric_netns(),
+            "tcpdump",
+            "-i",
+            "weft-fabric",
+            "-U",
+            "-s",
+            "0",
+            "-w",
+        ])
+        .arg(&pcap)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    std::thread::sleep(Duration::from_millis(500));
+    let marker = format!("WEFT-MARKER-{:016x}", rand_u64());
+    let held = send_in_background(
+        &f,
+        "client",
+        &format!("{}:9000", server.ip),
+        &["1048576", "--marker", &marker, "--hold-ms", "1500"],
+    );
+    // While the connection is open, both agents show it with the peer's proven identity.
+    eventually(
+        Duration::from_secs(5),
+        "server agent never showed the mTLS connection",
+        || {
+            connections(&f, "node1").iter().any(|c| {
+                c["security"] == "mtls"
+                    && c["peer_identity"] == id("client").to_string()
+                    && c["direction"] == "inbound"
+            })
+        },
+    );
+    assert!(connections(&f, "node0")
+        .iter()
+        .any(|c| c["peer_identity"] == id("server-a").to_string()));
+    let report = wait_report(held);
+    report.assert_intact(1_048_576 + marker.len() as u64);
+    assert_eq!(
+        report.server_saw(),
+        client.ip.to_string(),
+        "the echo server sees the client pod IP"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    #[expect(clippy::cast_possible_wrap, reason = "PIDs fit in i32")]
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(tcpdump.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let _ = tcpdump.wait();
+
+    let bytes = std::fs::read(&pcap).expect("pcap");
+    assert!(
+        bytes.len() > 1_048_576,
+        "the capture saw the transfer ({} bytes)",
+        bytes.len()
+    );
+    assert!(
+        !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "the marker crossed the fabric in plaintext"
+    );
+    let tshark = |filter: &str, field: &str| -> String {
+        let out = Command::new("tshark")
+            .args(["-r"])
+            .arg(&pcap)
+            .args(["-Y", filter, "-T", "fields", "-e", field])
+            .output()
+            .expect("tshark");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        !tshark(
+            "tls.handshake.type == 1 && tcp.dstport == 15008",
+            "tcp.dstport"
+        )
+        .trim()
+        .is_empty(),
+        "a ClientHello to 15008"
+    );
+    assert!(
+        tshark(
+            "tls.handshake.type == 2",
+            "tls.handshake.extensions.supported_version"
+        )
+        .contains("0x0304"),
+        "TLS 1.3"
+    );
+    assert!(
+        tshark("tcp.port == 9000", "frame.number").trim().is_empty(),
+        "no plaintext connection to the app port crossed"
+    );
+    let _ = std::fs::remove_file(&pcap);
+}
+
+fn rand_u64() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id())
+}
+
+#[test]
+fn a_thousand_short_connections_ride_a_handful_of_http2_connections() {
+    if !require_privileges() {
+        return;
+    }
+    let f = Fixture::start();
+    let server = f.pod("demo", "server-a").clone();
+    let (pool0, out0, in1) = (
+        pool_opened(&f, "node0"),
+        f.stat("node0", "outbound_opened"),
+        f.stat("node1", "inbound_opened"),
+    );
+    let out = f
+        .cluster
+        .run_in_pod(
+            f.pod("demo", "client"),
+            TESTPOD,
+            &[
+                "send",
+                &format!("{}:9000", server.ip),
+                "64",
+                "--count",
+                "1000",
+            ],
+        )
+        .expect("testpod");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = Report::parse(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(report.get("connections"), "1000");
+    report.assert_intact(64);
+    assert_eq!(f.stat("node0", "outbound_opened") - out0, 1000);
+    assert_eq!(f.stat("node1", "inbound_opened") - in1, 1000);
+    let pooled = pool_opened(&f, "node0") - pool0;
+    assert!(
+        (1..=4).contains(&pooled),
+        "1000 tunnels used {pooled} HTTP/2 connections"
+    );
+    // A Service VIP to an enrolled backend rides the same kind of tunnel.
+    let via_service = f
+        .send(f.pod("demo", "client"), &format!("{VIP}:80"), 4096)
+        .expect("service");
+    via_service.assert_intact(4096);
+}
+
+#[test]
+fn svids_rotate_at_half_life_without_breaking_open_connections() {
+    if !require_privileges() {
+        return;
+    }
+    let f = Fixture::start_with(&["--svid-lifetime-secs", "20"]);
+    let server = f.pod("demo", "server-a").clone();
+    let target = format!("{}:9000", server.ip);
+    let long = send_in_background(&f, "client", &target, &["262144", "--hold-ms", "24000"]);
+    eventually(
+        Duration::from_secs(5),
+        "the long connection never opened",
+        || {
+            connections(&f, "node1")
+                .iter()
+                .any(|c| c["peer_identity"] == id("client").to_string())
+        },
+    );
+    let first = cert_serial(&f, "node0", &id("client")).expect("client SVID");
+    eventually(
+        Duration::from_secs(15),
+        "the client SVID was not renewed at half-life",
+        || cert_serial(&f, "node0", &id("client")).is_some_and(|s| s != first),
+    );
+    let renewed = cert_serial(&f, "node0", &id("client")).expect("renewed SVID");
+    // A new connection proves the new certificate to the server.
+    let fresh = send_in_background(&f, "client", &target, &["1024", "--hold-ms", "2000"]);
+    eventually(
+        Duration::from_secs(5),
+        "the server never saw the renewed certificate",
+        || {
+            connections(&f, "node1")
+                .iter()
+                .any(|c| c["peer_certificate_serial"] == renewed.as_str())
+        },
+    );
+    wait_report(fresh).assert_intact(1024);
+    // The connection opened under the first certificate completes across the renewal.
+    wait_report(long).assert_intact(262_144);
+}
+
+/// An HBONE client of our own, with an SVID from the cluster's CA, run inside `netns`.
+fn raw_hbone<T: Send + 'static>(
+    f: &Fixture,
+    netns: &str,
+    own: SpiffeId,
+    expected: SpiffeId,
+    server: SocketAddr,
+    body: impl FnOnce(
+            Arc<rustls::ClientConfig>,
+            SocketAddr,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<T>> + Send>>
+        + Send
+        + 'static,
+) -> anyhow::Result<T> {
+    let ca = LocalCa::load(
+        &CaSource::Generated {
+            dir: f.logs.join("ca"),
+        },
+        "cluster.local",
+    )
+    .expect("cluster CA");
+    let store = CertStore::new(ca, "cluster.local", Duration::from_secs(3600));
+    let config = identity::client_config(&store, &own, &expected).expect("client config");
+    netns::block_on(netns, move || body(config, server))
+}
+
+async fn h2_connect(
+    config: Arc<rustls::ClientConfig>,
+    server: SocketAddr,
+) -> anyhow::Result<h2::client::SendRequest<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(server).await?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(server.ip().into()),
+            tcp,
+        )
+        .await?;
+    let (send, driver) = h2::client::handshake(tls).await?;
+    tokio::spawn(driver);
+    Ok(send)
+}
+
+async fn status_of(
+    send: &h2::client::SendRequest<bytes::Bytes>,
+    method: http::Method,
+    uri: &str,
+) -> anyhow::Result<u16> {
+    let mut send = send.clone().ready().await?;
+    let request = http::Request::builder().method(method).uri(uri).body(())?;
+    let (response, _stream) = send.send_request(request, false)?;
+    Ok(response.await?.status().as_u16())
+}
+
+#[test]
+fn malformed_hbone_input_gets_the_spec_status_or_a_closed_connection_and_the_agent_keeps_serving() {
+    if !require_privileges() {
+        return;
+    }
+    let f = Fixture::start();
+    let server = f.pod("demo", "server-a").clone();
+    let other_node_pod = f.pod("demo", "client").clone();
+    let node1 = f.cluster.node("node1").netns.clone();
+    let hbone = SocketAddr::new(server.ip.into(), 15008);
+    let (server_ip, elsewhere) = (server.ip, other_node_pod.ip);
+    let statuses = raw_hbone(
+        &f,
+        &node1,
+        id("client"),
+        id("server-a"),
+        hbone,
+        move |config, addr| {
+            Box::pin(async move {
+                let send = h2_connect(config, addr).await?;
+                Ok(vec![
+                    status_of(
+                        &send,
+                        http::Method::GET,
+                        &format!("http://{server_ip}:9000/"),
+                    )
+                    .await?,
+                    status_of(&send, http::Method::CONNECT, "weft.invalid:9000").await?,
+                    status_of(&send, http::Method::CONNECT, &format!("{elsewhere}:9000")).await?,
+                    status_of(&send, http::Method::CONNECT, &format!("{server_ip}:9999")).await?,
+                    status_of(&send, http::Method::CONNECT, &format!("{server_ip}:9000")).await?,
+                ])
+            })
+        },
+    )
+    .expect("HBONE requests");
+    // GET, a name instead of IP:port, a pod on another node: 400; nothing on 9999: 503; ok: 200.
+    assert_eq!(statuses, [400, 400, 400, 503, 200]);
+
+    // Garbage after the TLS handshake: the agent closes the connection.
+    let closed = raw_hbone(
+        &f,
+        &node1,
+        id("client"),
+        id("server-a"),
+        hbone,
+        |config, addr| {
+            Box::pin(async move {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let mut tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(
+                        rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+                        tcp,
+                    )
+                    .await?;
+                tls.write_all(b"GARBAGE\x00\x01\x02 this is not an HTTP/2 preface at all\r\n\r\n")
+                    .await?;
+                let mut buffer = vec![0u8; 4096];
+                let read = tokio::time::timeout(Duration::from_secs(5), async {
+                    loop {
+                        match tls.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return true,
+                            Ok(_) => {}
+                        }
+                    }
+                })
+                .await;
+                Ok(read.unwrap_or(false))
+            })
+        },
+    )
+    .expect("garbage exchange");
+    assert!(closed, "the agent closed a connection that sent garbage");
+
+    // A handshake with a junk certificate (self-signed, not from our CA) is refused.
+    let junk = netns::block_on(&node1, move || async move {
+        let server_ip = server_ip;
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["junk.example".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnything))
+        .with_client_auth_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        // TLS 1.3 may finish the client side before the server has refused the certificate;
+        // then the first request fails instead of the handshake.
+        let refused = match h2_connect(Arc::new(config), hbone).await {
+            Err(_) => true,
+            Ok(send) => status_of(&send, http::Method::CONNECT, &format!("{server_ip}:9000"))
+                .await
+                .is_err(),
+        };
+        Ok(refused)
+    });
+    assert!(
+        junk.expect("junk handshake ran"),
+        "a junk certificate was refused"
+    );
+    assert!(
+        f.log("node1")
+            .contains("HBONE connection refused or failed"),
+        "the agent logged why"
+    );
+
+    // And the agent still serves real traffic.
+    f.send(
+        f.pod("demo", "client"),
+        &format!("{}:9000", server.ip),
+        4096,
+    )
+    .expect("still serving")
+    .assert_intact(4096);
+}
+
+/// A verifier that trusts any server: the junk client is only here to be refused.
+#[derive(Debug)]
+struct AcceptAnything;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
