@@ -113,7 +113,7 @@ fn cross_node_traffic_is_tls13_on_15008_and_the_server_records_the_client_identi
         .spawn()
         .expect("tcpdump");
     std::thread::sleep(Duration::from_millis(500));
-    let marker = format!("WEFT-MARKER-{:016x}", rand_u64());
+    let marker = format!("WEFT-MARKER-{:016x}", rand::random::<u64>());
     let held = send_in_background(
         &f,
         "client",
@@ -150,7 +150,13 @@ fn cross_node_traffic_is_tls13_on_15008_and_the_server_records_the_client_identi
     );
     let _ = tcpdump.wait();
 
-    let bytes = std::fs::read(&pcap).expect("pcap");
+    assert_only_tls_crossed(&pcap, &marker);
+    let _ = std::fs::remove_file(&pcap);
+}
+
+/// What the fabric capture must show: the transfer, as TLS 1.3 to 15008, and no plaintext.
+fn assert_only_tls_crossed(pcap: &std::path::Path, marker: &str) {
+    let bytes = std::fs::read(pcap).expect("pcap");
     assert!(
         bytes.len() > 1_048_576,
         "the capture saw the transfer ({} bytes)",
@@ -163,7 +169,7 @@ fn cross_node_traffic_is_tls13_on_15008_and_the_server_records_the_client_identi
     let tshark = |filter: &str, field: &str| -> String {
         let out = Command::new("tshark")
             .args(["-r"])
-            .arg(&pcap)
+            .arg(pcap)
             .args(["-Y", filter, "-T", "fields", "-e", field])
             .output()
             .expect("tshark");
@@ -190,14 +196,6 @@ fn cross_node_traffic_is_tls13_on_15008_and_the_server_records_the_client_identi
         tshark("tcp.port == 9000", "frame.number").trim().is_empty(),
         "no plaintext connection to the app port crossed"
     );
-    let _ = std::fs::remove_file(&pcap);
-}
-
-fn rand_u64() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-        ^ u64::from(std::process::id())
 }
 
 #[test]
@@ -293,8 +291,8 @@ fn svids_rotate_at_half_life_without_breaking_open_connections() {
 fn raw_hbone<T: Send + 'static>(
     f: &Fixture,
     netns: &str,
-    own: SpiffeId,
-    expected: SpiffeId,
+    own: &SpiffeId,
+    expected: &SpiffeId,
     server: SocketAddr,
     body: impl FnOnce(
             Arc<rustls::ClientConfig>,
@@ -311,8 +309,8 @@ fn raw_hbone<T: Send + 'static>(
         "cluster.local",
     )
     .expect("cluster CA");
-    let store = CertStore::new(ca, "cluster.local", Duration::from_secs(3600));
-    let config = identity::client_config(&store, &own, &expected).expect("client config");
+    let store = CertStore::new(ca, "cluster.local", Duration::from_hours(1));
+    let config = identity::client_config(&store, own, expected).expect("client config");
     netns::block_on(netns, move || body(config, server))
 }
 
@@ -357,8 +355,8 @@ fn malformed_hbone_input_gets_the_spec_status_or_a_closed_connection_and_the_age
     let statuses = raw_hbone(
         &f,
         &node1,
-        id("client"),
-        id("server-a"),
+        &id("client"),
+        &id("server-a"),
         hbone,
         move |config, addr| {
             Box::pin(async move {
@@ -382,73 +380,12 @@ fn malformed_hbone_input_gets_the_spec_status_or_a_closed_connection_and_the_age
     // GET, a name instead of IP:port, a pod on another node: 400; nothing on 9999: 503; ok: 200.
     assert_eq!(statuses, [400, 400, 400, 503, 200]);
 
-    // Garbage after the TLS handshake: the agent closes the connection.
-    let closed = raw_hbone(
-        &f,
-        &node1,
-        id("client"),
-        id("server-a"),
-        hbone,
-        |config, addr| {
-            Box::pin(async move {
-                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                let mut tls = tokio_rustls::TlsConnector::from(config)
-                    .connect(
-                        rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
-                        tcp,
-                    )
-                    .await?;
-                tls.write_all(b"GARBAGE\x00\x01\x02 this is not an HTTP/2 preface at all\r\n\r\n")
-                    .await?;
-                let mut buffer = vec![0u8; 4096];
-                let read = tokio::time::timeout(Duration::from_secs(5), async {
-                    loop {
-                        match tls.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return true,
-                            Ok(_) => {}
-                        }
-                    }
-                })
-                .await;
-                Ok(read.unwrap_or(false))
-            })
-        },
-    )
-    .expect("garbage exchange");
-    assert!(closed, "the agent closed a connection that sent garbage");
-
-    // A handshake with a junk certificate (self-signed, not from our CA) is refused.
-    let junk = netns::block_on(&node1, move || async move {
-        let server_ip = server_ip;
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(vec!["junk.example".to_owned()])
-            .expect("params")
-            .self_signed(&key)
-            .expect("cert");
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnything))
-        .with_client_auth_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        // TLS 1.3 may finish the client side before the server has refused the certificate;
-        // then the first request fails instead of the handshake.
-        let refused = match h2_connect(Arc::new(config), hbone).await {
-            Err(_) => true,
-            Ok(send) => status_of(&send, http::Method::CONNECT, &format!("{server_ip}:9000"))
-                .await
-                .is_err(),
-        };
-        Ok(refused)
-    });
     assert!(
-        junk.expect("junk handshake ran"),
+        garbage_is_closed(&f, &node1, hbone),
+        "the agent closed a connection that sent garbage"
+    );
+    assert!(
+        junk_certificate_is_refused(&node1, hbone),
         "a junk certificate was refused"
     );
     assert!(
@@ -506,4 +443,74 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// Sends garbage after a good TLS handshake; true when the agent closes the connection.
+fn garbage_is_closed(f: &Fixture, node1: &str, hbone: SocketAddr) -> bool {
+    raw_hbone(
+        f,
+        node1,
+        &id("client"),
+        &id("server-a"),
+        hbone,
+        |config, addr| {
+            Box::pin(async move {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let mut tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(
+                        rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+                        tcp,
+                    )
+                    .await?;
+                tls.write_all(b"GARBAGE\x00\x01\x02 this is not an HTTP/2 preface at all\r\n\r\n")
+                    .await?;
+                let mut buffer = vec![0u8; 4096];
+                let read = tokio::time::timeout(Duration::from_secs(5), async {
+                    loop {
+                        match tls.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return true,
+                            Ok(_) => {}
+                        }
+                    }
+                })
+                .await;
+                Ok(read.unwrap_or(false))
+            })
+        },
+    )
+    .expect("garbage exchange")
+}
+
+/// Handshakes with a self-signed certificate; true when the agent refuses it.
+fn junk_certificate_is_refused(node1: &str, hbone: SocketAddr) -> bool {
+    let server_ip = hbone.ip();
+    netns::block_on(node1, move || async move {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["junk.example".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnything))
+        .with_client_auth_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        // TLS 1.3 may finish the client side before the server has refused the certificate;
+        // then the first request fails instead of the handshake.
+        let refused = match h2_connect(Arc::new(config), hbone).await {
+            Err(_) => true,
+            Ok(send) => status_of(&send, http::Method::CONNECT, &format!("{server_ip}:9000"))
+                .await
+                .is_err(),
+        };
+        Ok(refused)
+    })
+    .unwrap_or(false)
 }
