@@ -85,10 +85,11 @@ impl AdminState {
                 )
             }
             "/certs" => (StatusCode::OK, json!(self.certs.certs())),
+            "/connections/recent" => (StatusCode::OK, json!(self.connections.recent())),
             "/config_dump" => (StatusCode::OK, json!(*self.registry.borrow().clone())),
             _ => (
                 StatusCode::NOT_FOUND,
-                json!({"error": format!("no such endpoint {path}"), "endpoints": ["/status", "/workloads", "/connections", "/stats", "/certs", "/config_dump"]}),
+                json!({"error": format!("no such endpoint {path}"), "endpoints": ["/status", "/workloads", "/connections", "/connections/recent", "/stats", "/certs", "/config_dump"]}),
             ),
         }
     }

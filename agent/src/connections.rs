@@ -2,7 +2,7 @@
 //! which the admin API shows and tests use to prove traffic went through the agent.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -64,27 +64,47 @@ pub struct Totals {
     pub bytes_to_clients: AtomicU64,
 }
 
+/// How many closed connections the agent remembers for the admin API.
+pub const RECENT: usize = 1024;
+
+/// A connection that ended, with what it moved.
+#[derive(Clone, Debug, Serialize)]
+pub struct Closed {
+    #[serde(flatten)]
+    pub connection: Connection,
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+    pub ended_unix_ms: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct Connections {
     next_id: AtomicU64,
     live: Mutex<BTreeMap<u64, Connection>>,
+    recent: Mutex<VecDeque<Closed>>,
     pub totals: Totals,
 }
 
-/// Removes the connection from the live set when dropped, however the proxy task ends.
+/// Moves the connection from the live set to the recent ones when dropped, however the proxy
+/// task ends.
 #[derive(Debug)]
 pub struct Guard<'a> {
     connections: &'a Connections,
     id: u64,
+    bytes: Mutex<(u64, u64)>,
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Connections {
     pub fn open(&self, mut connection: Connection) -> Guard<'_> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         connection.id = id;
-        connection.started_unix_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        connection.started_unix_ms = now_unix_ms();
         let counter = match connection.direction {
             Direction::Outbound => &self.totals.outbound_opened,
             Direction::Inbound => &self.totals.inbound_opened,
@@ -97,6 +117,7 @@ impl Connections {
         Guard {
             connections: self,
             id,
+            bytes: Mutex::new((0, 0)),
         }
     }
 
@@ -105,6 +126,16 @@ impl Connections {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The most recently closed connections, newest last.
+    pub fn recent(&self) -> Vec<Closed> {
+        self.recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
             .cloned()
             .collect()
     }
@@ -120,12 +151,14 @@ impl Guard<'_> {
         totals
             .bytes_to_clients
             .fetch_add(to_client, Ordering::Relaxed);
+        *self.bytes.lock().unwrap_or_else(PoisonError::into_inner) = (from_client, to_client);
     }
 }
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        self.connections
+        let connection = self
+            .connections
             .live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -134,5 +167,23 @@ impl Drop for Guard<'_> {
             .totals
             .closed
             .fetch_add(1, Ordering::Relaxed);
+        if let Some(connection) = connection {
+            let (bytes_from_client, bytes_to_client) =
+                *self.bytes.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut recent = self
+                .connections
+                .recent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(Closed {
+                connection,
+                bytes_from_client,
+                bytes_to_client,
+                ended_unix_ms: now_unix_ms(),
+            });
+        }
     }
 }

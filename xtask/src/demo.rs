@@ -138,14 +138,59 @@ fn answer_line<'a>(body: &'a str, key: &str) -> &'a str {
         .unwrap_or("?")
 }
 
+fn show_identities(cluster: &Cluster) -> anyhow::Result<()> {
+    for node in &cluster.nodes {
+        let recent = cluster.admin(node, "/connections/recent")?;
+        for c in recent
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["security"] == "mtls")
+        {
+            let arrow = if c["direction"] == "outbound" {
+                "->"
+            } else {
+                "<-"
+            };
+            println!(
+                "  {:<7} {:<14} {arrow} {:<19} {} peer proved {}",
+                node.name,
+                c["pod"].as_str().unwrap_or("?"),
+                if c["direction"] == "outbound" {
+                    &c["destination"]
+                } else {
+                    &c["source"]
+                }
+                .as_str()
+                .unwrap_or("?"),
+                c["security"].as_str().unwrap_or("?"),
+                c["peer_identity"].as_str().unwrap_or("?"),
+            );
+        }
+    }
+    for node in &cluster.nodes {
+        let certs = cluster.admin(node, "/certs")?;
+        for cert in certs.as_array().into_iter().flatten() {
+            println!(
+                "  {:<7} holds SVID {} serial {} expires {}",
+                node.name,
+                cert["identity"].as_str().unwrap_or("?"),
+                &cert["serial"].as_str().unwrap_or("?")[..8],
+                cert["notAfter"].as_str().unwrap_or("?"),
+            );
+        }
+    }
+    Ok(())
+}
+
 fn show_stats(cluster: &Cluster) -> anyhow::Result<()> {
     for node in &cluster.nodes {
         let stats = cluster.admin(node, "/stats")?;
         let p = &stats["proxy"];
         let k = &stats["kernel"];
         println!(
-            "  {:<7} outbound {:>3}  inbound {:>3}  refused-not-captured {}  | kernel: redirected out {} in {}",
-            node.name, p["outbound_opened"], p["inbound_opened"], p["refused_not_captured"], k["outbound_redirected"], k["inbound_redirected"]
+            "  {:<7} outbound {:>3}  inbound {:>3}  HBONE connections opened {}  | kernel: redirected out {} in {}",
+            node.name, p["outbound_opened"], p["inbound_opened"], stats["pool"]["connections_opened"], k["outbound_redirected"], k["inbound_redirected"]
         );
     }
     Ok(())
@@ -200,6 +245,9 @@ fn tour(cluster: &Cluster, manifests: &Manifests) -> anyhow::Result<()> {
         "  both versions answered; the servers saw the client pod's own IP {}",
         cluster.pod("demo", "client").ip
     );
+
+    banner("Mutual TLS: who proved what (each agent's recent connections and SVIDs)");
+    show_identities(cluster)?;
 
     banner("Agent state (admin API on 127.0.0.1:15000 inside each node)");
     show_stats(cluster)?;

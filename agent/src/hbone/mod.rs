@@ -9,12 +9,13 @@ pub mod stream;
 
 use std::time::Duration;
 
-/// HTTP/2 stream window. With 4 MiB per stream and 16 MiB per connection a single tunnel is
-/// not held back by flow control on the playground (see ARCHITECTURE.md), while 100 streams
-/// of one connection still share its window fairly.
+/// HTTP/2 flow control and framing, measured with iperf3 through two agents on the demo
+/// playground (one tunnel, 2 cores): h2's defaults (64 KiB windows, 16 KiB frames) moved
+/// 0.03 Gbit/s; a 1 MiB stream window 2.55; 4 MiB stream / 16 MiB connection windows with
+/// 16 KiB frames 1.94, and with 64 KiB frames 2.76. The connection window lets several busy
+/// streams share one HTTP/2 connection without starving each other.
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-/// Larger frames mean fewer frame headers and wakeups for bulk transfers.
 pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
 /// Streams per pooled connection before the pool opens another.
 pub const MAX_STREAMS: u32 = 100;
