@@ -179,6 +179,8 @@ impl CertStore {
         let ca = LocalCa::load(source, &self.trust_domain)?;
         self.roots.store(Arc::new(root_store(&ca)));
         *self.ca.write().unwrap_or_else(PoisonError::into_inner) = ca;
+        // SVIDs from the old signer are reissued on next use; open connections keep theirs.
+        self.svids.write().unwrap_or_else(PoisonError::into_inner).clear();
         tracing::info!("trust bundle reloaded");
         Ok(())
     }

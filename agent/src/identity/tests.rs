@@ -259,3 +259,82 @@ impl rustls::client::ResolvesClientCert for NoClientCert {
         false
     }
 }
+
+#[test]
+fn a_user_supplied_intermediate_signs_svids_that_chain_to_its_root() {
+    let dir = TempDir::new();
+    let root_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut root_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    root_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    root_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "user root");
+    let root = root_params.self_signed(&root_key).expect("root");
+    let root_issuer = rcgen::Issuer::new(root_params, root_key);
+    let mid_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut mid_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    mid_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    mid_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "user intermediate");
+    let mid = mid_params
+        .signed_by(&mid_key, &root_issuer)
+        .expect("intermediate");
+    let path = |name: &str| dir.0.join(name);
+    std::fs::write(path("mid.crt"), mid.pem()).expect("write");
+    std::fs::write(path("mid.key"), mid_key.serialize_pem()).expect("write");
+    std::fs::write(path("chain.pem"), root.pem()).expect("write");
+    let source = CaSource::Files {
+        cert: path("mid.crt"),
+        key: path("mid.key"),
+        chain: Some(path("chain.pem")),
+    };
+    let ca = LocalCa::load(&source, "cluster.local").expect("user CA");
+    assert_eq!(
+        ca.roots(),
+        [root.der().clone()],
+        "the chain's self-signed end is the trust anchor"
+    );
+    let store = CertStore::new(ca, "cluster.local", Duration::from_secs(600));
+    let (server, client) = (id("cluster.local", "echo"), id("cluster.local", "client"));
+    assert_eq!(
+        store.get(&client).expect("svid").certified.cert.len(),
+        2,
+        "leaf and intermediate are presented"
+    );
+    let seen = rt()
+        .block_on(handshake(
+            server_config(&store, &server).expect("server"),
+            client_config(&store, &client, &server).expect("client"),
+        ))
+        .expect("handshake through the intermediate");
+    assert_eq!(seen, client);
+}
+
+#[test]
+fn reloading_the_trust_bundle_admits_peers_of_the_new_root() {
+    let (ours, theirs) = (TempDir::new(), TempDir::new());
+    let store = store(&ours, "cluster.local");
+    let other = self::store(&theirs, "cluster.local");
+    let (server, client) = (id("cluster.local", "echo"), id("cluster.local", "client"));
+    let before = rt().block_on(handshake(
+        server_config(&store, &server).expect("server"),
+        client_config(&other, &client, &server).expect("client"),
+    ));
+    assert!(
+        before.is_err(),
+        "another root is refused before the bundle changes"
+    );
+    // The operator replaces the CA file with the other root; the agent reloads it.
+    std::fs::copy(theirs.0.join("ca.pem"), ours.0.join("ca.pem")).expect("replace CA");
+    store
+        .reload(&CaSource::Generated {
+            dir: ours.0.clone(),
+        })
+        .expect("reload");
+    let after = rt().block_on(handshake(
+        server_config(&store, &server).expect("server"),
+        client_config(&other, &client, &server).expect("client"),
+    ));
+    assert_eq!(after.expect("admitted after reload"), client);
+}
