@@ -180,7 +180,10 @@ impl CertStore {
         self.roots.store(Arc::new(root_store(&ca)));
         *self.ca.write().unwrap_or_else(PoisonError::into_inner) = ca;
         // SVIDs from the old signer are reissued on next use; open connections keep theirs.
-        self.svids.write().unwrap_or_else(PoisonError::into_inner).clear();
+        self.svids
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         tracing::info!("trust bundle reloaded");
         Ok(())
     }

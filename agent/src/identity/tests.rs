@@ -295,7 +295,7 @@ fn a_user_supplied_intermediate_signs_svids_that_chain_to_its_root() {
         [root.der().clone()],
         "the chain's self-signed end is the trust anchor"
     );
-    let store = CertStore::new(ca, "cluster.local", Duration::from_secs(600));
+    let store = CertStore::new(ca, "cluster.local", Duration::from_mins(10));
     let (server, client) = (id("cluster.local", "echo"), id("cluster.local", "client"));
     assert_eq!(
         store.get(&client).expect("svid").certified.cert.len(),
