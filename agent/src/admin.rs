@@ -86,10 +86,11 @@ impl AdminState {
             }
             "/certs" => (StatusCode::OK, json!(self.certs.certs())),
             "/connections/recent" => (StatusCode::OK, json!(self.connections.recent())),
+            "/policies" => (StatusCode::OK, json!(self.registry.borrow().policies)),
             "/config_dump" => (StatusCode::OK, json!(*self.registry.borrow().clone())),
             _ => (
                 StatusCode::NOT_FOUND,
-                json!({"error": format!("no such endpoint {path}"), "endpoints": ["/status", "/workloads", "/connections", "/connections/recent", "/stats", "/certs", "/config_dump"]}),
+                json!({"error": format!("no such endpoint {path}"), "endpoints": ["/status", "/workloads", "/connections", "/connections/recent", "/stats", "/certs", "/policies", "/config_dump"]}),
             ),
         }
     }
@@ -101,9 +102,16 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
         .map_err(|source| AdminError::Bind { addr, source })
 }
 
+/// A response body and its content type.
+type Body = (StatusCode, &'static str, String);
+
+fn json_body((status, value): (StatusCode, serde_json::Value)) -> Body {
+    (status, "application/json", value.to_string())
+}
+
 async fn serve<F>(listener: TcpListener, handler: Arc<F>)
 where
-    F: Fn(&str) -> (StatusCode, serde_json::Value) + Send + Sync + 'static,
+    F: Fn(&str) -> Body + Send + Sync + 'static,
 {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -112,12 +120,12 @@ where
         let handler = handler.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let (status, body) = handler(req.uri().path());
-                let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+                let (status, content_type, body) = handler(req.uri().path());
+                let mut response = Response::new(Full::new(Bytes::from(body)));
                 *response.status_mut() = status;
                 response.headers_mut().insert(
                     "content-type",
-                    hyper::header::HeaderValue::from_static("application/json"),
+                    hyper::header::HeaderValue::from_static(content_type),
                 );
                 async move { Ok::<_, Infallible>(response) }
             });
@@ -128,30 +136,47 @@ where
     }
 }
 
-/// Binds the admin and readiness listeners (so a port clash fails start-up), then serves them.
+/// Binds the admin, metrics and readiness listeners (so a port clash fails start-up), then
+/// serves them.
 pub async fn start(
     state: Arc<AdminState>,
     admin: SocketAddr,
+    metrics: SocketAddr,
     readiness: SocketAddr,
 ) -> Result<(), AdminError> {
     let admin_listener = bind(admin).await?;
+    let metrics_listener = bind(metrics).await?;
     let ready_listener = bind(readiness).await?;
     let admin_state = state.clone();
     tokio::spawn(serve(
         admin_listener,
-        Arc::new(move |path: &str| admin_state.route(path)),
+        Arc::new(move |path: &str| json_body(admin_state.route(path))),
+    ));
+    let metrics_state = state.clone();
+    tokio::spawn(serve(
+        metrics_listener,
+        Arc::new(move |path: &str| match path {
+            "/metrics" => (
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                metrics_state.connections.metrics.encode(),
+            ),
+            _ => json_body((StatusCode::NOT_FOUND, json!({"error": "try /metrics"}))),
+        }),
     ));
     tokio::spawn(serve(
         ready_listener,
-        Arc::new(move |path: &str| match path {
-            "/healthz/ready" if state.ready.load(Ordering::Relaxed) => {
-                (StatusCode::OK, json!({"ready": true}))
-            }
-            "/healthz/ready" => (StatusCode::SERVICE_UNAVAILABLE, json!({"ready": false})),
-            _ => (
-                StatusCode::NOT_FOUND,
-                json!({"error": "try /healthz/ready"}),
-            ),
+        Arc::new(move |path: &str| {
+            json_body(match path {
+                "/healthz/ready" if state.ready.load(Ordering::Relaxed) => {
+                    (StatusCode::OK, json!({"ready": true}))
+                }
+                "/healthz/ready" => (StatusCode::SERVICE_UNAVAILABLE, json!({"ready": false})),
+                _ => (
+                    StatusCode::NOT_FOUND,
+                    json!({"error": "try /healthz/ready"}),
+                ),
+            })
         }),
     ));
     Ok(())

@@ -81,7 +81,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         certs,
         proxy: proxy_for_admin,
     });
-    admin::start(state.clone(), config.admin_addr, config.readiness_addr).await?;
+    admin::start(
+        state.clone(),
+        config.admin_addr,
+        config.metrics_addr,
+        config.readiness_addr,
+    )
+    .await?;
     let mut updates = registry_rx;
     let snapshot = updates.borrow_and_update().clone();
     enrollment.reconcile(&snapshot);
@@ -98,6 +104,10 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 }
                 let snapshot = updates.borrow_and_update().clone();
                 enrollment.reconcile(&snapshot);
+                let closed = state.connections.revalidate(&snapshot);
+                if closed > 0 {
+                    tracing::info!(closed, "policy change closed established connections");
+                }
             }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,

@@ -1,23 +1,41 @@
-//! Live proxied connections and running totals: the agent's own record of what it carried,
-//! which the admin API shows and tests use to prove traffic went through the agent.
+//! Live proxied connections, the recently closed ones, and running totals: the agent's own
+//! record of what it carried and why it allowed or refused it. The admin API shows it; each
+//! closed or refused connection also leaves one access-log line (target `weft_access`).
 
 use std::{
     collections::{BTreeMap, VecDeque},
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Mutex, PoisonError,
+        Arc, Mutex, PoisonError,
     },
     time::SystemTime,
 };
 
 use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::{
+    identity::SpiffeId,
+    metrics::Metrics,
+    policy::{Decision, Verdict},
+    registry::{PodPlacement, Registry},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Outbound,
     Inbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::Inbound => "inbound",
+        }
+    }
 }
 
 /// Whether the hop between agents was protected.
@@ -28,6 +46,15 @@ pub enum Security {
     Mtls,
     /// Plain TCP (a destination or a client outside the mesh).
     Plaintext,
+}
+
+impl Security {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mtls => "mtls",
+            Self::Plaintext => "plaintext",
+        }
+    }
 }
 
 /// One connection the agent is carrying.
@@ -48,7 +75,19 @@ pub struct Connection {
     pub peer_identity: Option<String>,
     /// Serial of the certificate the peer proved its identity with.
     pub peer_certificate_serial: Option<String>,
+    /// The authorization decision (inbound connections).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
     pub started_unix_ms: u64,
+}
+
+/// What is needed to decide an inbound connection again when policies change.
+#[derive(Clone, Debug)]
+pub struct Authorized {
+    pub pod: PodPlacement,
+    pub port: u16,
+    pub identity: Option<SpiffeId>,
+    pub source_ip: std::net::IpAddr,
 }
 
 /// Monotonic totals since the agent started.
@@ -58,6 +97,9 @@ pub struct Totals {
     pub inbound_opened: AtomicU64,
     pub closed: AtomicU64,
     pub failed: AtomicU64,
+    pub denied: AtomicU64,
+    /// Established connections closed because a policy change denied them.
+    pub closed_by_policy: AtomicU64,
     /// Connections to a capture listener that the kernel did not redirect (no open relay).
     pub refused_not_captured: AtomicU64,
     pub bytes_from_clients: AtomicU64,
@@ -77,21 +119,30 @@ pub struct Closed {
     pub ended_unix_ms: u64,
 }
 
+#[derive(Debug)]
+struct Live {
+    connection: Connection,
+    authorized: Option<Authorized>,
+    cancel: Arc<Notify>,
+}
+
 #[derive(Debug, Default)]
 pub struct Connections {
     next_id: AtomicU64,
-    live: Mutex<BTreeMap<u64, Connection>>,
+    live: Mutex<BTreeMap<u64, Live>>,
     recent: Mutex<VecDeque<Closed>>,
     pub totals: Totals,
+    pub metrics: Metrics,
 }
 
 /// Moves the connection from the live set to the recent ones when dropped, however the proxy
-/// task ends.
+/// task ends, and writes its access-log line.
 #[derive(Debug)]
 pub struct Guard<'a> {
     connections: &'a Connections,
     id: u64,
     bytes: Mutex<(u64, u64)>,
+    cancel: Arc<Notify>,
 }
 
 fn now_unix_ms() -> u64 {
@@ -100,8 +151,40 @@ fn now_unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+fn access_log(closed: &Closed) {
+    let c = &closed.connection;
+    let decision = c.decision.as_ref();
+    tracing::info!(
+        target: "weft_access",
+        direction = c.direction.as_str(),
+        pod = %c.pod,
+        source = %c.source,
+        original_destination = %c.original_destination,
+        destination = %c.destination,
+        service = c.service.as_deref().unwrap_or("-"),
+        security = c.security.as_str(),
+        peer_identity = c.peer_identity.as_deref().unwrap_or("-"),
+        verdict = decision.map_or("allow", |d| if d.verdict == Verdict::Allow { "allow" } else { "deny" }),
+        reason = decision.map_or("-", |d| d.reason.as_str()),
+        detail = decision.map_or("", |d| d.detail.as_str()),
+        bytes_from_client = closed.bytes_from_client,
+        bytes_to_client = closed.bytes_to_client,
+        duration_ms = closed.ended_unix_ms.saturating_sub(c.started_unix_ms),
+        "connection closed"
+    );
+}
+
 impl Connections {
-    pub fn open(&self, mut connection: Connection) -> Guard<'_> {
+    pub fn open(&self, connection: Connection) -> Guard<'_> {
+        self.open_authorized(connection, None)
+    }
+
+    /// Opens an inbound connection that policy changes may close again.
+    pub fn open_authorized(
+        &self,
+        mut connection: Connection,
+        authorized: Option<Authorized>,
+    ) -> Guard<'_> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         connection.id = id;
         connection.started_unix_ms = now_unix_ms();
@@ -110,15 +193,49 @@ impl Connections {
             Direction::Inbound => &self.totals.inbound_opened,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.metrics.opened(&connection);
+        let cancel = Arc::new(Notify::new());
         self.live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, connection);
+            .insert(
+                id,
+                Live {
+                    connection,
+                    authorized,
+                    cancel: cancel.clone(),
+                },
+            );
         Guard {
             connections: self,
             id,
             bytes: Mutex::new((0, 0)),
+            cancel,
         }
+    }
+
+    /// Records a connection refused before it opened (a policy denial), with its reason.
+    pub fn refused(&self, mut connection: Connection) {
+        connection.started_unix_ms = now_unix_ms();
+        connection.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.totals.denied.fetch_add(1, Ordering::Relaxed);
+        self.metrics.opened(&connection);
+        let closed = Closed {
+            connection,
+            bytes_from_client: 0,
+            bytes_to_client: 0,
+            ended_unix_ms: now_unix_ms(),
+        };
+        access_log(&closed);
+        self.remember(closed);
+    }
+
+    fn remember(&self, closed: Closed) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(closed);
     }
 
     pub fn live(&self) -> Vec<Connection> {
@@ -126,7 +243,7 @@ impl Connections {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
-            .cloned()
+            .map(|l| l.connection.clone())
             .collect()
     }
 
@@ -138,6 +255,32 @@ impl Connections {
             .iter()
             .cloned()
             .collect()
+    }
+
+    /// Decides every live inbound connection again under the new registry and closes the ones
+    /// it now denies. Returns how many were closed.
+    pub fn revalidate(&self, registry: &Registry) -> usize {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut closed = 0;
+        for entry in live.values_mut() {
+            let Some(authorized) = &entry.authorized else {
+                continue;
+            };
+            let decision = registry.authorize(
+                &authorized.pod,
+                authorized.port,
+                authorized.identity.as_ref(),
+                authorized.source_ip,
+            );
+            if decision.verdict == Verdict::Deny {
+                tracing::info!(pod = %entry.connection.pod, source = %entry.connection.source, reason = decision.reason.as_str(), detail = %decision.detail, "closing an established connection a policy change denies");
+                entry.connection.decision = Some(decision);
+                entry.cancel.notify_one();
+                self.totals.closed_by_policy.fetch_add(1, Ordering::Relaxed);
+                closed += 1;
+            }
+        }
+        closed
     }
 }
 
@@ -153,11 +296,16 @@ impl Guard<'_> {
             .fetch_add(to_client, Ordering::Relaxed);
         *self.bytes.lock().unwrap_or_else(PoisonError::into_inner) = (from_client, to_client);
     }
+
+    /// Resolves when a policy change has denied this connection.
+    pub async fn revoked(&self) {
+        self.cancel.notified().await;
+    }
 }
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        let connection = self
+        let live = self
             .connections
             .live
             .lock()
@@ -167,23 +315,20 @@ impl Drop for Guard<'_> {
             .totals
             .closed
             .fetch_add(1, Ordering::Relaxed);
-        if let Some(connection) = connection {
+        if let Some(live) = live {
             let (bytes_from_client, bytes_to_client) =
                 *self.bytes.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut recent = self
-                .connections
-                .recent
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if recent.len() == RECENT {
-                recent.pop_front();
-            }
-            recent.push_back(Closed {
-                connection,
+            self.connections
+                .metrics
+                .closed(&live.connection, bytes_from_client, bytes_to_client);
+            let closed = Closed {
+                connection: live.connection,
                 bytes_from_client,
                 bytes_to_client,
                 ended_unix_ms: now_unix_ms(),
-            });
+            };
+            access_log(&closed);
+            self.connections.remember(closed);
         }
     }
 }

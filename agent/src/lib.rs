@@ -10,6 +10,8 @@ pub mod connections;
 pub mod enrollment;
 pub mod hbone;
 pub mod identity;
+pub mod metrics;
 pub mod netns;
+pub mod policy;
 pub mod proxy;
 pub mod registry;

@@ -20,8 +20,27 @@ pub fn list() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `ip netns add` races with itself: the first call in a fresh /run/netns sets up a shared
+/// bind mount, and a concurrent call can lose its target. Serialize them in this process and
+/// retry the rare cross-process collision.
+static ADD_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub fn add(name: &str) -> anyhow::Result<()> {
-    run_cmd("ip", &["netns", "add", name]).map(drop)
+    let _serialized = ADD_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut last = None;
+    for _ in 0..3 {
+        match run_cmd("ip", &["netns", "add", name]) {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                let _ = run_cmd("ip", &["netns", "delete", name]);
+                last = Some(e);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("ip netns add {name} failed")))
 }
 
 pub fn delete(name: &str) -> anyhow::Result<()> {

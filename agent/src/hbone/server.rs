@@ -17,7 +17,7 @@ use super::{
 use crate::{
     connections::{Connection, Direction, Security},
     identity::{self, SpiffeId},
-    proxy::{inbound::deliver, PodContext, ProxyContext},
+    proxy::{authorize, inbound::deliver, PodContext, ProxyContext},
 };
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, ctx: Arc<ProxyContext>) {
@@ -116,9 +116,10 @@ async fn tunnel(
             return;
         }
     };
-    let guard = ctx.connections.open(Connection {
+    let connection = Connection {
         id: 0,
         started_unix_ms: 0,
+        decision: None,
         direction: Direction::Inbound,
         pod: pod.name(),
         source: peer,
@@ -128,7 +129,11 @@ async fn tunnel(
         security: Security::Mtls,
         peer_identity: Some(client.to_string()),
         peer_certificate_serial: serial,
-    });
+    };
+    let Some(guard) = authorize(ctx, pod, connection, Some(&client)) else {
+        reply(&mut respond, StatusCode::UNAUTHORIZED);
+        return;
+    };
     // The client agent connects from the client pod's own address: deliver from it.
     let server = match deliver(pod, ctx, SocketAddr::new(peer.ip(), 0), target).await {
         Ok(server) => server,
@@ -154,8 +159,11 @@ async fn tunnel(
         }
     };
     // The TCP side here is the application: what it sends goes back to the client.
-    let ((to_client, from_client), error) =
-        super::stream::splice(server, send, request.into_body()).await;
+    let tunnel = super::stream::splice(server, send, request.into_body());
+    let ((to_client, from_client), error) = tokio::select! {
+        result = tunnel => result,
+        () = guard.revoked() => return,
+    };
     guard.finish(from_client, to_client);
     if let Some(e) = error {
         tracing::debug!(error = %e, "HBONE tunnel ended with an error");

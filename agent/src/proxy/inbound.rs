@@ -38,7 +38,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
     let Ok(original) = client.local_addr() else {
         return;
     };
-    let guard = ctx.connections.open(Connection {
+    let connection = Connection {
         id: 0,
         direction: Direction::Inbound,
         pod: pod.name(),
@@ -49,10 +49,20 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         security: Security::Plaintext,
         peer_identity: None,
         peer_certificate_serial: None,
+        decision: None,
         started_unix_ms: 0,
-    });
+    };
+    // A plaintext client carries no identity: only address and port rules can match it.
+    let Some(guard) = super::authorize(ctx, pod, connection, None) else {
+        return;
+    };
     match deliver(pod, ctx, peer, original).await {
-        Ok(server) => splice(client, server, &guard).await,
+        Ok(server) => {
+            tokio::select! {
+                () = splice(client, server, &guard) => {}
+                () = guard.revoked() => {}
+            }
+        }
         Err(e) => {
             ctx.connections
                 .totals

@@ -15,10 +15,11 @@ use tokio::{net::TcpStream, sync::watch};
 
 use crate::{
     capture::Maps,
-    connections::{Connections, Guard},
+    connections::{Authorized, Connection, Connections, Guard},
     hbone::client::Pool,
     identity::{CertStore, SpiffeId},
     netns::Netns,
+    policy::Verdict,
     registry::{PodPlacement, Registry},
 };
 
@@ -79,6 +80,43 @@ impl ProxyContext {
         *counter = counter.wrapping_add(1);
         Some(pick)
     }
+}
+
+/// Decides an inbound connection under the current registry. A denial is recorded (access
+/// log, metrics, recent connections) and `None` returned: the caller drops the client. An
+/// allowed connection is opened so that a later policy change can close it again.
+pub fn authorize<'c>(
+    ctx: &'c ProxyContext,
+    pod: &PodContext,
+    mut connection: Connection,
+    identity: Option<&SpiffeId>,
+) -> Option<Guard<'c>> {
+    let registry = ctx.registry.borrow().clone();
+    let port = connection.original_destination.port();
+    let source_ip = connection.source.ip();
+    let decision = registry.authorize(&pod.placement, port, identity, source_ip);
+    if !decision.notes.is_empty() {
+        tracing::info!(target: "weft_audit", pod = %pod.name(), source = %connection.source, notes = ?decision.notes, "policy notes");
+    }
+    let denied = decision.verdict == Verdict::Deny;
+    if denied {
+        tracing::info!(pod = %pod.name(), source = %connection.source, peer_identity = identity.map(ToString::to_string).as_deref().unwrap_or("-"), reason = decision.reason.as_str(), detail = %decision.detail, "connection denied");
+    }
+    connection.decision = Some(decision);
+    if denied {
+        ctx.connections.refused(connection);
+        return None;
+    }
+    let authorized = Authorized {
+        pod: pod.placement.clone(),
+        port,
+        identity: identity.cloned(),
+        source_ip,
+    };
+    Some(
+        ctx.connections
+            .open_authorized(connection, Some(authorized)),
+    )
 }
 
 /// Carries a proxied connection until both directions are done; a half-close on one side is

@@ -110,6 +110,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         },
         peer_identity: peer_identity.as_ref().map(ToString::to_string),
         peer_certificate_serial: None,
+        decision: None,
         started_unix_ms: 0,
     });
     let failed = |reason: &dyn std::fmt::Display| {

@@ -36,6 +36,7 @@ pub struct Registry {
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
+    pub policies: Vec<crate::policy::Policy>,
     pub errors: Vec<ObjectError>,
 }
 
@@ -117,6 +118,62 @@ impl Registry {
         }
         placed.sort();
         (placed, unplaceable)
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
+        self.pods
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == name)
+    }
+
+    /// Names of the Services whose endpoints include this pod IP.
+    pub fn services_of(&self, namespace: &str, ip: Ipv4Addr) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .endpoint_slices
+            .iter()
+            .filter(|s| {
+                s.namespace == namespace && s.endpoints.iter().any(|e| e.addresses.contains(&ip))
+            })
+            .map(|s| s.service_name.clone())
+            .collect();
+        names.dedup();
+        names
+    }
+
+    /// Whether a pod's mTLS mode is strict: its own annotation, else its namespace's.
+    pub fn mtls_strict(&self, pod: &Pod) -> bool {
+        let mode = pod
+            .annotations
+            .get(crate::policy::MTLS_MODE_ANNOTATION)
+            .or_else(|| {
+                self.namespaces
+                    .get(&pod.namespace)
+                    .and_then(|ns| ns.annotations.get(crate::policy::MTLS_MODE_ANNOTATION))
+            });
+        mode.is_some_and(|m| m == "strict")
+    }
+
+    /// Decides an inbound connection to one of this node's pods.
+    pub fn authorize(
+        &self,
+        pod: &PodPlacement,
+        port: u16,
+        identity: Option<&crate::identity::SpiffeId>,
+        source_ip: std::net::IpAddr,
+    ) -> crate::policy::Decision {
+        let empty = BTreeMap::new();
+        let found = self.pod(&pod.namespace, &pod.name);
+        let services = self.services_of(&pod.namespace, pod.ip);
+        let request = crate::policy::Request {
+            namespace: &pod.namespace,
+            labels: found.map_or(&empty, |p| &p.labels),
+            services: &services,
+            port,
+            identity,
+            source_ip,
+            strict: found.is_some_and(|p| self.mtls_strict(p)),
+        };
+        crate::policy::evaluate(&self.policies, &request)
     }
 
     pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&Pod> {

@@ -189,7 +189,9 @@ pub(super) fn add(registry: &mut Registry, doc: &serde_yaml::Value) -> Result<()
     }
     let known = matches!(
         (api.as_str(), kind.as_str()),
-        ("v1", "Namespace" | "Pod" | "Service") | ("discovery.k8s.io/v1", "EndpointSlice")
+        ("v1", "Namespace" | "Pod" | "Service")
+            | ("discovery.k8s.io/v1", "EndpointSlice")
+            | ("weft.io/v1alpha1", "AuthorizationPolicy")
     );
     if !known {
         return Ok(());
@@ -221,9 +223,17 @@ pub(super) fn add(registry: &mut Registry, doc: &serde_yaml::Value) -> Result<()
         }
         "Pod" => registry.pods.push(pod(object)?),
         "Service" => registry.services.push(service(object)?),
+        "AuthorizationPolicy" => registry.policies.push(authorization_policy(&object)?),
         _ => registry.endpoint_slices.push(endpoint_slice(object)?),
     }
     Ok(())
+}
+
+fn authorization_policy(object: &Object<'_>) -> Result<crate::policy::Policy, Rejection> {
+    let spec: crate::policy::crd::AuthorizationPolicySpec = object
+        .field("spec")?
+        .ok_or_else(|| object.reject("spec is missing"))?;
+    crate::policy::compile(&object.namespace, &object.name, spec).map_err(|e| object.reject(e))
 }
 
 fn pod(object: Object<'_>) -> Result<Pod, Rejection> {

@@ -1,0 +1,479 @@
+//! Compiling policies (validation included) and evaluating a connection against them.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use serde::Serialize;
+
+use super::crd::{Action, AuthorizationPolicySpec, Operation, Rule, Source};
+use crate::identity::SpiffeId;
+
+/// A validated policy, ready to evaluate.
+#[derive(Clone, Debug, Serialize)]
+pub struct Policy {
+    pub namespace: String,
+    pub name: String,
+    pub spec: AuthorizationPolicySpec,
+    #[serde(skip)]
+    rules: Vec<CompiledRule>,
+}
+
+impl Policy {
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Pattern {
+    Any,
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+}
+
+impl Pattern {
+    fn parse(text: &str) -> Self {
+        if text == "*" {
+            Self::Any
+        } else if let Some(rest) = text.strip_suffix('*') {
+            Self::Prefix(rest.to_owned())
+        } else if let Some(rest) = text.strip_prefix('*') {
+            Self::Suffix(rest.to_owned())
+        } else {
+            Self::Exact(text.to_owned())
+        }
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Exact(s) => value == s,
+            Self::Prefix(s) => value.starts_with(s.as_str()),
+            Self::Suffix(s) => value.ends_with(s.as_str()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    fn parse(text: &str) -> Result<Self, String> {
+        let (address, prefix) = text.split_once('/').unwrap_or((text, ""));
+        let network: IpAddr = address
+            .parse()
+            .map_err(|_| format!("ipBlock {text:?} is not a CIDR"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = if prefix.is_empty() {
+            max
+        } else {
+            prefix
+                .parse::<u8>()
+                .map_err(|_| format!("ipBlock {text:?} has a bad prefix length"))?
+        };
+        if prefix > max {
+            return Err(format!("ipBlock {text:?}: prefix length above {max}"));
+        }
+        Ok(Self { network, prefix })
+    }
+
+    fn contains(self, ip: IpAddr) -> bool {
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct CompiledSource {
+    principals: Vec<Pattern>,
+    not_principals: Vec<Pattern>,
+    namespaces: Vec<Pattern>,
+    not_namespaces: Vec<Pattern>,
+    ip_blocks: Vec<Cidr>,
+    not_ip_blocks: Vec<Cidr>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct CompiledOperation {
+    ports: Vec<u16>,
+    not_ports: Vec<u16>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct CompiledRule {
+    from: Vec<CompiledSource>,
+    to: Vec<CompiledOperation>,
+    /// Hosts, methods, paths or `when`: only a waypoint can check them.
+    needs_l7: bool,
+}
+
+fn patterns(list: &[String]) -> Vec<Pattern> {
+    list.iter().map(|p| Pattern::parse(p)).collect()
+}
+
+fn cidrs(list: &[String]) -> Result<Vec<Cidr>, String> {
+    list.iter().map(|c| Cidr::parse(c)).collect()
+}
+
+fn ports(list: &[String]) -> Result<Vec<u16>, String> {
+    list.iter()
+        .map(|p| {
+            p.parse::<u16>()
+                .map_err(|_| format!("port {p:?} is not a port number"))
+        })
+        .collect()
+}
+
+fn compile_source(source: &Source) -> Result<CompiledSource, String> {
+    Ok(CompiledSource {
+        principals: patterns(&source.principals),
+        not_principals: patterns(&source.not_principals),
+        namespaces: patterns(&source.namespaces),
+        not_namespaces: patterns(&source.not_namespaces),
+        ip_blocks: cidrs(&source.ip_blocks)?,
+        not_ip_blocks: cidrs(&source.not_ip_blocks)?,
+    })
+}
+
+fn l7_fields(operation: &Operation) -> bool {
+    [
+        &operation.hosts,
+        &operation.not_hosts,
+        &operation.methods,
+        &operation.not_methods,
+        &operation.paths,
+        &operation.not_paths,
+    ]
+    .iter()
+    .any(|list| !list.is_empty())
+}
+
+fn compile_rule(rule: &Rule) -> Result<CompiledRule, String> {
+    let from = rule
+        .from
+        .iter()
+        .map(|f| compile_source(&f.source))
+        .collect::<Result<_, _>>()?;
+    let to = rule
+        .to
+        .iter()
+        .map(|t| {
+            Ok(CompiledOperation {
+                ports: ports(&t.operation.ports)?,
+                not_ports: ports(&t.operation.not_ports)?,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    let needs_l7 = !rule.when.is_empty() || rule.to.iter().any(|t| l7_fields(&t.operation));
+    Ok(CompiledRule { from, to, needs_l7 })
+}
+
+/// Validates and compiles a policy; the error says what to fix.
+pub fn compile(
+    namespace: &str,
+    name: &str,
+    spec: AuthorizationPolicySpec,
+) -> Result<Policy, String> {
+    if spec.rules.is_empty() {
+        return Err(
+            "rules is empty: give at least one rule (an empty rule `{}` matches everything)".into(),
+        );
+    }
+    let rules = spec
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| compile_rule(r).map_err(|e| format!("rules[{i}]: {e}")))
+        .collect::<Result<_, _>>()?;
+    Ok(Policy {
+        namespace: namespace.into(),
+        name: name.into(),
+        spec,
+        rules,
+    })
+}
+
+/// What is known about a connection when it is authorized.
+#[derive(Clone, Debug)]
+pub struct Request<'a> {
+    pub namespace: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    /// Names of the Services in the pod's namespace that select the destination pod.
+    pub services: &'a [String],
+    pub port: u16,
+    /// The client's proven identity (mutual TLS), if any.
+    pub identity: Option<&'a SpiffeId>,
+    pub source_ip: IpAddr,
+    /// Whether the pod's mTLS mode is strict.
+    pub strict: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+/// Why: a small fixed set, usable as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    NoPolicy,
+    AllowedByPolicy,
+    DeniedByPolicy,
+    NoAllowRuleMatched,
+    L7RequiresWaypoint,
+    StrictMtlsPlaintext,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoPolicy => "no_policy",
+            Self::AllowedByPolicy => "allowed_by_policy",
+            Self::DeniedByPolicy => "denied_by_policy",
+            Self::NoAllowRuleMatched => "no_allow_rule_matched",
+            Self::L7RequiresWaypoint => "l7_requires_waypoint",
+            Self::StrictMtlsPlaintext => "strict_mtls_plaintext",
+        }
+    }
+}
+
+/// A verdict with its reason, the deciding policy and rule, and what audit and dry-run
+/// policies said along the way.
+#[derive(Clone, Debug, Serialize)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub reason: Reason,
+    /// For people: which policy and rule, or what was missing.
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl Decision {
+    fn new(
+        verdict: Verdict,
+        reason: Reason,
+        detail: String,
+        policy: Option<String>,
+        notes: Vec<String>,
+    ) -> Self {
+        Self {
+            verdict,
+            reason,
+            detail,
+            policy,
+            notes,
+        }
+    }
+}
+
+fn applies(policy: &Policy, request: &Request<'_>) -> bool {
+    if policy.namespace != request.namespace {
+        return false;
+    }
+    if let Some(selector) = &policy.spec.selector {
+        if !selector
+            .match_labels
+            .iter()
+            .all(|(k, v)| request.labels.get(k) == Some(v))
+        {
+            return false;
+        }
+    }
+    if !policy.spec.target_refs.is_empty() {
+        return policy
+            .spec
+            .target_refs
+            .iter()
+            .any(|t| t.kind == "Service" && request.services.contains(&t.name));
+    }
+    true
+}
+
+fn source_matches(source: &CompiledSource, request: &Request<'_>) -> bool {
+    let principal = request
+        .identity
+        .map(|id| id.to_string().trim_start_matches("spiffe://").to_owned());
+    let namespace = request.identity.map(|id| id.namespace.as_str());
+    // Principal and namespace rules need a proven identity; their not-forms match a client
+    // without one (it is not any of them).
+    let any = |list: &[Pattern], value: Option<&str>| {
+        value.is_some_and(|v| list.iter().any(|p| p.matches(v)))
+    };
+    (source.principals.is_empty() || any(&source.principals, principal.as_deref()))
+        && (source.not_principals.is_empty() || !any(&source.not_principals, principal.as_deref()))
+        && (source.namespaces.is_empty() || any(&source.namespaces, namespace))
+        && (source.not_namespaces.is_empty() || !any(&source.not_namespaces, namespace))
+        && (source.ip_blocks.is_empty()
+            || source
+                .ip_blocks
+                .iter()
+                .any(|c| c.contains(request.source_ip)))
+        && (source.not_ip_blocks.is_empty()
+            || !source
+                .not_ip_blocks
+                .iter()
+                .any(|c| c.contains(request.source_ip)))
+}
+
+fn operation_matches(operation: &CompiledOperation, request: &Request<'_>) -> bool {
+    (operation.ports.is_empty() || operation.ports.contains(&request.port))
+        && (operation.not_ports.is_empty() || !operation.not_ports.contains(&request.port))
+}
+
+/// Whether the rule's L4 parts match (L7 parts are judged by the caller).
+fn l4_matches(rule: &CompiledRule, request: &Request<'_>) -> bool {
+    (rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, request)))
+        && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, request)))
+}
+
+/// Decides a connection: strict mTLS first, then DENY policies, then ALLOW policies. AUDIT
+/// and dry-run policies only add notes.
+pub fn evaluate<'p>(
+    policies: impl IntoIterator<Item = &'p Policy>,
+    request: &Request<'_>,
+) -> Decision {
+    if request.strict && request.identity.is_none() {
+        return Decision::new(
+            Verdict::Deny,
+            Reason::StrictMtlsPlaintext,
+            "plaintext refused: the workload's mTLS mode is strict".into(),
+            None,
+            Vec::new(),
+        );
+    }
+    let applying: Vec<&Policy> = policies
+        .into_iter()
+        .filter(|p| applies(p, request))
+        .collect();
+    let mut notes = Vec::new();
+    for policy in applying.iter().filter(|p| p.spec.action == Action::Audit) {
+        if let Some(i) = policy.rules.iter().position(|r| l4_matches(r, request)) {
+            notes.push(format!("audited by {} rule {i}", policy.id()));
+        }
+    }
+    if let Some(denial) = first_denial(&applying, request, &mut notes) {
+        return denial;
+    }
+    allow_phase(&applying, request, notes)
+}
+
+fn first_denial(
+    applying: &[&Policy],
+    request: &Request<'_>,
+    notes: &mut Vec<String>,
+) -> Option<Decision> {
+    for policy in applying.iter().filter(|p| p.spec.action == Action::Deny) {
+        if let Some((i, rule)) = policy
+            .rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| l4_matches(r, request))
+        {
+            let l7 = if rule.needs_l7 {
+                " (its L7 conditions cannot be checked without a waypoint, so it applies as a whole)"
+            } else {
+                ""
+            };
+            let detail = format!("denied by {} rule {i}{l7}", policy.id());
+            if policy.spec.dry_run {
+                notes.push(format!("dry run: would be {detail}"));
+                continue;
+            }
+            return Some(Decision::new(
+                Verdict::Deny,
+                Reason::DeniedByPolicy,
+                detail,
+                Some(policy.id()),
+                std::mem::take(notes),
+            ));
+        }
+    }
+    None
+}
+
+fn allow_phase(applying: &[&Policy], request: &Request<'_>, mut notes: Vec<String>) -> Decision {
+    let mut l7_blocked = None;
+    let mut enforced = Vec::new();
+    for policy in applying.iter().filter(|p| p.spec.action == Action::Allow) {
+        let matched = policy
+            .rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| l4_matches(r, request));
+        if policy.spec.dry_run {
+            let what = if matched.is_some_and(|(_, r)| !r.needs_l7) {
+                "allowed"
+            } else {
+                "denied"
+            };
+            notes.push(format!("dry run: {} would have {what} it", policy.id()));
+            continue;
+        }
+        enforced.push(policy.id());
+        match matched {
+            Some((i, rule)) if !rule.needs_l7 => {
+                return Decision::new(
+                    Verdict::Allow,
+                    Reason::AllowedByPolicy,
+                    format!("allowed by {} rule {i}", policy.id()),
+                    Some(policy.id()),
+                    notes,
+                );
+            }
+            Some((i, _)) => l7_blocked = l7_blocked.or(Some((policy.id(), i))),
+            None => {}
+        }
+    }
+    if enforced.is_empty() {
+        return Decision::new(
+            Verdict::Allow,
+            Reason::NoPolicy,
+            "no ALLOW policy applies to this workload".into(),
+            None,
+            notes,
+        );
+    }
+    if let Some((policy, i)) = l7_blocked {
+        let detail = format!("{policy} rule {i} needs L7 attributes (hosts, methods, paths or when) and no waypoint serves this workload: denied (fail closed)");
+        return Decision::new(
+            Verdict::Deny,
+            Reason::L7RequiresWaypoint,
+            detail,
+            Some(policy),
+            notes,
+        );
+    }
+    let detail = format!(
+        "no rule of the ALLOW policies {} matched",
+        enforced.join(", ")
+    );
+    Decision::new(
+        Verdict::Deny,
+        Reason::NoAllowRuleMatched,
+        detail,
+        None,
+        notes,
+    )
+}
