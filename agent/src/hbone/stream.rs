@@ -74,10 +74,5 @@ pub async fn splice(
     recv: RecvStream,
 ) -> ((u64, u64), Option<std::io::Error>) {
     let (mut reader, mut writer) = tcp.into_split();
-    let (up, down) = tokio::join!(tcp_to_h2(&mut reader, send), h2_to_tcp(recv, &mut writer));
-    let error = match (&up, &down) {
-        (Err(e), _) | (_, Err(e)) => Some(std::io::Error::new(e.kind(), e.to_string())),
-        _ => None,
-    };
-    ((up.unwrap_or(0), down.unwrap_or(0)), error)
+    crate::proxy::copy::run_both(tcp_to_h2(&mut reader, send), h2_to_tcp(recv, &mut writer)).await
 }

@@ -36,25 +36,42 @@ where
     }
 }
 
-/// Copies both ways until both directions have ended. Returns the bytes (client→server,
-/// server→client) and the first error, if any.
+/// Runs both directions of a connection. A direction that ends cleanly (EOF, passed on as a
+/// half-close) lets the other go on; one that fails ends both, so a reset on either side
+/// never leaves the other side hanging. Returns the bytes of each direction and the error.
+pub async fn run_both<A, B>(up: A, down: B) -> ((u64, u64), Option<std::io::Error>)
+where
+    A: std::future::Future<Output = std::io::Result<u64>>,
+    B: std::future::Future<Output = std::io::Result<u64>>,
+{
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done): (Option<u64>, Option<u64>) = (None, None);
+    while up_done.is_none() || down_done.is_none() {
+        tokio::select! {
+            result = &mut up, if up_done.is_none() => match result {
+                Ok(n) => up_done = Some(n),
+                Err(e) => return ((up_done.unwrap_or(0), down_done.unwrap_or(0)), Some(e)),
+            },
+            result = &mut down, if down_done.is_none() => match result {
+                Ok(n) => down_done = Some(n),
+                Err(e) => return ((up_done.unwrap_or(0), down_done.unwrap_or(0)), Some(e)),
+            },
+        }
+    }
+    ((up_done.unwrap_or(0), down_done.unwrap_or(0)), None)
+}
+
+/// Copies both ways until both directions have ended (or one failed). Returns the bytes
+/// (client→server, server→client) and the error, if any.
 pub async fn both_ways(
     client: &mut TcpStream,
     server: &mut TcpStream,
 ) -> ((u64, u64), Option<std::io::Error>) {
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = server.split();
-    let (up, down) = tokio::join!(
+    run_both(
         one_way(&mut client_read, &mut server_write),
-        one_way(&mut server_read, &mut client_write)
-    );
-    let error = match (&up, &down) {
-        (Err(_), _) | (_, Err(_)) => up
-            .as_ref()
-            .err()
-            .or(down.as_ref().err())
-            .map(|e| std::io::Error::new(e.kind(), e.to_string())),
-        _ => None,
-    };
-    ((up.unwrap_or(0), down.unwrap_or(0)), error)
+        one_way(&mut server_read, &mut client_write),
+    )
+    .await
 }

@@ -129,7 +129,11 @@ fn send(addr: SocketAddr, total: u64, options: SendOptions<'_>) -> anyhow::Resul
         sum.update(&buf[..n]);
         sent += n as u64;
     }
-    std::thread::sleep(options.hold);
+    // Hold the connection open, unless the other side closes it first.
+    let held = std::time::Instant::now();
+    while held.elapsed() < options.hold && !receiver.is_finished() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     stream.shutdown(Shutdown::Write)?;
     let (echoed, echoed_sum, server_line) = receiver
         .join()
