@@ -33,6 +33,8 @@ enum Task {
         #[arg(value_enum)]
         action: Option<demo::Action>,
     },
+    /// Regenerate deploy/crds/ from the Rust types.
+    Crds,
     /// Benchmarks against a no-mesh baseline.
     Bench {
         #[arg(long)]
@@ -45,6 +47,15 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Build { release } => build::all(release).map(drop),
         Task::Test => test::run(),
+        Task::Crds => {
+            let dir = shell::root().join("deploy/crds");
+            std::fs::create_dir_all(&dir)?;
+            for (file, yaml) in weft_agent::policy::crds() {
+                std::fs::write(dir.join(file), yaml)?;
+                println!("wrote deploy/crds/{file}");
+            }
+            Ok(())
+        }
         Task::Demo { action } => demo::run(action.unwrap_or(demo::Action::Tour)),
         Task::Bench { quick: _ } => {
             println!(

@@ -13,3 +13,14 @@ pub const MTLS_MODE_ANNOTATION: &str = "weft.io/mtls-mode";
 
 #[cfg(test)]
 mod tests;
+
+/// The CustomResourceDefinitions Weft owns, as YAML documents generated from the Rust types.
+/// `cargo xtask crds` writes them to `deploy/crds/`; a test fails when those files drift.
+pub fn crds() -> Vec<(&'static str, String)> {
+    use kube::CustomResourceExt as _;
+    let yaml = serde_yaml::to_string(&crd::AuthorizationPolicy::crd()).unwrap_or_default();
+    vec![(
+        "authorizationpolicies.weft.io.yaml",
+        format!("# Generated from the Rust types by `cargo xtask crds`; do not edit.\n{yaml}"),
+    )]
+}

@@ -273,3 +273,19 @@ fn bad_policies_are_rejected_with_what_to_fix() {
         .to_string()
         .contains("bogus"));
 }
+
+#[test]
+fn checked_in_crds_match_the_rust_types() {
+    for (file, generated) in super::crds() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/crds")
+            .join(file);
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            checked_in == generated,
+            "{} drifted from the Rust types: run `cargo xtask crds`",
+            path.display()
+        );
+        assert!(generated.contains("group: weft.io") && generated.contains("name: v1alpha1"));
+    }
+}
