@@ -149,7 +149,13 @@ fn principal_namespace_and_port_rules_decide_hbone_connections_and_deny_wins() {
         .expect("others still pass")
         .assert_intact(1024);
 
-    // The denial is counted with its reason.
+    // The denial left its access-log line with the reason.
+    let log = f.log("node1");
+    assert!(
+        log.lines().any(|l| l.contains("weft_access") && l.contains("denied_by_policy") && l.contains("deny-client rule 0")),
+        "no access-log line for the denial"
+    );
+    // And it is counted with its reason.
     let metrics = weft_harness::netns::exec(
         &f.cluster.node("node1").netns,
         &["curl", "-sf", "http://127.0.0.1:15020/metrics"],
