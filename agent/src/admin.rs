@@ -11,15 +11,18 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{combinators::BoxBody, BodyExt as _, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::{body::Incoming, service::service_fn, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
+use tokio::sync::mpsc;
 use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::StreamExt as _;
 
 use crate::{
     capture::Maps, connections::Connections, enrollment::EnrollmentStatus, identity::CertStore,
-    proxy::ProxyContext, registry::Registry,
+    metrics::NameLabel, proxy::ProxyContext, registry::Registry,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -86,11 +89,24 @@ impl AdminState {
             }
             "/certs" => (StatusCode::OK, json!(self.certs.certs())),
             "/connections/recent" => (StatusCode::OK, json!(self.connections.recent())),
+            "/services" => {
+                let registry = self.registry.borrow().clone();
+                let services: Vec<serde_json::Value> = registry
+                    .services
+                    .iter()
+                    .map(|svc| {
+                        let endpoints: Vec<String> = svc.ports.iter().flat_map(|p| registry.endpoints(svc, p)).map(|e| e.to_string()).collect();
+                        json!({"namespace": svc.namespace, "name": svc.name, "clusterIP": svc.cluster_ip, "ports": svc.ports, "endpoints": endpoints})
+                    })
+                    .collect();
+                (StatusCode::OK, json!(services))
+            }
+            "/flows" => (StatusCode::OK, json!(self.connections.flows.recent())),
             "/policies" => (StatusCode::OK, json!(self.registry.borrow().policies)),
             "/config_dump" => (StatusCode::OK, json!(*self.registry.borrow().clone())),
             _ => (
                 StatusCode::NOT_FOUND,
-                json!({"error": format!("no such endpoint {path}"), "endpoints": ["/status", "/workloads", "/connections", "/connections/recent", "/stats", "/certs", "/policies", "/config_dump"]}),
+                json!({"error": format!("no such endpoint {path}"), "endpoints": ["/status", "/workloads", "/connections", "/connections/recent", "/stats", "/certs", "/policies", "/services", "/flows", "/flows?follow=1", "POST /logging?level=", "/config_dump"]}),
             ),
         }
     }
@@ -102,16 +118,45 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
         .map_err(|source| AdminError::Bind { addr, source })
 }
 
-/// A response body and its content type.
-type Body = (StatusCode, &'static str, String);
+/// What a handler answers: a whole body, or a stream of lines (`/flows?follow`).
+enum Reply {
+    Whole(StatusCode, &'static str, String),
+    Lines(mpsc::Receiver<Bytes>),
+}
 
-fn json_body((status, value): (StatusCode, serde_json::Value)) -> Body {
-    (status, "application/json", value.to_string())
+fn json_reply((status, value): (StatusCode, serde_json::Value)) -> Reply {
+    Reply::Whole(status, "application/json", value.to_string())
+}
+
+type ResponseBody = BoxBody<Bytes, Infallible>;
+
+fn respond(reply: Reply) -> Response<ResponseBody> {
+    match reply {
+        Reply::Whole(status, content_type, body) => {
+            let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
+            *response.status_mut() = status;
+            response.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static(content_type),
+            );
+            response
+        }
+        Reply::Lines(lines) => {
+            let stream = tokio_stream::wrappers::ReceiverStream::new(lines)
+                .map(|line| Ok::<_, Infallible>(Frame::data(line)));
+            let mut response = Response::new(StreamBody::new(stream).boxed());
+            response.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static("application/x-ndjson"),
+            );
+            response
+        }
+    }
 }
 
 async fn serve<F>(listener: TcpListener, handler: Arc<F>)
 where
-    F: Fn(&str) -> Body + Send + Sync + 'static,
+    F: Fn(&http::Method, &str, Option<&str>) -> Reply + Send + Sync + 'static,
 {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -120,19 +165,154 @@ where
         let handler = handler.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let (status, content_type, body) = handler(req.uri().path());
-                let mut response = Response::new(Full::new(Bytes::from(body)));
-                *response.status_mut() = status;
-                response.headers_mut().insert(
-                    "content-type",
-                    hyper::header::HeaderValue::from_static(content_type),
-                );
-                async move { Ok::<_, Infallible>(response) }
+                let reply = handler(req.method(), req.uri().path(), req.uri().query());
+                async move { Ok::<_, Infallible>(respond(reply)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// `?key=value` from a query string.
+fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|pair| {
+        pair.split_once('=')
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    })
+}
+
+/// Streams the kept flows, then new ones, as JSON lines until the client goes away.
+fn follow_flows(state: &Arc<AdminState>) -> Reply {
+    let (tx, rx) = mpsc::channel(256);
+    let mut live = state.connections.flows.follow();
+    let backlog = state.connections.flows.recent();
+    tokio::spawn(async move {
+        for flow in backlog {
+            if tx
+                .send(Bytes::from(format!("{}\n", json!(flow))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        loop {
+            match live.recv().await {
+                Ok(flow) => {
+                    if tx
+                        .send(Bytes::from(format!("{}\n", json!(flow))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(skipped)) => {
+                    let note = json!({"event": "lagged", "skipped": skipped});
+                    if tx.send(Bytes::from(format!("{note}\n"))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    Reply::Lines(rx)
+}
+
+/// Changes the log filter at run time (`POST /logging?level=debug` or any EnvFilter text).
+/// Sets the log filter from its text form.
+pub type SetLogFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+pub static LOG_FILTER: std::sync::OnceLock<SetLogFilter> = std::sync::OnceLock::new();
+
+fn set_log_level(query: Option<&str>) -> (StatusCode, serde_json::Value) {
+    let Some(level) = query_value(query, "level") else {
+        return (
+            StatusCode::BAD_REQUEST,
+            json!({"error": "give ?level=<filter>, e.g. ?level=debug or ?level=info,weft_agent=trace"}),
+        );
+    };
+    match LOG_FILTER.get().map(|set| set(level)) {
+        Some(Ok(())) => (StatusCode::OK, json!({"level": level})),
+        Some(Err(e)) => (StatusCode::BAD_REQUEST, json!({"error": e})),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "this agent was started without a reloadable log filter"}),
+        ),
+    }
+}
+
+impl AdminState {
+    fn handle(self: &Arc<Self>, method: &http::Method, path: &str, query: Option<&str>) -> Reply {
+        match (method, path) {
+            (&http::Method::GET, "/flows") if query_value(query, "follow").is_some() => {
+                follow_flows(self)
+            }
+            (&http::Method::POST, "/logging") => json_reply(set_log_level(query)),
+            (&http::Method::GET, _) => json_reply(self.route(path)),
+            _ => json_reply((
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "GET, or POST /logging?level=…"}),
+            )),
+        }
+    }
+
+    /// Brings the health gauges up to date before a scrape.
+    fn refresh_metrics(&self) {
+        let metrics = &self.connections.metrics;
+        let registry = self.registry.borrow().clone();
+        for (kind, count) in [
+            ("namespaces", registry.namespaces.len()),
+            ("pods", registry.pods.len()),
+            ("services", registry.services.len()),
+            ("endpoint_slices", registry.endpoint_slices.len()),
+            ("authorization_policies", registry.policies.len()),
+            ("rejected", registry.errors.len()),
+        ] {
+            metrics
+                .registry_objects
+                .get_or_create(&NameLabel { name: kind.into() })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        for cert in self.certs.certs() {
+            metrics
+                .cert_expiry_seconds
+                .get_or_create(&NameLabel {
+                    name: cert.identity,
+                })
+                .set(cert.seconds_to_expiry);
+        }
+        let enrolled = self
+            .enrollment
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .enrolled
+            .len();
+        metrics
+            .ebpf_enrolled_pods
+            .set(i64::try_from(enrolled).unwrap_or(i64::MAX));
+        for (name, value) in self
+            .maps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .counters()
+        {
+            metrics
+                .ebpf_program_events
+                .get_or_create(&NameLabel { name: name.into() })
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        }
+        let pool = self.proxy.pool.stats();
+        metrics
+            .pool_connections
+            .set(i64::try_from(pool.connections_open).unwrap_or(i64::MAX));
+        metrics
+            .pool_streams
+            .set(i64::try_from(pool.streams_open).unwrap_or(i64::MAX));
     }
 }
 
@@ -150,24 +330,33 @@ pub async fn start(
     let admin_state = state.clone();
     tokio::spawn(serve(
         admin_listener,
-        Arc::new(move |path: &str| json_body(admin_state.route(path))),
+        Arc::new(
+            move |method: &http::Method, path: &str, query: Option<&str>| {
+                admin_state.handle(method, path, query)
+            },
+        ),
     ));
     let metrics_state = state.clone();
     tokio::spawn(serve(
         metrics_listener,
-        Arc::new(move |path: &str| match path {
-            "/metrics" => (
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                metrics_state.connections.metrics.encode(),
-            ),
-            _ => json_body((StatusCode::NOT_FOUND, json!({"error": "try /metrics"}))),
-        }),
+        Arc::new(
+            move |_: &http::Method, path: &str, _: Option<&str>| match path {
+                "/metrics" => {
+                    metrics_state.refresh_metrics();
+                    Reply::Whole(
+                        StatusCode::OK,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        metrics_state.connections.metrics.encode(),
+                    )
+                }
+                _ => json_reply((StatusCode::NOT_FOUND, json!({"error": "try /metrics"}))),
+            },
+        ),
     ));
     tokio::spawn(serve(
         ready_listener,
-        Arc::new(move |path: &str| {
-            json_body(match path {
+        Arc::new(move |_: &http::Method, path: &str, _: Option<&str>| {
+            json_reply(match path {
                 "/healthz/ready" if state.ready.load(Ordering::Relaxed) => {
                     (StatusCode::OK, json!({"ready": true}))
                 }

@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::{
+    flows::{Flow, FlowEvent, Flows},
     identity::SpiffeId,
     metrics::Metrics,
     policy::{Decision, Verdict},
@@ -75,6 +76,13 @@ pub struct Connection {
     pub peer_identity: Option<String>,
     /// Serial of the certificate the peer proved its identity with.
     pub peer_certificate_serial: Option<String>,
+    /// This pod's own SPIFFE ID.
+    pub workload_identity: Option<String>,
+    /// The other side's workload, when the registry knows the peer address (`namespace/name`).
+    pub peer_workload: Option<String>,
+    /// Why the agent could not carry it, for failed connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
     /// The authorization decision (inbound connections).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
@@ -133,6 +141,7 @@ pub struct Connections {
     recent: Mutex<VecDeque<Closed>>,
     pub totals: Totals,
     pub metrics: Metrics,
+    pub flows: Flows,
 }
 
 /// Moves the connection from the live set to the recent ones when dropped, however the proxy
@@ -151,6 +160,51 @@ fn now_unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+fn flow(connection: &Connection, event: FlowEvent, bytes: (u64, u64), ended_unix_ms: u64) -> Flow {
+    let decision = connection.decision.as_ref();
+    Flow {
+        time_unix_ms: if event == FlowEvent::Opened {
+            connection.started_unix_ms
+        } else {
+            ended_unix_ms
+        },
+        event,
+        direction: connection.direction.as_str().into(),
+        workload: connection.pod.clone(),
+        source: connection.source,
+        destination: connection.original_destination,
+        peer_workload: connection.peer_workload.clone(),
+        peer_identity: connection.peer_identity.clone(),
+        security: connection.security.as_str().into(),
+        verdict: decision
+            .map_or("allow", |d| {
+                if d.verdict == Verdict::Allow {
+                    "allow"
+                } else {
+                    "deny"
+                }
+            })
+            .into(),
+        reason: decision.map_or_else(
+            || {
+                if event == FlowEvent::Failed {
+                    "failed".into()
+                } else {
+                    "none".into()
+                }
+            },
+            |d| d.reason.as_str().into(),
+        ),
+        detail: decision.map_or_else(
+            || connection.failure.clone().unwrap_or_default(),
+            |d| d.detail.clone(),
+        ),
+        bytes_from_client: bytes.0,
+        bytes_to_client: bytes.1,
+        duration_ms: ended_unix_ms.saturating_sub(connection.started_unix_ms),
+    }
+}
+
 fn access_log(closed: &Closed) {
     let c = &closed.connection;
     let decision = c.decision.as_ref();
@@ -158,6 +212,7 @@ fn access_log(closed: &Closed) {
         target: "weft_access",
         direction = c.direction.as_str(),
         pod = %c.pod,
+        workload_identity = c.workload_identity.as_deref().unwrap_or("-"),
         source = %c.source,
         original_destination = %c.original_destination,
         destination = %c.destination,
@@ -194,6 +249,12 @@ impl Connections {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.metrics.opened(&connection);
+        self.flows.record(flow(
+            &connection,
+            FlowEvent::Opened,
+            (0, 0),
+            connection.started_unix_ms,
+        ));
         let cancel = Arc::new(Notify::new());
         self.live
             .lock()
@@ -227,7 +288,25 @@ impl Connections {
             ended_unix_ms: now_unix_ms(),
         };
         access_log(&closed);
+        self.flows.record(flow(
+            &closed.connection,
+            FlowEvent::Denied,
+            (0, 0),
+            closed.ended_unix_ms,
+        ));
         self.remember(closed);
+    }
+
+    /// Records a connection the agent could not carry (no endpoint, unreachable, tunnel
+    /// refused), with what went wrong.
+    pub fn failed(&self, mut connection: Connection, detail: String) {
+        connection.started_unix_ms = now_unix_ms();
+        connection.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        connection.failure = Some(detail);
+        self.totals.failed.fetch_add(1, Ordering::Relaxed);
+        self.metrics.failed(&connection);
+        self.flows
+            .record(flow(&connection, FlowEvent::Failed, (0, 0), now_unix_ms()));
     }
 
     fn remember(&self, closed: Closed) {
@@ -318,16 +397,30 @@ impl Drop for Guard<'_> {
         if let Some(live) = live {
             let (bytes_from_client, bytes_to_client) =
                 *self.bytes.lock().unwrap_or_else(PoisonError::into_inner);
-            self.connections
-                .metrics
-                .closed(&live.connection, bytes_from_client, bytes_to_client);
+            let ended_unix_ms = now_unix_ms();
+            let duration = std::time::Duration::from_millis(
+                ended_unix_ms.saturating_sub(live.connection.started_unix_ms),
+            );
+            self.connections.metrics.closed(
+                &live.connection,
+                bytes_from_client,
+                bytes_to_client,
+                duration,
+            );
             let closed = Closed {
                 connection: live.connection,
                 bytes_from_client,
                 bytes_to_client,
-                ended_unix_ms: now_unix_ms(),
+                ended_unix_ms,
             };
             access_log(&closed);
+            let event = flow(
+                &closed.connection,
+                FlowEvent::Closed,
+                (bytes_from_client, bytes_to_client),
+                ended_unix_ms,
+            );
+            self.connections.flows.record(event);
             self.connections.remember(closed);
         }
     }

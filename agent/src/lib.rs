@@ -8,6 +8,7 @@ pub mod capture;
 pub mod config;
 pub mod connections;
 pub mod enrollment;
+pub mod flows;
 pub mod hbone;
 pub mod identity;
 pub mod metrics;

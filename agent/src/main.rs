@@ -64,18 +64,33 @@ enum Cmd {
     Uninstall,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+/// Logs to stdout (JSON lines with --log-json), with a filter the admin API can change.
+fn init_logging(json: bool) {
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if args.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let registry = tracing_subscriber::registry().with(filter);
+    if json {
+        registry
+            .with(tracing_subscriber::fmt::layer().json())
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
+            .init();
     }
+    let _ = weft_agent::admin::LOG_FILTER.set(Box::new(move |text: &str| {
+        let filter = tracing_subscriber::EnvFilter::try_new(text)
+            .map_err(|e| format!("bad filter {text:?}: {e}"))?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    }));
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_json);
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),

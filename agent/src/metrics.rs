@@ -1,37 +1,68 @@
-//! Prometheus/OpenMetrics metrics under the `weft_` prefix. Labels are bounded: workloads and
-//! identities of this node's pods and their peers, directions, security, verdicts and a fixed
-//! set of reasons; never ports, addresses or connection ids.
+//! Prometheus/OpenMetrics metrics under the `weft_` prefix. Labels are bounded: workloads,
+//! namespaces and identities of this node's pods and their peers, services, directions,
+//! security, verdicts and a fixed set of reasons; never ports, addresses or connection ids.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
     registry::Registry,
 };
 
-use crate::connections::Connection;
+use crate::connections::{Connection, Direction};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
     pub direction: &'static str,
-    /// The enrolled pod on this node (`namespace/name`).
-    pub workload: String,
-    /// The peer's proven identity, or `unknown` for plaintext.
-    pub peer_identity: String,
+    pub source_workload: String,
+    pub source_namespace: String,
+    pub source_principal: String,
+    pub destination_workload: String,
+    pub destination_namespace: String,
+    pub destination_principal: String,
+    pub destination_service: String,
     pub security: &'static str,
     pub verdict: &'static str,
     pub reason: &'static str,
 }
 
+fn split(workload: Option<&str>) -> (String, String) {
+    match workload.and_then(|w| w.split_once('/')) {
+        Some((namespace, name)) => (name.to_owned(), namespace.to_owned()),
+        None => ("unknown".into(), "unknown".into()),
+    }
+}
+
 impl ConnectionLabels {
     fn of(connection: &Connection) -> Self {
         let decision = connection.decision.as_ref();
+        let unknown = || "unknown".to_owned();
+        let local = split(Some(&connection.pod));
+        let peer = split(connection.peer_workload.as_deref());
+        let local_principal = connection.workload_identity.clone().unwrap_or_else(unknown);
+        let peer_principal = connection.peer_identity.clone().unwrap_or_else(unknown);
+        let (
+            (source_workload, source_namespace),
+            source_principal,
+            (destination_workload, destination_namespace),
+            destination_principal,
+        ) = match connection.direction {
+            Direction::Outbound => (local, local_principal, peer, peer_principal),
+            Direction::Inbound => (peer, peer_principal, local, local_principal),
+        };
         Self {
             direction: connection.direction.as_str(),
-            workload: connection.pod.clone(),
-            peer_identity: connection
-                .peer_identity
-                .clone()
-                .unwrap_or_else(|| "unknown".into()),
+            source_workload,
+            source_namespace,
+            source_principal,
+            destination_workload,
+            destination_namespace,
+            destination_principal,
+            destination_service: connection.service.clone().unwrap_or_else(unknown),
             security: connection.security.as_str(),
             verdict: decision.map_or("allow", |d| {
                 if d.verdict == crate::policy::Verdict::Allow {
@@ -40,9 +71,26 @@ impl ConnectionLabels {
                     "deny"
                 }
             }),
-            reason: decision.map_or("none", |d| d.reason.as_str()),
+            reason: decision.map_or(
+                if connection.failure.is_some() {
+                    "failed"
+                } else {
+                    "none"
+                },
+                |d| d.reason.as_str(),
+            ),
         }
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NameLabel {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: &'static str,
 }
 
 #[derive(Debug)]
@@ -50,39 +98,111 @@ pub struct Metrics {
     registry: Registry,
     opened: Family<ConnectionLabels, Counter>,
     closed: Family<ConnectionLabels, Counter>,
+    failed: Family<ConnectionLabels, Counter>,
     bytes_received: Family<ConnectionLabels, Counter>,
     bytes_sent: Family<ConnectionLabels, Counter>,
+    duration: Family<DirectionLabel, Histogram>,
+    tunnel_setup: Histogram,
+    /// Health, refreshed at each scrape.
+    pub registry_objects: Family<NameLabel, Gauge>,
+    pub cert_expiry_seconds: Family<NameLabel, Gauge>,
+    pub ebpf_enrolled_pods: Gauge,
+    pub ebpf_program_events: Family<NameLabel, Gauge>,
+    pub pool_connections: Gauge,
+    pub pool_streams: Gauge,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("weft");
-        let opened = Family::default();
-        let closed = Family::default();
-        let bytes_received = Family::default();
-        let bytes_sent = Family::default();
+        let duration = Family::<DirectionLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 4.0, 10))
+        });
+        let tunnel_setup = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        let metrics = Self {
+            registry: Registry::default(),
+            opened: Family::default(),
+            closed: Family::default(),
+            failed: Family::default(),
+            bytes_received: Family::default(),
+            bytes_sent: Family::default(),
+            duration,
+            tunnel_setup,
+            registry_objects: Family::default(),
+            cert_expiry_seconds: Family::default(),
+            ebpf_enrolled_pods: Gauge::default(),
+            ebpf_program_events: Family::default(),
+            pool_connections: Gauge::default(),
+            pool_streams: Gauge::default(),
+        };
         registry.register(
             "connections_opened",
             "Connections the agent decided on, with the verdict and its reason",
-            opened.clone(),
+            metrics.opened.clone(),
         );
         registry.register(
             "connections_closed",
             "Connections that ended",
-            closed.clone(),
+            metrics.closed.clone(),
+        );
+        registry.register(
+            "connections_failed",
+            "Connections the agent could not carry",
+            metrics.failed.clone(),
         );
         registry.register(
             "received_bytes",
             "Bytes received from clients",
-            bytes_received.clone(),
+            metrics.bytes_received.clone(),
         );
-        registry.register("sent_bytes", "Bytes sent to clients", bytes_sent.clone());
+        registry.register(
+            "sent_bytes",
+            "Bytes sent to clients",
+            metrics.bytes_sent.clone(),
+        );
+        registry.register(
+            "connection_duration_seconds",
+            "How long connections lasted",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "tunnel_setup_seconds",
+            "HBONE tunnel set-up: TLS (when a new HTTP/2 connection is needed) plus CONNECT",
+            metrics.tunnel_setup.clone(),
+        );
+        registry.register(
+            "registry_objects",
+            "Objects in the registry, by kind",
+            metrics.registry_objects.clone(),
+        );
+        registry.register(
+            "certificate_expiry_seconds",
+            "Seconds until each SVID this agent holds expires",
+            metrics.cert_expiry_seconds.clone(),
+        );
+        registry.register(
+            "ebpf_enrolled_pods",
+            "Pods whose netns has the capture program attached",
+            metrics.ebpf_enrolled_pods.clone(),
+        );
+        registry.register(
+            "ebpf_program_events",
+            "Counters of the capture program, read from its per-CPU map",
+            metrics.ebpf_program_events.clone(),
+        );
+        registry.register(
+            "pool_connections",
+            "Open pooled HBONE connections",
+            metrics.pool_connections.clone(),
+        );
+        registry.register(
+            "pool_streams",
+            "Open HBONE streams",
+            metrics.pool_streams.clone(),
+        );
         Self {
             registry,
-            opened,
-            closed,
-            bytes_received,
-            bytes_sent,
+            ..metrics
         }
     }
 }
@@ -94,13 +214,34 @@ impl Metrics {
             .inc();
     }
 
-    pub fn closed(&self, connection: &Connection, from_client: u64, to_client: u64) {
+    pub fn failed(&self, connection: &Connection) {
+        self.failed
+            .get_or_create(&ConnectionLabels::of(connection))
+            .inc();
+    }
+
+    pub fn tunnel_setup(&self, elapsed: std::time::Duration) {
+        self.tunnel_setup.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn closed(
+        &self,
+        connection: &Connection,
+        from_client: u64,
+        to_client: u64,
+        duration: std::time::Duration,
+    ) {
         let labels = ConnectionLabels::of(connection);
         self.closed.get_or_create(&labels).inc();
         self.bytes_received
             .get_or_create(&labels)
             .inc_by(from_client);
         self.bytes_sent.get_or_create(&labels).inc_by(to_client);
+        self.duration
+            .get_or_create(&DirectionLabel {
+                direction: connection.direction.as_str(),
+            })
+            .observe(duration.as_secs_f64());
     }
 
     /// The OpenMetrics text exposition.

@@ -152,7 +152,9 @@ fn principal_namespace_and_port_rules_decide_hbone_connections_and_deny_wins() {
     // The denial left its access-log line with the reason.
     let log = f.log("node1");
     assert!(
-        log.lines().any(|l| l.contains("weft_access") && l.contains("denied_by_policy") && l.contains("deny-client rule 0")),
+        log.lines().any(|l| l.contains("weft_access")
+            && l.contains("denied_by_policy")
+            && l.contains("deny-client rule 0")),
         "no access-log line for the denial"
     );
     // And it is counted with its reason.

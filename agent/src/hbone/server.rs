@@ -122,6 +122,7 @@ async fn tunnel(
         decision: None,
         direction: Direction::Inbound,
         pod: pod.name(),
+        workload_identity: Some(pod.identity.to_string()),
         source: peer,
         original_destination: target,
         destination: target,
@@ -129,6 +130,8 @@ async fn tunnel(
         security: Security::Mtls,
         peer_identity: Some(client.to_string()),
         peer_certificate_serial: serial,
+        peer_workload: crate::proxy::inbound::peer_workload(ctx, peer),
+        failure: None,
     };
     let Some(guard) = authorize(ctx, pod, connection, Some(&client)) else {
         reply(&mut respond, StatusCode::UNAUTHORIZED);

@@ -42,6 +42,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         id: 0,
         direction: Direction::Inbound,
         pod: pod.name(),
+        workload_identity: Some(pod.identity.to_string()),
         source: peer,
         original_destination: original,
         destination: original,
@@ -49,6 +50,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         security: Security::Plaintext,
         peer_identity: None,
         peer_certificate_serial: None,
+        peer_workload: peer_workload(ctx, peer),
+        failure: None,
         decision: None,
         started_unix_ms: 0,
     };
@@ -71,6 +74,17 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
             tracing::warn!(pod = %pod.name(), %peer, %original, error = %e, "inbound delivery failed: nothing listens in the pod?");
         }
     }
+}
+
+/// The workload behind a peer address, when the registry knows it (`namespace/name`).
+pub(crate) fn peer_workload(ctx: &ProxyContext, peer: SocketAddr) -> Option<String> {
+    let std::net::IpAddr::V4(ip) = peer.ip() else {
+        return None;
+    };
+    ctx.registry
+        .borrow()
+        .pod_by_ip(ip)
+        .map(|p| format!("{}/{}", p.namespace, p.name))
 }
 
 /// Connects to the application from the client's address: `IP_TRANSPARENT` lets the socket

@@ -81,54 +81,62 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
             return;
         }
     };
-    let route = match resolve(ctx, original) {
-        Ok(route) => route,
-        Err(reason) => {
-            ctx.connections
-                .totals
-                .failed
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(pod = %pod.name(), %original, %reason, "outbound connection failed");
-            return;
-        }
-    };
-    // An enrolled destination gets an HBONE tunnel to its own agent listener and must prove
-    // the identity the registry gives it; anything else gets plain TCP.
-    let peer_identity = hbone_identity(ctx, route.destination);
-    let guard = ctx.connections.open(Connection {
+    let registry = ctx.registry.borrow().clone();
+    let mut connection = Connection {
         id: 0,
         direction: Direction::Outbound,
         pod: pod.name(),
+        workload_identity: Some(pod.identity.to_string()),
         source: SocketAddr::from((pod.placement.ip, peer.port())),
         original_destination: SocketAddr::V4(original),
-        destination: route.destination,
-        service: route.service.clone(),
-        security: if peer_identity.is_some() {
-            Security::Mtls
-        } else {
-            Security::Plaintext
-        },
-        peer_identity: peer_identity.as_ref().map(ToString::to_string),
+        destination: SocketAddr::V4(original),
+        service: None,
+        security: Security::Plaintext,
+        peer_identity: None,
         peer_certificate_serial: None,
+        peer_workload: None,
+        failure: None,
         decision: None,
         started_unix_ms: 0,
-    });
-    let failed = |reason: &dyn std::fmt::Display| {
-        ctx.connections
-            .totals
-            .failed
-            .fetch_add(1, Ordering::Relaxed);
+    };
+    let route = match resolve(ctx, original) {
+        Ok(route) => route,
+        Err(reason) => {
+            tracing::warn!(pod = %pod.name(), %original, %reason, "outbound connection failed");
+            ctx.connections.failed(connection, reason);
+            return;
+        }
+    };
+    connection.destination = route.destination;
+    connection.service.clone_from(&route.service);
+    if let std::net::IpAddr::V4(ip) = route.destination.ip() {
+        connection.peer_workload = registry
+            .pod_by_ip(ip)
+            .map(|p| format!("{}/{}", p.namespace, p.name));
+    }
+    // An enrolled destination gets an HBONE tunnel to its own agent listener and must prove
+    // the identity the registry gives it; anything else gets plain TCP.
+    let peer_identity = hbone_identity(ctx, route.destination);
+    if let Some(identity) = &peer_identity {
+        connection.security = Security::Mtls;
+        connection.peer_identity = Some(identity.to_string());
+    }
+    let failed = |connection: Connection, reason: String| {
         tracing::warn!(pod = %pod.name(), %original, destination = %route.destination, %reason, "outbound connection failed");
+        ctx.connections.failed(connection, reason);
     };
     match peer_identity {
         Some(identity) => {
             let hbone = SocketAddr::new(route.destination.ip(), HBONE_PORT);
+            let started = std::time::Instant::now();
             match ctx
                 .pool
                 .open(pod, &identity, hbone, route.destination)
                 .await
             {
                 Ok(tunnel) => {
+                    ctx.connections.metrics.tunnel_setup(started.elapsed());
+                    let guard = ctx.connections.open(connection);
                     let crate::hbone::client::Tunnel { send, recv, slot } = tunnel;
                     let ((from_client, to_client), error) =
                         hbone_stream::splice(client, send, recv).await;
@@ -138,12 +146,15 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                         tracing::debug!(error = %e, "tunnel ended with an error");
                     }
                 }
-                Err(e) => failed(&e),
+                Err(e) => failed(connection, format!("HBONE tunnel to {hbone} failed: {e}")),
             }
         }
         None => match connect_from_pod(pod, route.destination).await {
-            Ok(server) => splice(client, server, &guard).await,
-            Err(e) => failed(&format_args!("destination unreachable: {e}")),
+            Ok(server) => {
+                let guard = ctx.connections.open(connection);
+                splice(client, server, &guard).await;
+            }
+            Err(e) => failed(connection, format!("destination unreachable: {e}")),
         },
     }
 }
