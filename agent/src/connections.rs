@@ -127,9 +127,26 @@ pub struct Closed {
     pub ended_unix_ms: u64,
 }
 
+/// Bytes moved so far, updated by the copy loops.
+#[derive(Debug, Default)]
+pub struct ByteCounters {
+    pub from_client: AtomicU64,
+    pub to_client: AtomicU64,
+}
+
+/// A live connection with its progress, as the admin API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct LiveView {
+    #[serde(flatten)]
+    pub connection: Connection,
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+}
+
 #[derive(Debug)]
 struct Live {
     connection: Connection,
+    bytes: Arc<ByteCounters>,
     authorized: Option<Authorized>,
     cancel: Arc<Notify>,
 }
@@ -151,6 +168,7 @@ pub struct Guard<'a> {
     connections: &'a Connections,
     id: u64,
     bytes: Mutex<(u64, u64)>,
+    progress: Arc<ByteCounters>,
     cancel: Arc<Notify>,
 }
 
@@ -256,6 +274,7 @@ impl Connections {
             connection.started_unix_ms,
         ));
         let cancel = Arc::new(Notify::new());
+        let progress = Arc::new(ByteCounters::default());
         self.live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -263,6 +282,7 @@ impl Connections {
                 id,
                 Live {
                     connection,
+                    bytes: progress.clone(),
                     authorized,
                     cancel: cancel.clone(),
                 },
@@ -271,6 +291,7 @@ impl Connections {
             connections: self,
             id,
             bytes: Mutex::new((0, 0)),
+            progress,
             cancel,
         }
     }
@@ -317,12 +338,16 @@ impl Connections {
         recent.push_back(closed);
     }
 
-    pub fn live(&self) -> Vec<Connection> {
+    pub fn live(&self) -> Vec<LiveView> {
         self.live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
-            .map(|l| l.connection.clone())
+            .map(|l| LiveView {
+                connection: l.connection.clone(),
+                bytes_from_client: l.bytes.from_client.load(Ordering::Relaxed),
+                bytes_to_client: l.bytes.to_client.load(Ordering::Relaxed),
+            })
             .collect()
     }
 
@@ -374,6 +399,11 @@ impl Guard<'_> {
             .bytes_to_clients
             .fetch_add(to_client, Ordering::Relaxed);
         *self.bytes.lock().unwrap_or_else(PoisonError::into_inner) = (from_client, to_client);
+    }
+
+    /// The counters the copy loops advance.
+    pub fn bytes(&self) -> Arc<ByteCounters> {
+        self.progress.clone()
     }
 
     /// Resolves when a policy change has denied this connection.

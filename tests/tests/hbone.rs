@@ -126,9 +126,13 @@ fn cross_node_traffic_is_tls13_on_15008_and_the_server_records_the_client_identi
         "server agent never showed the mTLS connection",
         || {
             connections(&f, "node1").iter().any(|c| {
+                // Live connections show the bytes they moved so far (the 1 MiB sent before the hold).
                 c["security"] == "mtls"
                     && c["peer_identity"] == id("client").to_string()
                     && c["direction"] == "inbound"
+                    && c["bytes_from_client"]
+                        .as_u64()
+                        .is_some_and(|b| b >= 1_048_576)
             })
         },
     );

@@ -162,7 +162,14 @@ async fn tunnel(
         }
     };
     // The TCP side here is the application: what it sends goes back to the client.
-    let tunnel = super::stream::splice(server, send, request.into_body());
+    let bytes = guard.bytes();
+    let tunnel = super::stream::splice(
+        server,
+        send,
+        request.into_body(),
+        &bytes.to_client,
+        &bytes.from_client,
+    );
     let ((to_client, from_client), error) = tokio::select! {
         result = tunnel => result,
         () = guard.revoked() => return,

@@ -1,7 +1,10 @@
 //! Bytes between a TCP socket and an HTTP/2 stream, both ways, with half-close passed on
 //! (END_STREAM ↔ TCP FIN) and HTTP/2 flow control as back-pressure.
 
-use std::future::poll_fn;
+use std::{
+    future::poll_fn,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
@@ -19,6 +22,7 @@ use crate::proxy::copy::{INITIAL_BUFFER, MAX_BUFFER};
 async fn tcp_to_h2(
     reader: &mut OwnedReadHalf,
     mut send: SendStream<Bytes>,
+    progress: &AtomicU64,
 ) -> std::io::Result<u64> {
     let mut buffer = BytesMut::with_capacity(INITIAL_BUFFER);
     let mut size = INITIAL_BUFFER;
@@ -31,6 +35,7 @@ async fn tcp_to_h2(
             return Ok(total);
         }
         total += n as u64;
+        progress.fetch_add(n as u64, Ordering::Relaxed);
         if n >= size && size < MAX_BUFFER {
             size *= 2;
         }
@@ -54,12 +59,17 @@ async fn tcp_to_h2(
     }
 }
 
-async fn h2_to_tcp(mut recv: RecvStream, writer: &mut OwnedWriteHalf) -> std::io::Result<u64> {
+async fn h2_to_tcp(
+    mut recv: RecvStream,
+    writer: &mut OwnedWriteHalf,
+    progress: &AtomicU64,
+) -> std::io::Result<u64> {
     let mut total = 0u64;
     while let Some(data) = recv.data().await {
         let data = data.map_err(h2_io)?;
         writer.write_all(&data).await?;
         total += data.len() as u64;
+        progress.fetch_add(data.len() as u64, Ordering::Relaxed);
         let _ = recv.flow_control().release_capacity(data.len());
     }
     writer.shutdown().await?;
@@ -72,7 +82,13 @@ pub async fn splice(
     tcp: TcpStream,
     send: SendStream<Bytes>,
     recv: RecvStream,
+    tcp_to_tunnel: &AtomicU64,
+    tunnel_to_tcp: &AtomicU64,
 ) -> ((u64, u64), Option<std::io::Error>) {
     let (mut reader, mut writer) = tcp.into_split();
-    crate::proxy::copy::run_both(tcp_to_h2(&mut reader, send), h2_to_tcp(recv, &mut writer)).await
+    crate::proxy::copy::run_both(
+        tcp_to_h2(&mut reader, send, tcp_to_tunnel),
+        h2_to_tcp(recv, &mut writer, tunnel_to_tcp),
+    )
+    .await
 }

@@ -1,6 +1,11 @@
 //! Moving bytes both ways between two TCP streams with buffers that grow only for busy
 //! connections: an idle connection costs a small buffer per direction, a bulk transfer gets
-//! a large one. Half-close is passed on; back-pressure comes from awaiting each write.
+//! a large one. Half-close is passed on; back-pressure comes from awaiting each write. Bytes
+//! are counted as they move, so live connections show their progress.
+
+pub use crate::connections::ByteCounters;
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
@@ -15,7 +20,11 @@ pub const MAX_BUFFER: usize = 256 * 1024;
 
 /// Copies `reader` to `writer` until EOF, then shuts `writer` down (passing the half-close on).
 /// The buffer doubles, up to [`MAX_BUFFER`], each time a read fills it.
-pub async fn one_way<R, W>(reader: &mut R, writer: &mut W) -> std::io::Result<u64>
+pub async fn one_way<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    progress: &AtomicU64,
+) -> std::io::Result<u64>
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
@@ -30,6 +39,7 @@ where
         }
         writer.write_all(&buffer[..n]).await?;
         total += n as u64;
+        progress.fetch_add(n as u64, Ordering::Relaxed);
         if n == buffer.len() && buffer.len() < MAX_BUFFER {
             buffer.resize(buffer.len() * 2, 0);
         }
@@ -66,12 +76,13 @@ where
 pub async fn both_ways(
     client: &mut TcpStream,
     server: &mut TcpStream,
+    bytes: &ByteCounters,
 ) -> ((u64, u64), Option<std::io::Error>) {
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = server.split();
     run_both(
-        one_way(&mut client_read, &mut server_write),
-        one_way(&mut server_read, &mut client_write),
+        one_way(&mut client_read, &mut server_write, &bytes.from_client),
+        one_way(&mut server_read, &mut client_write, &bytes.to_client),
     )
     .await
 }

@@ -122,7 +122,8 @@ pub fn authorize<'c>(
 /// Carries a proxied connection until both directions are done; a half-close on one side is
 /// passed on as a shutdown of the other while the reverse direction keeps flowing.
 pub async fn splice(mut client: TcpStream, mut server: TcpStream, guard: &Guard<'_>) {
-    let ((from_client, to_client), error) = copy::both_ways(&mut client, &mut server).await;
+    let ((from_client, to_client), error) =
+        copy::both_ways(&mut client, &mut server, &guard.bytes()).await;
     guard.finish(from_client, to_client);
     if let Some(e) = error {
         tracing::debug!(error = %e, "connection ended with an error");

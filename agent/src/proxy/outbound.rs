@@ -138,8 +138,17 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                     ctx.connections.metrics.tunnel_setup(started.elapsed());
                     let guard = ctx.connections.open(connection);
                     let crate::hbone::client::Tunnel { send, recv, slot } = tunnel;
-                    let ((from_client, to_client), error) =
-                        hbone_stream::splice(client, send, recv).await;
+                    let ((from_client, to_client), error) = {
+                        let bytes = guard.bytes();
+                        hbone_stream::splice(
+                            client,
+                            send,
+                            recv,
+                            &bytes.from_client,
+                            &bytes.to_client,
+                        )
+                        .await
+                    };
                     drop(slot);
                     guard.finish(from_client, to_client);
                     if let Some(e) = error {
