@@ -138,47 +138,23 @@ fn answer_line<'a>(body: &'a str, key: &str) -> &'a str {
         .unwrap_or("?")
 }
 
-fn show_identities(cluster: &Cluster) -> anyhow::Result<()> {
-    for node in &cluster.nodes {
-        let recent = cluster.admin(node, "/connections/recent")?;
-        for c in recent
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["security"] == "mtls")
-        {
-            let arrow = if c["direction"] == "outbound" {
-                "->"
-            } else {
-                "<-"
-            };
-            println!(
-                "  {:<7} {:<14} {arrow} {:<19} {} peer proved {}",
-                node.name,
-                c["pod"].as_str().unwrap_or("?"),
-                if c["direction"] == "outbound" {
-                    &c["destination"]
-                } else {
-                    &c["source"]
-                }
-                .as_str()
-                .unwrap_or("?"),
-                c["security"].as_str().unwrap_or("?"),
-                c["peer_identity"].as_str().unwrap_or("?"),
-            );
-        }
-    }
-    for node in &cluster.nodes {
-        let certs = cluster.admin(node, "/certs")?;
-        for cert in certs.as_array().into_iter().flatten() {
-            println!(
-                "  {:<7} holds SVID {} serial {} expires {}",
-                node.name,
-                cert["identity"].as_str().unwrap_or("?"),
-                &cert["serial"].as_str().unwrap_or("?")[..8],
-                cert["notAfter"].as_str().unwrap_or("?"),
-            );
-        }
+/// Runs weftctl against the playground and prints its output, indented.
+fn weftctl(args: &[&str]) -> anyhow::Result<()> {
+    let binary = shell::root().join("target/debug/weftctl");
+    let out = Command::new(&binary)
+        .arg("--playground")
+        .arg(state_dir().join("playground.json"))
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", binary.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "weftctl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("  {line}");
     }
     Ok(())
 }
@@ -246,25 +222,12 @@ fn tour(cluster: &Cluster, manifests: &Manifests) -> anyhow::Result<()> {
         cluster.pod("demo", "client").ip
     );
 
-    banner("Mutual TLS: who proved what (each agent's recent connections and SVIDs)");
-    show_identities(cluster)?;
-
-    banner("Agent state (admin API on 127.0.0.1:15000 inside each node)");
-    show_stats(cluster)?;
-    let workloads = cluster.admin(cluster.node("node-a"), "/workloads")?;
-    let names: Vec<String> = workloads
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|w| {
-            format!(
-                "{}/{}",
-                w["namespace"].as_str().unwrap_or("?"),
-                w["name"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
-    println!("  node-a captures: {}", names.join(", "));
+    banner("weftctl --node node-b flows: the server side, with the client's proven identity");
+    weftctl(&["--node", "node-b", "flows", "--to", "demo/echo-v1"])?;
+    banner("weftctl --node node-a certs: the SVIDs node-a holds for its own pods");
+    weftctl(&["--node", "node-a", "certs"])?;
+    banner("weftctl --node node-a workloads");
+    weftctl(&["--node", "node-a", "workloads"])?;
 
     banner(
         "legacy/plain (not enrolled) calls echo-v1 directly: only the destination agent sees it",
@@ -283,6 +246,27 @@ fn tour(cluster: &Cluster, manifests: &Manifests) -> anyhow::Result<()> {
     );
     show_stats(cluster)?;
 
+    banner("A DENY policy for namespace legacy, applied by writing a manifest; then: why was it denied?");
+    let deny = "apiVersion: weft.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: no-legacy, namespace: demo}\nspec:\n  action: DENY\n  rules:\n  - from:\n    - source: {ipBlocks: [10.244.2.11/32]}\n";
+    manifests.write("policies.yaml", deny)?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let refused = curl(
+        cluster,
+        "legacy",
+        "plain",
+        &format!("http://{echo_v1}:8080/denied"),
+    );
+    println!(
+        "  legacy/plain -> echo-v1: {}",
+        if refused.is_err() {
+            "refused"
+        } else {
+            "unexpectedly answered"
+        }
+    );
+    weftctl(&["--node", "node-b", "flows", "--verdict", "deny"])?;
+    manifests.write("policies.yaml", "")?;
+
     banner("Enroll namespace legacy live by editing its label in the manifest folder");
     write_manifests(cluster, manifests, true)?;
     std::thread::sleep(std::time::Duration::from_millis(800));
@@ -295,6 +279,8 @@ fn tour(cluster: &Cluster, manifests: &Manifests) -> anyhow::Result<()> {
     println!("  legacy/plain -> echo Service answered by {} (the Service VIP only works through an agent)", answer_line(&body, "server="));
     show_stats(cluster)?;
     write_manifests(cluster, manifests, false)?;
+    banner("weftctl --node node-a top --iterations 1: the busiest workload pairs");
+    weftctl(&["--node", "node-a", "top", "--iterations", "1"])?;
     println!("\ndemo: tour complete");
     Ok(())
 }
