@@ -229,6 +229,11 @@ fn tour(cluster: &Cluster, manifests: &Manifests) -> anyhow::Result<()> {
     banner("weftctl --node node-a workloads");
     weftctl(&["--node", "node-a", "workloads"])?;
 
+    tour_policy_and_enrollment(cluster, manifests)
+}
+
+/// Plaintext from outside the mesh, a DENY policy and why it denied, live enrollment.
+fn tour_policy_and_enrollment(cluster: &Cluster, manifests: &Manifests) -> anyhow::Result<()> {
     banner(
         "legacy/plain (not enrolled) calls echo-v1 directly: only the destination agent sees it",
     );
