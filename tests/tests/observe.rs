@@ -343,55 +343,22 @@ fn the_admin_api_answers_on_loopback_only() {
         return;
     }
     let f = Fixture::start();
-    let node = f.cluster.node("node0").clone();
-    let on_loopback = netns::exec(
-        &node.netns,
-        &[
-            "curl",
-            "-sf",
-            "--max-time",
-            "2",
-            "http://127.0.0.1:15000/status",
-        ],
-    );
+    let node0 = f.cluster.node("node0").clone();
+    let node1 = f.cluster.node("node1").netns.clone();
+    let get = |netns: &str, url: &str| netns::exec(netns, &["curl", "-sf", "--max-time", "2", url]);
+    let on_loopback = get(&node0.netns, "http://127.0.0.1:15000/status");
     assert!(on_loopback.is_ok_and(|body| body.contains("\"node\":\"node0\"")));
-    let on_node_ip = netns::exec(
-        &node.netns,
-        &[
-            "curl",
-            "-sf",
-            "--max-time",
-            "2",
-            &format!("http://{}:15000/status", node.ip),
-        ],
-    );
+    let admin_on_node_ip = format!("http://{}:15000/status", node0.ip);
     assert!(
-        on_node_ip.is_err(),
+        get(&node0.netns, &admin_on_node_ip).is_err(),
         "the admin API answered on the node address"
     );
-    let from_other_node = netns::exec(
-        &f.cluster.node("node1").netns,
-        &[
-            "curl",
-            "-sf",
-            "--max-time",
-            "2",
-            &format!("http://{}:15000/status", node.ip),
-        ],
-    );
     assert!(
-        from_other_node.is_err(),
+        get(&node1, &admin_on_node_ip).is_err(),
         "the admin API answered another node"
     );
-    let metrics = netns::exec(
-        &f.cluster.node("node1").netns,
-        &[
-            "curl",
-            "-sf",
-            "--max-time",
-            "2",
-            &format!("http://{}:15020/metrics", node.ip),
-        ],
+    assert!(
+        get(&node1, &format!("http://{}:15020/metrics", node0.ip)).is_ok(),
+        "metrics are served on the node address"
     );
-    assert!(metrics.is_ok(), "metrics are served on the node address");
 }
