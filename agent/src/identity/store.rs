@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, PoisonError, RwLock},
+    sync::{Arc, Mutex, PoisonError, RwLock},
     time::{Duration, SystemTime},
 };
 
@@ -59,7 +59,12 @@ pub struct CertStore {
     lifetime: Duration,
     svids: RwLock<HashMap<SpiffeId, Arc<Svid>>>,
     roots: ArcSwap<RootCertStore>,
+    /// HBONE server configurations by identity, with the SVID serial and roots they were made
+    /// from.
+    server_configs: Mutex<HashMap<SpiffeId, CachedServerConfig>>,
 }
+
+type CachedServerConfig = (String, Arc<RootCertStore>, Arc<rustls::ServerConfig>);
 
 fn root_store(ca: &LocalCa) -> RootCertStore {
     let mut store = RootCertStore::empty();
@@ -86,11 +91,39 @@ impl CertStore {
             lifetime,
             svids: RwLock::default(),
             roots,
+            server_configs: Mutex::default(),
         }
     }
 
     pub fn roots(&self) -> Arc<RootCertStore> {
         self.roots.load_full()
+    }
+
+    pub(super) fn cached_server_config(
+        &self,
+        id: &SpiffeId,
+        serial: &str,
+        roots: &Arc<RootCertStore>,
+    ) -> Option<Arc<rustls::ServerConfig>> {
+        let cache = self
+            .server_configs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (cached_serial, cached_roots, config) = cache.get(id)?;
+        (cached_serial == serial && Arc::ptr_eq(cached_roots, roots)).then(|| config.clone())
+    }
+
+    pub(super) fn cache_server_config(
+        &self,
+        id: &SpiffeId,
+        serial: &str,
+        roots: Arc<RootCertStore>,
+        config: Arc<rustls::ServerConfig>,
+    ) {
+        self.server_configs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.clone(), (serial.to_owned(), roots, config));
     }
 
     /// The current SVID for `id`, issuing one if the agent holds none yet.

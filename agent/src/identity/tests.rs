@@ -237,10 +237,19 @@ fn renewal_at_half_life_issues_a_new_serial() {
     let store = CertStore::new(ca, "cluster.local", Duration::from_secs(2));
     let client = id("cluster.local", "client");
     let first = store.get(&client).expect("svid").serial.clone();
+    let config = server_config(&store, &client).expect("config");
+    assert!(
+        Arc::ptr_eq(&config, &server_config(&store, &client).expect("config")),
+        "handshakes reuse the configuration"
+    );
     assert_eq!(store.renew_due(), 0, "not before half-life");
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(store.renew_due(), 1);
     assert_ne!(store.get(&client).expect("svid").serial, first);
+    assert!(
+        !Arc::ptr_eq(&config, &server_config(&store, &client).expect("config")),
+        "a renewed SVID gets a new configuration"
+    );
 }
 
 #[derive(Debug)]

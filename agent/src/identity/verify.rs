@@ -209,14 +209,29 @@ impl ServerCertVerifier for SecureNamingVerifier {
     }
 }
 
-/// The HBONE server configuration for a workload of this node.
+/// The HBONE server configuration for a workload of this node, built once per SVID and trust
+/// bundle and reused by every handshake until either changes.
 pub fn server_config(store: &CertStore, own: &SpiffeId) -> Result<Arc<ServerConfig>, TlsError> {
     let svid = store.get(own).map_err(|source| TlsError::Svid {
         id: own.clone(),
         source,
     })?;
+    let roots = store.roots();
+    if let Some(config) = store.cached_server_config(own, &svid.serial, &roots) {
+        return Ok(config);
+    }
+    let config = build_server_config(store, &svid, roots.clone())?;
+    store.cache_server_config(own, &svid.serial, roots, config.clone());
+    Ok(config)
+}
+
+fn build_server_config(
+    store: &CertStore,
+    svid: &super::Svid,
+    roots: Arc<rustls::RootCertStore>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
-    let chain = WebPkiClientVerifier::builder_with_provider(store.roots(), provider.clone())
+    let chain = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let verifier = TrustDomainClientVerifier {

@@ -38,6 +38,9 @@ pub struct Registry {
     pub endpoint_slices: Vec<EndpointSlice>,
     pub policies: Vec<crate::policy::Policy>,
     pub errors: Vec<ObjectError>,
+    /// Index of `pods` by address: the proxy looks peers up on every connection.
+    #[serde(skip)]
+    pods_by_ip: std::collections::HashMap<Ipv4Addr, usize>,
 }
 
 /// Where an enrolled pod lives on this node.
@@ -74,6 +77,14 @@ impl Registry {
                 });
             }
         }
+        // Reversed so that, should two pods claim one address, the first one listed wins.
+        registry.pods_by_ip = registry
+            .pods
+            .iter()
+            .enumerate()
+            .rev()
+            .filter_map(|(i, p)| p.ip.map(|ip| (ip, i)))
+            .collect();
         registry
     }
 
@@ -177,7 +188,7 @@ impl Registry {
     }
 
     pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&Pod> {
-        self.pods.iter().find(|p| p.ip == Some(ip))
+        self.pods_by_ip.get(&ip).and_then(|&i| self.pods.get(i))
     }
 
     /// The Service and port a virtual IP and port belong to.
