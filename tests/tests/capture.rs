@@ -347,3 +347,61 @@ fn uninstall_removes_every_program_link_pin_and_rule() {
         .expect("outbound direct path after uninstall")
         .assert_intact(1024);
 }
+
+#[test]
+fn ipv6_from_an_enrolled_pod_is_refused_and_counted_never_bypassed() {
+    if !require_privileges() {
+        return;
+    }
+    let f = Fixture::start();
+    let client = f.pod("demo", "client").clone();
+    let server = f.pod("demo", "server-b").clone();
+    // Both pods share node0's bridge: give them IPv6 addresses on it.
+    for (pod, address) in [(&client, "fd00:77::10/64"), (&server, "fd00:77::11/64")] {
+        weft_harness::netns::ip(
+            &pod.netns,
+            &["-6", "addr", "add", address, "dev", "weft-eth0", "nodad"],
+        )
+        .expect("IPv6 address");
+    }
+    let kernel = |name: &str| {
+        let stats = f
+            .cluster
+            .admin(f.cluster.node("node0"), "/stats")
+            .expect("stats");
+        stats["kernel"][name].as_u64().expect("kernel counter")
+    };
+    let before = kernel("ipv6_refused");
+    let out = f
+        .cluster
+        .run_in_pod(
+            &client,
+            TESTPOD,
+            &[
+                "--connect-timeout-ms",
+                "1000",
+                "connect",
+                "[fd00:77::11]:9000",
+            ],
+        )
+        .expect("testpod");
+    assert!(
+        !out.status.success(),
+        "IPv6 from an enrolled pod must not get through"
+    );
+    // The program drops the SYN; the kernel answers the client with a reset or lets it time
+    // out. Either way nothing left the pod: the program's own counter says it refused it.
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        error.contains("refused") || error.contains("timed out"),
+        "{error}"
+    );
+    assert!(
+        kernel("ipv6_refused") > before,
+        "the capture program counted the refusal"
+    );
+    assert!(
+        f.log("node0").contains("IPv6 TCP is refused"),
+        "the agent said so when it enrolled the pod"
+    );
+}
