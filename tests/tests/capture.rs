@@ -405,3 +405,39 @@ fn ipv6_from_an_enrolled_pod_is_refused_and_counted_never_bypassed() {
         "the agent said so when it enrolled the pod"
     );
 }
+
+#[test]
+fn excluded_ports_bypass_capture_in_both_directions() {
+    if !require_privileges() {
+        return;
+    }
+    let f = Fixture::start_with(&["--excluded-ports", "9000"]);
+    let server = f.pod("demo", "server-a").clone();
+    let client = f.pod("demo", "client").clone();
+    let counters = |f: &Fixture| {
+        (
+            f.stat("node0", "outbound_opened"),
+            f.stat("node1", "inbound_opened"),
+        )
+    };
+    let before = counters(&f);
+    let report = f
+        .send(&client, &format!("{}:9000", server.ip), 4096)
+        .expect("direct path on an excluded port");
+    report.assert_intact(4096);
+    assert_eq!(report.server_saw(), client.ip.to_string());
+    assert_eq!(
+        counters(&f),
+        before,
+        "neither agent carried a connection to an excluded port"
+    );
+    // Other ports are still captured: the Service VIP :80 goes through both agents.
+    f.send(&client, &format!("{VIP}:80"), 4096)
+        .expect("captured service")
+        .assert_intact(4096);
+    assert_eq!(
+        counters(&f).0,
+        before.0 + 1,
+        "the client's agent carried the Service connection"
+    );
+}

@@ -86,13 +86,18 @@ fn install_family(
         &format!("rule add pref {PREF_EGRESS} fwmark {EGRESS_MARK} lookup main"),
     )?;
     // Excluded ports bypass capture both as destinations (the pod dials them) and as sources
-    // (the pod serves them directly and replies from them).
+    // (the pod serves them directly and replies from them). `iif lo` keeps these rules to
+    // packets the pod sends: without it, port selectors also took part in routing received
+    // packets and broke the replies of the HBONE listener (seen in
+    // `excluded_ports_bypass_capture_in_both_directions`).
     for port in excluded_ports {
         for side in ["dport", "sport"] {
             ip_words(
                 ns,
                 family,
-                &format!("rule add pref {PREF_EXCLUDED} ipproto tcp {side} {port} lookup main"),
+                &format!(
+                    "rule add pref {PREF_EXCLUDED} iif lo ipproto tcp {side} {port} lookup main"
+                ),
             )?;
         }
     }
