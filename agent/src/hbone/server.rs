@@ -116,6 +116,7 @@ async fn tunnel(
             return;
         }
     };
+    let registry = ctx.registry.borrow().clone();
     let connection = Connection {
         id: 0,
         started_unix_ms: 0,
@@ -130,10 +131,10 @@ async fn tunnel(
         security: Security::Mtls,
         peer_identity: Some(client.to_string()),
         peer_certificate_serial: serial,
-        peer_workload: crate::proxy::inbound::peer_workload(ctx, peer),
+        peer_workload: registry.workload_at(peer.ip()),
         failure: None,
     };
-    let Some(guard) = authorize(ctx, pod, connection, Some(&client)) else {
+    let Some(guard) = authorize(ctx, &registry, pod, connection, Some(&client)) else {
         reply(&mut respond, StatusCode::UNAUTHORIZED);
         return;
     };

@@ -11,9 +11,9 @@ use std::{
 
 use weft_common::DeliveryKey;
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 
-use super::{outbound::CONNECT_TIMEOUT, splice, PodContext, ProxyContext};
+use super::{splice, PodContext, ProxyContext};
 use crate::{
     connections::{Connection, Direction, Security},
     enrollment::DELIVERY_MARK,
@@ -38,6 +38,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
     let Ok(original) = client.local_addr() else {
         return;
     };
+    let registry = ctx.registry.borrow().clone();
     let connection = Connection {
         id: 0,
         direction: Direction::Inbound,
@@ -50,13 +51,13 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         security: Security::Plaintext,
         peer_identity: None,
         peer_certificate_serial: None,
-        peer_workload: peer_workload(ctx, peer),
+        peer_workload: registry.workload_at(peer.ip()),
         failure: None,
         decision: None,
         started_unix_ms: 0,
     };
     // A plaintext client carries no identity: only address and port rules can match it.
-    let Some(guard) = super::authorize(ctx, pod, connection, None) else {
+    let Some(guard) = super::authorize(ctx, &registry, pod, connection, None) else {
         return;
     };
     match deliver(pod, ctx, peer, original).await {
@@ -74,17 +75,6 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
             tracing::warn!(pod = %pod.name(), %peer, %original, error = %e, "inbound delivery failed: nothing listens in the pod?");
         }
     }
-}
-
-/// The workload behind a peer address, when the registry knows it (`namespace/name`).
-pub(crate) fn peer_workload(ctx: &ProxyContext, peer: SocketAddr) -> Option<String> {
-    let std::net::IpAddr::V4(ip) = peer.ip() else {
-        return None;
-    };
-    ctx.registry
-        .borrow()
-        .pod_by_ip(ip)
-        .map(|p| format!("{}/{}", p.namespace, p.name))
 }
 
 /// Connects to the application from the client's address: `IP_TRANSPARENT` lets the socket
@@ -117,15 +107,12 @@ pub(crate) async fn deliver(
         .deliveries
         .insert(key, 1, 0)
         .map_err(std::io::Error::other)?;
-    let socket = TcpSocket::from_std_stream(socket.into());
-    let connected = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(destination))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"));
+    let connected = super::connect_within(socket, destination).await;
     let _ = ctx
         .maps
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .deliveries
         .remove(&key);
-    connected?
+    connected
 }

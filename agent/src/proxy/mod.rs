@@ -87,11 +87,11 @@ impl ProxyContext {
 /// allowed connection is opened so that a later policy change can close it again.
 pub fn authorize<'c>(
     ctx: &'c ProxyContext,
+    registry: &Registry,
     pod: &PodContext,
     mut connection: Connection,
     identity: Option<&SpiffeId>,
 ) -> Option<Guard<'c>> {
-    let registry = ctx.registry.borrow().clone();
     let port = connection.original_destination.port();
     let source_ip = connection.source.ip();
     let decision = registry.authorize(&pod.placement, port, identity, source_ip);
@@ -117,6 +117,17 @@ pub fn authorize<'c>(
         ctx.connections
             .open_authorized(connection, Some(authorized)),
     )
+}
+
+/// Connects a socket made in a pod's netns, giving up after [`outbound::CONNECT_TIMEOUT`].
+pub(crate) async fn connect_within(
+    socket: socket2::Socket,
+    destination: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
+    tokio::time::timeout(outbound::CONNECT_TIMEOUT, socket.connect(destination))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
 }
 
 /// Carries a proxied connection until both directions are done; a half-close on one side is

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 
 use super::{splice, PodContext, ProxyContext};
 use weft_common::HBONE_PORT;
@@ -18,6 +18,7 @@ use crate::{
     enrollment::EGRESS_MARK,
     hbone::stream as hbone_stream,
     identity::SpiffeId,
+    registry::Registry,
 };
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,8 +32,11 @@ pub struct Route {
 
 /// Resolves an original destination: a Service VIP:port picks a ready endpoint in turn (port
 /// mapped to targetPort); a pod IP or any other address is used as is.
-pub fn resolve(ctx: &ProxyContext, original: SocketAddrV4) -> Result<Route, String> {
-    let registry = ctx.registry.borrow().clone();
+pub fn resolve(
+    ctx: &ProxyContext,
+    registry: &Registry,
+    original: SocketAddrV4,
+) -> Result<Route, String> {
     if let Some((service, port)) = registry.service_by_vip(original) {
         let name = format!("{}/{}", service.namespace, service.name);
         let endpoints = registry.endpoints(service, port);
@@ -99,7 +103,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         decision: None,
         started_unix_ms: 0,
     };
-    let route = match resolve(ctx, original) {
+    // One registry snapshot decides the whole connection: route, identity and names.
+    let route = match resolve(ctx, &registry, original) {
         Ok(route) => route,
         Err(reason) => {
             tracing::warn!(pod = %pod.name(), %original, %reason, "outbound connection failed");
@@ -109,14 +114,10 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
     };
     connection.destination = route.destination;
     connection.service.clone_from(&route.service);
-    if let std::net::IpAddr::V4(ip) = route.destination.ip() {
-        connection.peer_workload = registry
-            .pod_by_ip(ip)
-            .map(|p| format!("{}/{}", p.namespace, p.name));
-    }
+    connection.peer_workload = registry.workload_at(route.destination.ip());
     // An enrolled destination gets an HBONE tunnel to its own agent listener and must prove
     // the identity the registry gives it; anything else gets plain TCP.
-    let peer_identity = hbone_identity(ctx, route.destination);
+    let peer_identity = hbone_identity(ctx, &registry, route.destination);
     if let Some(identity) = &peer_identity {
         connection.security = Security::Mtls;
         connection.peer_identity = Some(identity.to_string());
@@ -169,11 +170,14 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
 }
 
 /// The identity a destination must prove, when it is an enrolled pod.
-fn hbone_identity(ctx: &ProxyContext, destination: SocketAddr) -> Option<SpiffeId> {
+fn hbone_identity(
+    ctx: &ProxyContext,
+    registry: &Registry,
+    destination: SocketAddr,
+) -> Option<SpiffeId> {
     let std::net::IpAddr::V4(ip) = destination.ip() else {
         return None;
     };
-    let registry = ctx.registry.borrow().clone();
     let pod = registry.pod_by_ip(ip).filter(|p| registry.is_enrolled(p))?;
     Some(SpiffeId::new(
         &ctx.certs.trust_domain,
@@ -192,8 +196,5 @@ pub(crate) async fn connect_from_pod(
     // into capture again.
     socket.set_mark(EGRESS_MARK)?;
     socket.set_tcp_nodelay(true)?;
-    let socket = TcpSocket::from_std_stream(socket.into());
-    tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(destination))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+    super::connect_within(socket, destination).await
 }

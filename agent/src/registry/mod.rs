@@ -187,6 +187,15 @@ impl Registry {
         crate::policy::evaluate(&self.policies, &request)
     }
 
+    /// The workload behind an address, as `namespace/name`, when the registry knows it.
+    pub fn workload_at(&self, ip: std::net::IpAddr) -> Option<String> {
+        let std::net::IpAddr::V4(ip) = ip else {
+            return None;
+        };
+        self.pod_by_ip(ip)
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+    }
+
     pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&Pod> {
         self.pods_by_ip.get(&ip).and_then(|&i| self.pods.get(i))
     }
