@@ -38,6 +38,26 @@ impl Cluster {
         log_dir: &Path,
         extra: &[String],
     ) -> anyhow::Result<u32> {
+        self.start_agent_logging(
+            node,
+            agent,
+            manifests,
+            log_dir,
+            extra,
+            "info,weft_agent=debug",
+        )
+    }
+
+    /// Like [`Cluster::start_agent_with`], with the agent's log filter (`RUST_LOG`).
+    pub fn start_agent_logging(
+        &self,
+        node: &NodeHandle,
+        agent: &Path,
+        manifests: &Path,
+        log_dir: &Path,
+        extra: &[String],
+        log_filter: &str,
+    ) -> anyhow::Result<u32> {
         std::fs::create_dir_all(log_dir)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -56,7 +76,7 @@ impl Cluster {
             .arg("--ca-dir")
             .arg(log_dir.join("ca"))
             .args(extra)
-            .env("RUST_LOG", "info,weft_agent=debug");
+            .env("RUST_LOG", log_filter);
         let pid = self.spawn_in_node_logged(node, &command, log)?;
         self.wait_ready(node, pid)?;
         Ok(pid)

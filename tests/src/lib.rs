@@ -6,8 +6,10 @@
 //! run if a crash left it behind. See `tests/README.md`.
 
 pub mod agent;
+pub mod bench;
 pub mod cgroup;
 pub mod cluster;
+pub mod load;
 pub mod manifests;
 pub mod netns;
 pub mod privileges;

@@ -2,8 +2,10 @@
 //! test, run the demo playground and the benchmarks.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod build;
 mod demo;
+mod plot;
 mod setup;
 mod shell;
 mod test;
@@ -35,7 +37,8 @@ enum Task {
     },
     /// Regenerate deploy/crds/ from the Rust types.
     Crds,
-    /// Benchmarks against a no-mesh baseline.
+    /// Benchmarks against a no-mesh baseline in the same run (`--quick`: a smoke run under
+    /// 3 minutes); writes target/bench/report.{json,md} and PNG plots.
     Bench {
         #[arg(long)]
         quick: bool,
@@ -57,11 +60,6 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Task::Demo { action } => demo::run(action.unwrap_or(demo::Action::Tour)),
-        Task::Bench { quick: _ } => {
-            println!(
-                "cargo xtask bench: the benchmarks arrive with the [bench] issue; nothing is measured yet."
-            );
-            Ok(())
-        }
+        Task::Bench { quick } => bench::run(quick),
     }
 }

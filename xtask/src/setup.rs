@@ -18,6 +18,8 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "openssl",
     "procps",
+    // The benchmark plots' text.
+    "fonts-dejavu-core",
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: set-up, formatting, clippy with warnings denied, then every test,
-//! privileged ones included (they fail, never skip, under CI=true).
+//! privileged ones included (they fail, never skip, under CI=true), then the quick benchmark as
+//! a smoke test.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -38,6 +39,8 @@ pub fn run() -> anyhow::Result<()> {
         "some tests failed (see above)"
     );
     anyhow::ensure!(totals.passed > 0, "no test ran");
+    // The benchmark as a smoke test: every scenario must run; no figure is judged.
+    crate::bench::run(true).context("the quick benchmark (smoke test) failed")?;
     Ok(())
 }
 

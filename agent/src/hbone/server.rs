@@ -30,6 +30,8 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, ctx: Arc<ProxyCo
                 continue;
             }
         };
+        // Small request/response writes must leave at once; Nagle would hold them for an ACK.
+        let _ = tcp.set_nodelay(true);
         let (pod, ctx) = (pod.clone(), ctx.clone());
         tokio::spawn(async move {
             if let Err(e) = connection(tcp, peer, &pod, &ctx).await {

@@ -1,0 +1,235 @@
+//! `cargo xtask bench`: the scenarios, their no-mesh baseline in the same run, and the report
+//! they produce (`target/bench/report.json`; xtask renders the table and plots from it).
+
+mod process;
+mod run;
+
+use serde::{Deserialize, Serialize};
+
+use crate::load::LoadReport;
+
+pub use process::{cpu_seconds, peak_rss_kib, reset_peak_rss, rss_kib};
+pub use run::{run, wait_for_release, Lengths};
+
+/// One request/response latency scenario, measured without and with the mesh.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LatencyCase {
+    /// `cross-node` or `same-node`.
+    pub placement: String,
+    /// 1,000 rps, or 80% of what Weft sustained closed-loop on the same path and connections.
+    pub rate: f64,
+    pub near_saturation: bool,
+    pub connections: usize,
+    pub baseline: LoadReport,
+    pub weft: LoadReport,
+    /// CPU seconds of the benchmark's server process in each run.
+    pub baseline_server_cpu_s: f64,
+    pub weft_server_cpu_s: f64,
+    /// CPU seconds both agents used during the Weft run.
+    pub agents_cpu_s: f64,
+}
+
+/// One bulk-throughput scenario (iperf3, cross-node).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ThroughputCase {
+    pub streams: u32,
+    pub baseline_gbps: f64,
+    pub weft_gbps: f64,
+    /// Bytes the receiver got in the Weft run.
+    pub weft_bytes: f64,
+    pub baseline_bytes: f64,
+    /// iperf3's own CPU (client + server) in the baseline run.
+    pub baseline_app_cpu_s: f64,
+    pub agents_cpu_s: f64,
+}
+
+/// Connections per second with one connection per request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConnectionRate {
+    pub workers: usize,
+    pub baseline: LoadReport,
+    pub weft: LoadReport,
+    pub agents_cpu_s: f64,
+}
+
+/// Peak resident memory of one process, in MiB.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Memory {
+    /// Agent of the client's node and of the server's node.
+    pub agent_client_node_mib: f64,
+    pub agent_server_node_mib: f64,
+    /// The benchmark server process in the baseline run under the same load: what the
+    /// application itself needs, the yardstick for the agents.
+    pub baseline_server_mib: f64,
+}
+
+/// Agent CPU per unit of work, beside what the application used for the same work without
+/// the mesh.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CpuCost {
+    pub agents_s_per_gib: f64,
+    pub baseline_app_s_per_gib: f64,
+    pub agents_s_per_1000_requests: f64,
+    pub baseline_app_s_per_1000_requests: f64,
+}
+
+/// Agent memory holding a large generated registry, against the same agent before it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RegistryMemory {
+    pub pods: usize,
+    pub services: usize,
+    pub baseline_rss_mib: f64,
+    pub loaded_rss_mib: f64,
+    pub load_seconds: f64,
+}
+
+/// Everything one `cargo xtask bench` run measured.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub date: String,
+    pub commit: String,
+    pub quick: bool,
+    pub machine: String,
+    pub load_generator: String,
+    pub latency: Vec<LatencyCase>,
+    pub throughput: Vec<ThroughputCase>,
+    pub connection_rate: ConnectionRate,
+    pub cpu: CpuCost,
+    pub memory_idle: Memory,
+    pub memory_load: Memory,
+    pub memory_idle_connections: Memory,
+    pub idle_connections: usize,
+    pub registry: RegistryMemory,
+}
+
+impl Report {
+    /// Every figure as (section, name, baseline, weft, unit, whether lower is better).
+    pub fn rows(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for case in &self.latency {
+            let section = format!(
+                "latency {} {:.0} rps {} conns",
+                case.placement, case.rate, case.connections
+            );
+            let (b, w) = (&case.baseline.latency_us, &case.weft.latency_us);
+            let pick = [
+                ("p50", b.p50, w.p50),
+                ("p90", b.p90, w.p90),
+                ("p99", b.p99, w.p99),
+                ("p999", b.p999, w.p999),
+            ];
+            for (name, baseline, weft) in pick {
+                rows.push(Row::lower(&section, name, baseline, weft, "µs"));
+            }
+            rows.push(Row::higher(
+                &section,
+                "achieved rps",
+                case.baseline.per_second,
+                case.weft.per_second,
+                "req/s",
+            ));
+        }
+        for case in &self.throughput {
+            rows.push(Row::higher(
+                "throughput cross-node",
+                &format!("{} stream(s)", case.streams),
+                case.baseline_gbps,
+                case.weft_gbps,
+                "Gbit/s",
+            ));
+        }
+        rows.push(Row::higher(
+            "connections",
+            "new connections per second",
+            self.connection_rate.baseline.per_second,
+            self.connection_rate.weft.per_second,
+            "conn/s",
+        ));
+        let cpu = &self.cpu;
+        rows.push(Row::lower(
+            "cpu",
+            "CPU s per GiB (agents vs app)",
+            cpu.baseline_app_s_per_gib,
+            cpu.agents_s_per_gib,
+            "s",
+        ));
+        rows.push(Row::lower(
+            "cpu",
+            "CPU s per 1000 requests (agents vs app)",
+            cpu.baseline_app_s_per_1000_requests,
+            cpu.agents_s_per_1000_requests,
+            "s",
+        ));
+        for (phase, memory) in [
+            ("idle", &self.memory_idle),
+            ("under load", &self.memory_load),
+            (
+                &*format!("{} idle connections", self.idle_connections),
+                &self.memory_idle_connections,
+            ),
+        ] {
+            let section = format!("peak RSS {phase}");
+            rows.push(Row::lower(
+                &section,
+                "agent, client node",
+                memory.baseline_server_mib,
+                memory.agent_client_node_mib,
+                "MiB",
+            ));
+            rows.push(Row::lower(
+                &section,
+                "agent, server node",
+                memory.baseline_server_mib,
+                memory.agent_server_node_mib,
+                "MiB",
+            ));
+        }
+        rows.push(Row::lower(
+            "registry",
+            &format!(
+                "agent RSS with {} pods, {} services",
+                self.registry.pods, self.registry.services
+            ),
+            self.registry.baseline_rss_mib,
+            self.registry.loaded_rss_mib,
+            "MiB",
+        ));
+        rows
+    }
+}
+
+/// One line of the report table.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Row {
+    pub section: String,
+    pub name: String,
+    pub baseline: f64,
+    pub weft: f64,
+    pub unit: String,
+    pub lower_is_better: bool,
+}
+
+impl Row {
+    fn lower(section: &str, name: &str, baseline: f64, weft: f64, unit: &str) -> Self {
+        Self {
+            section: section.into(),
+            name: name.into(),
+            baseline,
+            weft,
+            unit: unit.into(),
+            lower_is_better: true,
+        }
+    }
+
+    fn higher(section: &str, name: &str, baseline: f64, weft: f64, unit: &str) -> Self {
+        Self {
+            lower_is_better: false,
+            ..Self::lower(section, name, baseline, weft, unit)
+        }
+    }
+
+    /// Weft's figure divided by the baseline's (None when the baseline is zero).
+    pub fn ratio(&self) -> Option<f64> {
+        (self.baseline.abs() > f64::EPSILON).then(|| self.weft / self.baseline)
+    }
+}

@@ -1,0 +1,338 @@
+//! The benchmark's load generator and its echo server: fixed-size request/response over plain
+//! TCP, open-loop at a fixed rate (latency measured from each request's intended send time, so
+//! a stalled response is charged to every request queued behind it: no coordinated omission),
+//! closed-loop to find saturation, one connection per request, and idle connections held open.
+//!
+//! Clients use one blocking thread per connection with a 1 ns timer slack: tokio's millisecond
+//! timer would add up to a millisecond of schedule error to latencies measured in microseconds.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// How long a client waits for one connect or one response before it counts an error.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Latency percentiles in microseconds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    fn of(histogram: &Histogram<u64>) -> Self {
+        #[expect(clippy::cast_precision_loss, reason = "nanoseconds to fractional µs")]
+        let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        #[expect(clippy::cast_precision_loss, reason = "nanoseconds to fractional µs")]
+        let max = histogram.max() as f64 / 1000.0;
+        Self {
+            p50: us(0.50),
+            p90: us(0.90),
+            p99: us(0.99),
+            p999: us(0.999),
+            max,
+        }
+    }
+}
+
+/// What one client run measured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// Completed request/response exchanges (or connections, for the connection-rate run).
+    pub completed: u64,
+    /// Every exchange made, warm-up included (the denominator for CPU per request).
+    pub sent: u64,
+    pub errors: u64,
+    pub elapsed_s: f64,
+    pub per_second: f64,
+    pub latency_us: Percentiles,
+    /// CPU seconds (user + system) the client process used.
+    pub client_cpu_s: f64,
+}
+
+/// A fixed-rate run over a fixed set of connections.
+#[derive(Clone, Debug)]
+pub struct OpenLoop {
+    pub target: SocketAddr,
+    pub rate: f64,
+    pub connections: usize,
+    pub size: usize,
+    pub duration: Duration,
+    /// Requests before this are sent but not recorded (connection and cache warm-up).
+    pub warmup: Duration,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs .. 60 s at 3 significant digits.
+    Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("static histogram bounds")
+}
+
+fn connect(target: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&target, IO_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(stream)
+}
+
+fn exchange(stream: &mut TcpStream, request: &[u8], response: &mut [u8]) -> std::io::Result<()> {
+    stream.write_all(request)?;
+    stream.read_exact(response)
+}
+
+fn precise_timers() {
+    // Best effort: without it sleeps overshoot by the default 50 µs slack, equally on both paths.
+    let _ = nix::sys::prctl::set_timerslack(1);
+}
+
+fn process_cpu_seconds() -> f64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let secs = |t: nix::sys::time::TimeVal| {
+            #[expect(clippy::cast_precision_loss, reason = "seconds since start fit")]
+            let s = t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+            s
+        };
+        secs(u.user_time()) + secs(u.system_time())
+    })
+}
+
+/// Runs `workers` threads and merges what they recorded.
+fn run_workers<F>(workers: usize, work: F) -> (Histogram<u64>, u64, u64, u64)
+where
+    F: Fn(usize, &mut Histogram<u64>, &AtomicU64) -> (u64, u64) + Send + Sync + 'static,
+{
+    let work = Arc::new(work);
+    let errors = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..workers)
+        .map(|index| {
+            let work = Arc::clone(&work);
+            let errors = Arc::clone(&errors);
+            std::thread::spawn(move || {
+                precise_timers();
+                let mut histogram = new_histogram();
+                let done = work(index, &mut histogram, &errors);
+                (histogram, done)
+            })
+        })
+        .collect();
+    let mut merged = new_histogram();
+    let (mut completed, mut sent) = (0, 0);
+    for handle in handles {
+        if let Ok((histogram, (done, tried))) = handle.join() {
+            let _ = merged.add(&histogram);
+            completed += done;
+            sent += tried;
+        } else {
+            errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    (merged, completed, sent, errors.load(Ordering::Relaxed))
+}
+
+fn report(
+    histogram: &Histogram<u64>,
+    completed: u64,
+    sent: u64,
+    errors: u64,
+    elapsed: Duration,
+) -> LoadReport {
+    let elapsed_s = elapsed.as_secs_f64();
+    #[expect(clippy::cast_precision_loss, reason = "request counts fit")]
+    let per_second = completed as f64 / elapsed_s.max(1e-9);
+    LoadReport {
+        completed,
+        sent,
+        errors,
+        elapsed_s,
+        per_second,
+        latency_us: Percentiles::of(histogram),
+        client_cpu_s: process_cpu_seconds(),
+    }
+}
+
+/// Sends at `rate` requests per second spread evenly over the connections, each connection one
+/// request at a time, and records latency from each request's scheduled send time.
+pub fn open_loop(spec: &OpenLoop) -> LoadReport {
+    #[expect(clippy::cast_precision_loss, reason = "connection counts are small")]
+    let interval = Duration::from_secs_f64(spec.connections as f64 / spec.rate.max(1e-3));
+    let begin = Instant::now() + Duration::from_millis(100);
+    let spec = spec.clone();
+    let measured_from = begin + spec.warmup;
+    let end = measured_from + spec.duration;
+    let connections = spec.connections;
+    let (histogram, completed, sent, errors) =
+        run_workers(connections, move |index, histogram, errors| {
+            let request = vec![b'q'; spec.size];
+            let mut response = vec![0; spec.size];
+            let Ok(mut stream) = connect(spec.target) else {
+                errors.fetch_add(1, Ordering::Relaxed);
+                return (0, 0);
+            };
+            // Stagger the connections over one interval so the aggregate rate is smooth.
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "connection counts are small"
+            )]
+            let offset = interval / connections as u32 * index as u32;
+            let (mut done, mut sent) = (0, 0);
+            for k in 0_u32.. {
+                let intended = begin + offset + interval * k;
+                if intended >= end {
+                    break;
+                }
+                if let Some(wait) = intended.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                if exchange(&mut stream, &request, &mut response).is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    match connect(spec.target) {
+                        Ok(fresh) => stream = fresh,
+                        Err(_) => break,
+                    }
+                    continue;
+                }
+                sent += 1;
+                if intended >= measured_from {
+                    let latency = Instant::now().duration_since(intended);
+                    let _ = histogram.record(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
+                    done += 1;
+                }
+            }
+            (done, sent)
+        });
+    report(&histogram, completed, sent, errors, spec.duration)
+}
+
+/// As many requests as `connections` connections complete back to back: the saturation rate.
+pub fn closed_loop(
+    target: SocketAddr,
+    connections: usize,
+    size: usize,
+    duration: Duration,
+) -> LoadReport {
+    let begin = Instant::now();
+    let end = begin + duration;
+    let (histogram, completed, sent, errors) =
+        run_workers(connections, move |_, histogram, errors| {
+            let request = vec![b'q'; size];
+            let mut response = vec![0; size];
+            let Ok(mut stream) = connect(target) else {
+                errors.fetch_add(1, Ordering::Relaxed);
+                return (0, 0);
+            };
+            let mut done = 0;
+            while Instant::now() < end {
+                let sent = Instant::now();
+                if exchange(&mut stream, &request, &mut response).is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                let _ =
+                    histogram.record(u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                done += 1;
+            }
+            (done, done)
+        });
+    report(&histogram, completed, sent, errors, begin.elapsed())
+}
+
+/// Opens, uses once and closes connections back to back from `workers` threads.
+pub fn connection_rate(
+    target: SocketAddr,
+    workers: usize,
+    size: usize,
+    duration: Duration,
+) -> LoadReport {
+    let begin = Instant::now();
+    let end = begin + duration;
+    let (histogram, completed, sent, errors) = run_workers(workers, move |_, histogram, errors| {
+        let request = vec![b'q'; size];
+        let mut response = vec![0; size];
+        let mut done = 0;
+        while Instant::now() < end {
+            let started = Instant::now();
+            let result =
+                connect(target).and_then(|mut s| exchange(&mut s, &request, &mut response));
+            if result.is_err() {
+                errors.fetch_add(1, Ordering::Relaxed);
+                // A refused or exhausted connect must not turn into a hot loop.
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            let _ =
+                histogram.record(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            done += 1;
+        }
+        (done, done)
+    });
+    report(&histogram, completed, sent, errors, begin.elapsed())
+}
+
+/// Opens `count` connections, proves each reaches the server with one exchange, then holds
+/// them: `on_ready` runs while they are all open (the caller measures memory then).
+pub fn hold_idle(
+    target: SocketAddr,
+    count: usize,
+    size: usize,
+    on_ready: impl FnOnce(&LoadReport),
+) -> anyhow::Result<LoadReport> {
+    let begin = Instant::now();
+    let request = vec![b'q'; size];
+    let mut response = vec![0; size];
+    let mut held = Vec::with_capacity(count);
+    let mut histogram = new_histogram();
+    for n in 0..count {
+        let started = Instant::now();
+        let mut stream = connect(target).with_context(|| format!("opening idle connection {n}"))?;
+        exchange(&mut stream, &request, &mut response)
+            .with_context(|| format!("first exchange on idle connection {n}"))?;
+        let _ = histogram.record(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        held.push(stream);
+    }
+    let report = report(
+        &histogram,
+        held.len() as u64,
+        held.len() as u64,
+        0,
+        begin.elapsed(),
+    );
+    on_ready(&report);
+    drop(held);
+    Ok(report)
+}
+
+/// The echo side: answers every `size` bytes read with `size` bytes, on any number of
+/// connections (tokio, so ten thousand idle ones cost no threads).
+pub async fn serve(listen: SocketAddr, size: usize) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("bind {listen}"))?;
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let mut buffer = vec![0; size];
+            let reply = vec![b'r'; size];
+            while stream.read_exact(&mut buffer).await.is_ok() {
+                if stream.write_all(&reply).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
