@@ -47,6 +47,8 @@ pub struct AdminState {
     pub maps: Arc<Mutex<Maps>>,
     pub certs: Arc<CertStore>,
     pub proxy: Arc<ProxyContext>,
+    /// Kubernetes mode: each watched kind's sync state and errors.
+    pub watches: Option<crate::registry::watch::WatchStatus>,
 }
 
 impl AdminState {
@@ -57,6 +59,10 @@ impl AdminState {
             "/" | "/status" => {
                 let enrollment = lock(&self.enrollment);
                 let registry = self.registry.borrow().clone();
+                let watches = self
+                    .watches
+                    .as_ref()
+                    .map(|w| w.lock().unwrap_or_else(PoisonError::into_inner).clone());
                 (
                     StatusCode::OK,
                     json!({
@@ -68,6 +74,7 @@ impl AdminState {
                         "enrollmentFailures": enrollment.failed,
                         "unplaceablePods": enrollment.unplaceable,
                         "registry": {"namespaces": registry.namespaces.len(), "pods": registry.pods.len(), "services": registry.services.len(), "endpointSlices": registry.endpoint_slices.len(), "rejectedObjects": registry.errors},
+                        "kubernetesWatches": watches,
                     }),
                 )
             }
@@ -361,6 +368,8 @@ pub async fn start(
                     (StatusCode::OK, json!({"ready": true}))
                 }
                 "/healthz/ready" => (StatusCode::SERVICE_UNAVAILABLE, json!({"ready": false})),
+                // Alive while this process answers: a restart cannot fix a pod it cannot capture.
+                "/healthz/live" => (StatusCode::OK, json!({"live": true})),
                 _ => (
                     StatusCode::NOT_FOUND,
                     json!({"error": "try /healthz/ready"}),

@@ -11,10 +11,10 @@ use crate::{
     config::{Config, Source},
     connections::Connections,
     enrollment::Enrollment,
-    identity::{CertStore, LocalCa},
+    identity::{CertStore, Signer},
     netns,
     proxy::ProxyContext,
-    registry::local,
+    registry::{local, Registry},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,70 @@ pub enum AppError {
     StateDir(std::path::PathBuf, std::io::Error),
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("connecting to the Kubernetes API (in-cluster service account or KUBECONFIG): {0}")]
+    Kube(#[from] kube::Error),
+    #[error("no cgroup2 mount in /proc/mounts: give --cgroup-root")]
+    NoCgroup2,
+}
+
+/// Where the registry comes from, and how enrollment finds pods and reports on them.
+struct SourceParts {
+    registry: watch::Receiver<Arc<Registry>>,
+    locate: Box<dyn crate::registry::Locate>,
+    client: Option<kube::Client>,
+    watches: Option<crate::registry::watch::WatchStatus>,
+}
+
+async fn start_source(config: &Config) -> Result<SourceParts, AppError> {
+    match &config.source {
+        Source::Local { dir } => {
+            let (tx, rx) = watch::channel(Arc::new(local::read_dir(dir)));
+            tokio::spawn(local::watch(dir.clone(), tx));
+            Ok(SourceParts {
+                registry: rx,
+                locate: Box::new(crate::registry::ByAnnotation),
+                client: None,
+                watches: None,
+            })
+        }
+        Source::Kube {
+            host_proc,
+            cgroup_root,
+        } => {
+            netns::set_proc_root(host_proc);
+            let cgroup_root = match cgroup_root {
+                Some(root) => root.clone(),
+                None => cgroup2_mount().ok_or(AppError::NoCgroup2)?,
+            };
+            let client = kube::Client::try_default().await?;
+            let (tx, mut rx) = watch::channel(Arc::new(Registry::default()));
+            let watches = crate::registry::watch::spawn(&client, tx);
+            // Enrolling from an empty registry would detach every pod an earlier agent
+            // captured: wait for the first complete listing.
+            tracing::info!("waiting for the first listing of namespaces, pods, services, endpoint slices and policies");
+            let _ = rx.changed().await;
+            Ok(SourceParts {
+                registry: rx,
+                locate: Box::new(crate::podns::HostProc {
+                    proc_root: host_proc.clone(),
+                    cgroup_root,
+                }),
+                client: Some(client),
+                watches: Some(watches),
+            })
+        }
+    }
+}
+
+fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    std::fs::read_to_string("/proc/mounts")
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, point, kind) = (fields.next()?, fields.next()?, fields.next()?);
+            (kind == "cgroup2").then(|| point.into())
+        })
 }
 
 /// Runs the agent until SIGTERM or Ctrl-C. Capture stays attached and pinned when it exits:
@@ -41,13 +105,16 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     maps.set_excluded_ports(&config.excluded_ports)?;
     let adopted = programs.adopted;
     tracing::info!(pins = %config.bpffs_dir.display(), adopted, "kernel programs ready");
-    let Source::Local { dir } = &config.source;
-    let (registry_tx, registry_rx) = watch::channel(Arc::new(local::read_dir(dir)));
-    tokio::spawn(local::watch(dir.clone(), registry_tx));
+    let SourceParts {
+        registry: registry_rx,
+        locate,
+        client,
+        watches,
+    } = start_source(&config).await?;
 
     let maps = Arc::new(Mutex::new(maps));
     let connections = Arc::new(Connections::default());
-    let ca = LocalCa::load(&config.ca, &config.trust_domain)?;
+    let ca = Signer::load(&config.ca, &config.trust_domain)?;
     let certs = Arc::new(CertStore::new(
         ca,
         &config.trust_domain,
@@ -69,7 +136,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         proxy,
         config.excluded_ports.clone(),
         &config.state_dir,
-    );
+    )
+    .with_locator(locate);
+    if let Some(client) = client {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        enrollment = enrollment.with_conditions(tx);
+        tokio::spawn(crate::conditions::publish(client, rx));
+    }
     let state = Arc::new(AdminState {
         node: config.node_name.clone(),
         ready: false.into(),
@@ -80,6 +153,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         maps,
         certs,
         proxy: proxy_for_admin,
+        watches,
     });
     admin::start(
         state.clone(),

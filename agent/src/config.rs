@@ -37,8 +37,16 @@ pub enum ConfigError {
     HalfCa,
     #[error("SVID lifetime of {0} s is too short: give at least 10 s")]
     SvidLifetime(u64),
-    #[error("no configuration source: give --manifests DIR for local mode")]
+    #[error(
+        "no configuration source: give --manifests DIR (local mode) or --kube (Kubernetes API)"
+    )]
     NoSource,
+    #[error("--manifests and --kube are two configuration sources: give one")]
+    TwoSources,
+    #[error("--ca-url needs --ca-root (the root bundle that verifies the CA service)")]
+    RemoteCaWithoutRoot,
+    #[error("--ca-url and --ca-cert/--ca-key both name a signer: give one")]
+    TwoCas,
 }
 
 /// Where namespaces, pods, services and policies come from.
@@ -46,6 +54,12 @@ pub enum ConfigError {
 pub enum Source {
     /// A folder of Kubernetes YAML manifests, re-read when it changes.
     Local { dir: PathBuf },
+    /// The Kubernetes API (in-cluster config or KUBECONFIG); pods found through the host's
+    /// `/proc` and cgroup tree.
+    Kube {
+        host_proc: PathBuf,
+        cgroup_root: Option<PathBuf>,
+    },
 }
 
 /// The validated configuration of one agent.
@@ -87,6 +101,18 @@ pub struct FileConfig {
     pub ca_chain: Option<PathBuf>,
     /// SVID lifetime in seconds (default 86400); renewed at half-life.
     pub svid_lifetime_secs: Option<u64>,
+    /// Read the cluster from the Kubernetes API instead of a manifest folder.
+    pub kube: Option<bool>,
+    /// Kubernetes mode: the host's /proc as mounted in the agent's pod.
+    pub host_proc: Option<PathBuf>,
+    /// Kubernetes mode: the host's cgroup2 mount (default: found in /proc/mounts).
+    pub cgroup_root: Option<PathBuf>,
+    /// Kubernetes mode: the cluster CA service (`https://weft-ca.weft-system.svc:15012`).
+    pub ca_url: Option<String>,
+    /// The root bundle that verifies the CA service and every peer.
+    pub ca_root: Option<PathBuf>,
+    /// The projected service-account token sent to the CA.
+    pub token_file: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -107,7 +133,16 @@ impl FileConfig {
             .state_dir
             .or(self.state_dir)
             .unwrap_or_else(|| "/var/lib/weft".into());
+        let ca_url = over.ca_url.or(self.ca_url);
+        let ca_root = over.ca_root.or(self.ca_root);
+        let token_file = over.token_file.or(self.token_file);
         let ca = match (over.ca_cert.or(self.ca_cert), over.ca_key.or(self.ca_key)) {
+            (Some(_), _) | (_, Some(_)) if ca_url.is_some() => return Err(ConfigError::TwoCas),
+            (None, None) if ca_url.is_some() => CaSource::Remote {
+                url: ca_url.unwrap_or_default(),
+                root: ca_root.ok_or(ConfigError::RemoteCaWithoutRoot)?,
+                token_file: token_file.unwrap_or_else(|| "/var/run/secrets/weft/token".into()),
+            },
             (Some(cert), Some(key)) => CaSource::Files {
                 cert,
                 key,
@@ -132,11 +167,20 @@ impl FileConfig {
             ca,
             svid_lifetime: std::time::Duration::from_secs(svid_lifetime_secs),
             node_name: over.node_name.or(self.node_name).unwrap_or_default(),
-            source: Source::Local {
-                dir: over
-                    .manifests
-                    .or(self.manifests)
-                    .ok_or(ConfigError::NoSource)?,
+            source: match (
+                over.manifests.or(self.manifests),
+                over.kube.or(self.kube).unwrap_or(false),
+            ) {
+                (Some(_), true) => return Err(ConfigError::TwoSources),
+                (Some(dir), false) => Source::Local { dir },
+                (None, true) => Source::Kube {
+                    host_proc: over
+                        .host_proc
+                        .or(self.host_proc)
+                        .unwrap_or_else(|| "/proc".into()),
+                    cgroup_root: over.cgroup_root.or(self.cgroup_root),
+                },
+                (None, false) => return Err(ConfigError::NoSource),
             },
             bpffs_dir: over
                 .bpffs_dir

@@ -22,7 +22,7 @@ use crate::{
     identity::SpiffeId,
     netns::Netns,
     proxy::{self, PodContext, ProxyContext},
-    registry::{PodPlacement, Registry},
+    registry::{Locate, PodPlacement, Registry},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +81,26 @@ pub struct Enrollment {
     record: PathBuf,
     pods: BTreeMap<String, Enrolled>,
     pub status: Arc<Mutex<EnrollmentStatus>>,
+    locate: Box<dyn Locate>,
+    /// Kubernetes mode: where pod enrollment changes go to become pod conditions.
+    conditions: Option<tokio::sync::mpsc::UnboundedSender<PodCondition>>,
+    /// The condition last reported per gated pod, so each change is patched once.
+    reported: BTreeMap<String, bool>,
+}
+
+/// A pod's enrollment as a `weft.io/enrolled` condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodCondition {
+    pub namespace: String,
+    pub name: String,
+    pub enrolled: bool,
+    pub message: String,
+}
+
+impl std::fmt::Debug for dyn Locate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Locate")
+    }
 }
 
 impl Enrollment {
@@ -99,13 +119,33 @@ impl Enrollment {
             record: state_dir.join("enrolled-netns.json"),
             pods: BTreeMap::new(),
             status: Arc::default(),
+            locate: Box::new(crate::registry::ByAnnotation),
+            conditions: None,
+            reported: BTreeMap::new(),
         }
+    }
+
+    /// Finds pods' netns with `locate` instead of local-mode annotations.
+    #[must_use]
+    pub fn with_locator(mut self, locate: Box<dyn Locate>) -> Self {
+        self.locate = locate;
+        self
+    }
+
+    /// Reports each gated pod's enrollment to `conditions` (Kubernetes mode).
+    #[must_use]
+    pub fn with_conditions(
+        mut self,
+        conditions: tokio::sync::mpsc::UnboundedSender<PodCondition>,
+    ) -> Self {
+        self.conditions = Some(conditions);
+        self
     }
 
     /// Brings the captured set in line with the registry. Errors are per pod: one pod that
     /// cannot be enrolled is reported and the others still are.
     pub fn reconcile(&mut self, registry: &Registry) {
-        let (desired, unplaceable) = registry.enrolled_on(&self.node);
+        let (desired, unplaceable) = registry.enrolled_on(&self.node, self.locate.as_ref());
         let desired: BTreeMap<String, PodPlacement> =
             desired.into_iter().map(|p| (p.key(), p)).collect();
         let leaving: Vec<String> = self
@@ -138,6 +178,7 @@ impl Enrollment {
             tracing::warn!(%reason, "enrolled pod cannot be captured");
         }
         self.write_record();
+        self.report_conditions(registry);
         *self.status.lock().unwrap_or_else(PoisonError::into_inner) = EnrollmentStatus {
             enrolled: self
                 .pods
@@ -147,6 +188,43 @@ impl Enrollment {
             failed,
             unplaceable,
         };
+    }
+
+    /// Tells gated pods of this node whether they may turn Ready: captured, or not in the mesh
+    /// at all (nothing to wait for); an enrolled pod not yet captured stays gated.
+    fn report_conditions(&mut self, registry: &Registry) {
+        let Some(conditions) = &self.conditions else {
+            return;
+        };
+        let mut seen = Vec::new();
+        for pod in registry
+            .pods
+            .iter()
+            .filter(|p| p.enrollment_gate && p.node_name.as_deref() == Some(self.node.as_str()))
+        {
+            let key = format!("{}_{}", pod.namespace, pod.name);
+            let (enrolled, message) = if !registry.is_enrolled(pod) {
+                (true, "not in the mesh: nothing to capture")
+            } else if self.pods.contains_key(&key) {
+                (true, "traffic captured by weft-agent")
+            } else {
+                (
+                    false,
+                    "enrolled but not captured yet: see `weftctl workloads` on the node",
+                )
+            };
+            if self.reported.get(&key) != Some(&enrolled) {
+                let _ = conditions.send(PodCondition {
+                    namespace: pod.namespace.clone(),
+                    name: pod.name.clone(),
+                    enrolled,
+                    message: message.into(),
+                });
+                self.reported.insert(key.clone(), enrolled);
+            }
+            seen.push(key);
+        }
+        self.reported.retain(|key, _| seen.contains(key));
     }
 
     /// Undoes capture an earlier agent left for pods that are no longer enrolled.

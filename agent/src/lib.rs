@@ -4,15 +4,20 @@
 
 pub mod admin;
 pub mod app;
+pub mod ca_server;
 pub mod capture;
+pub mod conditions;
 pub mod config;
 pub mod connections;
 pub mod enrollment;
+#[cfg(test)]
+mod fake_api;
 pub mod flows;
 pub mod hbone;
 pub mod identity;
 pub mod metrics;
 pub mod netns;
+pub mod podns;
 pub mod policy;
 pub mod proxy;
 pub mod registry;

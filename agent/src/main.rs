@@ -47,6 +47,24 @@ struct Args {
     svid_lifetime_secs: Option<u64>,
     #[arg(long, env = "WEFT_TRUST_DOMAIN")]
     trust_domain: Option<String>,
+    /// Read the cluster from the Kubernetes API (in-cluster config or KUBECONFIG).
+    #[arg(long, env = "WEFT_KUBE")]
+    kube: bool,
+    /// Kubernetes mode: the host's /proc, where pods' processes and netns are found.
+    #[arg(long, env = "WEFT_HOST_PROC")]
+    host_proc: Option<PathBuf>,
+    /// Kubernetes mode: the host's cgroup2 mount (default: found in /proc/mounts).
+    #[arg(long, env = "WEFT_CGROUP_ROOT")]
+    cgroup_root: Option<PathBuf>,
+    /// Kubernetes mode: get SVIDs from this CA service instead of signing locally.
+    #[arg(long, env = "WEFT_CA_URL")]
+    ca_url: Option<String>,
+    /// The root bundle (PEM) that verifies the CA service and every peer.
+    #[arg(long, env = "WEFT_CA_ROOT")]
+    ca_root: Option<PathBuf>,
+    /// The projected service-account token sent to the CA service.
+    #[arg(long, env = "WEFT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     /// Log lines as JSON.
     #[arg(long, env = "WEFT_LOG_JSON")]
     log_json: bool,
@@ -62,6 +80,22 @@ enum Cmd {
     Check,
     /// Remove every program, link and pin the agent made on this node.
     Uninstall,
+    /// Run the cluster CA service (a Deployment): signs SVIDs for agents, each only for
+    /// service accounts of pods on the agent's own node. Signs with --ca-cert/--ca-key.
+    Ca {
+        #[arg(long, env = "WEFT_CA_LISTEN", default_value = "0.0.0.0:15012")]
+        listen: std::net::SocketAddr,
+        /// `namespace/name` of the agents' service account.
+        #[arg(
+            long,
+            env = "WEFT_AGENT_SERVICE_ACCOUNT",
+            default_value = "weft-system/weft-agent"
+        )]
+        agent_service_account: String,
+        /// The audience agents' projected tokens are issued for.
+        #[arg(long, env = "WEFT_TOKEN_AUDIENCE", default_value = "weft-ca")]
+        token_audience: String,
+    },
 }
 
 /// Logs to stdout (JSON lines with --log-json), with a filter the admin API can change.
@@ -88,9 +122,65 @@ fn init_logging(json: bool) {
     }));
 }
 
+/// `weft-agent ca`: the cluster CA service, configured from the shared CA and identity flags.
+fn run_ca(
+    args: &Args,
+    listen: std::net::SocketAddr,
+    agent_service_account: &str,
+    token_audience: &str,
+) -> anyhow::Result<()> {
+    let (Some(cert), Some(key)) = (args.ca_cert.clone(), args.ca_key.clone()) else {
+        anyhow::bail!("weft-agent ca signs with --ca-cert and --ca-key (WEFT_CA_CERT, WEFT_CA_KEY): mount the weft-ca Secret");
+    };
+    anyhow::ensure!(
+        agent_service_account.split_once('/').is_some(),
+        "--agent-service-account must be namespace/name, got {agent_service_account:?}"
+    );
+    let config = weft_agent::ca_server::CaConfig {
+        listen,
+        readiness: args
+            .readiness_addr
+            .unwrap_or_else(|| ([0, 0, 0, 0], 15021).into()),
+        signing: weft_agent::identity::CaSource::Files {
+            cert,
+            key,
+            chain: args.ca_chain.clone(),
+        },
+        trust_domain: args
+            .trust_domain
+            .clone()
+            .unwrap_or_else(|| "cluster.local".into()),
+        agent_service_account: agent_service_account.to_owned(),
+        audience: token_audience.to_owned(),
+        svid_lifetime: std::time::Duration::from_secs(args.svid_lifetime_secs.unwrap_or(86_400)),
+        dns_names: [
+            "weft-ca",
+            "weft-ca.weft-system",
+            "weft-ca.weft-system.svc",
+            "weft-ca.weft-system.svc.cluster.local",
+            "localhost",
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(weft_agent::ca_server::run(config))?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_json);
+    if let Some(Cmd::Ca {
+        listen,
+        agent_service_account,
+        token_audience,
+    }) = &args.command
+    {
+        return run_ca(&args, *listen, agent_service_account, token_audience);
+    }
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
@@ -109,6 +199,12 @@ fn main() -> anyhow::Result<()> {
         ca_chain: args.ca_chain,
         svid_lifetime_secs: args.svid_lifetime_secs,
         trust_domain: args.trust_domain,
+        kube: args.kube.then_some(true),
+        host_proc: args.host_proc,
+        cgroup_root: args.cgroup_root,
+        ca_url: args.ca_url,
+        ca_root: args.ca_root,
+        token_file: args.token_file,
         ..FileConfig::default()
     };
     let config = file.merge(over).context("invalid configuration")?;
@@ -130,6 +226,7 @@ fn main() -> anyhow::Result<()> {
                 println!("  {pin}");
             }
         }
+        Cmd::Ca { .. } => unreachable!("handled above"),
         Cmd::Check => {
             let report = weft_agent::app::check(&config)?;
             println!(

@@ -96,7 +96,17 @@ impl Netns {
 
     /// Writes a sysctl of this namespace (`/proc/sys/net/...` resolves per opening thread).
     pub fn write_sysctl(&self, key: &str, value: &str) -> io::Result<()> {
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let root = PROC_ROOT.get().map_or("/proc", |p| p.as_str());
+        let path = format!("{root}/sys/{}", key.replace('.', "/"));
         self.enter(|| std::fs::write(&path, value))?
     }
+}
+
+/// Where sysctls are written: container runtimes mount the agent's own `/proc/sys` read-only,
+/// so in Kubernetes mode they go through the host's `/proc`, mounted writable.
+static PROC_ROOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the procfs used for sysctls (once, at start).
+pub fn set_proc_root(root: &std::path::Path) {
+    let _ = PROC_ROOT.set(root.display().to_string());
 }

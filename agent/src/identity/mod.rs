@@ -3,12 +3,14 @@
 //! that check peers against the trust bundle and the identity the registry expects.
 
 mod ca;
+mod remote;
 mod store;
 mod verify;
 
 use std::fmt;
 
 pub use ca::{CaError, CaSource, Issued, LocalCa};
+pub use remote::{RemoteCa, Signer};
 pub use store::{CertInfo, CertStore, Svid};
 pub use verify::{client_config, peer_identity, serial_of, server_config, TlsError};
 

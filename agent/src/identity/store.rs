@@ -17,7 +17,7 @@ use rustls::{
 };
 use serde::Serialize;
 
-use super::{CaError, LocalCa, SpiffeId};
+use super::{remote::Signer, CaError, SpiffeId};
 
 /// One identity's certificate and key, ready for rustls.
 #[derive(Debug)]
@@ -55,7 +55,7 @@ pub struct CertInfo {
 #[derive(Debug)]
 pub struct CertStore {
     pub trust_domain: String,
-    ca: RwLock<LocalCa>,
+    ca: RwLock<Signer>,
     lifetime: Duration,
     svids: RwLock<HashMap<SpiffeId, Arc<Svid>>>,
     roots: ArcSwap<RootCertStore>,
@@ -66,7 +66,7 @@ pub struct CertStore {
 
 type CachedServerConfig = (String, Arc<RootCertStore>, Arc<rustls::ServerConfig>);
 
-fn root_store(ca: &LocalCa) -> RootCertStore {
+fn root_store(ca: &Signer) -> RootCertStore {
     let mut store = RootCertStore::empty();
     for root in ca.roots() {
         if let Err(e) = store.add(root.clone()) {
@@ -83,7 +83,8 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 impl CertStore {
-    pub fn new(ca: LocalCa, trust_domain: &str, lifetime: Duration) -> Self {
+    pub fn new(ca: impl Into<Signer>, trust_domain: &str, lifetime: Duration) -> Self {
+        let ca = ca.into();
         let roots = ArcSwap::from_pointee(root_store(&ca));
         Self {
             trust_domain: trust_domain.into(),
@@ -209,7 +210,7 @@ impl CertStore {
 
     /// Reloads the CA and trust bundle (after their file changed).
     pub fn reload(&self, source: &super::CaSource) -> Result<(), CaError> {
-        let ca = LocalCa::load(source, &self.trust_domain)?;
+        let ca = Signer::load(source, &self.trust_domain)?;
         self.roots.store(Arc::new(root_store(&ca)));
         *self.ca.write().unwrap_or_else(PoisonError::into_inner) = ca;
         // SVIDs from the old signer are reissued on next use; open connections keep theirs.
@@ -225,8 +226,8 @@ impl CertStore {
         self.ca
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .bundle_file
-            .clone()
+            .bundle_file()
+            .to_owned()
     }
 
     pub fn certs(&self) -> Vec<CertInfo> {

@@ -4,6 +4,9 @@
 
 pub mod local;
 mod objects;
+pub mod watch;
+#[cfg(test)]
+mod watch_tests;
 
 use std::{
     collections::BTreeMap,
@@ -20,6 +23,9 @@ pub const MESH_LABEL: &str = "weft.io/mesh";
 pub const NETNS_ANNOTATION: &str = "weft.io/netns";
 /// Local mode: the pod's cgroup folder (recorded; capture needs only the netns).
 pub const CGROUP_ANNOTATION: &str = "weft.io/cgroup";
+/// The pod condition the agent sets once a pod's traffic is captured; pods list it in
+/// `spec.readinessGates` to stay unready until then.
+pub const ENROLLED_CONDITION: &str = "weft.io/enrolled";
 
 /// An object that was skipped, and why: shown in logs, the admin API and a metric.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -41,6 +47,28 @@ pub struct Registry {
     /// Index of `pods` by address: the proxy looks peers up on every connection.
     #[serde(skip)]
     pods_by_ip: std::collections::HashMap<Ipv4Addr, usize>,
+}
+
+/// Finds an enrolled pod's network namespace (and cgroup) on this node.
+pub trait Locate: Send + Sync {
+    fn locate(&self, pod: &Pod) -> Result<(PathBuf, Option<PathBuf>), String>;
+}
+
+/// Local mode: the pod's manifest names its netns and cgroup in annotations.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ByAnnotation;
+
+impl Locate for ByAnnotation {
+    fn locate(&self, pod: &Pod) -> Result<(PathBuf, Option<PathBuf>), String> {
+        let netns = pod
+            .annotations
+            .get(NETNS_ANNOTATION)
+            .ok_or_else(|| format!("needs status.podIP and the annotation {NETNS_ANNOTATION}"))?;
+        Ok((
+            netns.into(),
+            pod.annotations.get(CGROUP_ANNOTATION).map(PathBuf::from),
+        ))
+    }
 }
 
 /// Where an enrolled pod lives on this node.
@@ -98,33 +126,38 @@ impl Registry {
         namespace_on && !pod_off
     }
 
-    /// Enrolled pods scheduled on `node` that have an address and (local mode) a netns. Pods enrolled but not placeable are reported through `unplaceable`.
-    pub fn enrolled_on(&self, node: &str) -> (Vec<PodPlacement>, Vec<String>) {
+    /// Enrolled pods scheduled on `node`.
+    pub fn enrolled_pods_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.pods
+            .iter()
+            .filter(move |p| p.node_name.as_deref() == Some(node) && self.is_enrolled(p))
+    }
+
+    /// Enrolled pods scheduled on `node` that have an address and a netns `locate` can find.
+    /// Pods enrolled but not placeable are reported through `unplaceable`.
+    pub fn enrolled_on(&self, node: &str, locate: &dyn Locate) -> (Vec<PodPlacement>, Vec<String>) {
         let mut placed = Vec::new();
         let mut unplaceable = Vec::new();
-        for pod in self
-            .pods
-            .iter()
-            .filter(|p| p.node_name.as_deref() == Some(node))
-        {
-            if !self.is_enrolled(pod) {
+        for pod in self.enrolled_pods_on(node) {
+            let Some(ip) = pod.ip else {
+                unplaceable.push(format!(
+                    "{}/{}: has no status.podIP yet",
+                    pod.namespace, pod.name
+                ));
                 continue;
-            }
-            let netns = pod.annotations.get(NETNS_ANNOTATION);
-            let cgroup = pod.annotations.get(CGROUP_ANNOTATION);
-            match (pod.ip, netns) {
-                (Some(ip), Some(netns)) => placed.push(PodPlacement {
+            };
+            match locate.locate(pod) {
+                Ok((netns, cgroup)) => placed.push(PodPlacement {
                     namespace: pod.namespace.clone(),
                     name: pod.name.clone(),
                     ip,
                     service_account: pod.service_account.clone(),
-                    netns: netns.into(),
-                    cgroup: cgroup.map(PathBuf::from),
+                    netns,
+                    cgroup,
                 }),
-                _ => unplaceable.push(format!(
-                    "{}/{}: needs status.podIP and the annotation {NETNS_ANNOTATION}",
-                    pod.namespace, pod.name
-                )),
+                Err(reason) => {
+                    unplaceable.push(format!("{}/{}: {reason}", pod.namespace, pod.name));
+                }
             }
         }
         placed.sort();

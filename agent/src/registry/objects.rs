@@ -15,6 +15,7 @@ type Labels = BTreeMap<String, String>;
 struct Meta {
     name: Option<String>,
     namespace: Option<String>,
+    uid: Option<String>,
     #[serde(default)]
     labels: Labels,
     #[serde(default)]
@@ -37,6 +38,10 @@ pub struct Pod {
     pub node_name: Option<String>,
     pub service_account: String,
     pub ip: Option<Ipv4Addr>,
+    /// Kubernetes mode: finds the pod's netns and cgroup on the node.
+    pub uid: Option<String>,
+    /// The pod waits for the agent's `weft.io/enrolled` condition before it is Ready.
+    pub enrollment_gate: bool,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -83,6 +88,14 @@ pub struct EndpointSlice {
 struct PodSpecIn {
     node_name: Option<String>,
     service_account_name: Option<String>,
+    #[serde(default)]
+    readiness_gates: Vec<ReadinessGateIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReadinessGateIn {
+    condition_type: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -244,9 +257,15 @@ fn pod(object: Object<'_>) -> Result<Pod, Rejection> {
         .as_deref()
         .map(|t| object.ipv4(t, "status.podIP"))
         .transpose()?;
-    let (node_name, service_account) =
-        spec.map_or((None, None), |s| (s.node_name, s.service_account_name));
+    let (node_name, service_account, gates) = spec.map_or((None, None, Vec::new()), |s| {
+        (s.node_name, s.service_account_name, s.readiness_gates)
+    });
+    let enrollment_gate = gates
+        .iter()
+        .any(|g| g.condition_type == super::ENROLLED_CONDITION);
     Ok(Pod {
+        uid: object.meta.uid.clone(),
+        enrollment_gate,
         namespace: object.namespace,
         name: object.name,
         labels: object.meta.labels,

@@ -59,13 +59,16 @@ ports: [{name: http, port: 8080}]
 #[test]
 fn enrollment_follows_namespace_and_pod_labels() {
     let registry = docs(CLUSTER);
-    let (placed, unplaceable) = registry.enrolled_on("n1");
+    let (placed, unplaceable) = registry.enrolled_on("n1", &super::ByAnnotation);
     assert_eq!(
         placed.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
         ["a"]
     );
     assert!(unplaceable.is_empty());
-    assert!(registry.enrolled_on("n2").0.is_empty());
+    assert!(registry
+        .enrolled_on("n2", &super::ByAnnotation)
+        .0
+        .is_empty());
 }
 
 #[test]

@@ -1,0 +1,193 @@
+//! Who may have which SVID: the caller proves it is a Weft agent with its service-account token
+//! (TokenReview), the token names the node its pod runs on, and the CA signs only identities of
+//! pods scheduled on that node, from its own watch of the cluster's pods.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use futures_util::StreamExt as _;
+use k8s_openapi::api::{
+    authentication::v1::{TokenReview, TokenReviewSpec},
+    core::v1::Pod,
+};
+use kube::{
+    api::PostParams,
+    runtime::{watcher, WatchStreamExt as _},
+    Api, Client, ResourceExt as _,
+};
+
+use crate::identity::SpiffeId;
+
+/// The node a bound service-account token was issued for (Kubernetes 1.30 and later).
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
+/// Why a signing request was refused; the text goes back to the agent and into the CA's log.
+#[derive(Debug, thiserror::Error)]
+pub enum Denied {
+    #[error("no bearer token: send the agent's projected service-account token")]
+    NoToken,
+    #[error("the token was not accepted by the API server{0}")]
+    Unauthenticated(String),
+    #[error("{0} is not the Weft agent's service account ({1})")]
+    NotAgent(String, String),
+    #[error("the token names no node (needs a pod-bound projected token, Kubernetes 1.30+)")]
+    NoNode,
+    #[error("trust domain of {0} is not {1}")]
+    TrustDomain(String, String),
+    #[error("no pod of service account {namespace}/{service_account} runs on node {node}")]
+    NoPodOnNode {
+        node: String,
+        namespace: String,
+        service_account: String,
+    },
+    #[error("TokenReview failed: {0}")]
+    Review(String),
+    #[error("the CA has not listed the cluster's pods yet")]
+    NotSynced,
+}
+
+/// Pods by node: (namespace, service account) → how many pods. Only these fields are kept.
+#[derive(Debug, Default)]
+pub struct PodIndex {
+    by_pod: HashMap<String, (String, String, String)>,
+    synced: bool,
+}
+
+impl PodIndex {
+    pub fn has(&self, node: &str, namespace: &str, service_account: &str) -> bool {
+        self.by_pod
+            .values()
+            .any(|(n, ns, sa)| n == node && ns == namespace && sa == service_account)
+    }
+
+    fn entry(pod: &Pod) -> Option<(String, (String, String, String))> {
+        let spec = pod.spec.as_ref()?;
+        let node = spec.node_name.clone()?;
+        let namespace = pod.namespace()?;
+        let service_account = spec
+            .service_account_name
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        Some((
+            format!("{namespace}/{}", pod.name_any()),
+            (node, namespace, service_account),
+        ))
+    }
+}
+
+/// Watches every pod (resuming from its resourceVersion, with backoff) into `index`.
+pub fn watch_pods(client: Client, index: Arc<Mutex<PodIndex>>) {
+    tokio::spawn(async move {
+        let mut config = watcher::Config::default().any_semantic();
+        // Unpaged, so resourceVersion=0 is sent and the API server answers from its watch
+        // cache (a paged list bypasses it and reads etcd).
+        config.page_size = None;
+        let mut events = watcher(Api::<Pod>::all(client), config)
+            .default_backoff()
+            .boxed();
+        let mut relist: HashMap<String, (String, String, String)> = HashMap::new();
+        while let Some(event) = events.next().await {
+            let mut index = index.lock().unwrap_or_else(PoisonError::into_inner);
+            match event {
+                Ok(watcher::Event::Init) => relist.clear(),
+                Ok(watcher::Event::InitApply(pod)) => relist.extend(PodIndex::entry(&pod)),
+                Ok(watcher::Event::InitDone) => {
+                    index.by_pod = std::mem::take(&mut relist);
+                    index.synced = true;
+                }
+                Ok(watcher::Event::Apply(pod)) => index.by_pod.extend(PodIndex::entry(&pod)),
+                Ok(watcher::Event::Delete(pod)) => {
+                    let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+                    index.by_pod.remove(&key);
+                }
+                Err(e) => tracing::warn!(error = %e, "pod watch failed; retrying with backoff"),
+            }
+        }
+    });
+}
+
+/// The checks in order; `Ok` means the caller may have an SVID for `requested`.
+#[derive(Clone)]
+pub struct Authorizer {
+    pub client: Client,
+    pub pods: Arc<Mutex<PodIndex>>,
+    pub trust_domain: String,
+    /// `namespace/name` of the agents' service account.
+    pub agent_service_account: String,
+    pub audience: String,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer")
+            .field("trust_domain", &self.trust_domain)
+            .field("agent_service_account", &self.agent_service_account)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authorizer {
+    pub async fn authorize(
+        &self,
+        token: Option<&str>,
+        requested: &SpiffeId,
+    ) -> Result<String, Denied> {
+        let token = token.filter(|t| !t.is_empty()).ok_or(Denied::NoToken)?;
+        if requested.trust_domain != self.trust_domain {
+            return Err(Denied::TrustDomain(
+                requested.to_string(),
+                self.trust_domain.clone(),
+            ));
+        }
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: token.to_owned(),
+                audiences: Some(vec![self.audience.clone()]),
+            },
+            ..TokenReview::default()
+        };
+        let reviewed = Api::<TokenReview>::all(self.client.clone())
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| Denied::Review(e.to_string()))?;
+        let status = reviewed.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            let why = status.error.map(|e| format!(": {e}")).unwrap_or_default();
+            return Err(Denied::Unauthenticated(why));
+        }
+        let user = status.user.unwrap_or_default();
+        let username = user.username.unwrap_or_default();
+        let (ns, name) = self
+            .agent_service_account
+            .split_once('/')
+            .unwrap_or(("weft-system", "weft-agent"));
+        if username != format!("system:serviceaccount:{ns}:{name}") {
+            return Err(Denied::NotAgent(
+                username,
+                self.agent_service_account.clone(),
+            ));
+        }
+        let node = user
+            .extra
+            .as_ref()
+            .and_then(|extra| extra.get(NODE_NAME_EXTRA))
+            .and_then(|values| values.first())
+            .cloned()
+            .ok_or(Denied::NoNode)?;
+        let pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
+        if !pods.synced {
+            return Err(Denied::NotSynced);
+        }
+        if !pods.has(&node, &requested.namespace, &requested.service_account) {
+            return Err(Denied::NoPodOnNode {
+                node,
+                namespace: requested.namespace.clone(),
+                service_account: requested.service_account.clone(),
+            });
+        }
+        Ok(node)
+    }
+}

@@ -1,0 +1,243 @@
+//! `weft-agent ca`: the cluster's SVID signer, run as a Deployment. It holds the signing key
+//! (a root, or a user-supplied intermediate with its chain) from a mounted Secret, serves
+//! `POST /v1/svid` over TLS on 15012, and signs a CSR only after [`authz::Authorizer`] has
+//! tied the caller's token to a node running a pod of the requested service account.
+
+pub mod authz;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{body::Incoming, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::identity::{CaError, CaSource, LocalCa};
+
+/// A CSR body larger than this is refused unread.
+const MAX_BODY: usize = 16 * 1024;
+
+/// The CA's validated configuration.
+#[derive(Clone, Debug)]
+pub struct CaConfig {
+    pub listen: SocketAddr,
+    pub readiness: SocketAddr,
+    pub signing: CaSource,
+    pub trust_domain: String,
+    pub agent_service_account: String,
+    pub audience: String,
+    pub svid_lifetime: Duration,
+    /// DNS names of the CA's own serving certificate.
+    pub dns_names: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaServerError {
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error("binding {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("connecting to the Kubernetes API (in-cluster config or KUBECONFIG): {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the signing certificate path {0} is not set: give --ca-cert and --ca-key")]
+    NoKey(PathBuf),
+}
+
+/// Signs what the authorizer allows.
+#[derive(Debug)]
+pub struct Signer {
+    pub ca: LocalCa,
+    pub authorizer: authz::Authorizer,
+    pub lifetime: Duration,
+}
+
+impl Signer {
+    /// The whole decision for one request: `(status, JSON body)`.
+    pub async fn handle(
+        &self,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> (StatusCode, serde_json::Value) {
+        let csr = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["csr"].as_str().map(str::to_owned));
+        let Some(csr) = csr else {
+            return (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "send {\"csr\": \"<PEM certificate request>\"}"}),
+            );
+        };
+        let requested = match LocalCa::csr_identity(&csr) {
+            Ok(id) => id,
+            Err(e) => return (StatusCode::BAD_REQUEST, json!({"error": e.to_string()})),
+        };
+        let node = match self.authorizer.authorize(token, &requested).await {
+            Ok(node) => node,
+            Err(denied) => {
+                tracing::warn!(identity = %requested, reason = %denied, "SVID request denied");
+                let status = match denied {
+                    authz::Denied::NoToken | authz::Denied::Unauthenticated(_) => {
+                        StatusCode::UNAUTHORIZED
+                    }
+                    authz::Denied::Review(_) | authz::Denied::NotSynced => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                    _ => StatusCode::FORBIDDEN,
+                };
+                return (status, json!({"error": denied.to_string()}));
+            }
+        };
+        match self.ca.issue_for_csr(&requested, &csr, self.lifetime) {
+            Ok(issued) => {
+                tracing::info!(identity = %requested, %node, serial = %issued.serial, "SVID signed");
+                let chain: String = issued
+                    .chain
+                    .iter()
+                    .map(|der| pem_block("CERTIFICATE", der))
+                    .collect();
+                (
+                    StatusCode::OK,
+                    json!({"chain": chain, "serial": issued.serial}),
+                )
+            }
+            Err(e) => (StatusCode::BAD_REQUEST, json!({"error": e.to_string()})),
+        }
+    }
+}
+
+fn pem_block(label: &str, der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new(label, der.to_vec()))
+}
+
+/// Runs the CA until the process is stopped.
+pub async fn run(config: CaConfig) -> Result<(), CaServerError> {
+    let client = kube::Client::try_default().await?;
+    let ready = TcpListener::bind(config.readiness)
+        .await
+        .map_err(|e| CaServerError::Bind(config.readiness, e))?;
+    tokio::spawn(serve_health(ready));
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| CaServerError::Bind(config.listen, e))?;
+    serve(&config, client, listener).await
+}
+
+/// Serves `POST /v1/svid` on `listener`, checking callers through `client`'s API server.
+pub async fn serve(
+    config: &CaConfig,
+    client: kube::Client,
+    listener: TcpListener,
+) -> Result<(), CaServerError> {
+    let ca = LocalCa::load(&config.signing, &config.trust_domain)?;
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::from)?;
+    let chain: Vec<CertificateDer<'static>> =
+        ca.issue_server(&config.dns_names, &key, Duration::from_hours(24 * 365))?;
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_no_client_auth()
+    .with_single_cert(
+        chain,
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )?;
+    let pods = Arc::new(Mutex::new(authz::PodIndex::default()));
+    authz::watch_pods(client.clone(), pods.clone());
+    let signer = Arc::new(Signer {
+        ca,
+        authorizer: authz::Authorizer {
+            client,
+            pods,
+            trust_domain: config.trust_domain.clone(),
+            agent_service_account: config.agent_service_account.clone(),
+            audience: config.audience.clone(),
+        },
+        lifetime: config.svid_lifetime,
+    });
+    tracing::info!(listen = %config.listen, trust_domain = %config.trust_domain, "CA serving");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (acceptor, signer) = (acceptor.clone(), signer.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
+                tracing::debug!(%peer, "TLS handshake failed");
+                return;
+            };
+            let service = service_fn(move |req: Request<Incoming>| {
+                let signer = signer.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&signer, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(signer: &Signer, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, body) = if req.method() != hyper::Method::POST || req.uri().path() != "/v1/svid" {
+        (StatusCode::NOT_FOUND, json!({"error": "POST /v1/svid"}))
+    } else {
+        let token = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
+        match limited.collect().await {
+            Ok(body) => signer.handle(token.as_deref(), &body.to_bytes()).await,
+            Err(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "request body over 16 KiB"}),
+            ),
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+}
+
+async fn serve_health(listener: TcpListener) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let service = service_fn(|req: Request<Incoming>| async move {
+                let ok = matches!(req.uri().path(), "/healthz/ready" | "/healthz/live");
+                let mut response = Response::new(Full::new(Bytes::from_static(if ok {
+                    b"{\"ready\":true}"
+                } else {
+                    b"{\"error\":\"try /healthz/ready\"}"
+                })));
+                if !ok {
+                    *response.status_mut() = StatusCode::NOT_FOUND;
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}

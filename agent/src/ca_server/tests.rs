@@ -1,0 +1,165 @@
+//! The CA service over real TLS, signing with a user-supplied intermediate, deciding from a
+//! TokenReview and its pod watch answered by the fake API server; the agent's remote signer is
+//! the client.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde_json::json;
+
+use super::{authz::NODE_NAME_EXTRA, serve, CaConfig};
+use crate::{
+    fake_api::FakeApi,
+    identity::{CaError, CaSource, RemoteCa, Signer, SpiffeId},
+};
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A user root and an intermediate under it, written as the `weft-ca` Secret would mount them.
+fn user_intermediate(dir: &TempDir) -> (CaSource, PathBuf) {
+    let key = || rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let ca_params = |name: &str| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params
+    };
+    let (root_key, root_params) = (key(), ca_params("user root"));
+    let root = root_params.self_signed(&root_key).expect("root");
+    let issuer = rcgen::Issuer::new(root_params, root_key);
+    let mid_key = key();
+    let mid = ca_params("user intermediate")
+        .signed_by(&mid_key, &issuer)
+        .expect("intermediate");
+    let path = |name: &str| dir.0.join(name);
+    std::fs::write(path("tls.crt"), mid.pem()).expect("write");
+    std::fs::write(path("tls.key"), mid_key.serialize_pem()).expect("write");
+    std::fs::write(path("chain.pem"), root.pem()).expect("write");
+    std::fs::write(path("root.pem"), root.pem()).expect("write");
+    std::fs::write(path("token"), "agent-token-node-a\n").expect("write");
+    let source = CaSource::Files {
+        cert: path("tls.crt"),
+        key: path("tls.key"),
+        chain: Some(path("chain.pem")),
+    };
+    (source, path("root.pem"))
+}
+
+fn pod(namespace: &str, name: &str, service_account: &str, node: &str) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+           "spec": {"nodeName": node, "serviceAccountName": service_account, "containers": []}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signs_only_service_accounts_with_a_pod_on_the_callers_node() {
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("weft-ca-test-{:016x}", rand::random::<u64>())));
+    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    let (signing, root) = user_intermediate(&dir);
+    let (client, fake) = FakeApi::start();
+    fake.set_list(
+        "/api/v1/pods",
+        vec![
+            pod("shop", "web-1", "web", "node-a"),
+            pod("shop", "db-1", "db", "node-b"),
+        ],
+    );
+    fake.set_token_review(json!({
+        "authenticated": true,
+        "user": {"username": "system:serviceaccount:weft-system:weft-agent", "extra": {NODE_NAME_EXTRA: ["node-a"]}},
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let config = CaConfig {
+        listen: listener.local_addr().expect("addr"),
+        readiness: "127.0.0.1:0".parse().expect("addr"),
+        signing,
+        trust_domain: "cluster.local".into(),
+        agent_service_account: "weft-system/weft-agent".into(),
+        audience: "weft-ca".into(),
+        svid_lifetime: Duration::from_hours(1),
+        dns_names: vec!["localhost".into()],
+    };
+    tokio::spawn(async move { serve(&config, client, listener).await });
+
+    let remote = Signer::Remote(
+        RemoteCa::new(
+            &format!("https://localhost:{port}"),
+            &root,
+            &dir.0.join("token"),
+        )
+        .expect("remote CA"),
+    );
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let web = SpiffeId::new("cluster.local", "shop", "web");
+    // The pod watch may still be listing: the CA says so (503) until it has.
+    let mut issued = remote.issue(&web, &key, Duration::from_hours(1));
+    for _ in 0..100 {
+        if !matches!(&issued, Err(CaError::Remote { reason, .. }) if reason.contains("503")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        issued = remote.issue(&web, &key, Duration::from_hours(1));
+    }
+    let issued = issued.expect("web has a pod on node-a: signed");
+    assert_eq!(issued.chain.len(), 2, "leaf and the user's intermediate");
+    let (_, leaf) = x509_parser::parse_x509_certificate(&issued.chain[0]).expect("leaf");
+    assert_eq!(
+        crate::identity::peer_identity(&issued.chain[0]),
+        Some(web.clone())
+    );
+    assert!(leaf.issuer().to_string().contains("user intermediate"));
+
+    let db = SpiffeId::new("cluster.local", "shop", "db");
+    let refused = remote
+        .issue(&db, &key, Duration::from_hours(1))
+        .expect_err("db runs only on node-b");
+    let text = refused.to_string();
+    assert!(
+        text.contains("403")
+            && text.contains("no pod of service account shop/db runs on node node-a"),
+        "{text}"
+    );
+
+    let other_domain = SpiffeId::new("evil.example", "shop", "web");
+    let refused = remote
+        .issue(&other_domain, &key, Duration::from_hours(1))
+        .expect_err("foreign trust domain");
+    assert!(refused.to_string().contains("trust domain"), "{refused}");
+
+    // The token was reviewed for the CA's audience.
+    let review = fake
+        .seen()
+        .into_iter()
+        .find(|s| s.path.ends_with("/tokenreviews"))
+        .expect("a TokenReview");
+    assert_eq!(review.body["spec"]["audiences"], json!(["weft-ca"]));
+    assert_eq!(review.body["spec"]["token"], "agent-token-node-a");
+
+    // A token of any other service account is refused, whatever pods run where.
+    fake.set_token_review(json!({
+        "authenticated": true,
+        "user": {"username": "system:serviceaccount:shop:web", "extra": {NODE_NAME_EXTRA: ["node-a"]}},
+    }));
+    let refused = remote
+        .issue(&web, &key, Duration::from_hours(1))
+        .expect_err("not the agent");
+    assert!(
+        refused.to_string().contains("not the Weft agent"),
+        "{refused}"
+    );
+    fake.set_token_review(json!({"authenticated": false, "error": "token expired"}));
+    let refused = remote
+        .issue(&web, &key, Duration::from_hours(1))
+        .expect_err("unauthenticated");
+    assert!(refused.to_string().contains("401"), "{refused}");
+}

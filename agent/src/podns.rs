@@ -1,0 +1,71 @@
+//! Kubernetes mode: finds a pod's network namespace and cgroup from the node's own view. The
+//! kubelet puts every container of a pod under a cgroup named for the pod's UID (`pod<uid>` with
+//! the cgroupfs driver, `…-pod<uid_with_underscores>.slice` with systemd); any process in that
+//! cgroup (the sandbox's pause process first of all) holds the pod's netns.
+
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use crate::registry::{Locate, Pod};
+
+/// Scans the host's `/proc` (mounted into the agent's pod) for a process of the pod.
+#[derive(Clone, Debug)]
+pub struct HostProc {
+    pub proc_root: PathBuf,
+    pub cgroup_root: PathBuf,
+}
+
+impl HostProc {
+    /// The first process whose cgroup path names the pod, with that cgroup (relative path).
+    fn process_of(&self, uid: &str) -> Option<(u32, String)> {
+        let dashed = format!("pod{uid}");
+        let underscored = format!("pod{}", uid.replace('-', "_"));
+        let entries = std::fs::read_dir(&self.proc_root).ok()?;
+        let mut pids: Vec<u32> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        // Lowest PID first: the sandbox starts before the containers.
+        pids.sort_unstable();
+        pids.into_iter().find_map(|pid| {
+            let text = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup"))
+                .ok()?;
+            // cgroup v2: the single `0::<path>` line.
+            let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+            let mut pod_cgroup = String::new();
+            for part in path.split('/').filter(|p| !p.is_empty()) {
+                pod_cgroup.push('/');
+                pod_cgroup.push_str(part);
+                if part.contains(&dashed) || part.contains(&underscored) {
+                    return Some((pid, pod_cgroup));
+                }
+            }
+            None
+        })
+    }
+}
+
+fn netns_inode(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+impl Locate for HostProc {
+    fn locate(&self, pod: &Pod) -> Result<(PathBuf, Option<PathBuf>), String> {
+        let uid = pod.uid.as_deref().ok_or("has no metadata.uid")?;
+        let (pid, cgroup) = self.process_of(uid).ok_or_else(|| {
+            format!(
+                "no process of pod UID {uid} under {} yet",
+                self.proc_root.display()
+            )
+        })?;
+        let netns = self.proc_root.join(pid.to_string()).join("ns/net");
+        // A hostNetwork pod shares the node's netns: capturing it would capture the node.
+        if netns_inode(&netns) == netns_inode(&self.proc_root.join("1/ns/net")) {
+            return Err("uses the node's network (hostNetwork): not captured".into());
+        }
+        let cgroup = self.cgroup_root.join(cgroup.trim_start_matches('/'));
+        Ok((netns, Some(cgroup)))
+    }
+}

@@ -1,0 +1,253 @@
+//! Kubernetes mode against recorded-style API answers (kube's mock service): enrollment follows
+//! namespace and pod changes, a watch that expires relists without losing state, gated pods
+//! get their condition patched, and only the used fields are kept.
+
+use std::{sync::Arc, time::Duration};
+
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use super::{watch as kube_watch, Registry};
+use crate::fake_api::FakeApi;
+
+const NAMESPACES: &str = "/api/v1/namespaces";
+const PODS: &str = "/api/v1/pods";
+
+fn namespace(name: &str, enrolled: bool) -> Value {
+    let labels = if enrolled {
+        json!({"weft.io/mesh": "enabled"})
+    } else {
+        json!({})
+    };
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+}
+
+fn pod(name: &str, node: &str, ip: &str, labels: &Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "demo", "uid": format!("uid-{name}"), "labels": labels,
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "x".repeat(2000)},
+            "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsV1": {"f:spec": {"f:containers": {}}}}]},
+        "spec": {"nodeName": node, "serviceAccountName": "sa", "containers": [{"name": "main", "image": "app:1", "env": [{"name": "A", "value": "b"}]}]},
+        "status": {"podIP": ip, "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    })
+}
+
+fn enrolled_on(registry: &Registry, node: &str) -> Vec<String> {
+    let mut names: Vec<String> = registry
+        .enrolled_pods_on(node)
+        .map(|p| p.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Waits up to 10 s for a snapshot where `check` holds.
+async fn until(
+    rx: &mut watch::Receiver<Arc<Registry>>,
+    what: &str,
+    check: impl Fn(&Registry) -> bool,
+) {
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if check(&rx.borrow_and_update()) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let registry = rx.borrow().clone();
+    assert!(
+        waited.is_ok() && check(&registry),
+        "{what}: registry is {:?}",
+        enrolled_on(&registry, "n1")
+    );
+}
+
+fn start(fake: &FakeApi, client: &kube::Client) -> watch::Receiver<Arc<Registry>> {
+    fake.set_list(NAMESPACES, vec![namespace("demo", true)]);
+    fake.set_list(
+        PODS,
+        vec![
+            pod("a", "n1", "10.0.0.1", &json!({})),
+            pod("b", "n1", "10.0.0.2", &json!({})),
+            pod("far", "n2", "10.0.1.1", &json!({})),
+        ],
+    );
+    let (tx, rx) = watch::channel(Arc::new(Registry::default()));
+    kube_watch::spawn(client, tx);
+    rx
+}
+
+#[tokio::test]
+async fn namespace_and_pod_changes_flip_enrollment() {
+    let (client, fake) = FakeApi::start();
+    let mut rx = start(&fake, &client);
+    until(&mut rx, "initial listing", |r| {
+        enrolled_on(r, "n1") == ["a", "b"]
+    })
+    .await;
+    // Only this node's pods are enrolled here, but peers elsewhere are known (for HBONE).
+    assert!(rx
+        .borrow()
+        .pod_by_ip("10.0.1.1".parse().expect("ip"))
+        .is_some());
+
+    fake.event(
+        PODS,
+        "MODIFIED",
+        pod("b", "n1", "10.0.0.2", &json!({"weft.io/mesh": "disabled"})),
+    )
+    .await;
+    until(&mut rx, "pod label opts b out", |r| {
+        enrolled_on(r, "n1") == ["a"]
+    })
+    .await;
+
+    fake.event(NAMESPACES, "MODIFIED", namespace("demo", false))
+        .await;
+    until(&mut rx, "namespace label removed", |r| {
+        enrolled_on(r, "n1").is_empty()
+    })
+    .await;
+
+    fake.event(NAMESPACES, "MODIFIED", namespace("demo", true))
+        .await;
+    until(&mut rx, "namespace label back", |r| {
+        enrolled_on(r, "n1") == ["a"]
+    })
+    .await;
+
+    fake.event(PODS, "ADDED", pod("c", "n1", "10.0.0.3", &json!({})))
+        .await;
+    until(&mut rx, "pod added", |r| enrolled_on(r, "n1") == ["a", "c"]).await;
+
+    fake.event(PODS, "DELETED", pod("a", "n1", "10.0.0.1", &json!({})))
+        .await;
+    until(&mut rx, "pod deleted", |r| enrolled_on(r, "n1") == ["c"]).await;
+
+    fake.event(NAMESPACES, "DELETED", namespace("demo", true))
+        .await;
+    until(&mut rx, "namespace deleted", |r| {
+        enrolled_on(r, "n1").is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_expired_watch_relists_without_losing_state() {
+    let (client, fake) = FakeApi::start();
+    let mut rx = start(&fake, &client);
+    until(&mut rx, "initial listing", |r| {
+        enrolled_on(r, "n1") == ["a", "b"]
+    })
+    .await;
+    let lists_before = fake
+        .seen()
+        .iter()
+        .filter(|s| s.path == PODS && !s.query.contains("watch"))
+        .count();
+
+    // While the pod watch is down, the cluster changes: b goes, d arrives.
+    fake.set_list(
+        PODS,
+        vec![
+            pod("a", "n1", "10.0.0.1", &json!({})),
+            pod("d", "n1", "10.0.0.4", &json!({})),
+        ],
+    );
+    fake.expire(PODS).await;
+    // Until the relist completes, the agent keeps what it knew: never an empty registry.
+    let kept = rx.borrow().clone();
+    assert_eq!(
+        enrolled_on(&kept, "n1"),
+        ["a", "b"],
+        "state lost while the watch was down"
+    );
+    until(&mut rx, "relist after 410", |r| {
+        enrolled_on(r, "n1") == ["a", "d"]
+    })
+    .await;
+    assert!(
+        !rx.borrow().namespaces.is_empty(),
+        "other kinds must survive a pod relist"
+    );
+
+    let seen = fake.seen();
+    let lists_after = seen
+        .iter()
+        .filter(|s| s.path == PODS && !s.query.contains("watch"))
+        .count();
+    assert_eq!(lists_after, lists_before + 1, "one relist, no storm");
+    // Lists are served from the API server's cache, watches resume from a resourceVersion.
+    let lists: Vec<&String> = seen
+        .iter()
+        .filter(|s| !s.query.contains("watch"))
+        .map(|s| &s.query)
+        .collect();
+    assert!(
+        lists.iter().all(|q| q.contains("resourceVersion=0")),
+        "lists must use resourceVersion=0: {lists:?}"
+    );
+    assert!(seen
+        .iter()
+        .filter(|s| s.query.contains("watch=true"))
+        .all(|s| s.query.contains("resourceVersion=")));
+}
+
+#[tokio::test]
+async fn gated_pods_get_their_condition_patched() {
+    let (client, fake) = FakeApi::start();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(crate::conditions::publish(client, rx));
+    tx.send(crate::enrollment::PodCondition {
+        namespace: "demo".into(),
+        name: "a".into(),
+        enrolled: true,
+        message: "traffic captured by weft-agent".into(),
+    })
+    .expect("send");
+    let mut patch = None;
+    for _ in 0..500 {
+        patch = fake
+            .seen()
+            .into_iter()
+            .find(|s| s.method == http::Method::PATCH);
+        if patch.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let patch = patch.expect("a status patch");
+    assert_eq!(patch.path, "/api/v1/namespaces/demo/pods/a/status");
+    let condition = &patch.body["status"]["conditions"][0];
+    assert_eq!(condition["type"], super::ENROLLED_CONDITION);
+    assert_eq!(condition["status"], "True");
+}
+
+#[test]
+fn only_used_fields_are_kept() {
+    let full = pod("a", "n1", "10.0.0.1", &json!({"app": "web"}));
+    let kept = kube_watch::trim("Pod", &full);
+    let (before, after) = (full.to_string().len(), kept.to_string().len());
+    println!("pod object: {before} bytes as served, {after} bytes kept");
+    assert!(
+        after * 5 < before,
+        "trimmed pod is {after} bytes of {before}"
+    );
+    assert_eq!(kept["metadata"]["labels"]["app"], "web");
+    assert_eq!(kept["spec"]["nodeName"], "n1");
+    assert_eq!(kept["status"]["podIP"], "10.0.0.1");
+    assert!(kept["metadata"].get("managedFields").is_none());
+    assert!(kept["spec"].get("containers").is_none());
+    // What is kept still parses into the same registry pod.
+    let registry = Registry::from_objects([(
+        "test".to_owned(),
+        serde_yaml::to_value(&kept).expect("yaml"),
+    )]);
+    assert_eq!(registry.pods[0].uid.as_deref(), Some("uid-a"));
+    assert!(registry.errors.is_empty(), "{:?}", registry.errors);
+}
