@@ -75,10 +75,7 @@ async fn start_source(config: &Config) -> Result<SourceParts, AppError> {
             let _ = rx.changed().await;
             Ok(SourceParts {
                 registry: rx,
-                locate: Box::new(crate::podns::HostProc {
-                    proc_root: host_proc.clone(),
-                    cgroup_root,
-                }),
+                locate: Box::new(crate::podns::HostProc::new(host_proc.clone(), cgroup_root)),
                 client: Some(client),
                 watches: Some(watches),
             })

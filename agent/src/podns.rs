@@ -15,6 +15,19 @@ use crate::registry::{Locate, Pod};
 pub struct HostProc {
     pub proc_root: PathBuf,
     pub cgroup_root: PathBuf,
+    /// The node's own netns (`<proc_root>/1/ns/net`): pods sharing it are not captured.
+    pub node_netns: PathBuf,
+}
+
+impl HostProc {
+    pub fn new(proc_root: PathBuf, cgroup_root: PathBuf) -> Self {
+        let node_netns = proc_root.join("1/ns/net");
+        Self {
+            proc_root,
+            cgroup_root,
+            node_netns,
+        }
+    }
 }
 
 impl HostProc {
@@ -47,8 +60,10 @@ impl HostProc {
     }
 }
 
-fn netns_inode(path: &Path) -> Option<u64> {
-    std::fs::metadata(path).ok().map(|m| m.ino())
+fn netns_inode(path: &Path) -> Result<u64, String> {
+    std::fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 impl Locate for HostProc {
@@ -62,7 +77,7 @@ impl Locate for HostProc {
         })?;
         let netns = self.proc_root.join(pid.to_string()).join("ns/net");
         // A hostNetwork pod shares the node's netns: capturing it would capture the node.
-        if netns_inode(&netns) == netns_inode(&self.proc_root.join("1/ns/net")) {
+        if netns_inode(&netns)? == netns_inode(&self.node_netns)? {
             return Err("uses the node's network (hostNetwork): not captured".into());
         }
         let cgroup = self.cgroup_root.join(cgroup.trim_start_matches('/'));

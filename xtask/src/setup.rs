@@ -27,6 +27,7 @@ pub fn run() -> anyhow::Result<()> {
     ensure_nightly()?;
     ensure_bpf_linker()?;
     ensure_packages()?;
+    ensure_kube_tools()?;
     weft_harness::cluster::ensure_bpffs()?;
     eprintln!("setup: this machine can build and test Weft");
     Ok(())
@@ -152,4 +153,40 @@ fn ensure_packages() -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// kubectl (its built-in kustomize renders deploy/) and kubernetes-validate (checks what it
+/// renders against the Kubernetes schemas, offline). No API server is needed or used.
+fn ensure_kube_tools() -> anyhow::Result<()> {
+    if !shell::succeeds(Command::new("kubectl").args(["version", "--client"])) {
+        eprintln!("setup: installing kubectl (Debian package kubernetes-client)");
+        shell::run(
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    "kubernetes-client",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    if !shell::succeeds(Command::new("kubernetes-validate").arg("--version")) {
+        eprintln!("setup: installing kubernetes-validate from PyPI");
+        shell::run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "kubernetes-validate",
+        ]))?;
+        // pyenv installs console scripts behind shims that exist only after a rehash.
+        let _ = shell::succeeds(Command::new("pyenv").arg("rehash"));
+        anyhow::ensure!(
+            shell::succeeds(Command::new("kubernetes-validate").arg("--version")),
+            "kubernetes-validate was installed but is not on PATH (pip's script folder)"
+        );
+    }
+    Ok(())
 }

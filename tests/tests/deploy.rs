@@ -1,0 +1,214 @@
+//! `deploy/`: every overlay renders (kubectl's built-in kustomize, offline) and validates against
+//! the Kubernetes schemas (kubernetes-validate, strict), and the rendered DaemonSet and CA
+//! Deployment give the binaries what their configuration names: every WEFT_* variable is one
+//! the binary reads, every path it names is mounted from the right volume.
+
+use std::{path::Path, process::Command};
+
+use serde_yaml::Value;
+
+/// The agent binary, beside this crate's binaries (`cargo xtask test` builds them all first).
+fn agent_bin() -> std::path::PathBuf {
+    let agent = Path::new(env!("CARGO_BIN_EXE_weft-testpod")).with_file_name("weft-agent");
+    assert!(
+        agent.exists(),
+        "{} is missing: run `cargo xtask test`",
+        agent.display()
+    );
+    agent
+}
+
+fn deploy_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn render(overlay: &str) -> Vec<Value> {
+    let dir = deploy_dir().join("overlays").join(overlay);
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .expect("kubectl is missing: `cargo xtask setup` installs it");
+    assert!(
+        out.status.success(),
+        "kustomize {overlay}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).expect("rendered YAML"))
+        .collect()
+}
+
+fn object<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
+fn env(container: &Value) -> Vec<(String, String)> {
+    container["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap_or_default().to_owned(),
+                e["value"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn var(vars: &[(String, String)], name: &str) -> String {
+    vars.iter()
+        .find(|(n, _)| n == name)
+        .map_or_else(|| panic!("{name} is not set"), |(_, v)| v.clone())
+}
+
+/// The volume mounted at the deepest mount path holding `path`, and whether it is read-only.
+fn mount_of<'a>(pod: &'a Value, container: &Value, path: &str) -> (&'a Value, bool) {
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter(|m| {
+            let at = m["mountPath"].as_str().unwrap_or("\0");
+            path == at || path.starts_with(&format!("{}/", at.trim_end_matches('/')))
+        })
+        .max_by_key(|m| m["mountPath"].as_str().unwrap_or_default().len())
+        .unwrap_or_else(|| panic!("nothing is mounted at {path}"));
+    let volume = pod["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap_or_else(|| panic!("mount {:?} names no volume", mount["name"]));
+    (volume, mount["readOnly"].as_bool().unwrap_or(false))
+}
+
+fn help(args: &[&str]) -> String {
+    let out = Command::new(agent_bin())
+        .args(args)
+        .arg("--help")
+        .output()
+        .expect("weft-agent --help");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn every_overlay_renders_and_validates_against_kubernetes_schemas() {
+    let out = Command::new("bash")
+        .arg(deploy_dir().join("validate.sh"))
+        .output()
+        .expect("bash");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "deploy/validate.sh failed:\n{text}");
+    let overlays = std::fs::read_dir(deploy_dir().join("overlays"))
+        .expect("overlays")
+        .count();
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("ok ")).count(),
+        overlays,
+        "one ok line per overlay:\n{text}"
+    );
+}
+
+#[test]
+fn the_daemonset_mounts_what_the_agents_configuration_names() {
+    let docs = render("default");
+    let daemonset = object(&docs, "DaemonSet", "weft-agent");
+    let pod = &daemonset["spec"]["template"]["spec"];
+    let agent = &pod["containers"][0];
+    let vars = env(agent);
+    let known = help(&["run"]) + &help(&[]);
+    for (name, _) in &vars {
+        assert!(
+            known.contains(&format!("env: {name}=")),
+            "weft-agent does not read {name}"
+        );
+    }
+    let value = |name: &str| var(&vars, name);
+    assert_eq!(value("WEFT_KUBE"), "true");
+
+    let host_path = |volume: &Value| {
+        volume["hostPath"]["path"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (bpffs, _) = mount_of(pod, agent, &value("WEFT_BPFFS_DIR"));
+    assert_eq!(
+        host_path(bpffs),
+        "/sys/fs/bpf",
+        "pins must land in the host's bpffs"
+    );
+    let (state, read_only) = mount_of(pod, agent, &value("WEFT_STATE_DIR"));
+    assert!(
+        !host_path(state).is_empty() && !read_only,
+        "state must survive restarts and be writable"
+    );
+    let (proc, read_only) = mount_of(pod, agent, &value("WEFT_HOST_PROC"));
+    assert_eq!(host_path(proc), "/proc");
+    assert!(!read_only, "sysctls are written through the host's /proc");
+    let (cgroup, _) = mount_of(pod, agent, &value("WEFT_CGROUP_ROOT"));
+    assert_eq!(host_path(cgroup), "/sys/fs/cgroup");
+    let (root, _) = mount_of(pod, agent, &value("WEFT_CA_ROOT"));
+    assert_eq!(root["configMap"]["name"], "weft-ca-root");
+
+    let (token, _) = mount_of(pod, agent, &value("WEFT_TOKEN_FILE"));
+    let projected = &token["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(
+        projected["path"].as_str(),
+        Path::new(&value("WEFT_TOKEN_FILE"))
+            .file_name()
+            .and_then(|f| f.to_str())
+    );
+    let ca = object(&docs, "Deployment", "weft-ca");
+    let ca_pod = &ca["spec"]["template"]["spec"];
+    let ca_vars = env(&ca_pod["containers"][0]);
+    let ca_value = |name: &str| var(&ca_vars, name);
+    assert_eq!(
+        projected["audience"].as_str(),
+        Some(ca_value("WEFT_TOKEN_AUDIENCE").as_str()),
+        "agent tokens must be issued for the CA's audience"
+    );
+    assert!(
+        value("WEFT_CA_URL").contains(":15012"),
+        "the CA listens on 15012"
+    );
+
+    // Probes hit endpoints the agent serves.
+    for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+        let path = agent[probe]["httpGet"]["path"].as_str().unwrap_or_default();
+        assert!(
+            ["/healthz/ready", "/healthz/live"].contains(&path),
+            "{probe} on {path}"
+        );
+    }
+    let strategy = &daemonset["spec"]["updateStrategy"];
+    assert_eq!(
+        strategy["rollingUpdate"]["maxUnavailable"].as_u64(),
+        Some(1)
+    );
+    assert!(pod["tolerations"].as_sequence().is_some_and(|t| t
+        .iter()
+        .any(|t| t["operator"] == "Exists" && t.get("key").is_none())));
+
+    // The CA reads every variable it is given, and its key comes from the weft-ca Secret.
+    let ca_help = help(&["ca"]) + &help(&[]);
+    for (name, _) in &ca_vars {
+        assert!(
+            ca_help.contains(&format!("env: {name}=")),
+            "weft-agent ca does not read {name}"
+        );
+    }
+    let ca_container = &ca_pod["containers"][0];
+    let (secret, read_only) = mount_of(ca_pod, ca_container, &ca_value("WEFT_CA_KEY"));
+    assert_eq!(secret["secret"]["secretName"], "weft-ca");
+    assert!(read_only);
+}
