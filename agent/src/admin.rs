@@ -73,7 +73,7 @@ impl AdminState {
                         "enrolledPods": enrollment.enrolled.len(),
                         "enrollmentFailures": enrollment.failed,
                         "unplaceablePods": enrollment.unplaceable,
-                        "registry": {"namespaces": registry.namespaces.len(), "pods": registry.pods.len(), "services": registry.services.len(), "endpointSlices": registry.endpoint_slices.len(), "rejectedObjects": registry.errors},
+                        "registry": {"namespaces": registry.namespaces.len(), "pods": registry.pods.len(), "services": registry.services.len(), "endpointSlices": registry.endpoint_slices.len(), "routes": registry.routes.len(), "rejectedObjects": registry.errors},
                         "kubernetesWatches": watches,
                     }),
                 )

@@ -14,7 +14,7 @@ use std::{
     path::PathBuf,
 };
 
-pub use objects::{Endpoint, EndpointSlice, Namespace, Pod, Service, ServicePort};
+pub use objects::{Endpoint, EndpointSlice, Namespace, Pod, Route, Service, ServicePort};
 use serde::Serialize;
 
 /// Label that opts a namespace in (`enabled`) or a pod out (`disabled`).
@@ -42,6 +42,8 @@ pub struct Registry {
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// Gateway API HTTPRoutes and GRPCRoutes (for waypoints).
+    pub routes: Vec<Route>,
     pub policies: Vec<crate::policy::Policy>,
     pub errors: Vec<ObjectError>,
     /// Index of `pods` by address: the proxy looks peers up on every connection.

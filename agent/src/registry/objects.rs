@@ -83,6 +83,34 @@ pub struct EndpointSlice {
     pub ports: Vec<EndpointPort>,
 }
 
+/// A Gateway API route as the agent keeps it: which parents (waypoints, Services) it binds to.
+/// The rules are read by the waypoint.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Route {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// `[namespace/]name` of each parentRef.
+    pub parents: Vec<String>,
+    pub hostnames: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ParentRefIn {
+    name: String,
+    namespace: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RouteSpecIn {
+    #[serde(default)]
+    parent_refs: Vec<ParentRefIn>,
+    #[serde(default)]
+    hostnames: Vec<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PodSpecIn {
@@ -205,6 +233,10 @@ pub(super) fn add(registry: &mut Registry, doc: &serde_yaml::Value) -> Result<()
         ("v1", "Namespace" | "Pod" | "Service")
             | ("discovery.k8s.io/v1", "EndpointSlice")
             | ("weft.io/v1alpha1", "AuthorizationPolicy")
+            | (
+                "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
+                "HTTPRoute" | "GRPCRoute"
+            )
     );
     if !known {
         return Ok(());
@@ -237,6 +269,7 @@ pub(super) fn add(registry: &mut Registry, doc: &serde_yaml::Value) -> Result<()
         "Pod" => registry.pods.push(pod(object)?),
         "Service" => registry.services.push(service(object)?),
         "AuthorizationPolicy" => registry.policies.push(authorization_policy(&object)?),
+        "HTTPRoute" | "GRPCRoute" => registry.routes.push(route(&kind, object)?),
         _ => registry.endpoint_slices.push(endpoint_slice(object)?),
     }
     Ok(())
@@ -273,6 +306,25 @@ fn pod(object: Object<'_>) -> Result<Pod, Rejection> {
         node_name,
         service_account: service_account.unwrap_or_else(|| "default".into()),
         ip,
+    })
+}
+
+fn route(kind: &str, object: Object<'_>) -> Result<Route, Rejection> {
+    let spec: RouteSpecIn = object.field("spec")?.unwrap_or_default();
+    let parents = spec
+        .parent_refs
+        .into_iter()
+        .map(|p| match p.namespace {
+            Some(ns) if ns != object.namespace => format!("{ns}/{}", p.name),
+            _ => p.name,
+        })
+        .collect();
+    Ok(Route {
+        kind: kind.to_owned(),
+        namespace: object.namespace,
+        name: object.name,
+        parents,
+        hostnames: spec.hostnames,
     })
 }
 

@@ -96,3 +96,28 @@ fn bad_objects_are_reported_and_skipped() {
     assert!(registry.errors[1].reason.contains("metadata.name"));
     assert_eq!(registry.pods.len(), 3, "good pods kept");
 }
+
+#[test]
+fn gateway_routes_are_kept_with_their_parents() {
+    let registry = docs(
+        r"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: demo}
+spec:
+  parentRefs: [{group: '', kind: Service, name: reviews}, {name: waypoint, namespace: infra}]
+  hostnames: [reviews.demo]
+  rules: [{backendRefs: [{name: reviews-v2, port: 9080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: rpc, namespace: demo}
+spec: {parentRefs: [{name: rpc}]}
+",
+    );
+    assert!(registry.errors.is_empty(), "{:?}", registry.errors);
+    assert_eq!(registry.routes.len(), 2);
+    assert_eq!(registry.routes[0].parents, ["reviews", "infra/waypoint"]);
+    assert_eq!(registry.routes[0].hostnames, ["reviews.demo"]);
+    assert_eq!(registry.routes[1].kind, "GRPCRoute");
+}
