@@ -278,12 +278,30 @@ impl AdminState {
             ("services", registry.services.len()),
             ("endpoint_slices", registry.endpoint_slices.len()),
             ("authorization_policies", registry.policies.len()),
+            ("routes", registry.routes.len()),
             ("rejected", registry.errors.len()),
         ] {
             metrics
                 .registry_objects
                 .get_or_create(&NameLabel { name: kind.into() })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        if let Some(watches) = &self.watches {
+            let watches = watches
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            for (kind, status) in watches {
+                let label = NameLabel { name: kind.into() };
+                metrics
+                    .kube_watch_errors
+                    .get_or_create(&label)
+                    .set(i64::try_from(status.errors).unwrap_or(i64::MAX));
+                metrics
+                    .kube_watch_synced
+                    .get_or_create(&label)
+                    .set(i64::from(status.synced));
+            }
         }
         for cert in self.certs.certs() {
             metrics

@@ -110,6 +110,9 @@ pub struct Metrics {
     pub ebpf_program_events: Family<NameLabel, Gauge>,
     pub pool_connections: Gauge,
     pub pool_streams: Gauge,
+    /// Kubernetes mode: watch errors so far, and whether each kind has listed, by kind.
+    pub kube_watch_errors: Family<NameLabel, Gauge>,
+    pub kube_watch_synced: Family<NameLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -134,7 +137,19 @@ impl Default for Metrics {
             ebpf_program_events: Family::default(),
             pool_connections: Gauge::default(),
             pool_streams: Gauge::default(),
+            kube_watch_errors: Family::default(),
+            kube_watch_synced: Family::default(),
         };
+        registry.register(
+            "kube_watch_errors",
+            "Kubernetes mode: errors of each kind's watch since start (each retried with backoff)",
+            metrics.kube_watch_errors.clone(),
+        );
+        registry.register(
+            "kube_watch_synced",
+            "Kubernetes mode: 1 once the kind has been listed, 0 before",
+            metrics.kube_watch_synced.clone(),
+        );
         registry.register(
             "connections_opened",
             "Connections the agent decided on, with the verdict and its reason",

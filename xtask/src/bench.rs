@@ -116,7 +116,7 @@ pub fn markdown(report: &Report) -> String {
             ratio
         );
     }
-    let _ = writeln!(md, "\nNear-saturation rates are 80% of what Weft sustained closed-loop on the same path and connection count.");
+    let _ = writeln!(md, "\nNear-saturation rates are 70% of what Weft sustained closed-loop on the same path and connection count.");
     let _ = writeln!(
         md,
         "Registry: {} pods and {} services loaded in {:.1} s.",

@@ -41,6 +41,7 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// How one kind's watch is doing, for `/status` and readiness.
 #[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct KindStatus {
     pub synced: bool,
     pub objects: usize,

@@ -16,7 +16,7 @@ pub use run::{run, wait_for_release, Lengths};
 pub struct LatencyCase {
     /// `cross-node` or `same-node`.
     pub placement: String,
-    /// 1,000 rps, or 80% of what Weft sustained closed-loop on the same path and connections.
+    /// 1,000 rps, or 70% of what Weft sustained closed-loop on the same path and connections.
     pub rate: f64,
     pub near_saturation: bool,
     pub connections: usize,
