@@ -115,6 +115,20 @@ pub struct Metrics {
     pub kube_watch_synced: Family<NameLabel, Gauge>,
 }
 
+/// Kubernetes mode's watch health (absent, never set, in local mode).
+fn register_kube(registry: &mut Registry, metrics: &Metrics) {
+    registry.register(
+        "kube_watch_errors",
+        "Kubernetes mode: errors of each kind's watch since start (each retried with backoff)",
+        metrics.kube_watch_errors.clone(),
+    );
+    registry.register(
+        "kube_watch_synced",
+        "Kubernetes mode: 1 once the kind has been listed, 0 before",
+        metrics.kube_watch_synced.clone(),
+    );
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("weft");
@@ -140,16 +154,7 @@ impl Default for Metrics {
             kube_watch_errors: Family::default(),
             kube_watch_synced: Family::default(),
         };
-        registry.register(
-            "kube_watch_errors",
-            "Kubernetes mode: errors of each kind's watch since start (each retried with backoff)",
-            metrics.kube_watch_errors.clone(),
-        );
-        registry.register(
-            "kube_watch_synced",
-            "Kubernetes mode: 1 once the kind has been listed, 0 before",
-            metrics.kube_watch_synced.clone(),
-        );
+        register_kube(&mut registry, &metrics);
         registry.register(
             "connections_opened",
             "Connections the agent decided on, with the verdict and its reason",
