@@ -52,6 +52,25 @@ pub struct AdminState {
 }
 
 impl AdminState {
+    /// What readiness still waits for, in words for `kubectl describe`.
+    fn not_ready_because(&self) -> String {
+        let unsynced: Vec<&str> = self.watches.as_ref().map_or_else(Vec::new, |watches| {
+            let watches = watches
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            crate::registry::watch::REQUIRED
+                .iter()
+                .copied()
+                .filter(|kind| !watches.get(kind).is_some_and(|s| s.synced))
+                .collect()
+        });
+        if unsynced.is_empty() {
+            "the first enrollment pass".into()
+        } else {
+            format!("the first listing of {}", unsynced.join(", "))
+        }
+    }
+
     fn route(&self, path: &str) -> (StatusCode, serde_json::Value) {
         let lock =
             |m: &Mutex<EnrollmentStatus>| m.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -385,7 +404,10 @@ pub async fn start(
                 "/healthz/ready" if state.ready.load(Ordering::Relaxed) => {
                     (StatusCode::OK, json!({"ready": true}))
                 }
-                "/healthz/ready" => (StatusCode::SERVICE_UNAVAILABLE, json!({"ready": false})),
+                "/healthz/ready" => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"ready": false, "waitingFor": state.not_ready_because()}),
+                ),
                 // Alive while this process answers: a restart cannot fix a pod it cannot capture.
                 "/healthz/live" => (StatusCode::OK, json!({"live": true})),
                 _ => (

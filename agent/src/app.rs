@@ -43,6 +43,8 @@ struct SourceParts {
     locate: Box<dyn crate::registry::Locate>,
     client: Option<kube::Client>,
     watches: Option<crate::registry::watch::WatchStatus>,
+    /// Kubernetes mode: the registry is empty until every required kind has listed once.
+    awaits_first_listing: bool,
 }
 
 async fn start_source(config: &Config) -> Result<SourceParts, AppError> {
@@ -55,6 +57,7 @@ async fn start_source(config: &Config) -> Result<SourceParts, AppError> {
                 locate: Box::new(crate::registry::ByAnnotation),
                 client: None,
                 watches: None,
+                awaits_first_listing: false,
             })
         }
         Source::Kube {
@@ -67,17 +70,14 @@ async fn start_source(config: &Config) -> Result<SourceParts, AppError> {
                 None => cgroup2_mount().ok_or(AppError::NoCgroup2)?,
             };
             let client = kube::Client::try_default().await?;
-            let (tx, mut rx) = watch::channel(Arc::new(Registry::default()));
+            let (tx, rx) = watch::channel(Arc::new(Registry::default()));
             let watches = crate::registry::watch::spawn(&client, tx);
-            // Enrolling from an empty registry would detach every pod an earlier agent
-            // captured: wait for the first complete listing.
-            tracing::info!("waiting for the first listing of namespaces, pods, services, endpoint slices and policies");
-            let _ = rx.changed().await;
             Ok(SourceParts {
                 registry: rx,
                 locate: Box::new(crate::podns::HostProc::new(host_proc.clone(), cgroup_root)),
                 client: Some(client),
                 watches: Some(watches),
+                awaits_first_listing: true,
             })
         }
     }
@@ -107,6 +107,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         locate,
         client,
         watches,
+        awaits_first_listing,
     } = start_source(&config).await?;
 
     let maps = Arc::new(Mutex::new(maps));
@@ -160,6 +161,15 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     )
     .await?;
     let mut updates = registry_rx;
+    if awaits_first_listing {
+        // Enrolling from an empty registry would detach every pod an earlier agent captured.
+        // Liveness and the admin API answer meanwhile (a large cluster can take longer to
+        // list than the startup probe allows); readiness says what is awaited.
+        tracing::info!("waiting for the first listing of namespaces, pods, services, endpoint slices and policies");
+        if updates.changed().await.is_err() {
+            return Ok(());
+        }
+    }
     let snapshot = updates.borrow_and_update().clone();
     enrollment.reconcile(&snapshot);
     state.ready.store(true, Ordering::Relaxed);

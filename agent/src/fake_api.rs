@@ -23,6 +23,7 @@ pub struct Seen {
     pub path: String,
     pub query: String,
     pub body: Value,
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -32,6 +33,33 @@ struct State {
     seen: Vec<Seen>,
     version: u64,
     token_review: Value,
+    /// How many status patches to answer 503 before accepting them.
+    failing_patches: u32,
+    /// Paths whose lists wait for [`FakeApi::release_lists`].
+    holding_lists: Vec<String>,
+    held_lists: Vec<(String, Reply)>,
+}
+
+impl State {
+    fn list(&mut self, path: &str) -> Response<Full<Bytes>> {
+        self.version += 1;
+        let items = self.lists.get(path).cloned().unwrap_or_default();
+        let list = json!({
+            "apiVersion": "v1",
+            "kind": "List",
+            "metadata": {"resourceVersion": self.version.to_string()},
+            "items": items,
+        });
+        json_response(StatusCode::OK, &list)
+    }
+}
+
+fn status_response(code: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json_response(
+        code,
+        &json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "message": message,
+                "reason": "InternalError", "code": code.as_u16()}),
+    )
 }
 
 /// The fake; clone it freely, all clones share one state.
@@ -94,11 +122,18 @@ impl FakeApi {
             path: path.clone(),
             query: query.clone(),
             body: body.clone(),
+            at: std::time::Instant::now(),
         });
         if method == Method::POST && path.ends_with("/tokenreviews") {
             let mut review = body;
             review["status"] = state.token_review.clone();
             reply.send_response(json_response(StatusCode::CREATED, &review));
+        } else if method == Method::PATCH && state.failing_patches > 0 {
+            state.failing_patches -= 1;
+            reply.send_response(status_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the API server is unavailable",
+            ));
         } else if method == Method::PATCH {
             let name = path.split('/').rev().nth(1).unwrap_or_default().to_owned();
             reply.send_response(json_response(
@@ -110,16 +145,10 @@ impl FakeApi {
             .any(|q| q == "watch=true" || q == "watch=1")
         {
             state.watches.entry(path).or_default().push(reply);
+        } else if state.holding_lists.contains(&path) {
+            state.held_lists.push((path, reply));
         } else {
-            state.version += 1;
-            let items = state.lists.get(&path).cloned().unwrap_or_default();
-            let list = json!({
-                "apiVersion": "v1",
-                "kind": "List",
-                "metadata": {"resourceVersion": state.version.to_string()},
-                "items": items,
-            });
-            reply.send_response(json_response(StatusCode::OK, &list));
+            reply.send_response(state.list(&path));
         }
     }
 
@@ -133,27 +162,80 @@ impl FakeApi {
         self.lock().token_review = status;
     }
 
+    /// Answers the next `count` status patches with 503.
+    pub fn fail_patches(&self, count: u32) {
+        self.lock().failing_patches = count;
+    }
+
+    /// Lists of `path` wait, unanswered, until [`Self::release_lists`].
+    pub fn hold_lists(&self, path: &str) {
+        self.lock().holding_lists.push(path.into());
+    }
+
+    /// How many lists of `path` are waiting.
+    pub fn held_lists(&self, path: &str) -> usize {
+        self.lock()
+            .held_lists
+            .iter()
+            .filter(|(p, _)| p == path)
+            .count()
+    }
+
+    /// Answers the held lists of `path` with its current objects, and stops holding.
+    pub fn release_lists(&self, path: &str) {
+        let mut state = self.lock();
+        state.holding_lists.retain(|p| p != path);
+        let (released, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut state.held_lists)
+            .into_iter()
+            .partition(|(p, _)| p == path);
+        state.held_lists = kept;
+        for (_, reply) in released {
+            let response = state.list(path);
+            reply.send_response(response);
+        }
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.lock().seen.clone()
     }
 
     /// Waits (up to 10 s) for a watch on `path`, then answers it with `lines`.
     async fn send_watch(&self, path: &str, lines: &[Value]) {
+        let body: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        self.answer_watch(path, response).await;
+    }
+
+    /// Waits (up to 10 s) for a watch on `path`, then answers it with `response`.
+    async fn answer_watch(&self, path: &str, response: Response<Full<Bytes>>) {
         for _ in 0..1000 {
             let reply = self.lock().watches.get_mut(path).and_then(Vec::pop);
             if let Some(reply) = reply {
-                let body: String = lines.iter().map(|l| l.to_string() + "\n").collect();
-                let mut response = Response::new(Full::new(Bytes::from(body)));
-                response.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
-                );
                 reply.send_response(response);
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("nobody watched {path} within 10 s");
+    }
+
+    /// Fails the watch on `path` with a 500, as an API server restarting would; returns when.
+    pub async fn fail_watch(&self, path: &str) -> std::time::Instant {
+        self.answer_watch(
+            path,
+            status_response(StatusCode::INTERNAL_SERVER_ERROR, "etcd leader changed"),
+        )
+        .await;
+        std::time::Instant::now()
+    }
+
+    /// The resourceVersion of the last event sent or list answered.
+    pub fn version(&self) -> u64 {
+        self.lock().version
     }
 
     /// Sends one watch event (`ADDED`, `MODIFIED`, `DELETED`) and keeps the list in step.

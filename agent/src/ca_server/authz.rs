@@ -56,13 +56,33 @@ pub struct PodIndex {
 }
 
 impl PodIndex {
+    /// Whether the first listing has completed.
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
     pub fn has(&self, node: &str, namespace: &str, service_account: &str) -> bool {
         self.by_pod
             .values()
             .any(|(n, ns, sa)| n == node && ns == namespace && sa == service_account)
     }
 
+    fn key(pod: &Pod) -> String {
+        format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
+    }
+
+    /// What the index keeps of a pod; `None` for a pod that gives no right to an identity:
+    /// not scheduled yet, or finished (a completed Job's service account is not on the node
+    /// any more).
     fn entry(pod: &Pod) -> Option<(String, (String, String, String))> {
+        let finished = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|phase| matches!(phase, "Succeeded" | "Failed"));
+        if finished {
+            return None;
+        }
         let spec = pod.spec.as_ref()?;
         let node = spec.node_name.clone()?;
         let namespace = pod.namespace()?;
@@ -70,10 +90,7 @@ impl PodIndex {
             .service_account_name
             .clone()
             .unwrap_or_else(|| "default".into());
-        Some((
-            format!("{namespace}/{}", pod.name_any()),
-            (node, namespace, service_account),
-        ))
+        Some((Self::key(pod), (node, namespace, service_account)))
     }
 }
 
@@ -97,10 +114,16 @@ pub fn watch_pods(client: Client, index: Arc<Mutex<PodIndex>>) {
                     index.by_pod = std::mem::take(&mut relist);
                     index.synced = true;
                 }
-                Ok(watcher::Event::Apply(pod)) => index.by_pod.extend(PodIndex::entry(&pod)),
+                Ok(watcher::Event::Apply(pod)) => match PodIndex::entry(&pod) {
+                    Some((key, entry)) => {
+                        index.by_pod.insert(key, entry);
+                    }
+                    None => {
+                        index.by_pod.remove(&PodIndex::key(&pod));
+                    }
+                },
                 Ok(watcher::Event::Delete(pod)) => {
-                    let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
-                    index.by_pod.remove(&key);
+                    index.by_pod.remove(&PodIndex::key(&pod));
                 }
                 Err(e) => tracing::warn!(error = %e, "pod watch failed; retrying with backoff"),
             }

@@ -10,7 +10,7 @@ mod tests;
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -124,21 +124,25 @@ fn pem_block(label: &str, der: &[u8]) -> String {
 /// Runs the CA until the process is stopped.
 pub async fn run(config: CaConfig) -> Result<(), CaServerError> {
     let client = kube::Client::try_default().await?;
+    let pods = Arc::new(Mutex::new(authz::PodIndex::default()));
+    authz::watch_pods(client.clone(), pods.clone());
     let ready = TcpListener::bind(config.readiness)
         .await
         .map_err(|e| CaServerError::Bind(config.readiness, e))?;
-    tokio::spawn(serve_health(ready));
+    tokio::spawn(serve_health(ready, pods.clone()));
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| CaServerError::Bind(config.listen, e))?;
-    serve(&config, client, listener).await
+    serve(&config, client, listener, pods).await
 }
 
-/// Serves `POST /v1/svid` on `listener`, checking callers through `client`'s API server.
+/// Serves `POST /v1/svid` on `listener`, checking callers through `client`'s API server
+/// against `pods` (filled by [`authz::watch_pods`]).
 pub async fn serve(
     config: &CaConfig,
     client: kube::Client,
     listener: TcpListener,
+    pods: Arc<Mutex<authz::PodIndex>>,
 ) -> Result<(), CaServerError> {
     let ca = LocalCa::load(&config.signing, &config.trust_domain)?;
     let key =
@@ -154,8 +158,6 @@ pub async fn serve(
         chain,
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
     )?;
-    let pods = Arc::new(Mutex::new(authz::PodIndex::default()));
-    authz::watch_pods(client.clone(), pods.clone());
     let signer = Arc::new(Signer {
         ca,
         authorizer: authz::Authorizer {
@@ -217,23 +219,31 @@ async fn answer(signer: &Signer, req: Request<Incoming>) -> Response<Full<Bytes>
     response
 }
 
-async fn serve_health(listener: TcpListener) {
+/// Live while the process serves; ready only once the pod watch has listed, since before
+/// that every signing request would be refused.
+async fn serve_health(listener: TcpListener, pods: Arc<Mutex<authz::PodIndex>>) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
+        let pods = pods.clone();
         tokio::spawn(async move {
-            let service = service_fn(|req: Request<Incoming>| async move {
-                let ok = matches!(req.uri().path(), "/healthz/ready" | "/healthz/live");
-                let mut response = Response::new(Full::new(Bytes::from_static(if ok {
-                    b"{\"ready\":true}"
-                } else {
-                    b"{\"error\":\"try /healthz/ready\"}"
-                })));
-                if !ok {
-                    *response.status_mut() = StatusCode::NOT_FOUND;
+            let service = service_fn(move |req: Request<Incoming>| {
+                let synced = pods.lock().unwrap_or_else(PoisonError::into_inner).synced();
+                async move {
+                    let (status, body): (_, &'static [u8]) = match req.uri().path() {
+                        "/healthz/live" => (StatusCode::OK, b"{\"live\":true}"),
+                        "/healthz/ready" if synced => (StatusCode::OK, b"{\"ready\":true}"),
+                        "/healthz/ready" => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            b"{\"ready\":false,\"reason\":\"the cluster's pods are not listed yet\"}",
+                        ),
+                        _ => (StatusCode::NOT_FOUND, b"{\"error\":\"try /healthz/ready\"}"),
+                    };
+                    let mut response = Response::new(Full::new(Bytes::from_static(body)));
+                    *response.status_mut() = status;
+                    Ok::<_, std::convert::Infallible>(response)
                 }
-                Ok::<_, std::convert::Infallible>(response)
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service)

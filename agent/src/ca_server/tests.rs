@@ -2,11 +2,18 @@
 //! TokenReview and its pod watch answered by the fake API server; the agent's remote signer is
 //! the client.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use serde_json::json;
 
-use super::{authz::NODE_NAME_EXTRA, serve, CaConfig};
+use super::{
+    authz::{watch_pods, PodIndex, NODE_NAME_EXTRA},
+    serve, CaConfig,
+};
 use crate::{
     fake_api::FakeApi,
     identity::{CaError, CaSource, RemoteCa, Signer, SpiffeId},
@@ -57,20 +64,15 @@ fn pod(namespace: &str, name: &str, service_account: &str, node: &str) -> serde_
            "spec": {"nodeName": node, "serviceAccountName": service_account, "containers": []}})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signs_only_service_accounts_with_a_pod_on_the_callers_node() {
+/// A CA serving over TLS with the user's intermediate, the fake API server answering its pod
+/// watch (`pods`) and TokenReviews (as the agent of node-a); the agent's remote signer for it.
+async fn serving_ca(pods: Vec<serde_json::Value>) -> (Signer, FakeApi, TempDir) {
     let dir =
         TempDir(std::env::temp_dir().join(format!("weft-ca-test-{:016x}", rand::random::<u64>())));
     std::fs::create_dir_all(&dir.0).expect("temp dir");
     let (signing, root) = user_intermediate(&dir);
     let (client, fake) = FakeApi::start();
-    fake.set_list(
-        "/api/v1/pods",
-        vec![
-            pod("shop", "web-1", "web", "node-a"),
-            pod("shop", "db-1", "db", "node-b"),
-        ],
-    );
+    fake.set_list("/api/v1/pods", pods);
     fake.set_token_review(json!({
         "authenticated": true,
         "user": {"username": "system:serviceaccount:weft-system:weft-agent", "extra": {NODE_NAME_EXTRA: ["node-a"]}},
@@ -89,7 +91,9 @@ async fn signs_only_service_accounts_with_a_pod_on_the_callers_node() {
         svid_lifetime: Duration::from_hours(1),
         dns_names: vec!["localhost".into()],
     };
-    tokio::spawn(async move { serve(&config, client, listener).await });
+    let pods = Arc::new(Mutex::new(PodIndex::default()));
+    watch_pods(client.clone(), pods.clone());
+    tokio::spawn(async move { serve(&config, client, listener, pods).await });
 
     let remote = Signer::Remote(
         RemoteCa::new(
@@ -99,6 +103,21 @@ async fn signs_only_service_accounts_with_a_pod_on_the_callers_node() {
         )
         .expect("remote CA"),
     );
+    (remote, fake, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signs_only_service_accounts_with_a_pod_on_the_callers_node() {
+    let (remote, fake, _dir) = serving_ca(vec![
+        pod("shop", "web-1", "web", "node-a"),
+        pod("shop", "db-1", "db", "node-b"),
+        {
+            let mut done = pod("shop", "report-1", "batch", "node-a");
+            done["status"] = json!({"phase": "Succeeded"});
+            done
+        },
+    ])
+    .await;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
     let web = SpiffeId::new("cluster.local", "shop", "web");
     // The pod watch may still be listing: the CA says so (503) until it has.
@@ -128,6 +147,18 @@ async fn signs_only_service_accounts_with_a_pod_on_the_callers_node() {
         text.contains("403")
             && text.contains("no pod of service account shop/db runs on node node-a"),
         "{text}"
+    );
+
+    // A completed Job's pod is still listed on node-a, but it gives no right to its identity.
+    let batch = SpiffeId::new("cluster.local", "shop", "batch");
+    let refused = remote
+        .issue(&batch, &key, Duration::from_hours(1))
+        .expect_err("batch's only pod on node-a has finished");
+    assert!(
+        refused
+            .to_string()
+            .contains("no pod of service account shop/batch"),
+        "{refused}"
     );
 
     let other_domain = SpiffeId::new("evil.example", "shop", "web");
@@ -162,4 +193,42 @@ async fn signs_only_service_accounts_with_a_pod_on_the_callers_node() {
         .issue(&web, &key, Duration::from_hours(1))
         .expect_err("unauthenticated");
     assert!(refused.to_string().contains("401"), "{refused}");
+}
+
+/// Plain HTTP/1.0 GET; returns the status line.
+async fn get_status(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut reply = String::new();
+    let _ = tcp.read_to_string(&mut reply).await;
+    reply.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn the_ca_is_ready_only_once_its_pod_watch_has_listed() {
+    let pods = Arc::new(Mutex::new(PodIndex::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(super::serve_health(listener, pods.clone()));
+    assert!(get_status(addr, "/healthz/live").await.contains("200"));
+    let before = get_status(addr, "/healthz/ready").await;
+    assert!(before.contains("503"), "{before}");
+
+    let (client, fake) = FakeApi::start();
+    fake.set_list("/api/v1/pods", vec![pod("shop", "web-1", "web", "node-a")]);
+    watch_pods(client, pods);
+    let mut after = String::new();
+    for _ in 0..500 {
+        after = get_status(addr, "/healthz/ready").await;
+        if after.contains("200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(after.contains("200"), "{after}");
 }

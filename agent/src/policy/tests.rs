@@ -288,4 +288,21 @@ fn checked_in_crds_match_the_rust_types() {
         );
         assert!(generated.contains("group: weft.io") && generated.contains("name: v1alpha1"));
     }
+    // A CRD whose type was removed or renamed would otherwise stay checked in and deployed.
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&folder)
+        .expect("deploy/crds")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name != "kustomization.yaml")
+        .collect();
+    on_disk.sort();
+    let mut generated: Vec<String> = super::crds()
+        .into_iter()
+        .map(|(file, _)| file.to_owned())
+        .collect();
+    generated.sort();
+    assert_eq!(
+        on_disk, generated,
+        "deploy/crds holds files the Rust types do not generate: remove them or run `cargo xtask crds`"
+    );
 }

@@ -131,6 +131,7 @@ struct ReadinessGateIn {
 struct PodStatusIn {
     #[serde(rename = "podIP")]
     pod_ip: Option<String>,
+    phase: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -266,7 +267,9 @@ pub(super) fn add(registry: &mut Registry, doc: &serde_yaml::Value) -> Result<()
                 },
             );
         }
-        "Pod" => registry.pods.push(pod(object)?),
+        // A finished pod (a completed Job) serves nothing, and its address may already be
+        // another pod's: it is neither a destination nor an identity to sign.
+        "Pod" => registry.pods.extend(pod(object)?),
         "Service" => registry.services.push(service(object)?),
         "AuthorizationPolicy" => registry.policies.push(authorization_policy(&object)?),
         "HTTPRoute" | "GRPCRoute" => registry.routes.push(route(&kind, object)?),
@@ -282,9 +285,12 @@ fn authorization_policy(object: &Object<'_>) -> Result<crate::policy::Policy, Re
     crate::policy::compile(&object.namespace, &object.name, spec).map_err(|e| object.reject(e))
 }
 
-fn pod(object: Object<'_>) -> Result<Pod, Rejection> {
+fn pod(object: Object<'_>) -> Result<Option<Pod>, Rejection> {
     let spec: Option<PodSpecIn> = object.field("spec")?;
     let status: PodStatusIn = object.field("status")?.unwrap_or_default();
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return Ok(None);
+    }
     let ip = status
         .pod_ip
         .as_deref()
@@ -296,7 +302,7 @@ fn pod(object: Object<'_>) -> Result<Pod, Rejection> {
     let enrollment_gate = gates
         .iter()
         .any(|g| g.condition_type == super::ENROLLED_CONDITION);
-    Ok(Pod {
+    Ok(Some(Pod {
         uid: object.meta.uid.clone(),
         enrollment_gate,
         namespace: object.namespace,
@@ -306,7 +312,7 @@ fn pod(object: Object<'_>) -> Result<Pod, Rejection> {
         node_name,
         service_account: service_account.unwrap_or_else(|| "default".into()),
         ip,
-    })
+    }))
 }
 
 fn route(kind: &str, object: Object<'_>) -> Result<Route, Rejection> {

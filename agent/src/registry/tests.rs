@@ -121,3 +121,19 @@ spec: {parentRefs: [{name: rpc}]}
     assert_eq!(registry.routes[0].hostnames, ["reviews.demo"]);
     assert_eq!(registry.routes[1].kind, "GRPCRoute");
 }
+
+#[test]
+fn a_finished_pod_is_neither_enrolled_nor_found_by_its_address() {
+    let registry = docs(&format!(
+        "{CLUSTER}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: job-1, namespace: demo, annotations: {{weft.io/netns: /x}}}}\nspec: {{nodeName: n1}}\nstatus: {{podIP: 10.0.0.7, phase: Succeeded}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: new, namespace: demo, annotations: {{weft.io/netns: /x}}}}\nspec: {{nodeName: n1}}\nstatus: {{podIP: 10.0.0.8, phase: Running}}\n"
+    ));
+    assert!(registry.errors.is_empty(), "{:?}", registry.errors);
+    assert!(registry.pod_by_ip(Ipv4Addr::new(10, 0, 0, 7)).is_none());
+    assert!(registry.pod_by_ip(Ipv4Addr::new(10, 0, 0, 8)).is_some());
+    let enrolled: Vec<_> = registry
+        .enrolled_pods_on("n1")
+        .map(|p| p.name.as_str())
+        .collect();
+    assert!(!enrolled.contains(&"job-1"), "{enrolled:?}");
+    assert!(enrolled.contains(&"new"), "{enrolled:?}");
+}

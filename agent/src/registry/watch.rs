@@ -54,11 +54,11 @@ pub struct KindStatus {
 pub type WatchStatus = Arc<Mutex<BTreeMap<&'static str, KindStatus>>>;
 
 enum Change {
-    Apply(&'static str, String, serde_yaml::Value),
+    Apply(&'static str, String, Kept),
     Delete(&'static str, String),
     /// A (re)list began: objects arriving until `ResyncDone` replace the kind's set.
     ResyncStart(&'static str),
-    ResyncItem(&'static str, String, serde_yaml::Value),
+    ResyncItem(&'static str, String, Kept),
     ResyncDone(&'static str),
     Error(&'static str, String),
 }
@@ -135,11 +135,16 @@ fn key_of<K: Resource>(object: &K) -> String {
     )
 }
 
+/// A kept object: its trimmed form as compact JSON text. A parsed tree costs several times
+/// the text's size in map nodes and small strings; the text is parsed again only when a
+/// snapshot is rebuilt, which already walked every object.
+type Kept = Box<str>;
+
 /// The object as the registry will read it, reduced to the fields Weft uses.
-fn keep<K: Resource + Serialize>(kind: &str, object: &K) -> Option<(String, serde_yaml::Value)> {
+fn keep<K: Resource + Serialize>(kind: &str, object: &K) -> Option<(String, Kept)> {
     let json = serde_json::to_value(object).ok()?;
-    let doc = serde_yaml::to_value(trim(kind, &json)).ok()?;
-    Some((key_of(object), doc))
+    let text = serde_json::to_string(&trim(kind, &json)).ok()?;
+    Some((key_of(object), text.into_boxed_str()))
 }
 
 /// Keeps only what the registry reads: identity, labels, Weft's own annotations and the
@@ -194,7 +199,12 @@ pub fn trim(kind: &str, object: &serde_json::Value) -> serde_json::Value {
                     "readinessGates": gates,
                 }),
             );
-            put("status", json!({"podIP": get(&["status", "podIP"])}));
+            // The phase tells a finished pod (a completed Job) from a live one: its address
+            // may already belong to another pod.
+            put(
+                "status",
+                json!({"podIP": get(&["status", "podIP"]), "phase": get(&["status", "phase"])}),
+            );
         }
         "Service" => put(
             "spec",
@@ -221,8 +231,10 @@ pub fn trim(kind: &str, object: &serde_json::Value) -> serde_json::Value {
         _ => put("spec", get(&["spec"])),
     }
     // JSON nulls the registry would read as "absent" anyway; dropping them keeps YAML clean.
-    if let Some(spec) = kept.get_mut("spec").and_then(Value::as_object_mut) {
-        spec.retain(|_, v| !v.is_null());
+    for part in ["spec", "status"] {
+        if let Some(fields) = kept.get_mut(part).and_then(Value::as_object_mut) {
+            fields.retain(|_, v| !v.is_null());
+        }
     }
     kept
 }
@@ -234,8 +246,8 @@ async fn fold(
     tx: watch::Sender<Arc<Registry>>,
     status: WatchStatus,
 ) {
-    let mut objects: HashMap<&'static str, BTreeMap<String, serde_yaml::Value>> = HashMap::new();
-    let mut relisting: HashMap<&'static str, BTreeMap<String, serde_yaml::Value>> = HashMap::new();
+    let mut objects: HashMap<&'static str, BTreeMap<String, Kept>> = HashMap::new();
+    let mut relisting: HashMap<&'static str, BTreeMap<String, Kept>> = HashMap::new();
     while let Some(first) = changes.recv().await {
         let mut dirty = apply(first, &mut objects, &mut relisting, &status);
         // Fold a burst (a relist, a rollout) into one snapshot.
@@ -255,8 +267,11 @@ async fn fold(
             continue;
         }
         let docs = objects.iter().flat_map(|(kind, set)| {
-            set.iter()
-                .map(move |(key, doc)| (format!("kubernetes {kind} {key}"), doc.clone()))
+            set.iter().filter_map(move |(key, text)| {
+                // Text this module wrote from a JSON value: it always parses back.
+                let doc = serde_json::from_str::<serde_yaml::Value>(text).ok()?;
+                Some((format!("kubernetes {kind} {key}"), doc))
+            })
         });
         let registry = Registry::from_objects(docs);
         tracing::debug!(
@@ -273,8 +288,8 @@ async fn fold(
 /// Returns whether the kept objects changed.
 fn apply(
     change: Change,
-    objects: &mut HashMap<&'static str, BTreeMap<String, serde_yaml::Value>>,
-    relisting: &mut HashMap<&'static str, BTreeMap<String, serde_yaml::Value>>,
+    objects: &mut HashMap<&'static str, BTreeMap<String, Kept>>,
+    relisting: &mut HashMap<&'static str, BTreeMap<String, Kept>>,
     status: &WatchStatus,
 ) -> bool {
     let mut status = status
@@ -283,8 +298,16 @@ fn apply(
     let changed = match change {
         Change::Apply(kind, key, doc) => {
             status.entry(kind).or_default().events += 1;
-            objects.entry(kind).or_default().insert(key, doc);
-            true
+            // Most updates anywhere in the cluster (kubelet status heartbeats, other
+            // controllers' annotations) touch nothing Weft keeps: they must not rebuild the
+            // registry and re-run enrollment on every node.
+            let set = objects.entry(kind).or_default();
+            if set.get(&key) == Some(&doc) {
+                false
+            } else {
+                set.insert(key, doc);
+                true
+            }
         }
         Change::Delete(kind, key) => {
             status.entry(kind).or_default().events += 1;

@@ -67,7 +67,50 @@ async fn until(
     );
 }
 
+/// The `resourceVersion` each watch of `path` asked for, in order.
+fn watch_versions(fake: &FakeApi, path: &str) -> Vec<String> {
+    fake.seen()
+        .iter()
+        .filter(|s| s.path == path && s.query.split('&').any(|q| q == "watch=true"))
+        .filter_map(|s| {
+            s.query
+                .split('&')
+                .find_map(|q| q.strip_prefix("resourceVersion="))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+fn lists_of(fake: &FakeApi, path: &str) -> usize {
+    fake.seen()
+        .iter()
+        .filter(|s| s.path == path && !s.query.contains("watch"))
+        .count()
+}
+
+/// Waits up to 10 s for a watch of `path` from `version`: the watcher resumed where it was.
+async fn resumes_from(fake: &FakeApi, path: &str, version: u64) {
+    let version = version.to_string();
+    for _ in 0..1000 {
+        if watch_versions(fake, path).contains(&version) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "no watch of {path} resumed from resourceVersion {version}: {:?}",
+        watch_versions(fake, path)
+    );
+}
+
 fn start(fake: &FakeApi, client: &kube::Client) -> watch::Receiver<Arc<Registry>> {
+    start_with_status(fake, client).0
+}
+
+fn start_with_status(
+    fake: &FakeApi,
+    client: &kube::Client,
+) -> (watch::Receiver<Arc<Registry>>, kube_watch::WatchStatus) {
     fake.set_list(NAMESPACES, vec![namespace("demo", true)]);
     fake.set_list(
         PODS,
@@ -78,8 +121,17 @@ fn start(fake: &FakeApi, client: &kube::Client) -> watch::Receiver<Arc<Registry>
         ],
     );
     let (tx, rx) = watch::channel(Arc::new(Registry::default()));
-    kube_watch::spawn(client, tx);
-    rx
+    let status = kube_watch::spawn(client, tx);
+    (rx, status)
+}
+
+fn pod_status(status: &kube_watch::WatchStatus) -> kube_watch::KindStatus {
+    status
+        .lock()
+        .expect("status")
+        .get("Pod")
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -102,6 +154,7 @@ async fn namespace_and_pod_changes_flip_enrollment() {
         pod("b", "n1", "10.0.0.2", &json!({"weft.io/mesh": "disabled"})),
     )
     .await;
+    let mut pod_event_versions = vec![fake.version()];
     until(&mut rx, "pod label opts b out", |r| {
         enrolled_on(r, "n1") == ["a"]
     })
@@ -123,6 +176,7 @@ async fn namespace_and_pod_changes_flip_enrollment() {
 
     fake.event(PODS, "ADDED", pod("c", "n1", "10.0.0.3", &json!({})))
         .await;
+    pod_event_versions.push(fake.version());
     until(&mut rx, "pod added", |r| enrolled_on(r, "n1") == ["a", "c"]).await;
 
     fake.event(PODS, "DELETED", pod("a", "n1", "10.0.0.1", &json!({})))
@@ -133,6 +187,73 @@ async fn namespace_and_pod_changes_flip_enrollment() {
         .await;
     until(&mut rx, "namespace deleted", |r| {
         enrolled_on(r, "n1").is_empty()
+    })
+    .await;
+
+    // Each event ended its watch (the fake closes it); every reconnect resumed from the last
+    // event's resourceVersion, and none of the seven turned into a relist.
+    for version in pod_event_versions {
+        resumes_from(&fake, PODS, version).await;
+    }
+    assert_eq!(lists_of(&fake, PODS), 1, "pods were listed again");
+    assert_eq!(
+        lists_of(&fake, NAMESPACES),
+        1,
+        "namespaces were listed again"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_watch_resumes_from_its_version_after_backoff() {
+    let (client, fake) = FakeApi::start();
+    let (mut rx, status) = start_with_status(&fake, &client);
+    until(&mut rx, "initial listing", |r| {
+        enrolled_on(r, "n1") == ["a", "b"]
+    })
+    .await;
+    let before = watch_versions(&fake, PODS);
+    let resumed_from = before.last().expect("a pod watch").clone();
+
+    let failed_at = fake.fail_watch(PODS).await;
+    let mut waited = 0;
+    while watch_versions(&fake, PODS).len() == before.len() && waited < 1000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    let after = watch_versions(&fake, PODS);
+    assert_eq!(
+        after.get(before.len()),
+        Some(&resumed_from),
+        "the watch after a 500 must resume from the same resourceVersion: {after:?}"
+    );
+    assert_eq!(lists_of(&fake, PODS), 1, "a 500 must not relist");
+    // Backoff, not a hot loop: the retry waited (kube's default backoff starts near 0.8 s).
+    let retried_at = fake
+        .seen()
+        .iter()
+        .filter(|s| s.path == PODS && s.query.contains("watch=true"))
+        .nth(before.len())
+        .map(|s| s.at)
+        .expect("the retried watch");
+    assert!(
+        retried_at.duration_since(failed_at) >= Duration::from_millis(300),
+        "retried {:?} after the failure",
+        retried_at.duration_since(failed_at)
+    );
+    let kind = pod_status(&status);
+    assert_eq!(kind.errors, 1, "{kind:?}");
+    assert!(
+        kind.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("etcd leader changed")),
+        "{kind:?}"
+    );
+    assert_eq!(enrolled_on(&rx.borrow(), "n1"), ["a", "b"], "state kept");
+    // The resumed watch still delivers.
+    fake.event(PODS, "ADDED", pod("c", "n1", "10.0.0.3", &json!({})))
+        .await;
+    until(&mut rx, "event after the failures", |r| {
+        enrolled_on(r, "n1") == ["a", "b", "c"]
     })
     .await;
 }
@@ -159,14 +280,24 @@ async fn an_expired_watch_relists_without_losing_state() {
             pod("d", "n1", "10.0.0.4", &json!({})),
         ],
     );
+    // The relist is held until the state during it has been checked.
+    fake.hold_lists(PODS);
     fake.expire(PODS).await;
-    // Until the relist completes, the agent keeps what it knew: never an empty registry.
+    let mut waited = 0;
+    while fake.held_lists(PODS) == 0 && waited < 1000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    assert_eq!(fake.held_lists(PODS), 1, "no relist after 410 Gone");
+    // Longer than the fold's debounce: a snapshot taken during the relist would be out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let kept = rx.borrow().clone();
     assert_eq!(
         enrolled_on(&kept, "n1"),
         ["a", "b"],
-        "state lost while the watch was down"
+        "state lost while the relist was in flight"
     );
+    fake.release_lists(PODS);
     until(&mut rx, "relist after 410", |r| {
         enrolled_on(r, "n1") == ["a", "d"]
     })
@@ -228,6 +359,43 @@ async fn gated_pods_get_their_condition_patched() {
     assert_eq!(condition["status"], "True");
 }
 
+#[tokio::test]
+async fn a_failed_condition_patch_is_retried_until_it_lands() {
+    let (client, fake) = FakeApi::start();
+    fake.fail_patches(3);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(crate::conditions::publish(client, rx));
+    for enrolled in [false, true] {
+        tx.send(crate::enrollment::PodCondition {
+            namespace: "demo".into(),
+            name: "a".into(),
+            enrolled,
+            message: "m".into(),
+        })
+        .expect("send");
+    }
+    let patches = |fake: &FakeApi| -> Vec<String> {
+        fake.seen()
+            .into_iter()
+            .filter(|s| s.method == http::Method::PATCH)
+            .map(|s| s.body["status"]["conditions"][0]["status"].to_string())
+            .collect()
+    };
+    // Three refused patches, retried 0.2 + 0.4 + 0.8 s apart; the fourth lands.
+    for _ in 0..1000 {
+        if patches(&fake).len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent = patches(&fake);
+    assert_eq!(sent.len(), 4, "{sent:?}");
+    // Only the newest condition for the pod is sent and retried: the stale False never is.
+    assert!(sent.iter().all(|s| s == "\"True\""), "{sent:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(patches(&fake).len(), 4, "a landed patch is not repeated");
+}
+
 #[test]
 fn only_used_fields_are_kept() {
     let full = pod("a", "n1", "10.0.0.1", &json!({"app": "web"}));
@@ -250,4 +418,35 @@ fn only_used_fields_are_kept() {
     )]);
     assert_eq!(registry.pods[0].uid.as_deref(), Some("uid-a"));
     assert!(registry.errors.is_empty(), "{:?}", registry.errors);
+}
+
+#[tokio::test]
+async fn updates_to_fields_weft_does_not_keep_publish_nothing() {
+    let (client, fake) = FakeApi::start();
+    let mut rx = start(&fake, &client);
+    until(&mut rx, "initial listing", |r| {
+        enrolled_on(r, "n1") == ["a", "b"]
+    })
+    .await;
+    // A kubelet status heartbeat: new conditions and annotations Weft does not read.
+    let mut heartbeat = pod("a", "n1", "10.0.0.1", &json!({}));
+    heartbeat["status"]["conditions"] =
+        json!([{"type": "Ready", "status": "True", "lastProbeTime": "2026-11-23T10:00:00Z"}]);
+    heartbeat["metadata"]["annotations"]["example.com/build"] = json!("42");
+    rx.borrow_and_update();
+    fake.event(PODS, "MODIFIED", heartbeat).await;
+    // Longer than the fold's debounce: a rebuild would have been published by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !rx.has_changed().expect("sender alive"),
+        "a change to unkept fields rebuilt the registry"
+    );
+    // A change to a kept field still does.
+    fake.event(
+        PODS,
+        "MODIFIED",
+        pod("a", "n1", "10.0.0.1", &json!({"weft.io/mesh": "disabled"})),
+    )
+    .await;
+    until(&mut rx, "label change", |r| enrolled_on(r, "n1") == ["b"]).await;
 }
