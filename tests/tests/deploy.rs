@@ -182,14 +182,29 @@ fn the_daemonset_mounts_what_the_agents_configuration_names() {
         "the CA listens on 15012"
     );
 
-    // Probes hit endpoints the agent serves.
+    // Probes hit endpoints the agent serves, on 15021 (a named port resolves through the
+    // container's ports).
+    let port_number = |port: &Value| -> Option<u64> {
+        port.as_u64().or_else(|| {
+            agent["ports"]
+                .as_sequence()?
+                .iter()
+                .find_map(|p| (p["name"] == *port).then(|| p["containerPort"].as_u64())?)
+        })
+    };
     for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
         let path = agent[probe]["httpGet"]["path"].as_str().unwrap_or_default();
         assert!(
             ["/healthz/ready", "/healthz/live"].contains(&path),
             "{probe} on {path}"
         );
+        assert_eq!(
+            port_number(&agent[probe]["httpGet"]["port"]),
+            Some(15021),
+            "{probe} must use the readiness port"
+        );
     }
+
     let strategy = &daemonset["spec"]["updateStrategy"];
     assert_eq!(
         strategy["rollingUpdate"]["maxUnavailable"].as_u64(),
@@ -211,4 +226,84 @@ fn the_daemonset_mounts_what_the_agents_configuration_names() {
     let (secret, read_only) = mount_of(ca_pod, ca_container, &ca_value("WEFT_CA_KEY"));
     assert_eq!(secret["secret"]["secretName"], "weft-ca");
     assert!(read_only);
+}
+
+/// The admission policy that scopes the agents' `pods/status` patches to their own node,
+/// evaluated (cel-python) in every overlay against requests it must admit and refuse.
+#[test]
+fn agents_may_patch_only_their_own_nodes_pod_conditions() {
+    for overlay in std::fs::read_dir(deploy_dir().join("overlays")).expect("overlays") {
+        let dir = overlay.expect("overlay").path();
+        let rendered = Command::new("kubectl")
+            .arg("kustomize")
+            .arg(&dir)
+            .output()
+            .expect("kubectl is missing: `cargo xtask setup` installs it");
+        assert!(rendered.status.success(), "kustomize {}", dir.display());
+        let mut check = Command::new("python3")
+            .arg(deploy_dir().join("check-admission.py"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        std::io::Write::write_all(&mut check.stdin.take().expect("stdin"), &rendered.stdout)
+            .expect("write");
+        let out = check.wait_with_output().expect("check-admission.py");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{}: the admission policy decides wrongly:\n{text}",
+            dir.display()
+        );
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("ok ")).count(),
+            7,
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn the_daemonset_asks_only_for_the_privileges_it_documents() {
+    let docs = render("default");
+    let daemonset = object(&docs, "DaemonSet", "weft-agent");
+    let pod = &daemonset["spec"]["template"]["spec"];
+    let agent = &pod["containers"][0];
+    // Only the privileges the agent needs: not privileged, no host network or PID, every
+    // capability dropped but the documented ones.
+    let security = &agent["securityContext"];
+    assert_eq!(security["privileged"].as_bool(), Some(false));
+    assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_ne!(pod["hostNetwork"].as_bool(), Some(true));
+    assert_ne!(pod["hostPID"].as_bool(), Some(true));
+    let listed = |v: &Value| -> Vec<String> {
+        let mut caps: Vec<String> = v
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str().map(str::to_owned))
+            .collect();
+        caps.sort();
+        caps
+    };
+    assert_eq!(listed(&security["capabilities"]["drop"]), ["ALL"]);
+    let added = listed(&security["capabilities"]["add"]);
+    assert_eq!(
+        added,
+        ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"]
+    );
+    let documented = std::fs::read_to_string(deploy_dir().join("README.md")).expect("README");
+    for cap in &added {
+        assert!(
+            documented.contains(&format!("| `{cap}` |")),
+            "deploy/README.md does not say why the agent needs {cap}"
+        );
+    }
+    assert!(
+        agent["resources"]["requests"]["cpu"].as_str().is_some()
+            && agent["resources"]["requests"]["memory"].as_str().is_some(),
+        "resource requests"
+    );
 }

@@ -155,8 +155,9 @@ fn ensure_packages() -> anyhow::Result<()> {
     )
 }
 
-/// kubectl (its built-in kustomize renders deploy/) and kubernetes-validate (checks what it
-/// renders against the Kubernetes schemas, offline). No API server is needed or used.
+/// kubectl (its built-in kustomize renders deploy/), kubernetes-validate (checks what it
+/// renders against the Kubernetes schemas, offline) and cel-python (evaluates the admission
+/// policy's CEL). No API server is needed or used.
 fn ensure_kube_tools() -> anyhow::Result<()> {
     if !shell::succeeds(Command::new("kubectl").args(["version", "--client"])) {
         eprintln!("setup: installing kubectl (Debian package kubernetes-client)");
@@ -187,6 +188,17 @@ fn ensure_kube_tools() -> anyhow::Result<()> {
             shell::succeeds(Command::new("kubernetes-validate").arg("--version")),
             "kubernetes-validate was installed but is not on PATH (pip's script folder)"
         );
+    }
+    // cel-python evaluates deploy/'s admission policy expressions (check-admission.py).
+    if !shell::succeeds(Command::new("python3").args(["-c", "import celpy"])) {
+        eprintln!("setup: installing cel-python from PyPI");
+        shell::run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "cel-python",
+        ]))?;
     }
     Ok(())
 }
