@@ -10,8 +10,8 @@ pub mod conditions;
 pub mod config;
 pub mod connections;
 pub mod enrollment;
-#[cfg(test)]
-mod fake_api;
+#[cfg(any(test, feature = "testing"))]
+pub mod fake_api;
 pub mod flows;
 pub mod hbone;
 pub mod identity;

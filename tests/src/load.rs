@@ -22,6 +22,10 @@ use serde::{Deserialize, Serialize};
 
 /// How long a client waits for one connect or one response before it counts an error.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Every loop is bounded in count as well as in time: no worker makes more exchanges than this.
+const MAX_EXCHANGES_PER_WORKER: u64 = 2_000_000;
+/// `hold_idle` gives up when opening its connections takes longer than this.
+const HOLD_IDLE_DEADLINE: Duration = Duration::from_mins(2);
 
 /// Latency percentiles in microseconds.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -56,8 +60,12 @@ pub struct LoadReport {
     pub completed: u64,
     /// Every exchange made, warm-up included (the denominator for CPU per request).
     pub sent: u64,
+    /// Failed exchanges, plus (open loop) scheduled requests never sent before the deadline.
     pub errors: u64,
     pub elapsed_s: f64,
+    /// Completed per second. In the open loop, over the time from the first scheduled request
+    /// to the last response: a backlog that drains after the schedule ends lowers it below the
+    /// offered rate.
     pub per_second: f64,
     pub latency_us: Percentiles,
     /// CPU seconds (user + system) the client process used.
@@ -165,7 +173,8 @@ fn report(
 }
 
 /// Sends at `rate` requests per second spread evenly over the connections, each connection one
-/// request at a time, and records latency from each request's scheduled send time.
+/// request at a time, and records latency from each request's scheduled send time. Stops at the
+/// end of the schedule, or [`IO_TIMEOUT`] after it with the rest of a backlog counted as errors.
 pub fn open_loop(spec: &OpenLoop) -> LoadReport {
     #[expect(clippy::cast_precision_loss, reason = "connection counts are small")]
     let interval = Duration::from_secs_f64(spec.connections as f64 / spec.rate.max(1e-3));
@@ -173,48 +182,71 @@ pub fn open_loop(spec: &OpenLoop) -> LoadReport {
     let spec = spec.clone();
     let measured_from = begin + spec.warmup;
     let end = measured_from + spec.duration;
+    let hard_end = end + IO_TIMEOUT;
     let connections = spec.connections;
+    // The last response of the measured window, in ns after `measured_from`.
+    let last_response = Arc::new(AtomicU64::new(0));
+    let last = Arc::clone(&last_response);
     let (histogram, completed, sent, errors) =
         run_workers(connections, move |index, histogram, errors| {
             let request = vec![b'q'; spec.size];
             let mut response = vec![0; spec.size];
-            let Ok(mut stream) = connect(spec.target) else {
-                errors.fetch_add(1, Ordering::Relaxed);
-                return (0, 0);
-            };
             // Stagger the connections over one interval so the aggregate rate is smooth.
             #[expect(
                 clippy::cast_possible_truncation,
                 reason = "connection counts are small"
             )]
             let offset = interval / connections as u32 * index as u32;
+            let scheduled = |k: u32| begin + offset + interval * k;
             let (mut done, mut sent) = (0, 0);
-            for k in 0_u32.. {
-                let intended = begin + offset + interval * k;
-                if intended >= end {
+            let mut stream = connect(spec.target).ok();
+            let mut k = 0_u32;
+            while scheduled(k) < end && u64::from(k) < MAX_EXCHANGES_PER_WORKER {
+                let intended = scheduled(k);
+                if Instant::now() >= hard_end {
                     break;
                 }
                 if let Some(wait) = intended.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
-                if exchange(&mut stream, &request, &mut response).is_err() {
+                k += 1;
+                let Some(open) = stream.as_mut() else {
                     errors.fetch_add(1, Ordering::Relaxed);
-                    match connect(spec.target) {
-                        Ok(fresh) => stream = fresh,
-                        Err(_) => break,
-                    }
+                    stream = connect(spec.target).ok();
+                    continue;
+                };
+                if exchange(open, &request, &mut response).is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    stream = connect(spec.target).ok();
                     continue;
                 }
                 sent += 1;
                 if intended >= measured_from {
-                    let latency = Instant::now().duration_since(intended);
+                    let now = Instant::now();
+                    let latency = now.duration_since(intended);
                     let _ = histogram.record(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
+                    let since = now.duration_since(measured_from).as_nanos();
+                    last.fetch_max(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
                     done += 1;
                 }
             }
+            // What the schedule still held when the worker stopped was never sent.
+            let mut unsent = 0;
+            while scheduled(k) < end && u64::from(k) < MAX_EXCHANGES_PER_WORKER {
+                unsent += u64::from(scheduled(k) >= measured_from);
+                k += 1;
+            }
+            errors.fetch_add(unsent, Ordering::Relaxed);
             (done, sent)
         });
-    report(&histogram, completed, sent, errors, spec.duration)
+    let drained = Duration::from_nanos(last_response.load(Ordering::Relaxed));
+    report(
+        &histogram,
+        completed,
+        sent,
+        errors,
+        drained.max(spec.duration),
+    )
 }
 
 /// As many requests as `connections` connections complete back to back: the saturation rate.
@@ -235,7 +267,7 @@ pub fn closed_loop(
                 return (0, 0);
             };
             let mut done = 0;
-            while Instant::now() < end {
+            while Instant::now() < end && done < MAX_EXCHANGES_PER_WORKER {
                 let sent = Instant::now();
                 if exchange(&mut stream, &request, &mut response).is_err() {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -262,8 +294,9 @@ pub fn connection_rate(
     let (histogram, completed, sent, errors) = run_workers(workers, move |_, histogram, errors| {
         let request = vec![b'q'; size];
         let mut response = vec![0; size];
-        let mut done = 0;
-        while Instant::now() < end {
+        let (mut done, mut tries) = (0, 0);
+        while Instant::now() < end && tries < MAX_EXCHANGES_PER_WORKER {
+            tries += 1;
             let started = Instant::now();
             let result =
                 connect(target).and_then(|mut s| exchange(&mut s, &request, &mut response));
@@ -296,6 +329,10 @@ pub fn hold_idle(
     let mut held = Vec::with_capacity(count);
     let mut histogram = new_histogram();
     for n in 0..count {
+        anyhow::ensure!(
+            begin.elapsed() < HOLD_IDLE_DEADLINE,
+            "opened only {n} of {count} idle connections in {HOLD_IDLE_DEADLINE:?}"
+        );
         let started = Instant::now();
         let mut stream = connect(target).with_context(|| format!("opening idle connection {n}"))?;
         exchange(&mut stream, &request, &mut response)

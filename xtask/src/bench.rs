@@ -93,7 +93,8 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(md, "- Load: {}", report.load_generator);
     let _ = writeln!(
         md,
-        "- Baseline: the same pods in a namespace that is not enrolled, on the same nodes, veths and kernel, measured in the same run.\n- Ratio: Weft / baseline. For latency, CPU and memory lower is better; for rates and throughput higher is better.\n- CPU and memory rows compare the two agents (summed CPU; each agent's peak RSS) with what the application itself used for the same work without the mesh.\n"
+        "- Baseline: the same pods in a namespace that is not enrolled, on the same nodes, veths and kernel, measured in the same run.\n- Ratio: Weft / baseline. For latency, CPU and memory lower is better; for rates and throughput higher is better.\n- CPU and memory rows compare the agents (each, and both summed for CPU; each agent's peak RSS) with what the application itself used for the same work without the mesh.\n- Measuring took {:.0} s (cluster up to report, without the build).\n",
+        report.wall_seconds
     );
     let _ = writeln!(
         md,
@@ -116,7 +117,7 @@ pub fn markdown(report: &Report) -> String {
             ratio
         );
     }
-    let _ = writeln!(md, "\nNear-saturation rates are 70% of what Weft sustained closed-loop on the same path and connection count.");
+    let _ = writeln!(md, "\nNear-saturation rates start at 70% of what Weft sustained closed-loop on the same path and connection count, and step down by 20% (up to three times) while Weft's run falls behind its schedule, loses requests or has a median over 10x its median at 1,000 rps; the baseline then runs at the rate used.");
     let _ = writeln!(
         md,
         "Registry: {} pods and {} services loaded in {:.1} s.",

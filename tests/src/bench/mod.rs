@@ -1,12 +1,14 @@
 //! `cargo xtask bench`: the scenarios, their no-mesh baseline in the same run, and the report
 //! they produce (`target/bench/report.json`; xtask renders the table and plots from it).
 
+pub mod kube_memory;
 mod process;
 mod run;
 
 use serde::{Deserialize, Serialize};
 
 use crate::load::LoadReport;
+pub use kube_memory::KubeRegistryMemory;
 
 pub use process::{cpu_seconds, peak_rss_kib, reset_peak_rss, rss_kib};
 pub use run::{run, wait_for_release, Lengths};
@@ -25,8 +27,29 @@ pub struct LatencyCase {
     /// CPU seconds of the benchmark's server process in each run.
     pub baseline_server_cpu_s: f64,
     pub weft_server_cpu_s: f64,
-    /// CPU seconds both agents used during the Weft run.
-    pub agents_cpu_s: f64,
+    /// CPU seconds each agent used during the Weft run.
+    pub agents_cpu_s: AgentsCpu,
+}
+
+/// CPU seconds of the agent on the client's node and of the one on the server's node.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct AgentsCpu {
+    pub client_node: f64,
+    pub server_node: f64,
+}
+
+impl AgentsCpu {
+    pub fn total(self) -> f64 {
+        self.client_node + self.server_node
+    }
+
+    #[must_use]
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            client_node: self.client_node - before.client_node,
+            server_node: self.server_node - before.server_node,
+        }
+    }
 }
 
 /// One bulk-throughput scenario (iperf3, cross-node).
@@ -40,7 +63,7 @@ pub struct ThroughputCase {
     pub baseline_bytes: f64,
     /// iperf3's own CPU (client + server) in the baseline run.
     pub baseline_app_cpu_s: f64,
-    pub agents_cpu_s: f64,
+    pub agents_cpu_s: AgentsCpu,
 }
 
 /// Connections per second with one connection per request.
@@ -49,7 +72,7 @@ pub struct ConnectionRate {
     pub workers: usize,
     pub baseline: LoadReport,
     pub weft: LoadReport,
-    pub agents_cpu_s: f64,
+    pub agents_cpu_s: AgentsCpu,
 }
 
 /// Peak resident memory of one process, in MiB.
@@ -68,8 +91,13 @@ pub struct Memory {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct CpuCost {
     pub agents_s_per_gib: f64,
+    pub client_node_agent_s_per_gib: f64,
+    pub server_node_agent_s_per_gib: f64,
     pub baseline_app_s_per_gib: f64,
     pub agents_s_per_1000_requests: f64,
+    /// Over the cross-node cases only, where each request passes both agents.
+    pub client_node_agent_s_per_1000_requests: f64,
+    pub server_node_agent_s_per_1000_requests: f64,
     pub baseline_app_s_per_1000_requests: f64,
 }
 
@@ -100,12 +128,39 @@ pub struct Report {
     pub memory_idle_connections: Memory,
     pub idle_connections: usize,
     pub registry: RegistryMemory,
+    /// Kubernetes mode: heap kept for the same cluster size, served through the watches.
+    pub kube_registry: KubeRegistryMemory,
+    /// Wall-clock seconds the measuring took (cluster up to report), without the build.
+    pub wall_seconds: f64,
 }
 
 impl Report {
     /// Every figure as (section, name, baseline, weft, unit, whether lower is better).
     pub fn rows(&self) -> Vec<Row> {
         let mut rows = Vec::new();
+        self.latency_rows(&mut rows);
+        for case in &self.throughput {
+            rows.push(Row::higher(
+                "throughput cross-node",
+                &format!("{} stream(s)", case.streams),
+                case.baseline_gbps,
+                case.weft_gbps,
+                "Gbit/s",
+            ));
+        }
+        rows.push(Row::higher(
+            "connections",
+            "new connections per second",
+            self.connection_rate.baseline.per_second,
+            self.connection_rate.weft.per_second,
+            "conn/s",
+        ));
+        self.cpu_rows(&mut rows);
+        self.memory_rows(&mut rows);
+        rows
+    }
+
+    fn latency_rows(&self, rows: &mut Vec<Row>) {
         for case in &self.latency {
             let section = format!(
                 "latency {} {:.0} rps {} conns",
@@ -128,38 +183,63 @@ impl Report {
                 case.weft.per_second,
                 "req/s",
             ));
-        }
-        for case in &self.throughput {
-            rows.push(Row::higher(
-                "throughput cross-node",
-                &format!("{} stream(s)", case.streams),
-                case.baseline_gbps,
-                case.weft_gbps,
-                "Gbit/s",
+            #[expect(clippy::cast_precision_loss, reason = "error counts fit")]
+            rows.push(Row::lower(
+                &section,
+                "errors (failed or never sent)",
+                case.baseline.errors as f64,
+                case.weft.errors as f64,
+                "",
             ));
         }
-        rows.push(Row::higher(
-            "connections",
-            "new connections per second",
-            self.connection_rate.baseline.per_second,
-            self.connection_rate.weft.per_second,
-            "conn/s",
-        ));
+    }
+
+    fn cpu_rows(&self, rows: &mut Vec<Row>) {
         let cpu = &self.cpu;
-        rows.push(Row::lower(
-            "cpu",
-            "CPU s per GiB (agents vs app)",
-            cpu.baseline_app_s_per_gib,
-            cpu.agents_s_per_gib,
-            "s",
-        ));
-        rows.push(Row::lower(
-            "cpu",
-            "CPU s per 1000 requests (agents vs app)",
-            cpu.baseline_app_s_per_1000_requests,
-            cpu.agents_s_per_1000_requests,
-            "s",
-        ));
+        for (name, agents) in [
+            ("CPU s per GiB, both agents (vs app)", cpu.agents_s_per_gib),
+            (
+                "CPU s per GiB, agent on client node (vs app)",
+                cpu.client_node_agent_s_per_gib,
+            ),
+            (
+                "CPU s per GiB, agent on server node (vs app)",
+                cpu.server_node_agent_s_per_gib,
+            ),
+        ] {
+            rows.push(Row::lower(
+                "cpu",
+                name,
+                cpu.baseline_app_s_per_gib,
+                agents,
+                "s",
+            ));
+        }
+        for (name, agents) in [
+            (
+                "CPU s per 1000 requests, both agents (vs app)",
+                cpu.agents_s_per_1000_requests,
+            ),
+            (
+                "CPU s per 1000 cross-node requests, agent on client node (vs app)",
+                cpu.client_node_agent_s_per_1000_requests,
+            ),
+            (
+                "CPU s per 1000 cross-node requests, agent on server node (vs app)",
+                cpu.server_node_agent_s_per_1000_requests,
+            ),
+        ] {
+            rows.push(Row::lower(
+                "cpu",
+                name,
+                cpu.baseline_app_s_per_1000_requests,
+                agents,
+                "s",
+            ));
+        }
+    }
+
+    fn memory_rows(&self, rows: &mut Vec<Row>) {
         for (phase, memory) in [
             ("idle", &self.memory_idle),
             ("under load", &self.memory_load),
@@ -194,7 +274,19 @@ impl Report {
             self.registry.loaded_rss_mib,
             "MiB",
         ));
-        rows
+        let kube = &self.kube_registry;
+        #[expect(clippy::cast_precision_loss, reason = "byte counts fit")]
+        let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
+        rows.push(Row::lower(
+            "registry, Kubernetes mode",
+            &format!(
+                "heap kept for {} pods, {} services (baseline: the objects held whole)",
+                kube.pods, kube.services
+            ),
+            mib(kube.whole_objects_bytes),
+            mib(kube.kept_bytes),
+            "MiB",
+        ));
     }
 }
 

@@ -14,8 +14,8 @@ use std::{
 use anyhow::Context as _;
 
 use super::{
-    cpu_seconds, peak_rss_kib, reset_peak_rss, rss_kib, ConnectionRate, CpuCost, LatencyCase,
-    Memory, RegistryMemory, Report, ThroughputCase,
+    cpu_seconds, peak_rss_kib, reset_peak_rss, rss_kib, AgentsCpu, ConnectionRate, CpuCost,
+    LatencyCase, Memory, RegistryMemory, Report, ThroughputCase,
 };
 use crate::{
     load::LoadReport,
@@ -26,10 +26,17 @@ use crate::{
 const ECHO_PORT: u16 = 7000;
 const IPERF_PORT: u16 = 5201;
 const REQUEST_SIZE: usize = 1024;
-/// "Near saturation" is this share of the rate Weft sustains closed-loop on the same path and
-/// connection count. At 80% the open-loop runs tipped into overload whenever the short probe
-/// overestimated capacity; 70% stays near the knee without running past it.
+/// "Near saturation" starts at this share of the rate Weft sustains closed-loop on the same
+/// path and connection count. At 80% the open-loop runs tipped into overload whenever the short
+/// probe overestimated capacity.
 const SATURATION_SHARE: f64 = 0.7;
+/// A near-saturation run past the knee (it fell behind its schedule, lost requests, or its
+/// median grew beyond this multiple of the same path's median at 1,000 rps) is measured again
+/// at [`STEP_DOWN`] of its rate, at most [`MAX_STEPS`] times: the figure is then near
+/// saturation, not overload.
+const KNEE_MEDIAN_FACTOR: f64 = 10.0;
+const STEP_DOWN: f64 = 0.8;
+const MAX_STEPS: usize = 3;
 
 /// How long each part runs: `--quick` is a smoke run, the full run is the measurement.
 #[derive(Clone, Debug)]
@@ -72,6 +79,7 @@ impl Lengths {
 /// The pods of one side (baseline or Weft): a client and a local server on node0, a server on
 /// node1.
 struct Side {
+    is_baseline: bool,
     client: PodHandle,
     remote: PodHandle,
     local: PodHandle,
@@ -176,6 +184,7 @@ impl Bench {
                 cluster.spawn_in_pod(&local, &exe_str, &["serve", &listen, &size])?;
             cluster.spawn_in_pod(&remote, "iperf3", &["-s", "-p", &IPERF_PORT.to_string()])?;
             sides.push(Side {
+                is_baseline: namespace == "plain",
                 client,
                 remote,
                 local,
@@ -218,8 +227,11 @@ impl Bench {
         anyhow::bail!("{} did not enroll {pods} pods within 10 s", node.name)
     }
 
-    fn agents_cpu(&self) -> f64 {
-        self.agents[..2].iter().map(|pid| cpu_seconds(*pid)).sum()
+    fn agents_cpu(&self) -> AgentsCpu {
+        AgentsCpu {
+            client_node: cpu_seconds(self.agents[0]),
+            server_node: cpu_seconds(self.agents[1]),
+        }
     }
 
     fn reset_peaks(&self, side: &Side) {
@@ -256,6 +268,7 @@ impl Bench {
     }
 
     fn measure(&self, commit: String) -> anyhow::Result<Report> {
+        let started = Instant::now();
         let settle = if self.lengths.quick { 1 } else { 3 };
         self.reset_peaks(&self.baseline);
         std::thread::sleep(Duration::from_secs(settle));
@@ -270,6 +283,7 @@ impl Bench {
         let connection_rate = self.connection_rate()?;
         let (memory_idle_connections, idle_connections) = self.idle_connections()?;
         let registry = self.registry_memory()?;
+        let kube_registry = self.kube_registry_memory(registry.pods, registry.services)?;
         let cpu = cpu_cost(&latency, &throughput);
         Ok(Report {
             date: String::new(),
@@ -286,6 +300,8 @@ impl Bench {
             memory_idle_connections,
             idle_connections,
             registry,
+            kube_registry,
+            wall_seconds: started.elapsed().as_secs_f64(),
         })
     }
 
@@ -310,6 +326,48 @@ impl Bench {
         Ok(rate)
     }
 
+    /// One open-loop run on `side` at `rate`, with the CPU the server and the agents used.
+    fn open_loop_run(
+        &self,
+        side: &Side,
+        placement: &str,
+        rate: f64,
+        connections: usize,
+        load: &mut Memory,
+    ) -> anyhow::Result<(LoadReport, f64, AgentsCpu)> {
+        let (server, server_pid) = if placement == "cross-node" {
+            (&side.remote, side.remote_server_pid)
+        } else {
+            (&side.local, side.local_server_pid)
+        };
+        self.reset_peaks(side);
+        let (agents_before, server_before) = (self.agents_cpu(), cpu_seconds(server_pid));
+        let report = self.client(
+            side,
+            &[
+                "open-loop".into(),
+                target(server).to_string(),
+                "--rate".into(),
+                rate.to_string(),
+                "--connections".into(),
+                connections.to_string(),
+                "--seconds".into(),
+                self.lengths.latency.as_secs_f64().to_string(),
+                "--warmup".into(),
+                self.lengths.warmup.as_secs_f64().to_string(),
+            ],
+        )?;
+        let server_cpu = cpu_seconds(server_pid) - server_before;
+        let agents_cpu = self.agents_cpu().since(agents_before);
+        let peaks = self.peaks(side);
+        load.agent_client_node_mib = load.agent_client_node_mib.max(peaks.agent_client_node_mib);
+        load.agent_server_node_mib = load.agent_server_node_mib.max(peaks.agent_server_node_mib);
+        if side.is_baseline {
+            load.baseline_server_mib = load.baseline_server_mib.max(peaks.baseline_server_mib);
+        }
+        Ok((report, server_cpu, agents_cpu))
+    }
+
     fn latency_cases(&self) -> anyhow::Result<(Vec<LatencyCase>, Memory)> {
         let mut cases = Vec::new();
         let mut load = Memory::default();
@@ -320,52 +378,48 @@ impl Bench {
                 } else {
                     &self.weft.local
                 };
-                let near_saturation = self.saturation(server, connections)?;
-                for (rate, near) in [(1000.0, false), (near_saturation, true)] {
-                    let mut reports = Vec::new();
-                    let mut server_cpu = Vec::new();
-                    let mut agents_cpu = 0.0;
-                    for (side, is_weft) in [(&self.baseline, false), (&self.weft, true)] {
-                        let (server, server_pid) = if placement == "cross-node" {
-                            (&side.remote, side.remote_server_pid)
-                        } else {
-                            (&side.local, side.local_server_pid)
-                        };
-                        self.reset_peaks(side);
-                        let (agents_before, server_before) =
-                            (self.agents_cpu(), cpu_seconds(server_pid));
-                        let report = self.client(
-                            side,
-                            &[
-                                "open-loop".into(),
-                                target(server).to_string(),
-                                "--rate".into(),
-                                rate.to_string(),
-                                "--connections".into(),
-                                connections.to_string(),
-                                "--seconds".into(),
-                                self.lengths.latency.as_secs_f64().to_string(),
-                                "--warmup".into(),
-                                self.lengths.warmup.as_secs_f64().to_string(),
-                            ],
+                let probed = self.saturation(server, connections)?;
+                let mut weft_median_at_1000 = None;
+                for (rate, near) in [(1000.0, false), (probed, true)] {
+                    // Weft first: near saturation, its rate may step down before the baseline
+                    // runs at the rate finally used.
+                    let mut rate = rate;
+                    let mut weft =
+                        self.open_loop_run(&self.weft, placement, rate, connections, &mut load)?;
+                    for _ in 0..MAX_STEPS {
+                        let report = &weft.0;
+                        let knee = weft_median_at_1000
+                            .map_or(f64::INFINITY, |m: f64| m * KNEE_MEDIAN_FACTOR);
+                        let past_knee = report.per_second < rate * 0.95
+                            || report.errors > 0
+                            || report.latency_us.p50 > knee;
+                        if !near || !past_knee {
+                            break;
+                        }
+                        eprintln!(
+                            "bench: {rate:.0} rps is past the knee (achieved {:.0}, errors {}, p50 {:.0} µs); stepping down",
+                            report.per_second, report.errors, report.latency_us.p50
+                        );
+                        rate = (rate * STEP_DOWN).round();
+                        weft = self.open_loop_run(
+                            &self.weft,
+                            placement,
+                            rate,
+                            connections,
+                            &mut load,
                         )?;
-                        server_cpu.push(cpu_seconds(server_pid) - server_before);
-                        if is_weft {
-                            agents_cpu = self.agents_cpu() - agents_before;
-                        }
-                        let peaks = self.peaks(side);
-                        load.agent_client_node_mib =
-                            load.agent_client_node_mib.max(peaks.agent_client_node_mib);
-                        load.agent_server_node_mib =
-                            load.agent_server_node_mib.max(peaks.agent_server_node_mib);
-                        if !is_weft {
-                            load.baseline_server_mib =
-                                load.baseline_server_mib.max(peaks.baseline_server_mib);
-                        }
-                        reports.push(report);
                     }
-                    let weft = reports.pop().context("weft run")?;
-                    let baseline = reports.pop().context("baseline run")?;
+                    let (baseline, baseline_server_cpu_s, _) = self.open_loop_run(
+                        &self.baseline,
+                        placement,
+                        rate,
+                        connections,
+                        &mut load,
+                    )?;
+                    let (weft, weft_server_cpu_s, agents_cpu_s) = weft;
+                    if !near {
+                        weft_median_at_1000 = Some(weft.latency_us.p50);
+                    }
                     eprintln!(
                         "bench: {placement} {rate:.0} rps {connections} conns: p50 {:.0} -> {:.0} µs, p99 {:.0} -> {:.0} µs",
                         baseline.latency_us.p50, weft.latency_us.p50, baseline.latency_us.p99, weft.latency_us.p99
@@ -377,9 +431,9 @@ impl Bench {
                         connections,
                         baseline,
                         weft,
-                        baseline_server_cpu_s: server_cpu[0],
-                        weft_server_cpu_s: server_cpu[1],
-                        agents_cpu_s: agents_cpu,
+                        baseline_server_cpu_s,
+                        weft_server_cpu_s,
+                        agents_cpu_s,
                     });
                 }
             }
@@ -389,10 +443,14 @@ impl Bench {
 
     fn iperf(&self, side: &Side, streams: u32) -> anyhow::Result<(f64, f64, f64)> {
         let server = side.remote.ip.to_string();
+        // iperf3 has no overall deadline of its own: `timeout` bounds a stalled run.
+        let limit = (self.lengths.throughput_secs + 30).to_string();
         let output = self.cluster.run_in_pod(
             &side.client,
-            "iperf3",
+            "timeout",
             &[
+                &limit,
+                "iperf3",
                 "-c",
                 &server,
                 "-p",
@@ -438,7 +496,7 @@ impl Bench {
                 self.iperf(&self.baseline, streams)?;
             let before = self.agents_cpu();
             let (weft_gbps, weft_bytes, _) = self.iperf(&self.weft, streams)?;
-            let agents_cpu_s = self.agents_cpu() - before;
+            let agents_cpu_s = self.agents_cpu().since(before);
             eprintln!("bench: throughput {streams} stream(s): {baseline_gbps:.2} -> {weft_gbps:.2} Gbit/s");
             cases.push(ThroughputCase {
                 streams,
@@ -470,7 +528,7 @@ impl Bench {
         std::thread::sleep(Duration::from_secs(1));
         let before = self.agents_cpu();
         let weft = self.client(&self.weft, &args(&self.weft))?;
-        let agents_cpu_s = self.agents_cpu() - before;
+        let agents_cpu_s = self.agents_cpu().since(before);
         eprintln!(
             "bench: new connections/s: {:.0} -> {:.0}",
             baseline.per_second, weft.per_second
@@ -567,6 +625,45 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// The Kubernetes-mode registry's heap for the same cluster size, in a process of its own
+    /// (`weft-bench kube-registry`: the agent's watches against its scripted API server).
+    fn kube_registry_memory(
+        &self,
+        pods: usize,
+        services: usize,
+    ) -> anyhow::Result<super::KubeRegistryMemory> {
+        let output = std::process::Command::new("timeout")
+            .arg("300")
+            .arg(&self.exe)
+            .args([
+                "kube-registry",
+                "--pods",
+                &pods.to_string(),
+                "--services",
+                &services.to_string(),
+            ])
+            .output()
+            .context("running weft-bench kube-registry")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "weft-bench kube-registry failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: super::KubeRegistryMemory =
+            serde_json::from_slice(&output.stdout).context("kube-registry report")?;
+        #[expect(clippy::cast_precision_loss, reason = "byte counts fit")]
+        let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
+        eprintln!(
+            "bench: Kubernetes mode, {pods} pods / {services} services: served {:.1} MiB of JSON, whole objects {:.1} MiB of heap, kept {:.1} MiB",
+            mib(report.served_json_bytes),
+            mib(report.whole_objects_bytes),
+            mib(report.kept_bytes)
+        );
+        Ok(report)
+    }
+}
+
 fn target(pod: &PodHandle) -> SocketAddr {
     SocketAddr::from((pod.ip, ECHO_PORT))
 }
@@ -582,19 +679,29 @@ fn cpu_cost(latency: &[LatencyCase], throughput: &[ThroughputCase]) -> CpuCost {
     let per = |cpu: f64, units: f64| if units > 0.0 { cpu / units } else { 0.0 };
     #[expect(clippy::cast_precision_loss, reason = "request counts fit")]
     let thousands = |r: &LoadReport| r.sent as f64 / 1000.0;
+    let gib = throughput.iter().map(|c| c.weft_bytes).sum::<f64>() / GIB;
+    let gib_cpu =
+        |pick: fn(AgentsCpu) -> f64| throughput.iter().map(|c| pick(c.agents_cpu_s)).sum();
+    let cross: Vec<&LatencyCase> = latency
+        .iter()
+        .filter(|c| c.placement == "cross-node")
+        .collect();
+    let cross_thousands: f64 = cross.iter().map(|c| thousands(&c.weft)).sum();
+    let cross_cpu = |pick: fn(AgentsCpu) -> f64| cross.iter().map(|c| pick(c.agents_cpu_s)).sum();
     CpuCost {
-        agents_s_per_gib: per(
-            throughput.iter().map(|c| c.agents_cpu_s).sum(),
-            throughput.iter().map(|c| c.weft_bytes).sum::<f64>() / GIB,
-        ),
+        agents_s_per_gib: per(gib_cpu(AgentsCpu::total), gib),
+        client_node_agent_s_per_gib: per(gib_cpu(|a| a.client_node), gib),
+        server_node_agent_s_per_gib: per(gib_cpu(|a| a.server_node), gib),
         baseline_app_s_per_gib: per(
             throughput.iter().map(|c| c.baseline_app_cpu_s).sum(),
             throughput.iter().map(|c| c.baseline_bytes).sum::<f64>() / GIB,
         ),
         agents_s_per_1000_requests: per(
-            latency.iter().map(|c| c.agents_cpu_s).sum(),
+            latency.iter().map(|c| c.agents_cpu_s.total()).sum(),
             latency.iter().map(|c| thousands(&c.weft)).sum(),
         ),
+        client_node_agent_s_per_1000_requests: per(cross_cpu(|a| a.client_node), cross_thousands),
+        server_node_agent_s_per_1000_requests: per(cross_cpu(|a| a.server_node), cross_thousands),
         baseline_app_s_per_1000_requests: per(
             latency
                 .iter()

@@ -1,12 +1,63 @@
 //! `weft-bench`: the benchmark driver (`run`, started by `cargo xtask bench`) and the load
 //! client and echo server it starts inside the harness pods.
-#![forbid(unsafe_code)]
+// Unsafe only for the counting allocator (`GlobalAlloc` is an unsafe trait).
+#![deny(unsafe_code)]
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use weft_harness::{bench, load};
+
+/// The system allocator, counting the bytes live: `kube-registry` reads the heap a data
+/// structure holds, which RSS cannot show (freed pages are not returned at once).
+struct Counting;
+
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+#[expect(
+    unsafe_code,
+    reason = "a GlobalAlloc that defers every call to the system allocator"
+)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() {
+            LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `alloc`/`realloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded unchanged; the caller upholds `realloc`'s contract.
+        let fresh = unsafe { System.realloc(ptr, layout, new_size) };
+        if !fresh.is_null() {
+            LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
+            LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        fresh
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live_bytes() -> usize {
+    LIVE_BYTES.load(Ordering::Relaxed)
+}
 
 #[derive(Parser)]
 #[command(
@@ -67,6 +118,14 @@ enum Command {
         #[arg(long, default_value_t = 1024)]
         size: usize,
     },
+    /// Heap the Kubernetes-mode registry keeps for a generated cluster, against holding its
+    /// objects whole; prints a JSON report. Needs no cluster: the API server is scripted.
+    KubeRegistry {
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        #[arg(long, default_value_t = 2_000)]
+        services: usize,
+    },
     /// Opens CONNECTIONS connections, prints `ready`, holds them until stdin closes.
     Idle {
         target: SocketAddr,
@@ -84,6 +143,15 @@ fn bounded(seconds: f64) -> anyhow::Result<Duration> {
         "--seconds must be between 0 and 600, got {seconds}"
     );
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// One thread per connection in the clients: more than this is a typo, not a benchmark.
+fn workers(connections: usize) -> anyhow::Result<usize> {
+    anyhow::ensure!(
+        (1..=1_000).contains(&connections),
+        "--connections must be between 1 and 1000 for a load client, got {connections}"
+    );
+    Ok(connections)
 }
 
 fn print(report: &load::LoadReport) -> anyhow::Result<()> {
@@ -121,8 +189,14 @@ fn main() -> anyhow::Result<()> {
             size,
         } => print(&load::open_loop(&load::OpenLoop {
             target,
-            rate,
-            connections,
+            rate: {
+                anyhow::ensure!(
+                    rate > 0.0 && rate <= 1_000_000.0,
+                    "--rate must be above 0 and at most 1,000,000 requests per second, got {rate}"
+                );
+                rate
+            },
+            connections: workers(connections)?,
             size,
             duration: bounded(seconds)?,
             warmup: bounded(warmup)?,
@@ -134,7 +208,7 @@ fn main() -> anyhow::Result<()> {
             size,
         } => print(&load::closed_loop(
             target,
-            connections,
+            workers(connections)?,
             size,
             bounded(seconds)?,
         ))?,
@@ -145,15 +219,31 @@ fn main() -> anyhow::Result<()> {
             size,
         } => print(&load::connection_rate(
             target,
-            connections,
+            workers(connections)?,
             size,
             bounded(seconds)?,
         ))?,
+        Command::KubeRegistry { pods, services } => {
+            anyhow::ensure!(
+                pods <= 200_000 && services <= 50_000,
+                "at most 200,000 pods and 50,000 services"
+            );
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let report =
+                runtime.block_on(bench::kube_memory::measure(pods, services, live_bytes))?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
         Command::Idle {
             target,
             connections,
             size,
         } => {
+            anyhow::ensure!(
+                (1..=50_000).contains(&connections),
+                "--connections must be between 1 and 50,000 idle connections, got {connections}"
+            );
             load::hold_idle(target, connections, size, bench::wait_for_release)?;
         }
     }
