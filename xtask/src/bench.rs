@@ -105,6 +105,14 @@ pub fn markdown(report: &Report) -> String {
         let ratio = row
             .ratio()
             .map_or_else(|| "n/a".into(), |r| format!("{r:.2}x"));
+        // Counts (no unit) are whole numbers.
+        let figure = |value: f64| {
+            if row.unit.is_empty() {
+                format!("{value:.0}")
+            } else {
+                figure(value)
+            }
+        };
         let _ = writeln!(
             md,
             "| {} | {} | {} {} | {} {} | {} |",
