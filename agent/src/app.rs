@@ -63,6 +63,7 @@ async fn start_source(config: &Config) -> Result<SourceParts, AppError> {
         Source::Kube {
             host_proc,
             cgroup_root,
+            node_netns,
         } => {
             netns::set_proc_root(host_proc);
             let cgroup_root = match cgroup_root {
@@ -72,9 +73,13 @@ async fn start_source(config: &Config) -> Result<SourceParts, AppError> {
             let client = kube::Client::try_default().await?;
             let (tx, rx) = watch::channel(Arc::new(Registry::default()));
             let watches = crate::registry::watch::spawn(&client, tx);
+            let mut locate = crate::podns::HostProc::new(host_proc.clone(), cgroup_root);
+            if let Some(node_netns) = node_netns {
+                locate.node_netns.clone_from(node_netns);
+            }
             Ok(SourceParts {
                 registry: rx,
-                locate: Box::new(crate::podns::HostProc::new(host_proc.clone(), cgroup_root)),
+                locate: Box::new(locate),
                 client: Some(client),
                 watches: Some(watches),
                 awaits_first_listing: true,

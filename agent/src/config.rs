@@ -59,6 +59,8 @@ pub enum Source {
     Kube {
         host_proc: PathBuf,
         cgroup_root: Option<PathBuf>,
+        /// The node's own netns, to tell hostNetwork pods (default `<host_proc>/1/ns/net`).
+        node_netns: Option<PathBuf>,
     },
 }
 
@@ -107,6 +109,8 @@ pub struct FileConfig {
     pub host_proc: Option<PathBuf>,
     /// Kubernetes mode: the host's cgroup2 mount (default: found in /proc/mounts).
     pub cgroup_root: Option<PathBuf>,
+    /// Kubernetes mode: the node's network namespace (default: that of the host's PID 1).
+    pub node_netns: Option<PathBuf>,
     /// Kubernetes mode: the cluster CA service (`https://weft-ca.weft-system.svc:15012`).
     pub ca_url: Option<String>,
     /// The root bundle that verifies the CA service and every peer.
@@ -179,6 +183,7 @@ impl FileConfig {
                         .or(self.host_proc)
                         .unwrap_or_else(|| "/proc".into()),
                     cgroup_root: over.cgroup_root.or(self.cgroup_root),
+                    node_netns: over.node_netns.or(self.node_netns),
                 },
                 (None, false) => return Err(ConfigError::NoSource),
             },

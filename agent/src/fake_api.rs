@@ -14,7 +14,22 @@ use http_body_util::{BodyExt as _, Full};
 use serde_json::{json, Value};
 use tower_test::mock::SendResponse;
 
-type Reply = SendResponse<Response<Full<Bytes>>>;
+/// Where one answer goes: back through kube's mock service, or to an HTTP connection.
+enum Reply {
+    Mock(SendResponse<Response<Full<Bytes>>>),
+    Http(tokio::sync::oneshot::Sender<Response<Full<Bytes>>>),
+}
+
+impl Reply {
+    fn send_response(self, response: Response<Full<Bytes>>) {
+        match self {
+            Self::Mock(reply) => reply.send_response(response),
+            Self::Http(reply) => {
+                let _ = reply.send(response);
+            }
+        }
+    }
+}
 
 /// One request the fake answered.
 #[derive(Clone, Debug)]
@@ -62,8 +77,9 @@ fn status_response(code: StatusCode, message: &str) -> Response<Full<Bytes>> {
     )
 }
 
-/// The fake; clone it freely, all clones share one state.
-#[derive(Clone)]
+/// The fake; clone it freely, all clones share one state. `FakeApi::default()` has no client
+/// of its own: serve it over HTTP with [`FakeApi::serve_http`].
+#[derive(Clone, Default)]
 pub struct FakeApi {
     state: Arc<Mutex<State>>,
 }
@@ -95,27 +111,65 @@ impl FakeApi {
         let serving = fake.clone();
         tokio::spawn(async move {
             while let Some((request, reply)) = handle.next_request().await {
-                serving.answer(request, reply).await;
+                let (parts, body) = request.into_parts();
+                let bytes = body
+                    .collect()
+                    .await
+                    .map(http_body_util::Collected::to_bytes)
+                    .unwrap_or_default();
+                serving.answer(&parts, &bytes, Reply::Mock(reply));
             }
         });
         (kube::Client::new(service, "default"), fake)
+    }
+
+    /// Answers HTTP/1.1 requests on `listener` as an API server would, for a real agent
+    /// process (a kubeconfig naming `http://<address>`). Runs until the runtime stops.
+    pub fn serve_http(&self, listener: tokio::net::TcpListener) {
+        let fake = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let fake = fake.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: Request<hyper::body::Incoming>| {
+                            let fake = fake.clone();
+                            async move {
+                                let (parts, body) = request.into_parts();
+                                let bytes = body
+                                    .collect()
+                                    .await
+                                    .map(http_body_util::Collected::to_bytes)
+                                    .unwrap_or_default();
+                                let (tx, rx) = tokio::sync::oneshot::channel();
+                                fake.answer(&parts, &bytes, Reply::Http(tx));
+                                let response = rx.await.unwrap_or_else(|_| {
+                                    status_response(StatusCode::GONE, "the fake stopped")
+                                });
+                                Ok::<_, std::convert::Infallible>(response)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn answer(&self, request: Request<kube::client::Body>, reply: Reply) {
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        let query = request.uri().query().unwrap_or_default().to_owned();
-        let bytes = request
-            .into_body()
-            .collect()
-            .await
-            .map(http_body_util::Collected::to_bytes)
-            .unwrap_or_default();
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    fn answer(&self, request: &http::request::Parts, bytes: &Bytes, reply: Reply) {
+        let method = request.method.clone();
+        let path = request.uri.path().to_owned();
+        let query = request.uri.query().unwrap_or_default().to_owned();
+        let body: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
         let mut state = self.lock();
         state.seen.push(Seen {
             method: method.clone(),

@@ -56,6 +56,10 @@ struct Args {
     /// Kubernetes mode: the host's cgroup2 mount (default: found in /proc/mounts).
     #[arg(long, env = "WEFT_CGROUP_ROOT")]
     cgroup_root: Option<PathBuf>,
+    /// Kubernetes mode: the node's network namespace, to refuse hostNetwork pods (default:
+    /// that of the host's PID 1, under --host-proc).
+    #[arg(long, env = "WEFT_NODE_NETNS")]
+    node_netns: Option<PathBuf>,
     /// Kubernetes mode: get SVIDs from this CA service instead of signing locally.
     #[arg(long, env = "WEFT_CA_URL")]
     ca_url: Option<String>,
@@ -202,6 +206,7 @@ fn main() -> anyhow::Result<()> {
         kube: args.kube.then_some(true),
         host_proc: args.host_proc,
         cgroup_root: args.cgroup_root,
+        node_netns: args.node_netns,
         ca_url: args.ca_url,
         ca_root: args.ca_root,
         token_file: args.token_file,

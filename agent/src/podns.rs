@@ -77,7 +77,10 @@ impl Locate for HostProc {
         })?;
         let netns = self.proc_root.join(pid.to_string()).join("ns/net");
         // A hostNetwork pod shares the node's netns: capturing it would capture the node.
-        if netns_inode(&netns)? == netns_inode(&self.node_netns)? {
+        let node = netns_inode(&self.node_netns).map_err(|e| {
+            format!("{e}: the node's own netns is needed to refuse hostNetwork pods (give --node-netns)")
+        })?;
+        if netns_inode(&netns)? == node {
             return Err("uses the node's network (hostNetwork): not captured".into());
         }
         let cgroup = self.cgroup_root.join(cgroup.trim_start_matches('/'));

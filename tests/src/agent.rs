@@ -16,6 +16,19 @@ pub fn state_dir(log_dir: &Path, node: &NodeHandle) -> std::path::PathBuf {
     log_dir.join(format!("{}-state", node.name))
 }
 
+/// Where a harness agent reads the cluster from.
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'a> {
+    /// Local mode: a folder of manifests.
+    Manifests(&'a Path),
+    /// Kubernetes mode: the API server a kubeconfig names; pods found through `/proc` and the
+    /// pod UIDs in cgroup paths under `cgroup_root`.
+    Kube {
+        kubeconfig: &'a Path,
+        cgroup_root: &'a Path,
+    },
+}
+
 impl Cluster {
     /// Starts `weft-agent` in the node's netns, logging to `<log_dir>/<node>.log`, and waits
     /// until it reports ready. Returns its PID; the cluster stops it on drop.
@@ -58,6 +71,26 @@ impl Cluster {
         extra: &[String],
         log_filter: &str,
     ) -> anyhow::Result<u32> {
+        self.start_agent_from(
+            node,
+            agent,
+            &Source::Manifests(manifests),
+            log_dir,
+            extra,
+            log_filter,
+        )
+    }
+
+    /// Starts `weft-agent` reading the cluster from `source`, as [`Cluster::start_agent`] does.
+    pub fn start_agent_from(
+        &self,
+        node: &NodeHandle,
+        agent: &Path,
+        source: &Source<'_>,
+        log_dir: &Path,
+        extra: &[String],
+        log_filter: &str,
+    ) -> anyhow::Result<u32> {
         std::fs::create_dir_all(log_dir)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -65,9 +98,26 @@ impl Cluster {
             .open(log_dir.join(format!("{}.log", node.name)))
             .context("agent log file")?;
         let mut command = Command::new(agent);
+        command.args(["--node-name", &node.name]);
+        match source {
+            Source::Manifests(dir) => {
+                command.arg("--manifests").arg(dir);
+            }
+            Source::Kube {
+                kubeconfig,
+                cgroup_root,
+            } => {
+                command
+                    .args(["--kube", "--host-proc", "/proc", "--cgroup-root"])
+                    .arg(cgroup_root)
+                    // The harness node's netns stands for the host's (PID 1 may be out of
+                    // reach in a sandbox).
+                    .arg("--node-netns")
+                    .arg(netns::path(&node.netns))
+                    .env("KUBECONFIG", kubeconfig);
+            }
+        }
         command
-            .args(["--node-name", &node.name, "--manifests"])
-            .arg(manifests)
             .arg("--bpffs-dir")
             .arg(pin_dir(self, node))
             .arg("--state-dir")
