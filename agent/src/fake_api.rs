@@ -69,6 +69,14 @@ impl State {
     }
 }
 
+/// A request body, whole (an unreadable one reads as empty).
+async fn collect<B: hyper::body::Body>(body: B) -> Bytes {
+    body.collect()
+        .await
+        .map(http_body_util::Collected::to_bytes)
+        .unwrap_or_default()
+}
+
 fn status_response(code: StatusCode, message: &str) -> Response<Full<Bytes>> {
     json_response(
         code,
@@ -112,12 +120,7 @@ impl FakeApi {
         tokio::spawn(async move {
             while let Some((request, reply)) = handle.next_request().await {
                 let (parts, body) = request.into_parts();
-                let bytes = body
-                    .collect()
-                    .await
-                    .map(http_body_util::Collected::to_bytes)
-                    .unwrap_or_default();
-                serving.answer(&parts, &bytes, Reply::Mock(reply));
+                serving.answer(&parts, &collect(body).await, Reply::Mock(reply));
             }
         });
         (kube::Client::new(service, "default"), fake)
@@ -139,13 +142,8 @@ impl FakeApi {
                             let fake = fake.clone();
                             async move {
                                 let (parts, body) = request.into_parts();
-                                let bytes = body
-                                    .collect()
-                                    .await
-                                    .map(http_body_util::Collected::to_bytes)
-                                    .unwrap_or_default();
                                 let (tx, rx) = tokio::sync::oneshot::channel();
-                                fake.answer(&parts, &bytes, Reply::Http(tx));
+                                fake.answer(&parts, &collect(body).await, Reply::Http(tx));
                                 let response = rx.await.unwrap_or_else(|_| {
                                     status_response(StatusCode::GONE, "the fake stopped")
                                 });

@@ -22,19 +22,25 @@ fn deploy_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
-fn render(overlay: &str) -> Vec<Value> {
-    let dir = deploy_dir().join("overlays").join(overlay);
+/// The overlay rendered by kubectl's built-in kustomize, as YAML text.
+fn render_text(overlay: &Path) -> Vec<u8> {
     let out = Command::new("kubectl")
         .arg("kustomize")
-        .arg(&dir)
+        .arg(overlay)
         .output()
         .expect("kubectl is missing: `cargo xtask setup` installs it");
     assert!(
         out.status.success(),
-        "kustomize {overlay}: {}",
+        "kustomize {}: {}",
+        overlay.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).expect("utf-8");
+    out.stdout
+}
+
+fn render(overlay: &str) -> Vec<Value> {
+    let text = String::from_utf8(render_text(&deploy_dir().join("overlays").join(overlay)))
+        .expect("utf-8");
     serde_yaml::Deserializer::from_str(&text)
         .map(|doc| serde::Deserialize::deserialize(doc).expect("rendered YAML"))
         .collect()
@@ -234,12 +240,7 @@ fn the_daemonset_mounts_what_the_agents_configuration_names() {
 fn agents_may_patch_only_their_own_nodes_pod_conditions() {
     for overlay in std::fs::read_dir(deploy_dir().join("overlays")).expect("overlays") {
         let dir = overlay.expect("overlay").path();
-        let rendered = Command::new("kubectl")
-            .arg("kustomize")
-            .arg(&dir)
-            .output()
-            .expect("kubectl is missing: `cargo xtask setup` installs it");
-        assert!(rendered.status.success(), "kustomize {}", dir.display());
+        let rendered = render_text(&dir);
         let mut check = Command::new("python3")
             .arg(deploy_dir().join("check-admission.py"))
             .stdin(std::process::Stdio::piped())
@@ -247,7 +248,7 @@ fn agents_may_patch_only_their_own_nodes_pod_conditions() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("python3");
-        std::io::Write::write_all(&mut check.stdin.take().expect("stdin"), &rendered.stdout)
+        std::io::Write::write_all(&mut check.stdin.take().expect("stdin"), &rendered)
             .expect("write");
         let out = check.wait_with_output().expect("check-admission.py");
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
