@@ -79,21 +79,56 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
     }
 }
 
+/// How many random source ports a delivery tries before it lets the kernel choose one.
+const DELIVERY_PORT_TRIES: usize = 8;
+
 /// Connects to the application from the client's address: `IP_TRANSPARENT` lets the socket
 /// bind a foreign address, and the mark routes the application's replies back to it.
+///
+/// The source port is picked at random and bound explicitly (with `SO_REUSEADDR`), not left to
+/// `bind(port 0)`: on a foreign address the kernel's port-0 search skips every port that any
+/// socket still holds, TIME_WAIT ones included, and each delivery leaves one behind, so that
+/// search grew with every connection and the connection rate fell as a run went on (measured:
+/// 6,000/s over 2 s, 3,400/s over 10 s). `connect` still refuses a 4-tuple in use; such a
+/// collision just tries another port.
 pub(crate) async fn deliver(
     pod: &PodContext,
     ctx: &ProxyContext,
     client: SocketAddr,
     destination: SocketAddr,
 ) -> std::io::Result<TcpStream> {
+    let IpAddr::V4(client_ip) = client.ip() else {
+        return Err(std::io::Error::other("inbound delivery is IPv4 only"));
+    };
+    for _ in 0..DELIVERY_PORT_TRIES {
+        let port = rand::random_range(1024..=u16::MAX);
+        match deliver_from(pod, ctx, client_ip, Some(port), destination).await {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
+                ) => {}
+            result => return result,
+        }
+    }
+    deliver_from(pod, ctx, client_ip, None, destination).await
+}
+
+/// One delivery attempt from `client_ip`:`port` (`None`: a port the kernel picks).
+async fn deliver_from(
+    pod: &PodContext,
+    ctx: &ProxyContext,
+    client_ip: std::net::Ipv4Addr,
+    port: Option<u16>,
+    destination: SocketAddr,
+) -> std::io::Result<TcpStream> {
     let socket = pod.netns.tcp_socket()?;
     socket.set_ip_transparent_v4(true)?;
     socket.set_mark(DELIVERY_MARK)?;
     socket.set_tcp_nodelay(true)?;
-    socket.bind(&SocketAddr::new(client.ip(), 0).into())?;
-    let (IpAddr::V4(client_ip), Some(bound)) = (client.ip(), socket.local_addr()?.as_socket())
-    else {
+    socket.set_reuse_address(port.is_some())?;
+    socket.bind(&SocketAddr::new(client_ip.into(), port.unwrap_or(0)).into())?;
+    let Some(bound) = socket.local_addr()?.as_socket() else {
         return Err(std::io::Error::other("inbound delivery is IPv4 only"));
     };
     // Tell sk_lookup this SYN is the agent's own delivery, so it reaches the application
