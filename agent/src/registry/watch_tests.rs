@@ -103,10 +103,6 @@ async fn resumes_from(fake: &FakeApi, path: &str, version: u64) {
     );
 }
 
-fn start(fake: &FakeApi, client: &kube::Client) -> watch::Receiver<Arc<Registry>> {
-    start_with_status(fake, client).0
-}
-
 fn start_with_status(
     fake: &FakeApi,
     client: &kube::Client,
@@ -125,6 +121,21 @@ fn start_with_status(
     (rx, status)
 }
 
+/// Watches started on the fake's initial objects, once they have listed.
+async fn listed() -> (
+    FakeApi,
+    watch::Receiver<Arc<Registry>>,
+    kube_watch::WatchStatus,
+) {
+    let (client, fake) = FakeApi::start();
+    let (mut rx, status) = start_with_status(&fake, &client);
+    until(&mut rx, "initial listing", |r| {
+        enrolled_on(r, "n1") == ["a", "b"]
+    })
+    .await;
+    (fake, rx, status)
+}
+
 fn pod_status(status: &kube_watch::WatchStatus) -> kube_watch::KindStatus {
     status
         .lock()
@@ -136,12 +147,7 @@ fn pod_status(status: &kube_watch::WatchStatus) -> kube_watch::KindStatus {
 
 #[tokio::test]
 async fn namespace_and_pod_changes_flip_enrollment() {
-    let (client, fake) = FakeApi::start();
-    let mut rx = start(&fake, &client);
-    until(&mut rx, "initial listing", |r| {
-        enrolled_on(r, "n1") == ["a", "b"]
-    })
-    .await;
+    let (fake, mut rx, _) = listed().await;
     // Only this node's pods are enrolled here, but peers elsewhere are known (for HBONE).
     assert!(rx
         .borrow()
@@ -205,12 +211,7 @@ async fn namespace_and_pod_changes_flip_enrollment() {
 
 #[tokio::test]
 async fn a_failed_watch_resumes_from_its_version_after_backoff() {
-    let (client, fake) = FakeApi::start();
-    let (mut rx, status) = start_with_status(&fake, &client);
-    until(&mut rx, "initial listing", |r| {
-        enrolled_on(r, "n1") == ["a", "b"]
-    })
-    .await;
+    let (fake, mut rx, status) = listed().await;
     let before = watch_versions(&fake, PODS);
     let resumed_from = before.last().expect("a pod watch").clone();
 
@@ -260,12 +261,7 @@ async fn a_failed_watch_resumes_from_its_version_after_backoff() {
 
 #[tokio::test]
 async fn an_expired_watch_relists_without_losing_state() {
-    let (client, fake) = FakeApi::start();
-    let mut rx = start(&fake, &client);
-    until(&mut rx, "initial listing", |r| {
-        enrolled_on(r, "n1") == ["a", "b"]
-    })
-    .await;
+    let (fake, mut rx, _) = listed().await;
     let lists_before = fake
         .seen()
         .iter()
@@ -422,12 +418,7 @@ fn only_used_fields_are_kept() {
 
 #[tokio::test]
 async fn updates_to_fields_weft_does_not_keep_publish_nothing() {
-    let (client, fake) = FakeApi::start();
-    let mut rx = start(&fake, &client);
-    until(&mut rx, "initial listing", |r| {
-        enrolled_on(r, "n1") == ["a", "b"]
-    })
-    .await;
+    let (fake, mut rx, _) = listed().await;
     // A kubelet status heartbeat: new conditions and annotations Weft does not read.
     let mut heartbeat = pod("a", "n1", "10.0.0.1", &json!({}));
     heartbeat["status"]["conditions"] =
