@@ -92,7 +92,7 @@ impl AdminState {
                         "enrolledPods": enrollment.enrolled.len(),
                         "enrollmentFailures": enrollment.failed,
                         "unplaceablePods": enrollment.unplaceable,
-                        "registry": {"namespaces": registry.namespaces.len(), "pods": registry.pods.len(), "services": registry.services.len(), "endpointSlices": registry.endpoint_slices.len(), "routes": registry.routes.len(), "rejectedObjects": registry.errors},
+                        "registry": {"namespaces": registry.namespaces.len(), "pods": registry.pods.len(), "services": registry.services.len(), "endpointSlices": registry.endpoint_slices.len(), "routes": registry.routes.len(), "authorizationPolicies": registry.policies.len(), "trafficPolicies": registry.traffic_policies.len(), "rejectedObjects": registry.errors},
                         "kubernetesWatches": watches,
                     }),
                 )
@@ -129,10 +129,14 @@ impl AdminState {
             }
             "/flows" => (StatusCode::OK, json!(self.connections.flows.recent())),
             "/policies" => (StatusCode::OK, json!(self.registry.borrow().policies)),
+            "/trafficpolicies" => (
+                StatusCode::OK,
+                json!(self.registry.borrow().traffic_policies),
+            ),
             "/config_dump" => (StatusCode::OK, json!(*self.registry.borrow().clone())),
             _ => (
                 StatusCode::NOT_FOUND,
-                json!({"error": format!("no such endpoint {path}"), "endpoints": ["/status", "/workloads", "/connections", "/connections/recent", "/stats", "/certs", "/policies", "/services", "/flows", "/flows?follow=1", "POST /logging?level=", "/config_dump"]}),
+                json!({"error": format!("no such endpoint {path}"), "endpoints": ["/status", "/workloads", "/connections", "/connections/recent", "/stats", "/certs", "/policies", "/trafficpolicies", "/services", "/flows", "/flows?follow=1", "POST /logging?level=", "/config_dump"]}),
             ),
         }
     }
@@ -297,6 +301,7 @@ impl AdminState {
             ("services", registry.services.len()),
             ("endpoint_slices", registry.endpoint_slices.len()),
             ("authorization_policies", registry.policies.len()),
+            ("traffic_policies", registry.traffic_policies.len()),
             ("routes", registry.routes.len()),
             ("rejected", registry.errors.len()),
         ] {

@@ -5,6 +5,9 @@ use std::sync::{atomic::Ordering, Arc, Mutex};
 use aya::{programs::Program, EbpfLoader};
 use tokio::sync::watch;
 
+/// How often pods that could not be captured yet are tried again.
+const ENROLLMENT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 use crate::{
     admin::{self, AdminError, AdminState},
     capture::{self, CaptureError, Programs},
@@ -180,10 +183,32 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(node = %config.node_name, enrolled = enrollment.enrolled_count(), admin = %config.admin_addr, "agent ready");
 
+    follow_registry(updates, &mut enrollment, &state).await?;
+    tracing::info!(
+        "agent stopping; capture stays pinned and fails closed until the next agent adopts it"
+    );
+    Ok(())
+}
+
+/// Keeps capture and live connections in line with each new registry snapshot until the agent
+/// is told to stop.
+async fn follow_registry(
+    mut updates: watch::Receiver<Arc<crate::registry::Registry>>,
+    enrollment: &mut Enrollment,
+    state: &AdminState,
+) -> Result<(), AppError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(AppError::Signals)?;
+    // A pod whose sandbox process is not there yet, or whose enrollment failed, is tried
+    // again on this beat even when the registry stays the same.
+    let mut retry = tokio::time::interval(ENROLLMENT_RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = retry.tick(), if enrollment.has_pending() => {
+                let snapshot = updates.borrow().clone();
+                enrollment.reconcile(&snapshot);
+            }
             changed = updates.changed() => {
                 if changed.is_err() {
                     break;
@@ -199,9 +224,6 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    tracing::info!(
-        "agent stopping; capture stays pinned and fails closed until the next agent adopts it"
-    );
     Ok(())
 }
 

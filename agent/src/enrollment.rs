@@ -145,13 +145,22 @@ impl Enrollment {
     /// Brings the captured set in line with the registry. Errors are per pod: one pod that
     /// cannot be enrolled is reported and the others still are.
     pub fn reconcile(&mut self, registry: &Registry) {
+        // Retries run every second: each reason is logged once, not on every pass.
+        let (known_failed, known_unplaceable) = {
+            let status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            (status.failed.clone(), status.unplaceable.clone())
+        };
         let (desired, unplaceable) = registry.enrolled_on(&self.node, self.locate.as_ref());
         let desired: BTreeMap<String, PodPlacement> =
             desired.into_iter().map(|p| (p.key(), p)).collect();
         let leaving: Vec<String> = self
             .pods
             .iter()
-            .filter(|(key, pod)| desired.get(*key) != Some(&pod.context.placement))
+            .filter(|(key, pod)| {
+                !desired
+                    .get(*key)
+                    .is_some_and(|d| d.same_as(&pod.context.placement))
+            })
             .map(|(key, _)| key.clone())
             .collect();
         for key in leaving {
@@ -169,12 +178,18 @@ impl Enrollment {
                     self.pods.insert(key, enrolled);
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "enrollment failed");
-                    failed.push(e.to_string());
+                    let e = e.to_string();
+                    if !known_failed.contains(&e) {
+                        tracing::error!(error = %e, "enrollment failed");
+                    }
+                    failed.push(e);
                 }
             }
         }
-        for reason in &unplaceable {
+        for reason in unplaceable
+            .iter()
+            .filter(|r| !known_unplaceable.contains(r))
+        {
             tracing::warn!(%reason, "enrolled pod cannot be captured");
         }
         self.write_record();
@@ -203,7 +218,9 @@ impl Enrollment {
             .filter(|p| p.enrollment_gate && p.node_name.as_deref() == Some(self.node.as_str()))
         {
             let key = format!("{}_{}", pod.namespace, pod.name);
-            let (enrolled, message) = if !registry.is_enrolled(pod) {
+            let (enrolled, message) = if pod.host_network {
+                (true, "hostNetwork: shares the node's network, not captured")
+            } else if !registry.is_enrolled(pod) {
                 (true, "not in the mesh: nothing to capture")
             } else if self.pods.contains_key(&key) {
                 (true, "traffic captured by weft-agent")
@@ -349,6 +366,14 @@ impl Enrollment {
 
     pub fn enrolled_count(&self) -> usize {
         self.pods.len()
+    }
+
+    /// Whether an enrolled pod of this node is not captured yet (its process not found, an
+    /// enrollment step failed): the agent tries again on a timer, since nothing in the
+    /// registry may change to prompt it.
+    pub fn has_pending(&self) -> bool {
+        let status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        !status.failed.is_empty() || !status.unplaceable.is_empty()
     }
 
     fn write_record(&self) {

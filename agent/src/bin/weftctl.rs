@@ -53,7 +53,7 @@ enum Cmd {
     Workloads,
     /// Services with their VIPs and ready endpoints.
     Services,
-    /// Authorization policies in force.
+    /// Authorization and traffic policies in force, and what of each this node applies.
     Policies,
     /// SVIDs this agent holds.
     Certs,
@@ -130,7 +130,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Status => show(output, &client.get("/status")?, status_table),
         Cmd::Workloads => show(output, &client.get("/workloads")?, workloads_table),
         Cmd::Services => show(output, &client.get("/services")?, services_table),
-        Cmd::Policies => show(output, &client.get("/policies")?, policies_table),
+        Cmd::Policies => {
+            let policies = serde_json::json!({
+                "authorizationPolicies": client.get("/policies")?,
+                "trafficPolicies": client.get("/trafficpolicies")?,
+            });
+            show(output, &policies, policies_table)
+        }
         Cmd::Certs => show(output, &client.get("/certs")?, certs_table),
         Cmd::Connections => show(output, &client.get("/connections")?, connections_table),
         Cmd::Flows {
@@ -215,8 +221,8 @@ fn services_table(v: &Value) -> String {
 }
 
 fn policies_table(v: &Value) -> String {
-    rows(
-        v,
+    let authorization = rows(
+        &v["authorizationPolicies"],
         &["NAMESPACE", "NAME", "ACTION", "RULES", "DRY RUN"],
         |p| {
             let spec = &p["spec"];
@@ -229,7 +235,35 @@ fn policies_table(v: &Value) -> String {
                 text(&spec["dryRun"]),
             ]
         },
-    )
+    );
+    let traffic = rows(
+        &v["trafficPolicies"],
+        &[
+            "NAMESPACE",
+            "NAME",
+            "TARGETS",
+            "CONNECT TIMEOUT",
+            "LOAD BALANCER",
+            "NEEDS A WAYPOINT (NOT APPLIED HERE)",
+        ],
+        |p| {
+            let targets = list(&p["spec"]["targetRefs"], |t| {
+                format!("{}/{}", text(&t["kind"]), text(&t["name"]))
+            });
+            let timeout = p["connectTimeout"]
+                .as_u64()
+                .map_or_else(|| "default".into(), human_duration);
+            vec![
+                text(&p["namespace"]),
+                text(&p["name"]),
+                targets,
+                timeout,
+                text(&p["algorithm"]),
+                list(&p["waypointOnly"], text),
+            ]
+        },
+    );
+    format!("AUTHORIZATION POLICIES\n{authorization}\n\nTRAFFIC POLICIES\n{traffic}")
 }
 
 fn certs_table(v: &Value) -> String {

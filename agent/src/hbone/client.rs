@@ -103,6 +103,7 @@ impl Pool {
         destination: &SpiffeId,
         address: SocketAddr,
         target: SocketAddr,
+        connect_timeout: std::time::Duration,
     ) -> Result<Tunnel, HboneError> {
         let key = PoolKey {
             source_pod: pod.name(),
@@ -116,7 +117,7 @@ impl Pool {
         let connection = if let Some(connection) = self.checkout(&key, &serial) {
             connection
         } else {
-            let connection = Arc::new(self.connect(pod, &key, serial).await?);
+            let connection = Arc::new(self.connect(pod, &key, serial, connect_timeout).await?);
             connection.streams.fetch_add(1, Ordering::Relaxed);
             let mut connections = self
                 .connections
@@ -169,9 +170,10 @@ impl Pool {
         pod: &PodContext,
         key: &PoolKey,
         serial: String,
+        connect_timeout: std::time::Duration,
     ) -> Result<Connection, HboneError> {
         let config = identity::client_config(&self.certs, &key.source, &key.destination)?;
-        let tcp = crate::proxy::outbound::connect_from_pod(pod, key.address)
+        let tcp = crate::proxy::outbound::connect_from_pod(pod, key.address, connect_timeout)
             .await
             .map_err(|source| HboneError::Connect {
                 addr: key.address,

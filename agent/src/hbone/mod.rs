@@ -45,6 +45,21 @@ pub enum HboneError {
     Status(http::StatusCode),
     #[error("bad CONNECT target {0}")]
     Authority(String),
+    #[error("the tunnel was not open within the connect timeout")]
+    TimedOut,
+}
+
+impl HboneError {
+    /// Whether the tunnel failed for lack of time rather than for an answer.
+    pub fn timed_out(&self) -> bool {
+        match self {
+            Self::TimedOut => true,
+            Self::Connect { source, .. } | Self::Tls { source, .. } => {
+                source.kind() == std::io::ErrorKind::TimedOut
+            }
+            _ => false,
+        }
+    }
 }
 
 pub(crate) fn h2_io(error: h2::Error) -> std::io::Error {

@@ -4,8 +4,10 @@
 
 pub mod crd;
 mod eval;
+pub mod traffic;
 
 pub use eval::{compile, evaluate, Decision, Policy, Reason, Request, Verdict};
+pub use traffic::TrafficSettings;
 
 /// Namespace or pod annotation: `strict` refuses plaintext inbound; `permissive` (default)
 /// admits it.
@@ -18,9 +20,17 @@ mod tests;
 /// `cargo xtask crds` writes them to `deploy/crds/`; a test fails when those files drift.
 pub fn crds() -> Vec<(&'static str, String)> {
     use kube::CustomResourceExt as _;
-    let yaml = serde_yaml::to_string(&crd::AuthorizationPolicy::crd()).unwrap_or_default();
-    vec![(
-        "authorizationpolicies.weft.io.yaml",
-        format!("# Generated from the Rust types by `cargo xtask crds`; do not edit.\n{yaml}"),
-    )]
+    let generated = |yaml: String| {
+        format!("# Generated from the Rust types by `cargo xtask crds`; do not edit.\n{yaml}")
+    };
+    vec![
+        (
+            "authorizationpolicies.weft.io.yaml",
+            generated(serde_yaml::to_string(&crd::AuthorizationPolicy::crd()).unwrap_or_default()),
+        ),
+        (
+            "trafficpolicies.weft.io.yaml",
+            generated(serde_yaml::to_string(&traffic::TrafficPolicy::crd()).unwrap_or_default()),
+        ),
+    ]
 }

@@ -144,7 +144,8 @@ async fn deliver_from(
         .deliveries
         .insert(key, 1, 0)
         .map_err(std::io::Error::other)?;
-    let connected = super::connect_within(socket, destination).await;
+    let connected =
+        super::connect_within(socket, destination, super::outbound::CONNECT_TIMEOUT).await;
     let _ = ctx
         .maps
         .lock()

@@ -119,13 +119,14 @@ pub fn authorize<'c>(
     )
 }
 
-/// Connects a socket made in a pod's netns, giving up after [`outbound::CONNECT_TIMEOUT`].
+/// Connects a socket made in a pod's netns, giving up after `timeout`.
 pub(crate) async fn connect_within(
     socket: socket2::Socket,
     destination: SocketAddr,
+    timeout: std::time::Duration,
 ) -> std::io::Result<TcpStream> {
     let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
-    tokio::time::timeout(outbound::CONNECT_TIMEOUT, socket.connect(destination))
+    tokio::time::timeout(timeout, socket.connect(destination))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
 }

@@ -16,18 +16,46 @@ use weft_common::HBONE_PORT;
 use crate::{
     connections::{Connection, Direction, Security},
     enrollment::EGRESS_MARK,
-    hbone::stream as hbone_stream,
+    hbone::{stream as hbone_stream, HboneError},
     identity::SpiffeId,
+    policy::{traffic::Algorithm, TrafficSettings},
     registry::Registry,
 };
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where a captured connection goes: the endpoint picked and the Service it came through.
+/// Where a captured connection goes: the endpoint picked, the Service it came through, and
+/// how long reaching it may take.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Route {
     pub destination: SocketAddr,
     pub service: Option<String>,
+    pub connect_timeout: Duration,
+    /// The `TrafficPolicy` that set `connect_timeout` and the pick, when one applies.
+    pub traffic_policy: Option<String>,
+}
+
+impl Route {
+    /// Why the connection failed when it could not be opened in time.
+    fn timed_out(&self) -> String {
+        let limit = humantime(self.connect_timeout);
+        match &self.traffic_policy {
+            Some(policy) => {
+                format!("connect timed out after {limit} (connectTimeout of TrafficPolicy {policy})")
+            }
+            None => format!(
+                "connect timed out after {limit} (the default; a TrafficPolicy's connectTimeout changes it)"
+            ),
+        }
+    }
+}
+
+fn humantime(duration: Duration) -> String {
+    if duration.subsec_millis() == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{}ms", duration.as_millis())
+    }
 }
 
 /// Resolves an original destination: a Service VIP:port picks a ready endpoint in turn (port
@@ -40,17 +68,30 @@ pub fn resolve(
     if let Some((service, port)) = registry.service_by_vip(original) {
         let name = format!("{}/{}", service.namespace, service.name);
         let endpoints = registry.endpoints(service, port);
-        let destination = ctx
-            .next_of(&format!("{name}:{}", port.port), &endpoints)
-            .ok_or_else(|| format!("service {name} port {} has no ready endpoints", port.port))?;
+        let traffic = registry.traffic_for(service);
+        let random = traffic.is_some_and(|t| t.algorithm == Algorithm::Random);
+        let destination = if random {
+            endpoints
+                .get(rand::random_range(0..endpoints.len().max(1)))
+                .copied()
+        } else {
+            ctx.next_of(&format!("{name}:{}", port.port), &endpoints)
+        }
+        .ok_or_else(|| format!("service {name} port {} has no ready endpoints", port.port))?;
         return Ok(Route {
             destination,
             service: Some(name),
+            connect_timeout: traffic
+                .and_then(|t| t.connect_timeout)
+                .unwrap_or(CONNECT_TIMEOUT),
+            traffic_policy: traffic.map(TrafficSettings::id),
         });
     }
     Ok(Route {
         destination: SocketAddr::V4(original),
         service: None,
+        connect_timeout: CONNECT_TIMEOUT,
+        traffic_policy: None,
     })
 }
 
@@ -132,42 +173,58 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         Some(identity) => {
             let hbone = SocketAddr::new(route.destination.ip(), HBONE_PORT);
             let started = std::time::Instant::now();
-            match ctx
-                .pool
-                .open(pod, &identity, hbone, route.destination)
+            let opening = ctx.pool.open(
+                pod,
+                &identity,
+                hbone,
+                route.destination,
+                route.connect_timeout,
+            );
+            match tokio::time::timeout(route.connect_timeout, opening)
                 .await
+                .unwrap_or_else(|_| Err(HboneError::TimedOut))
             {
                 Ok(tunnel) => {
                     ctx.connections.metrics.tunnel_setup(started.elapsed());
-                    let guard = ctx.connections.open(connection);
-                    let crate::hbone::client::Tunnel { send, recv, slot } = tunnel;
-                    let ((from_client, to_client), error) = {
-                        let bytes = guard.bytes();
-                        hbone_stream::splice(
-                            client,
-                            send,
-                            recv,
-                            &bytes.from_client,
-                            &bytes.to_client,
-                        )
-                        .await
-                    };
-                    drop(slot);
-                    guard.finish(from_client, to_client);
-                    if let Some(e) = error {
-                        tracing::debug!(error = %e, "tunnel ended with an error");
-                    }
+                    carry_tunnel(client, tunnel, ctx, connection).await;
                 }
+                Err(e) if e.timed_out() => failed(
+                    connection,
+                    format!("HBONE tunnel to {hbone}: {}", route.timed_out()),
+                ),
                 Err(e) => failed(connection, format!("HBONE tunnel to {hbone} failed: {e}")),
             }
         }
-        None => match connect_from_pod(pod, route.destination).await {
+        None => match connect_from_pod(pod, route.destination, route.connect_timeout).await {
             Ok(server) => {
                 let guard = ctx.connections.open(connection);
                 splice(client, server, &guard).await;
             }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                failed(connection, route.timed_out());
+            }
             Err(e) => failed(connection, format!("destination unreachable: {e}")),
         },
+    }
+}
+
+/// Carries an accepted connection through its open HBONE tunnel until both directions end.
+async fn carry_tunnel(
+    client: TcpStream,
+    tunnel: crate::hbone::client::Tunnel,
+    ctx: &ProxyContext,
+    connection: Connection,
+) {
+    let guard = ctx.connections.open(connection);
+    let crate::hbone::client::Tunnel { send, recv, slot } = tunnel;
+    let ((from_client, to_client), error) = {
+        let bytes = guard.bytes();
+        hbone_stream::splice(client, send, recv, &bytes.from_client, &bytes.to_client).await
+    };
+    drop(slot);
+    guard.finish(from_client, to_client);
+    if let Some(e) = error {
+        tracing::debug!(error = %e, "tunnel ended with an error");
     }
 }
 
@@ -188,15 +245,16 @@ fn hbone_identity(
     ))
 }
 
-/// Connects from a socket created in the pod's netns.
+/// Connects from a socket created in the pod's netns, giving up after `timeout`.
 pub(crate) async fn connect_from_pod(
     pod: &PodContext,
     destination: SocketAddr,
+    timeout: Duration,
 ) -> std::io::Result<TcpStream> {
     let socket = pod.netns.tcp_socket()?;
     // The mark routes the agent's own connection out through the pod's interface instead of
     // into capture again.
     socket.set_mark(EGRESS_MARK)?;
     socket.set_tcp_nodelay(true)?;
-    super::connect_within(socket, destination).await
+    super::connect_within(socket, destination, timeout).await
 }

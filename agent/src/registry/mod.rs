@@ -45,6 +45,9 @@ pub struct Registry {
     /// Gateway API HTTPRoutes and GRPCRoutes (for waypoints).
     pub routes: Vec<Route>,
     pub policies: Vec<crate::policy::Policy>,
+    /// `TrafficPolicy` objects, sorted by namespace and name (the first one targeting a
+    /// Service applies).
+    pub traffic_policies: Vec<crate::policy::TrafficSettings>,
     pub errors: Vec<ObjectError>,
     /// Index of `pods` by address: the proxy looks peers up on every connection.
     #[serde(skip)]
@@ -81,10 +84,37 @@ pub struct PodPlacement {
     pub ip: Ipv4Addr,
     pub service_account: String,
     pub netns: PathBuf,
+    /// The netns itself (device and inode), when it could be read: a pod's netns may be
+    /// reached through another of its processes' `/proc/<pid>/ns/net` from one pass to the
+    /// next, and that is no reason to capture it again.
+    #[serde(skip)]
+    pub netns_id: Option<(u64, u64)>,
     pub cgroup: Option<PathBuf>,
 }
 
 impl PodPlacement {
+    /// Whether `other` places the same pod in the same netns, however its path was found.
+    pub fn same_as(&self, other: &Self) -> bool {
+        let same_netns = match (self.netns_id, other.netns_id) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.netns == other.netns,
+        };
+        same_netns
+            && (
+                &self.namespace,
+                &self.name,
+                self.ip,
+                &self.service_account,
+                &self.cgroup,
+            ) == (
+                &other.namespace,
+                &other.name,
+                other.ip,
+                &other.service_account,
+                &other.cgroup,
+            )
+    }
+
     /// A name unique on the node and valid in bpffs (which refuses dots): `<namespace>_<name>`.
     /// Kubernetes names never contain `_`, so the key is unambiguous.
     pub fn key(&self) -> String {
@@ -107,19 +137,28 @@ impl Registry {
                 });
             }
         }
-        // Reversed so that, should two pods claim one address, the first one listed wins.
+        // Reversed so that, should two pods claim one address, the first one listed wins. A
+        // hostNetwork pod's address is its node's: looking it up must not find a mesh peer.
         registry.pods_by_ip = registry
             .pods
             .iter()
             .enumerate()
             .rev()
+            .filter(|(_, p)| !p.host_network)
             .filter_map(|(i, p)| p.ip.map(|ip| (ip, i)))
             .collect();
         registry
+            .traffic_policies
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        registry
     }
 
-    /// Whether the mesh captures this pod (SPEC labels).
+    /// Whether the mesh captures this pod (SPEC labels). A hostNetwork pod never is: its
+    /// netns is the node's.
     pub fn is_enrolled(&self, pod: &Pod) -> bool {
+        if pod.host_network {
+            return false;
+        }
         let namespace_on = self
             .namespaces
             .get(&pod.namespace)
@@ -154,6 +193,12 @@ impl Registry {
                     name: pod.name.clone(),
                     ip,
                     service_account: pod.service_account.clone(),
+                    netns_id: std::fs::metadata(&netns).ok().map(|m| {
+                        (
+                            std::os::unix::fs::MetadataExt::dev(&m),
+                            std::os::unix::fs::MetadataExt::ino(&m),
+                        )
+                    }),
                     netns,
                     cgroup,
                 }),
@@ -233,6 +278,13 @@ impl Registry {
 
     pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&Pod> {
         self.pods_by_ip.get(&ip).and_then(|&i| self.pods.get(i))
+    }
+
+    /// The `TrafficPolicy` that applies to a Service: the first, by name, that targets it.
+    pub fn traffic_for(&self, service: &Service) -> Option<&crate::policy::TrafficSettings> {
+        self.traffic_policies
+            .iter()
+            .find(|t| t.namespace == service.namespace && t.services.contains(&service.name))
     }
 
     /// The Service and port a virtual IP and port belong to.

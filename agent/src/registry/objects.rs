@@ -42,6 +42,9 @@ pub struct Pod {
     pub uid: Option<String>,
     /// The pod waits for the agent's `weft.io/enrolled` condition before it is Ready.
     pub enrollment_gate: bool,
+    /// `spec.hostNetwork`: the pod shares its node's netns and address, so it is never
+    /// captured and its address is not a pod's.
+    pub host_network: bool,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -118,6 +121,8 @@ struct PodSpecIn {
     service_account_name: Option<String>,
     #[serde(default)]
     readiness_gates: Vec<ReadinessGateIn>,
+    #[serde(default)]
+    host_network: bool,
 }
 
 #[derive(Deserialize)]
@@ -233,7 +238,7 @@ pub(super) fn add(registry: &mut Registry, doc: &serde_yaml::Value) -> Result<()
         (api.as_str(), kind.as_str()),
         ("v1", "Namespace" | "Pod" | "Service")
             | ("discovery.k8s.io/v1", "EndpointSlice")
-            | ("weft.io/v1alpha1", "AuthorizationPolicy")
+            | ("weft.io/v1alpha1", "AuthorizationPolicy" | "TrafficPolicy")
             | (
                 "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
                 "HTTPRoute" | "GRPCRoute"
@@ -272,6 +277,7 @@ pub(super) fn add(registry: &mut Registry, doc: &serde_yaml::Value) -> Result<()
         "Pod" => registry.pods.extend(pod(object)?),
         "Service" => registry.services.push(service(object)?),
         "AuthorizationPolicy" => registry.policies.push(authorization_policy(&object)?),
+        "TrafficPolicy" => registry.traffic_policies.push(traffic_policy(&object)?),
         "HTTPRoute" | "GRPCRoute" => registry.routes.push(route(&kind, object)?),
         _ => registry.endpoint_slices.push(endpoint_slice(object)?),
     }
@@ -285,6 +291,14 @@ fn authorization_policy(object: &Object<'_>) -> Result<crate::policy::Policy, Re
     crate::policy::compile(&object.namespace, &object.name, spec).map_err(|e| object.reject(e))
 }
 
+fn traffic_policy(object: &Object<'_>) -> Result<crate::policy::TrafficSettings, Rejection> {
+    let spec: crate::policy::traffic::TrafficPolicySpec = object
+        .field("spec")?
+        .ok_or_else(|| object.reject("spec is missing"))?;
+    crate::policy::traffic::compile(&object.namespace, &object.name, spec)
+        .map_err(|e| object.reject(e))
+}
+
 fn pod(object: Object<'_>) -> Result<Option<Pod>, Rejection> {
     let spec: Option<PodSpecIn> = object.field("spec")?;
     let status: PodStatusIn = object.field("status")?.unwrap_or_default();
@@ -296,9 +310,15 @@ fn pod(object: Object<'_>) -> Result<Option<Pod>, Rejection> {
         .as_deref()
         .map(|t| object.ipv4(t, "status.podIP"))
         .transpose()?;
-    let (node_name, service_account, gates) = spec.map_or((None, None, Vec::new()), |s| {
-        (s.node_name, s.service_account_name, s.readiness_gates)
-    });
+    let (node_name, service_account, gates, host_network) =
+        spec.map_or((None, None, Vec::new(), false), |s| {
+            (
+                s.node_name,
+                s.service_account_name,
+                s.readiness_gates,
+                s.host_network,
+            )
+        });
     let enrollment_gate = gates
         .iter()
         .any(|g| g.condition_type == super::ENROLLED_CONDITION);
@@ -312,6 +332,7 @@ fn pod(object: Object<'_>) -> Result<Option<Pod>, Rejection> {
         node_name,
         service_account: service_account.unwrap_or_else(|| "default".into()),
         ip,
+        host_network,
     }))
 }
 

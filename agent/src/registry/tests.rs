@@ -137,3 +137,111 @@ fn a_finished_pod_is_neither_enrolled_nor_found_by_its_address() {
     assert!(!enrolled.contains(&"job-1"), "{enrolled:?}");
     assert!(enrolled.contains(&"new"), "{enrolled:?}");
 }
+
+#[test]
+fn a_host_network_pod_is_never_enrolled_nor_taken_for_a_mesh_peer() {
+    // Its podIP is the node's address: a lookup by that address must not find a pod to
+    // tunnel to, and capturing it would capture the node.
+    let registry = docs(&format!(
+        "{CLUSTER}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: node-exporter, namespace: demo, annotations: {{weft.io/netns: /x}}}}\nspec: {{nodeName: n1, hostNetwork: true}}\nstatus: {{podIP: 192.168.0.1}}\n"
+    ));
+    assert!(registry.errors.is_empty(), "{:?}", registry.errors);
+    let pod = registry.pod("demo", "node-exporter").expect("kept");
+    assert!(pod.host_network);
+    assert!(!registry.is_enrolled(pod));
+    assert!(registry.pod_by_ip(Ipv4Addr::new(192, 168, 0, 1)).is_none());
+    assert!(registry
+        .workload_at("192.168.0.1".parse().expect("ip"))
+        .is_none());
+    let (placed, _) = registry.enrolled_on("n1", &super::ByAnnotation);
+    assert!(placed.iter().all(|p| p.name != "node-exporter"));
+}
+
+#[test]
+fn traffic_policies_attach_to_services_and_bad_ones_are_reported() {
+    let registry = docs(&format!(
+        "{CLUSTER}---
+apiVersion: weft.io/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: b-later, namespace: demo}}
+spec: {{targetRefs: [{{kind: Service, name: echo}}], connectTimeout: 9s}}
+---
+apiVersion: weft.io/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: a-first, namespace: demo}}
+spec: {{targetRefs: [{{kind: Service, name: echo}}], connectTimeout: 300ms, loadBalancer: {{algorithm: Random}}}}
+---
+apiVersion: weft.io/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: other-namespace, namespace: legacy}}
+spec: {{targetRefs: [{{kind: Service, name: echo}}], connectTimeout: 1s}}
+---
+apiVersion: weft.io/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: typo, namespace: demo}}
+spec: {{targetRefs: [{{kind: Service, name: echo}}], conectTimeout: 1s}}
+---
+apiVersion: weft.io/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: bad-duration, namespace: demo}}
+spec: {{targetRefs: [{{kind: Service, name: echo}}], connectTimeout: soon}}
+"
+    ));
+    let rejected: Vec<&str> = registry.errors.iter().map(|e| e.object.as_str()).collect();
+    assert_eq!(
+        rejected,
+        ["TrafficPolicy demo/typo", "TrafficPolicy demo/bad-duration"],
+        "{:?}",
+        registry.errors
+    );
+    assert!(
+        registry.errors[0].reason.contains("conectTimeout"),
+        "{:?}",
+        registry.errors
+    );
+    assert!(
+        registry.errors[1].reason.contains("connectTimeout"),
+        "{:?}",
+        registry.errors
+    );
+    let (service, _) = registry
+        .service_by_vip(SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80))
+        .expect("vip");
+    let applied = registry.traffic_for(service).expect("a policy applies");
+    assert_eq!(applied.id(), "demo/a-first", "the first by name wins");
+    assert_eq!(
+        applied.connect_timeout,
+        Some(std::time::Duration::from_millis(300))
+    );
+}
+
+#[test]
+fn a_pod_reached_through_another_path_to_the_same_netns_is_the_same_placement() {
+    let placement = |netns: &str| {
+        let netns = PathBuf::from(netns);
+        PodPlacement {
+            namespace: "demo".into(),
+            name: "a".into(),
+            ip: Ipv4Addr::new(10, 0, 0, 1),
+            service_account: "sa".into(),
+            netns_id: std::fs::metadata(&netns).ok().map(|m| {
+                (
+                    std::os::unix::fs::MetadataExt::dev(&m),
+                    std::os::unix::fs::MetadataExt::ino(&m),
+                )
+            }),
+            netns,
+            cgroup: None,
+        }
+    };
+    // Two processes' links to one netns (here: this process and this thread).
+    let by_process = placement("/proc/self/ns/net");
+    let by_thread = placement("/proc/thread-self/ns/net");
+    assert!(by_process.netns_id.is_some());
+    assert!(by_process.same_as(&by_thread));
+    // Unreadable paths compare as paths; another pod IP is another placement.
+    assert!(!placement("/nonexistent/a").same_as(&placement("/nonexistent/b")));
+    let mut moved = by_thread.clone();
+    moved.ip = Ipv4Addr::new(10, 0, 0, 2);
+    assert!(!by_process.same_as(&moved));
+}

@@ -33,8 +33,10 @@ pub const REQUIRED: &[&str] = &[
     "EndpointSlice",
     "AuthorizationPolicy",
 ];
-/// Kinds whose CRDs may be absent from a cluster: the agent runs without them.
-pub const OPTIONAL: &[&str] = &["HTTPRoute", "GRPCRoute"];
+/// Kinds whose CRDs may be absent from a cluster: the agent runs without them. A missing
+/// `TrafficPolicy` CRD (an upgrade that has not applied it yet) leaves the defaults in force;
+/// a missing `AuthorizationPolicy` would mean unenforced policy, so that one is required.
+pub const OPTIONAL: &[&str] = &["HTTPRoute", "GRPCRoute", "TrafficPolicy"];
 
 /// Changes arriving within this window are folded into one snapshot.
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -73,6 +75,7 @@ pub fn spawn(client: &Client, tx: watch::Sender<Arc<Registry>>) -> WatchStatus {
     spawn_typed::<EndpointSlice>(Api::all(client.clone()), "EndpointSlice", &changes_tx);
     for (group, version, kind) in [
         ("weft.io", "v1alpha1", "AuthorizationPolicy"),
+        ("weft.io", "v1alpha1", "TrafficPolicy"),
         ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
         ("gateway.networking.k8s.io", "v1", "GRPCRoute"),
     ] {
@@ -197,6 +200,7 @@ pub fn trim(kind: &str, object: &serde_json::Value) -> serde_json::Value {
                     "nodeName": get(&["spec", "nodeName"]),
                     "serviceAccountName": get(&["spec", "serviceAccountName"]),
                     "readinessGates": gates,
+                    "hostNetwork": get(&["spec", "hostNetwork"]),
                 }),
             );
             // The phase tells a finished pod (a completed Job) from a live one: its address

@@ -441,3 +441,37 @@ async fn updates_to_fields_weft_does_not_keep_publish_nothing() {
     .await;
     until(&mut rx, "label change", |r| enrolled_on(r, "n1") == ["b"]).await;
 }
+
+#[tokio::test]
+async fn traffic_policies_and_host_network_pods_come_through_the_watches() {
+    let (fake, mut rx, _) = listed().await;
+    fake.event(
+        "/apis/weft.io/v1alpha1/trafficpolicies",
+        "ADDED",
+        json!({"apiVersion": "weft.io/v1alpha1", "kind": "TrafficPolicy",
+               "metadata": {"name": "echo", "namespace": "demo"},
+               "spec": {"targetRefs": [{"kind": "Service", "name": "echo"}], "connectTimeout": "250ms"}}),
+    )
+    .await;
+    until(&mut rx, "traffic policy", |r| {
+        r.traffic_policies.iter().any(|t| t.id() == "demo/echo")
+    })
+    .await;
+    // A hostNetwork pod keeps that field through trimming, so its address (the node's) is
+    // never mistaken for a mesh peer's.
+    let mut host = pod("exporter", "n1", "192.168.0.1", &json!({}));
+    host["spec"]["hostNetwork"] = json!(true);
+    fake.event(PODS, "ADDED", host).await;
+    until(&mut rx, "hostNetwork pod", |r| {
+        r.pod("demo", "exporter").is_some()
+    })
+    .await;
+    let registry = rx.borrow().clone();
+    assert!(registry
+        .pod("demo", "exporter")
+        .is_some_and(|p| p.host_network));
+    assert!(registry
+        .pod_by_ip("192.168.0.1".parse().expect("ip"))
+        .is_none());
+    assert_eq!(enrolled_on(&registry, "n1"), ["a", "b"]);
+}
