@@ -53,6 +53,25 @@ pub fn user_cargo() -> std::process::Command {
     cmd
 }
 
+/// Builds, in release, only what `cargo xtask bench` runs: the agent and the load tool (not
+/// xtask's own plotting stack), and returns their folder.
+pub fn bench() -> anyhow::Result<PathBuf> {
+    ebpf()?;
+    shell::run(user_cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "weft-agent",
+        "--bin",
+        "weft-agent",
+        "-p",
+        "weft-tests",
+        "--bin",
+        "weft-bench",
+    ]))?;
+    Ok(shell::root().join("target/release"))
+}
+
 /// Builds everything and returns the folder holding the binaries.
 pub fn all(release: bool) -> anyhow::Result<PathBuf> {
     ebpf()?;

@@ -196,8 +196,15 @@ async fn namespace_and_pod_changes_flip_enrollment() {
     })
     .await;
 
+    fake.event(NAMESPACES, "ADDED", namespace("demo", true))
+        .await;
+    until(&mut rx, "namespace added again", |r| {
+        enrolled_on(r, "n1") == ["c"]
+    })
+    .await;
+
     // Each event ended its watch (the fake closes it); every reconnect resumed from the last
-    // event's resourceVersion, and none of the seven turned into a relist.
+    // event's resourceVersion, and none of the eight turned into a relist.
     for version in pod_event_versions {
         resumes_from(&fake, PODS, version).await;
     }

@@ -264,6 +264,33 @@ impl Report {
                 "MiB",
             ));
         }
+        // What each held connection costs above idle: the agents' against the application's
+        // own (the server holding the same connections without the mesh).
+        #[expect(clippy::cast_precision_loss, reason = "a connection count")]
+        let per_connection = |held: f64, idle: f64| {
+            (held - idle).max(0.0) * 1024.0 / self.idle_connections.max(1) as f64
+        };
+        let held = &self.memory_idle_connections;
+        let idle = &self.memory_idle;
+        let server = per_connection(held.baseline_server_mib, idle.baseline_server_mib);
+        for (name, agent) in [
+            (
+                "agent, client node",
+                per_connection(held.agent_client_node_mib, idle.agent_client_node_mib),
+            ),
+            (
+                "agent, server node",
+                per_connection(held.agent_server_node_mib, idle.agent_server_node_mib),
+            ),
+        ] {
+            rows.push(Row::lower(
+                "memory per idle connection (above idle)",
+                name,
+                server,
+                agent,
+                "KiB",
+            ));
+        }
         rows.push(Row::lower(
             "registry",
             &format!(

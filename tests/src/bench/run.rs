@@ -35,6 +35,10 @@ const SATURATION_SHARE: f64 = 0.7;
 /// at [`STEP_DOWN`] of its rate, at most [`MAX_STEPS`] times: the figure is then near
 /// saturation, not overload.
 const KNEE_MEDIAN_FACTOR: f64 = 10.0;
+/// The tail's share of the knee rule: a p99 beyond this multiple of the 1,000 rps p99 means
+/// requests queue in bursts even when the median holds (a full run measured p99 at 35 ms, 65x,
+/// with a median that passed).
+const KNEE_P99_FACTOR: f64 = 20.0;
 const STEP_DOWN: f64 = 0.8;
 const MAX_STEPS: usize = 3;
 
@@ -278,9 +282,18 @@ impl Bench {
             memory_idle.agent_client_node_mib, memory_idle.agent_server_node_mib
         );
 
-        let (latency, memory_load) = self.latency_cases()?;
+        let (latency, mut memory_load) = self.latency_cases()?;
         let throughput = self.throughput_cases()?;
         let connection_rate = self.connection_rate()?;
+        // No peak was reset since the last latency run, so these peaks also cover bulk
+        // throughput and the connection-rate run: "under load" means all of them.
+        let traffic = self.peaks(&self.baseline);
+        memory_load.agent_client_node_mib = memory_load
+            .agent_client_node_mib
+            .max(traffic.agent_client_node_mib);
+        memory_load.agent_server_node_mib = memory_load
+            .agent_server_node_mib
+            .max(traffic.agent_server_node_mib);
         let (memory_idle_connections, idle_connections) = self.idle_connections()?;
         let registry = self.registry_memory()?;
         let kube_registry = self.kube_registry_memory(registry.pods, registry.services)?;
@@ -379,7 +392,7 @@ impl Bench {
                     &self.weft.local
                 };
                 let probed = self.saturation(server, connections)?;
-                let mut weft_median_at_1000 = None;
+                let mut weft_at_1000: Option<(f64, f64)> = None;
                 for (rate, near) in [(1000.0, false), (probed, true)] {
                     // Weft first: near saturation, its rate may step down before the baseline
                     // runs at the rate finally used.
@@ -388,17 +401,20 @@ impl Bench {
                         self.open_loop_run(&self.weft, placement, rate, connections, &mut load)?;
                     for _ in 0..MAX_STEPS {
                         let report = &weft.0;
-                        let knee = weft_median_at_1000
-                            .map_or(f64::INFINITY, |m: f64| m * KNEE_MEDIAN_FACTOR);
+                        let (median_knee, p99_knee) = weft_at_1000
+                            .map_or((f64::INFINITY, f64::INFINITY), |(p50, p99)| {
+                                (p50 * KNEE_MEDIAN_FACTOR, p99 * KNEE_P99_FACTOR)
+                            });
                         let past_knee = report.per_second < rate * 0.95
                             || report.errors > 0
-                            || report.latency_us.p50 > knee;
+                            || report.latency_us.p50 > median_knee
+                            || report.latency_us.p99 > p99_knee;
                         if !near || !past_knee {
                             break;
                         }
                         eprintln!(
-                            "bench: {rate:.0} rps is past the knee (achieved {:.0}, errors {}, p50 {:.0} µs); stepping down",
-                            report.per_second, report.errors, report.latency_us.p50
+                            "bench: {rate:.0} rps is past the knee (achieved {:.0}, errors {}, p50 {:.0} µs, p99 {:.0} µs); stepping down",
+                            report.per_second, report.errors, report.latency_us.p50, report.latency_us.p99
                         );
                         rate = (rate * STEP_DOWN).round();
                         weft = self.open_loop_run(
@@ -418,7 +434,7 @@ impl Bench {
                     )?;
                     let (weft, weft_server_cpu_s, agents_cpu_s) = weft;
                     if !near {
-                        weft_median_at_1000 = Some(weft.latency_us.p50);
+                        weft_at_1000 = Some((weft.latency_us.p50, weft.latency_us.p99));
                     }
                     eprintln!(
                         "bench: {placement} {rate:.0} rps {connections} conns: p50 {:.0} -> {:.0} µs, p99 {:.0} -> {:.0} µs",
