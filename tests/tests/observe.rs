@@ -201,11 +201,13 @@ fn weftctl_shows_tables_json_and_denials_with_their_reason() {
     let deny = "apiVersion: weft.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: deny-b, namespace: demo}\nspec:\n  action: DENY\n  rules:\n  - from:\n    - source: {principals: [cluster.local/ns/demo/sa/server-b]}\n";
     f.manifests.write("policies.yaml", deny).expect("policy");
     let start = Instant::now();
-    while weftctl_in(&f, "node1", &["-o", "json", "policies"])
-        .1
-        .trim()
-        == "[]"
-    {
+    let held = || {
+        let out = weftctl_in(&f, "node1", &["-o", "json", "policies"]).1;
+        serde_json::from_str::<Value>(&out).map_or(0, |v| {
+            v["authorizationPolicies"].as_array().map_or(0, Vec::len)
+        })
+    };
+    while held() == 0 {
         assert!(
             start.elapsed() < Duration::from_secs(2),
             "policy never arrived"

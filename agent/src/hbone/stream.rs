@@ -9,7 +9,7 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::AsyncWriteExt as _,
     net::{
         tcp::{OwnedReadHalf, OwnedWriteHalf},
         TcpStream,
@@ -19,17 +19,30 @@ use tokio::{
 use super::h2_io;
 use crate::proxy::copy::{INITIAL_BUFFER, MAX_BUFFER};
 
+/// Like [`crate::proxy::copy::one_way`], the buffer exists only while the socket has bytes to
+/// read: an idle tunnel holds none. Read bytes are frozen and handed to h2 without a copy.
 async fn tcp_to_h2(
     reader: &mut OwnedReadHalf,
     mut send: SendStream<Bytes>,
     progress: &AtomicU64,
 ) -> std::io::Result<u64> {
-    let mut buffer = BytesMut::with_capacity(INITIAL_BUFFER);
+    let mut buffer = BytesMut::new();
     let mut size = INITIAL_BUFFER;
     let mut total = 0u64;
     loop {
+        if buffer.capacity() == 0 {
+            reader.readable().await?;
+        }
         buffer.reserve(size);
-        let n = reader.read_buf(&mut buffer).await?;
+        let n = match reader.try_read_buf(&mut buffer) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // What h2 still holds of this allocation stays alive only until it is sent.
+                buffer = BytesMut::new();
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             send.send_data(Bytes::new(), true).map_err(h2_io)?;
             return Ok(total);

@@ -1,15 +1,17 @@
-//! Moving bytes both ways between two TCP streams with buffers that grow only for busy
-//! connections: an idle connection costs a small buffer per direction, a bulk transfer gets
-//! a large one. Half-close is passed on; back-pressure comes from awaiting each write. Bytes
-//! are counted as they move, so live connections show their progress.
+//! Moving bytes both ways between two TCP streams with buffers that exist only while bytes
+//! flow and grow only for busy connections: an idle connection holds no buffer at all, a
+//! request/response exchange a small one, a bulk transfer a large one. Half-close is passed on;
+//! back-pressure comes from awaiting each write. Bytes are counted as they move, so live
+//! connections show their progress.
 
 pub use crate::connections::ByteCounters;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::BytesMut;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    net::TcpStream,
+    io::{AsyncWrite, AsyncWriteExt as _},
+    net::{tcp::ReadHalf, TcpStream},
 };
 
 /// First buffer per direction. Request/response traffic rarely needs more.
@@ -19,29 +21,46 @@ pub const INITIAL_BUFFER: usize = 16 * 1024;
 pub const MAX_BUFFER: usize = 256 * 1024;
 
 /// Copies `reader` to `writer` until EOF, then shuts `writer` down (passing the half-close on).
-/// The buffer doubles, up to [`MAX_BUFFER`], each time a read fills it.
-pub async fn one_way<R, W>(
-    reader: &mut R,
+/// A buffer is taken when the socket turns readable and given back once it has nothing more to
+/// read, so a connection waiting for its next request costs no buffer; its size doubles, up to
+/// [`MAX_BUFFER`], each time a read fills it, and the size (not the memory) is remembered.
+pub async fn one_way<W>(
+    reader: &ReadHalf<'_>,
     writer: &mut W,
     progress: &AtomicU64,
 ) -> std::io::Result<u64>
 where
-    R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
-    let mut buffer = vec![0u8; INITIAL_BUFFER];
+    let socket: &TcpStream = reader.as_ref();
+    let mut size = INITIAL_BUFFER;
+    let mut buffer = BytesMut::new();
     let mut total = 0u64;
     loop {
-        let n = reader.read(&mut buffer).await?;
+        if buffer.capacity() == 0 {
+            socket.readable().await?;
+            buffer.reserve(size);
+        }
+        let n = match socket.try_read_buf(&mut buffer) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                buffer = BytesMut::new();
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             writer.shutdown().await?;
             return Ok(total);
         }
-        writer.write_all(&buffer[..n]).await?;
+        writer.write_all(&buffer).await?;
         total += n as u64;
         progress.fetch_add(n as u64, Ordering::Relaxed);
-        if n == buffer.len() && buffer.len() < MAX_BUFFER {
-            buffer.resize(buffer.len() * 2, 0);
+        if n >= size && size < MAX_BUFFER {
+            size *= 2;
+            buffer = BytesMut::with_capacity(size);
+        } else {
+            buffer.clear();
         }
     }
 }
@@ -78,11 +97,11 @@ pub async fn both_ways(
     server: &mut TcpStream,
     bytes: &ByteCounters,
 ) -> ((u64, u64), Option<std::io::Error>) {
-    let (mut client_read, mut client_write) = client.split();
-    let (mut server_read, mut server_write) = server.split();
+    let (client_read, mut client_write) = client.split();
+    let (server_read, mut server_write) = server.split();
     run_both(
-        one_way(&mut client_read, &mut server_write, &bytes.from_client),
-        one_way(&mut server_read, &mut client_write, &bytes.to_client),
+        one_way(&client_read, &mut server_write, &bytes.from_client),
+        one_way(&server_read, &mut client_write, &bytes.to_client),
     )
     .await
 }
