@@ -308,3 +308,25 @@ fn the_daemonset_asks_only_for_the_privileges_it_documents() {
         "resource requests"
     );
 }
+
+/// The Helm chart, checked with Helm's own SDK: lint, the same objects as each overlay, field for
+/// field, its own values honoured and validated, bad values refused (deploy/check-helm.py).
+#[test]
+fn the_helm_chart_renders_what_the_overlays_render_and_validates() {
+    let out = Command::new("python3")
+        .arg(deploy_dir().join("check-helm.py"))
+        .output()
+        .expect("python3");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "deploy/check-helm.py failed:\n{text}");
+    let overlays = std::fs::read_dir(deploy_dir().join("overlays"))
+        .expect("overlays")
+        .count();
+    let exact = text
+        .lines()
+        .filter(|l| l.starts_with("ok ") && l.contains("objects exactly"))
+        .count();
+    assert_eq!(exact, overlays, "one exact comparison per overlay:\n{text}");
+    assert!(!text.contains("FAIL"), "{text}");
+}

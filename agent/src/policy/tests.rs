@@ -276,33 +276,33 @@ fn bad_policies_are_rejected_with_what_to_fix() {
 
 #[test]
 fn checked_in_crds_match_the_rust_types() {
-    for (file, generated) in super::crds() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy/crds")
-            .join(file);
-        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            checked_in == generated,
-            "{} drifted from the Rust types: run `cargo xtask crds`",
-            path.display()
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for folder in super::CRD_FOLDERS {
+        for (file, generated) in super::crds() {
+            let path = root.join(folder).join(file);
+            let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                checked_in == generated,
+                "{} drifted from the Rust types: run `cargo xtask crds`",
+                path.display()
+            );
+            assert!(generated.contains("group: weft.io") && generated.contains("name: v1alpha1"));
+        }
+        // A CRD whose type was removed or renamed would otherwise stay checked in and deployed.
+        let mut on_disk: Vec<String> = std::fs::read_dir(root.join(folder))
+            .unwrap_or_else(|e| panic!("{folder}: {e}"))
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .filter(|name| name != "kustomization.yaml")
+            .collect();
+        on_disk.sort();
+        let mut generated: Vec<String> = super::crds()
+            .into_iter()
+            .map(|(file, _)| file.to_owned())
+            .collect();
+        generated.sort();
+        assert_eq!(
+            on_disk, generated,
+            "{folder} holds files the Rust types do not generate: remove them or run `cargo xtask crds`"
         );
-        assert!(generated.contains("group: weft.io") && generated.contains("name: v1alpha1"));
     }
-    // A CRD whose type was removed or renamed would otherwise stay checked in and deployed.
-    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds");
-    let mut on_disk: Vec<String> = std::fs::read_dir(&folder)
-        .expect("deploy/crds")
-        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-        .filter(|name| name != "kustomization.yaml")
-        .collect();
-    on_disk.sort();
-    let mut generated: Vec<String> = super::crds()
-        .into_iter()
-        .map(|(file, _)| file.to_owned())
-        .collect();
-    generated.sort();
-    assert_eq!(
-        on_disk, generated,
-        "deploy/crds holds files the Rust types do not generate: remove them or run `cargo xtask crds`"
-    );
 }
