@@ -166,6 +166,10 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         connection.peer_identity = Some(identity.to_string());
     }
     let failed = |connection: Connection, reason: String| {
+        // The client learns of the failure by a reset, as from a rejecting firewall: a FIN
+        // would read as a server that closed after an empty answer (the client's first bytes
+        // may already have been taken to ride with the CONNECT).
+        let _ = client.set_zero_linger();
         tracing::warn!(pod = %pod.name(), %original, destination = %route.destination, %reason, "outbound connection failed");
         ctx.connections.failed(connection, reason);
     };
@@ -173,12 +177,18 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         Some(identity) => {
             let hbone = SocketAddr::new(route.destination.ip(), HBONE_PORT);
             let started = std::time::Instant::now();
+            let mut early_bytes = 0;
             let opening = ctx.pool.open(
                 pod,
                 &identity,
                 hbone,
                 route.destination,
                 route.connect_timeout,
+                || {
+                    let early = already_sent(&client);
+                    early_bytes = early.len() as u64;
+                    early
+                },
             );
             match tokio::time::timeout(route.connect_timeout, opening)
                 .await
@@ -186,7 +196,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
             {
                 Ok(tunnel) => {
                     ctx.connections.metrics.tunnel_setup(started.elapsed());
-                    carry_tunnel(client, tunnel, ctx, connection).await;
+                    carry_tunnel(client, tunnel, ctx, connection, early_bytes).await;
                 }
                 Err(e) if e.timed_out() => failed(
                     connection,
@@ -208,21 +218,38 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
     }
 }
 
+/// At most this much of what the client sent before its tunnel opened rides with the CONNECT.
+const EARLY_DATA: usize = 16 * 1024;
+
+/// What the client has sent already, without waiting for more: a client that speaks first has
+/// usually written its request by the time the agent asks for a tunnel.
+fn already_sent(client: &TcpStream) -> bytes::Bytes {
+    let mut buffer = bytes::BytesMut::with_capacity(EARLY_DATA);
+    match client.try_read_buf(&mut buffer) {
+        Ok(n) if n > 0 => buffer.freeze(),
+        // Nothing yet, or its FIN (which the copy will read again): nothing rides early.
+        _ => bytes::Bytes::new(),
+    }
+}
+
 /// Carries an accepted connection through its open HBONE tunnel until both directions end.
+/// `early_bytes` went with the CONNECT already.
 async fn carry_tunnel(
     client: TcpStream,
     tunnel: crate::hbone::client::Tunnel,
     ctx: &ProxyContext,
     connection: Connection,
+    early_bytes: u64,
 ) {
     let guard = ctx.connections.open(connection);
     let crate::hbone::client::Tunnel { send, recv, slot } = tunnel;
     let ((from_client, to_client), error) = {
         let bytes = guard.bytes();
+        bytes.from_client.fetch_add(early_bytes, Ordering::Relaxed);
         hbone_stream::splice(client, send, recv, &bytes.from_client, &bytes.to_client).await
     };
     drop(slot);
-    guard.finish(from_client, to_client);
+    guard.finish(from_client + early_bytes, to_client);
     if let Some(e) = error {
         tracing::debug!(error = %e, "tunnel ended with an error");
     }
