@@ -272,6 +272,15 @@ fn tour_policy_and_enrollment(cluster: &Cluster, manifests: &Manifests) -> anyho
     weftctl(&["--node", "node-b", "flows", "--verdict", "deny"])?;
     manifests.write("policies.yaml", "")?;
 
+    banner(
+        "A TrafficPolicy on Service demo/echo: what node-a applies, and what waits for a waypoint",
+    );
+    let traffic = "apiVersion: weft.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: echo, namespace: demo}\nspec:\n  targetRefs: [{kind: Service, name: echo}]\n  connectTimeout: 2s\n  loadBalancer: {algorithm: Random}\n  retryBudget: {percent: 20}\n";
+    manifests.write("traffic.yaml", traffic)?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    weftctl(&["--node", "node-a", "policies"])?;
+    manifests.write("traffic.yaml", "")?;
+
     banner("Enroll namespace legacy live by editing its label in the manifest folder");
     write_manifests(cluster, manifests, true)?;
     std::thread::sleep(std::time::Duration::from_millis(800));

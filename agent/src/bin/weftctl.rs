@@ -263,7 +263,18 @@ fn policies_table(v: &Value) -> String {
             ]
         },
     );
-    format!("AUTHORIZATION POLICIES\n{authorization}\n\nTRAFFIC POLICIES\n{traffic}")
+    let or_none = |list: &Value, table: String| {
+        if list.as_array().is_some_and(|a| !a.is_empty()) {
+            table
+        } else {
+            "none".to_owned()
+        }
+    };
+    format!(
+        "AUTHORIZATION POLICIES\n{}\n\nTRAFFIC POLICIES\n{}",
+        or_none(&v["authorizationPolicies"], authorization),
+        or_none(&v["trafficPolicies"], traffic)
+    )
 }
 
 fn certs_table(v: &Value) -> String {
