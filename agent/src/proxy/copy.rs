@@ -37,18 +37,7 @@ where
     let mut buffer = BytesMut::new();
     let mut total = 0u64;
     loop {
-        if buffer.capacity() == 0 {
-            socket.readable().await?;
-            buffer.reserve(size);
-        }
-        let n = match socket.try_read_buf(&mut buffer) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                buffer = BytesMut::new();
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
+        let n = read_while_flowing(socket, &mut buffer, size).await?;
         if n == 0 {
             writer.shutdown().await?;
             return Ok(total);
@@ -58,9 +47,27 @@ where
         progress.fetch_add(n as u64, Ordering::Relaxed);
         if n >= size && size < MAX_BUFFER {
             size *= 2;
-            buffer = BytesMut::with_capacity(size);
-        } else {
-            buffer.clear();
+        }
+        buffer.clear();
+    }
+}
+
+/// Reads what `socket` has into `buffer`, which holds memory only while bytes flow: with no
+/// room it waits for readability first, then makes room for `size` bytes, and it gives the
+/// memory back (leaving `buffer` empty) whenever a read would block.
+pub async fn read_while_flowing(
+    socket: &TcpStream,
+    buffer: &mut BytesMut,
+    size: usize,
+) -> std::io::Result<usize> {
+    loop {
+        if buffer.capacity() == 0 {
+            socket.readable().await?;
+        }
+        buffer.reserve(size);
+        match socket.try_read_buf(buffer) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => *buffer = BytesMut::new(),
+            read => return read,
         }
     }
 }
