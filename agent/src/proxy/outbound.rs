@@ -31,15 +31,15 @@ pub struct Route {
     pub destination: SocketAddr,
     pub service: Option<String>,
     pub connect_timeout: Duration,
-    /// The `TrafficPolicy` that set `connect_timeout` and the pick, when one applies.
-    pub traffic_policy: Option<String>,
+    /// The `TrafficPolicy` whose `connectTimeout` set `connect_timeout`, when one did.
+    pub timeout_from: Option<String>,
 }
 
 impl Route {
     /// Why the connection failed when it could not be opened in time.
     fn timed_out(&self) -> String {
         let limit = humantime(self.connect_timeout);
-        match &self.traffic_policy {
+        match &self.timeout_from {
             Some(policy) => {
                 format!("connect timed out after {limit} (connectTimeout of TrafficPolicy {policy})")
             }
@@ -70,6 +70,7 @@ pub fn resolve(
         let endpoints = registry.endpoints(service, port);
         let traffic = registry.traffic_for(service);
         let random = traffic.is_some_and(|t| t.algorithm == Algorithm::Random);
+        let policy_timeout = traffic.and_then(|t| t.connect_timeout);
         let destination = if random {
             endpoints
                 .get(rand::random_range(0..endpoints.len().max(1)))
@@ -81,17 +82,15 @@ pub fn resolve(
         return Ok(Route {
             destination,
             service: Some(name),
-            connect_timeout: traffic
-                .and_then(|t| t.connect_timeout)
-                .unwrap_or(CONNECT_TIMEOUT),
-            traffic_policy: traffic.map(TrafficSettings::id),
+            connect_timeout: policy_timeout.unwrap_or(CONNECT_TIMEOUT),
+            timeout_from: policy_timeout.and(traffic.map(TrafficSettings::id)),
         });
     }
     Ok(Route {
         destination: SocketAddr::V4(original),
         service: None,
         connect_timeout: CONNECT_TIMEOUT,
-        traffic_policy: None,
+        timeout_from: None,
     })
 }
 

@@ -93,6 +93,12 @@ pub struct PodPlacement {
 }
 
 impl PodPlacement {
+    /// The netns a path leads to, as device and inode, when it can be read.
+    pub fn netns_id_of(path: &std::path::Path) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+
     /// Whether `other` places the same pod in the same netns, however its path was found.
     pub fn same_as(&self, other: &Self) -> bool {
         let same_netns = match (self.netns_id, other.netns_id) {
@@ -193,12 +199,7 @@ impl Registry {
                     name: pod.name.clone(),
                     ip,
                     service_account: pod.service_account.clone(),
-                    netns_id: std::fs::metadata(&netns).ok().map(|m| {
-                        (
-                            std::os::unix::fs::MetadataExt::dev(&m),
-                            std::os::unix::fs::MetadataExt::ino(&m),
-                        )
-                    }),
+                    netns_id: PodPlacement::netns_id_of(&netns),
                     netns,
                     cgroup,
                 }),

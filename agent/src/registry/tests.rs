@@ -224,12 +224,7 @@ fn a_pod_reached_through_another_path_to_the_same_netns_is_the_same_placement() 
             name: "a".into(),
             ip: Ipv4Addr::new(10, 0, 0, 1),
             service_account: "sa".into(),
-            netns_id: std::fs::metadata(&netns).ok().map(|m| {
-                (
-                    std::os::unix::fs::MetadataExt::dev(&m),
-                    std::os::unix::fs::MetadataExt::ino(&m),
-                )
-            }),
+            netns_id: PodPlacement::netns_id_of(&netns),
             netns,
             cgroup: None,
         }
