@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt as _, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::{body::Incoming, service::service_fn, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::{net::TcpListener, sync::watch};
@@ -92,7 +91,7 @@ impl AdminState {
                         "enrolledPods": enrollment.enrolled.len(),
                         "enrollmentFailures": enrollment.failed,
                         "unplaceablePods": enrollment.unplaceable,
-                        "registry": {"namespaces": registry.namespaces.len(), "pods": registry.pods.len(), "services": registry.services.len(), "endpointSlices": registry.endpoint_slices.len(), "routes": registry.routes.len(), "authorizationPolicies": registry.policies.len(), "trafficPolicies": registry.traffic_policies.len(), "rejectedObjects": registry.errors},
+                        "registry": {"namespaces": registry.namespaces.len(), "pods": registry.pods.len(), "services": registry.services.len(), "endpointSlices": registry.endpoint_slices.len(), "routes": registry.routes.len(), "authorizationPolicies": registry.policies.len(), "trafficPolicies": registry.traffic_policies.len(), "rejectedObjects": registry.errors, "rejectedObjectsNotShown": registry.errors_not_shown, "ignoredObjects": registry.ignored},
                         "kubernetesWatches": watches,
                     }),
                 )
@@ -110,7 +109,7 @@ impl AdminState {
                     .collect();
                 (
                     StatusCode::OK,
-                    json!({"proxy": self.connections.totals, "kernel": kernel, "pool": self.proxy.pool.stats()}),
+                    json!({"proxy": self.connections.totals, "kernel": kernel, "pool": self.proxy.pool.stats(), "limits": self.connections.metrics.limits.snapshot()}),
                 )
             }
             "/certs" => (StatusCode::OK, json!(self.certs.certs())),
@@ -184,25 +183,19 @@ fn respond(reply: Reply) -> Response<ResponseBody> {
     }
 }
 
-async fn serve<F>(listener: TcpListener, handler: Arc<F>)
-where
+async fn serve<F>(
+    listener: TcpListener,
+    bounds: crate::limits::Http1Limits,
+    limits: Arc<crate::limits::Limits>,
+    handler: Arc<F>,
+) where
     F: Fn(&http::Method, &str, Option<&str>) -> Reply + Send + Sync + 'static,
 {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let reply = handler(req.method(), req.uri().path(), req.uri().query());
-                async move { Ok::<_, Infallible>(respond(reply)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    let service = service_fn(move |req: Request<Incoming>| {
+        let reply = handler(req.method(), req.uri().path(), req.uri().query());
+        async move { Ok::<_, Infallible>(respond(reply)) }
+    });
+    crate::limits::serve_http1(listener, bounds, limits, None, service).await;
 }
 
 /// `?key=value` from a query string.
@@ -377,8 +370,11 @@ pub async fn start(
     let metrics_listener = bind(metrics).await?;
     let ready_listener = bind(readiness).await?;
     let admin_state = state.clone();
+    let limits = state.connections.metrics.limits.clone();
     tokio::spawn(serve(
         admin_listener,
+        crate::limits::ADMIN,
+        limits.clone(),
         Arc::new(
             move |method: &http::Method, path: &str, query: Option<&str>| {
                 admin_state.handle(method, path, query)
@@ -388,6 +384,8 @@ pub async fn start(
     let metrics_state = state.clone();
     tokio::spawn(serve(
         metrics_listener,
+        crate::limits::METRICS,
+        limits.clone(),
         Arc::new(
             move |_: &http::Method, path: &str, _: Option<&str>| match path {
                 "/metrics" => {
@@ -404,6 +402,8 @@ pub async fn start(
     ));
     tokio::spawn(serve(
         ready_listener,
+        crate::limits::READINESS,
+        limits,
         Arc::new(move |_: &http::Method, path: &str, _: Option<&str>| {
             json_reply(match path {
                 "/healthz/ready" if state.ready.load(Ordering::Relaxed) => {

@@ -38,6 +38,8 @@ pub enum AppError {
     Kube(#[from] kube::Error),
     #[error("no cgroup2 mount in /proc/mounts: give --cgroup-root")]
     NoCgroup2,
+    #[error("a start-up or enrollment task panicked: {0}")]
+    Panicked(tokio::task::JoinError),
 }
 
 /// Where the registry comes from, and how enrollment finds pods and reports on them.
@@ -53,8 +55,9 @@ struct SourceParts {
 async fn start_source(config: &Config) -> Result<SourceParts, AppError> {
     match &config.source {
         Source::Local { dir } => {
-            let (tx, rx) = watch::channel(Arc::new(local::read_dir(dir)));
-            tokio::spawn(local::watch(dir.clone(), tx));
+            let (folder, first) = local::first_read(dir.clone()).await;
+            let (tx, rx) = watch::channel(Arc::new(first));
+            tokio::spawn(local::watch(folder, tx));
             Ok(SourceParts {
                 registry: rx,
                 locate: Box::new(crate::registry::ByAnnotation),
@@ -71,7 +74,11 @@ async fn start_source(config: &Config) -> Result<SourceParts, AppError> {
             netns::set_proc_root(host_proc);
             let cgroup_root = match cgroup_root {
                 Some(root) => root.clone(),
-                None => cgroup2_mount().ok_or(AppError::NoCgroup2)?,
+                None => tokio::task::spawn_blocking(cgroup2_mount)
+                    .await
+                    .ok()
+                    .flatten()
+                    .ok_or(AppError::NoCgroup2)?,
             };
             let client = kube::Client::try_default().await?;
             let (tx, rx) = watch::channel(Arc::new(Registry::default()));
@@ -105,9 +112,22 @@ fn cgroup2_mount() -> Option<std::path::PathBuf> {
 /// Runs the agent until SIGTERM or Ctrl-C. Capture stays attached and pinned when it exits:
 /// enrolled pods then fail closed until an agent runs again and adopts the pins.
 pub async fn run(config: Config) -> Result<(), AppError> {
-    netns::init_host().map_err(AppError::HostNetns)?;
-    let (programs, mut maps) = Programs::load_or_adopt(&config.bpffs_dir)?;
-    maps.set_excluded_ports(&config.excluded_ports)?;
+    raise_open_file_limit();
+    // Loading programs, reading the CA and creating the state folder block on the kernel and
+    // the file system: done once, on a blocking thread.
+    let prepare = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, AppError> {
+            netns::init_host().map_err(AppError::HostNetns)?;
+            let (programs, mut maps) = Programs::load_or_adopt(&config.bpffs_dir)?;
+            maps.set_excluded_ports(&config.excluded_ports)?;
+            let ca = Signer::load(&config.ca, &config.trust_domain)?;
+            std::fs::create_dir_all(&config.state_dir)
+                .map_err(|e| AppError::StateDir(config.state_dir.clone(), e))?;
+            Ok((programs, maps, ca))
+        })
+    };
+    let (programs, maps, ca) = prepare.await.map_err(AppError::Panicked)??;
     let adopted = programs.adopted;
     tracing::info!(pins = %config.bpffs_dir.display(), adopted, "kernel programs ready");
     let SourceParts {
@@ -120,7 +140,6 @@ pub async fn run(config: Config) -> Result<(), AppError> {
 
     let maps = Arc::new(Mutex::new(maps));
     let connections = Arc::new(Connections::default());
-    let ca = Signer::load(&config.ca, &config.trust_domain)?;
     let certs = Arc::new(CertStore::new(
         ca,
         &config.trust_domain,
@@ -133,8 +152,6 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         maps.clone(),
         connections.clone(),
     ));
-    std::fs::create_dir_all(&config.state_dir)
-        .map_err(|e| AppError::StateDir(config.state_dir.clone(), e))?;
     let proxy_for_admin = proxy.clone();
     let mut enrollment = Enrollment::new(
         config.node_name.clone(),
@@ -179,11 +196,11 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         }
     }
     let snapshot = updates.borrow_and_update().clone();
-    enrollment.reconcile(&snapshot);
+    enrollment = reconcile(enrollment, snapshot).await?;
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(node = %config.node_name, enrolled = enrollment.enrolled_count(), admin = %config.admin_addr, "agent ready");
 
-    follow_registry(updates, &mut enrollment, &state).await?;
+    follow_registry(updates, enrollment, &state).await?;
     tracing::info!(
         "agent stopping; capture stays pinned and fails closed until the next agent adopts it"
     );
@@ -194,7 +211,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
 /// is told to stop.
 async fn follow_registry(
     mut updates: watch::Receiver<Arc<crate::registry::Registry>>,
-    enrollment: &mut Enrollment,
+    mut enrollment: Enrollment,
     state: &AdminState,
 ) -> Result<(), AppError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -207,14 +224,14 @@ async fn follow_registry(
         tokio::select! {
             _ = retry.tick(), if enrollment.has_pending() => {
                 let snapshot = updates.borrow().clone();
-                enrollment.reconcile(&snapshot);
+                enrollment = reconcile(enrollment, snapshot).await?;
             }
             changed = updates.changed() => {
                 if changed.is_err() {
                     break;
                 }
                 let snapshot = updates.borrow_and_update().clone();
-                enrollment.reconcile(&snapshot);
+                enrollment = reconcile(enrollment, snapshot.clone()).await?;
                 let closed = state.connections.revalidate(&snapshot);
                 if closed > 0 {
                     tracing::info!(closed, "policy change closed established connections");
@@ -227,27 +244,77 @@ async fn follow_registry(
     Ok(())
 }
 
-/// Renews SVIDs at half-life and reloads the trust bundle when its file changes.
+/// Enrollment enters network namespaces, changes routes and bpf maps: it runs on a blocking
+/// thread, never on the runtime's workers (which keep carrying traffic meanwhile).
+async fn reconcile(
+    mut enrollment: Enrollment,
+    snapshot: Arc<Registry>,
+) -> Result<Enrollment, AppError> {
+    tokio::task::spawn_blocking(move || {
+        enrollment.reconcile(&snapshot);
+        enrollment
+    })
+    .await
+    .map_err(AppError::Panicked)
+}
+
+/// Raises the open-file soft limit to the hard limit: each proxied connection holds two or
+/// three descriptors, and the common default soft limit of 1,024 would cap a node at a few
+/// hundred connections.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            let raised = soft >= hard || setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok();
+            let now = if raised { hard } else { soft };
+            tracing::info!(
+                soft_was = soft,
+                hard,
+                soft_now = now,
+                "open-file limit (each proxied connection holds 2-3 descriptors)"
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
+/// Renews SVIDs at half-life and reloads the trust bundle when its file changes. Each round
+/// reads files and may sign: it runs on a blocking thread.
 async fn maintain_certs(certs: Arc<CertStore>, source: crate::identity::CaSource) {
-    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+        std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    }
     let bundle = certs.bundle_file();
-    let mut last = modified(&bundle);
+    let mut last = {
+        let bundle = bundle.clone();
+        tokio::task::spawn_blocking(move || modified(&bundle))
+            .await
+            .ok()
+            .flatten()
+    };
     let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         ticker.tick().await;
-        let renewed = certs.renew_due();
-        if renewed > 0 {
-            tracing::info!(
-                renewed,
-                "SVIDs renewed at half-life; open connections keep theirs"
-            );
-        }
-        let now = modified(&bundle);
-        if now != last {
-            last = now;
-            if let Err(e) = certs.reload(&source) {
-                tracing::error!(error = %e, file = %bundle.display(), "trust bundle changed but cannot be loaded; keeping the old one");
+        let (certs, source, bundle) = (certs.clone(), source.clone(), bundle.clone());
+        let round = tokio::task::spawn_blocking(move || {
+            let renewed = certs.renew_due();
+            if renewed > 0 {
+                tracing::info!(
+                    renewed,
+                    "SVIDs renewed at half-life; open connections keep theirs"
+                );
             }
+            let now = modified(&bundle);
+            if now != last {
+                if let Err(e) = certs.reload(&source) {
+                    tracing::error!(error = %e, file = %bundle.display(), "trust bundle changed but cannot be loaded; keeping the old one");
+                }
+            }
+            now
+        });
+        match round.await {
+            Ok(now) => last = now,
+            Err(e) => tracing::error!(error = %e, "certificate maintenance panicked"),
         }
     }
 }

@@ -110,6 +110,9 @@ pub struct Totals {
     pub closed_by_policy: AtomicU64,
     /// Connections to a capture listener that the kernel did not redirect (no open relay).
     pub refused_not_captured: AtomicU64,
+    /// Captured connections to loopback or to an agent port at the pod's address (they would
+    /// loop into the agent), refused before anything was dialed.
+    pub refused_agent_port: AtomicU64,
     pub bytes_from_clients: AtomicU64,
     pub bytes_to_clients: AtomicU64,
 }
@@ -320,6 +323,15 @@ impl Connections {
 
     /// Records a connection the agent could not carry (no endpoint, unreachable, tunnel
     /// refused), with what went wrong.
+    /// A captured connection refused because it would loop into the agent: counted apart and
+    /// recorded as a failed flow with its reason.
+    pub fn refused_loop(&self, connection: Connection, detail: String) {
+        self.totals
+            .refused_agent_port
+            .fetch_add(1, Ordering::Relaxed);
+        self.failed(connection, detail);
+    }
+
     pub fn failed(&self, mut connection: Connection, detail: String) {
         connection.started_unix_ms = now_unix_ms();
         connection.id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -399,6 +411,11 @@ impl Guard<'_> {
             .bytes_to_clients
             .fetch_add(to_client, Ordering::Relaxed);
         *self.bytes.lock().unwrap_or_else(PoisonError::into_inner) = (from_client, to_client);
+    }
+
+    /// Where the proxy counts the limits it hits.
+    pub fn limits(&self) -> &crate::limits::Limits {
+        &self.connections.metrics.limits
     }
 
     /// The counters the copy loops advance.

@@ -15,6 +15,7 @@ pub mod fake_api;
 pub mod flows;
 pub mod hbone;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 pub mod netns;
 pub mod podns;

@@ -113,6 +113,8 @@ pub struct Metrics {
     /// Kubernetes mode: watch errors so far, and whether each kind has listed, by kind.
     pub kube_watch_errors: Family<NameLabel, Gauge>,
     pub kube_watch_synced: Family<NameLabel, Gauge>,
+    /// Every listener limit hit, by listener and limit.
+    pub limits: std::sync::Arc<crate::limits::Limits>,
 }
 
 /// Kubernetes mode's watch health (absent, never set, in local mode).
@@ -153,8 +155,14 @@ impl Default for Metrics {
             pool_streams: Gauge::default(),
             kube_watch_errors: Family::default(),
             kube_watch_synced: Family::default(),
+            limits: std::sync::Arc::default(),
         };
         register_kube(&mut registry, &metrics);
+        registry.register(
+            "limit_hits",
+            "Times a listener limit was hit (deadline, size or connection cap), by listener and limit",
+            metrics.limits.hits.clone(),
+        );
         registry.register(
             "connections_opened",
             "Connections the agent decided on, with the verdict and its reason",

@@ -17,7 +17,6 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::{body::Incoming, service::service_fn, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -171,28 +170,19 @@ pub async fn serve(
     });
     tracing::info!(listen = %config.listen, trust_domain = %config.trust_domain, "CA serving");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let (acceptor, signer) = (acceptor.clone(), signer.clone());
-        tokio::spawn(async move {
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-            else {
-                tracing::debug!(%peer, "TLS handshake failed");
-                return;
-            };
-            let service = service_fn(move |req: Request<Incoming>| {
-                let signer = signer.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&signer, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-        });
-    }
+    let service = service_fn(move |req: Request<Incoming>| {
+        let signer = signer.clone();
+        async move { Ok::<_, std::convert::Infallible>(answer(&signer, req).await) }
+    });
+    crate::limits::serve_http1(
+        listener,
+        crate::limits::CA,
+        Arc::new(crate::limits::Limits::default()),
+        Some(acceptor),
+        service,
+    )
+    .await;
+    Ok(())
 }
 
 async fn answer(signer: &Signer, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -222,32 +212,29 @@ async fn answer(signer: &Signer, req: Request<Incoming>) -> Response<Full<Bytes>
 /// Live while the process serves; ready only once the pod watch has listed, since before
 /// that every signing request would be refused.
 async fn serve_health(listener: TcpListener, pods: Arc<Mutex<authz::PodIndex>>) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let pods = pods.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let synced = pods.lock().unwrap_or_else(PoisonError::into_inner).synced();
-                async move {
-                    let (status, body): (_, &'static [u8]) = match req.uri().path() {
-                        "/healthz/live" => (StatusCode::OK, b"{\"live\":true}"),
-                        "/healthz/ready" if synced => (StatusCode::OK, b"{\"ready\":true}"),
-                        "/healthz/ready" => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            b"{\"ready\":false,\"reason\":\"the cluster's pods are not listed yet\"}",
-                        ),
-                        _ => (StatusCode::NOT_FOUND, b"{\"error\":\"try /healthz/ready\"}"),
-                    };
-                    let mut response = Response::new(Full::new(Bytes::from_static(body)));
-                    *response.status_mut() = status;
-                    Ok::<_, std::convert::Infallible>(response)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
-    }
+    let service = service_fn(move |req: Request<Incoming>| {
+        let synced = pods.lock().unwrap_or_else(PoisonError::into_inner).synced();
+        async move {
+            let (status, body): (_, &'static [u8]) = match req.uri().path() {
+                "/healthz/live" => (StatusCode::OK, b"{\"live\":true}"),
+                "/healthz/ready" if synced => (StatusCode::OK, b"{\"ready\":true}"),
+                "/healthz/ready" => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    b"{\"ready\":false,\"reason\":\"the cluster's pods are not listed yet\"}",
+                ),
+                _ => (StatusCode::NOT_FOUND, b"{\"error\":\"try /healthz/ready\"}"),
+            };
+            let mut response = Response::new(Full::new(Bytes::from_static(body)));
+            *response.status_mut() = status;
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    crate::limits::serve_http1(
+        listener,
+        crate::limits::READINESS,
+        Arc::new(crate::limits::Limits::default()),
+        None,
+        service,
+    )
+    .await;
 }

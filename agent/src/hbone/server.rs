@@ -11,25 +11,18 @@ use http::{Request, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use super::{
-    HboneError, CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_STREAMS, STREAM_WINDOW,
-};
+use super::{HboneError, CONNECTION_WINDOW, MAX_FRAME_SIZE, MAX_STREAMS, STREAM_WINDOW};
 use crate::{
     connections::{Connection, Direction, Security},
     identity::{self, SpiffeId},
+    limits,
     proxy::{authorize, inbound::deliver, PodContext, ProxyContext},
 };
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, ctx: Arc<ProxyContext>) {
+    let limits = ctx.connections.metrics.limits.clone();
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(pod = %pod.name(), error = %e, "HBONE accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (tcp, peer) = limits::accept(&listener, "hbone", &limits).await;
         // Small request/response writes must leave at once; Nagle would hold them for an ACK.
         let _ = tcp.set_nodelay(true);
         let (pod, ctx) = (pod.clone(), ctx.clone());
@@ -48,11 +41,18 @@ async fn connection(
     ctx: &Arc<ProxyContext>,
 ) -> Result<(), HboneError> {
     let config = identity::server_config(&ctx.certs, &pod.identity)?;
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))
-        .and_then(|r| r)
-        .map_err(|source| HboneError::Tls { addr: peer, source })?;
+    let limits = &ctx.connections.metrics.limits;
+    let tls = tokio::time::timeout(
+        limits::TLS_HANDSHAKE_TIMEOUT,
+        TlsAcceptor::from(config).accept(tcp),
+    )
+    .await
+    .map_err(|_| {
+        limits.hit("hbone", "tls_handshake_timeout", &peer);
+        std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+    })
+    .and_then(|r| r)
+    .map_err(|source| HboneError::Tls { addr: peer, source })?;
     let client_cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
     let serial = client_cert.and_then(identity::serial_of);
     let client = client_cert.and_then(identity::peer_identity);
@@ -61,21 +61,80 @@ async fn connection(
             "client presented no SPIFFE identity".into(),
         ));
     };
-    let mut h2 = h2::server::Builder::new()
+    let h2 = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
         .max_concurrent_streams(MAX_STREAMS)
-        .handshake(tls)
-        .await?;
-    while let Some(stream) = h2.accept().await {
+        .max_header_list_size(limits::HBONE_MAX_HEADER_LIST)
+        .handshake(tls);
+    let mut h2 = match tokio::time::timeout(limits::HBONE_FIRST_STREAM_TIMEOUT, h2).await {
+        Ok(connection) => connection?,
+        Err(_) => {
+            limits.hit("hbone", "first_stream_timeout", &peer);
+            return Ok(());
+        }
+    };
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Until the first stream, the deadline is short: a peer that never completes a header
+    // block (h2 yields a stream only once it is whole) or sends nothing is cut by it.
+    let (mut deadline, mut limit) = (limits::HBONE_FIRST_STREAM_TIMEOUT, "first_stream_timeout");
+    loop {
+        let accepted = tokio::select! {
+            accepted = h2.accept() => accepted,
+            () = quiet_for(&open, deadline) => {
+                limits.hit("hbone", limit, &peer);
+                h2.graceful_shutdown();
+                let _ = tokio::time::timeout(limits::HBONE_GOAWAY_GRACE, async {
+                    while let Some(Ok(_)) = h2.accept().await {}
+                })
+                .await;
+                return Ok(());
+            }
+        };
+        let Some(stream) = accepted else { break };
         let (request, respond) = stream?;
-        let (pod, ctx, client, serial) = (pod.clone(), ctx.clone(), client.clone(), serial.clone());
-        tokio::spawn(
-            async move { tunnel(request, respond, peer, (client, serial), &pod, &ctx).await },
+        (deadline, limit) = (
+            limits::HBONE_IDLE_CONNECTION_TIMEOUT,
+            "idle_connection_timeout",
         );
+        let (pod, ctx, client, serial) = (pod.clone(), ctx.clone(), client.clone(), serial.clone());
+        let streams = OpenStream::new(open.clone());
+        tokio::spawn(async move {
+            tunnel(request, respond, peer, (client, serial), &pod, &ctx).await;
+            drop(streams);
+        });
     }
     Ok(())
+}
+
+/// Counts a stream as open for as long as it lives.
+struct OpenStream(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenStream {
+    fn new(open: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(open)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Completes once no stream has been open for `quiet`, checked every second.
+async fn quiet_for(open: &std::sync::atomic::AtomicUsize, quiet: Duration) {
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1).min(quiet)).await;
+        if open.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            since = tokio::time::Instant::now();
+        } else if since.elapsed() >= quiet {
+            return;
+        }
+    }
 }
 
 fn reply(respond: &mut SendResponse<Bytes>, status: StatusCode) {
@@ -98,6 +157,9 @@ fn target(request: &Request<h2::RecvStream>, pod: &PodContext) -> Result<SocketA
         .map_err(|_| ":authority is not IP:port")?;
     if target.ip() != pod.placement.ip {
         return Err(":authority is not a workload of this pod");
+    }
+    if crate::proxy::AGENT_PORTS.contains(&target.port()) {
+        return Err(":authority names one of the agent's own ports, not a workload's");
     }
     Ok(target)
 }
@@ -176,6 +238,10 @@ async fn tunnel(
     let ((to_client, from_client), error) = tokio::select! {
         result = tunnel => result,
         () = guard.revoked() => return,
+        () = limits::idle([&bytes.to_client, &bytes.from_client], limits::STREAM_IDLE_TIMEOUT) => {
+            ctx.connections.metrics.limits.hit("hbone", "stream_idle_timeout", &peer);
+            return;
+        }
     };
     guard.finish(from_client, to_client);
     if let Some(e) = error {

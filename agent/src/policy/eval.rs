@@ -13,6 +13,10 @@ pub struct Policy {
     pub namespace: String,
     pub name: String,
     pub spec: AuthorizationPolicySpec,
+    /// Set on the stand-in for a policy that could not be read: why. It denies every
+    /// connection to the workloads the policy names (fail closed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
     #[serde(skip)]
     rules: Vec<CompiledRule>,
 }
@@ -20,6 +24,34 @@ pub struct Policy {
 impl Policy {
     pub fn id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The stand-in for an `AuthorizationPolicy` that could not be read: it denies all that
+    /// the policy's selector or targets cover, saying why, until the policy is fixed.
+    pub fn fail_closed(
+        namespace: &str,
+        name: &str,
+        selector: Option<super::crd::WorkloadSelector>,
+        target_refs: Vec<super::crd::TargetRef>,
+        why: &str,
+    ) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            spec: AuthorizationPolicySpec {
+                selector,
+                target_refs,
+                action: Action::Deny,
+                rules: vec![Rule::default()],
+                dry_run: false,
+            },
+            unreadable: Some(why.into()),
+            rules: vec![CompiledRule {
+                from: Vec::new(),
+                to: Vec::new(),
+                needs_l7: false,
+            }],
+        }
     }
 }
 
@@ -205,6 +237,7 @@ pub fn compile(
         namespace: namespace.into(),
         name: name.into(),
         spec,
+        unreadable: None,
         rules,
     })
 }
@@ -238,6 +271,8 @@ pub enum Reason {
     NoPolicy,
     AllowedByPolicy,
     DeniedByPolicy,
+    /// A policy that could not be read stands in as a denial of all it may cover.
+    UnreadablePolicy,
     NoAllowRuleMatched,
     L7RequiresWaypoint,
     StrictMtlsPlaintext,
@@ -249,6 +284,7 @@ impl Reason {
             Self::NoPolicy => "no_policy",
             Self::AllowedByPolicy => "allowed_by_policy",
             Self::DeniedByPolicy => "denied_by_policy",
+            Self::UnreadablePolicy => "unreadable_policy",
             Self::NoAllowRuleMatched => "no_allow_rule_matched",
             Self::L7RequiresWaypoint => "l7_requires_waypoint",
             Self::StrictMtlsPlaintext => "strict_mtls_plaintext",
@@ -396,14 +432,24 @@ fn first_denial(
             } else {
                 ""
             };
-            let detail = format!("denied by {} rule {i}{l7}", policy.id());
+            let detail = match &policy.unreadable {
+                Some(why) => format!(
+                    "denied by {}, which Weft cannot read ({why}): a policy that cannot be read denies all it may cover until it is fixed",
+                    policy.id()
+                ),
+                None => format!("denied by {} rule {i}{l7}", policy.id()),
+            };
             if policy.spec.dry_run {
                 notes.push(format!("dry run: would be {detail}"));
                 continue;
             }
             return Some(Decision::new(
                 Verdict::Deny,
-                Reason::DeniedByPolicy,
+                if policy.unreadable.is_some() {
+                    Reason::UnreadablePolicy
+                } else {
+                    Reason::DeniedByPolicy
+                },
                 detail,
                 Some(policy.id()),
                 std::mem::take(notes),

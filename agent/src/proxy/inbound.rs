@@ -6,7 +6,6 @@
 use std::{
     net::{IpAddr, SocketAddr},
     sync::{atomic::Ordering, Arc, PoisonError},
-    time::Duration,
 };
 
 use weft_common::DeliveryKey;
@@ -20,15 +19,9 @@ use crate::{
 };
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, ctx: Arc<ProxyContext>) {
+    let limits = ctx.connections.metrics.limits.clone();
     loop {
-        let (client, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(pod = %pod.name(), error = %e, "inbound accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (client, peer) = crate::limits::accept(&listener, "inbound", &limits).await;
         // Small request/response writes must leave at once; Nagle would hold them for an ACK.
         let _ = client.set_nodelay(true);
         let (pod, ctx) = (pod.clone(), ctx.clone());
@@ -58,6 +51,14 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         decision: None,
         started_unix_ms: 0,
     };
+    // Reached without capture (a process in the pod dialed 127.0.0.1:15006), or addressed to
+    // an agent port: delivering it would come straight back to the agent.
+    if let Some(reason) = super::loops_into_agent(pod.placement.ip, original) {
+        let _ = client.set_zero_linger();
+        tracing::warn!(pod = %pod.name(), %peer, %reason, "inbound connection refused");
+        ctx.connections.refused_loop(connection, reason);
+        return;
+    }
     // A plaintext client carries no identity: only address and port rules can match it.
     let Some(guard) = super::authorize(ctx, &registry, pod, connection, None) else {
         return;

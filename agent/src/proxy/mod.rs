@@ -23,6 +23,35 @@ use crate::{
     registry::{PodPlacement, Registry},
 };
 
+/// The ports the agent itself serves (SPEC): capture 15001 and 15006, HBONE 15008, admin
+/// 15000, metrics 15020, readiness 15021. A captured connection or a CONNECT to one of them
+/// at a pod's address is refused: carried on, it would reach the agent again, and each
+/// round would open another connection until file descriptors run out.
+pub const AGENT_PORTS: [u16; 6] = [
+    weft_common::OUTBOUND_PORT,
+    weft_common::INBOUND_PORT,
+    weft_common::HBONE_PORT,
+    15000,
+    15020,
+    15021,
+];
+
+/// Why a captured connection is refused before anything is dialed, when it would loop back
+/// into the agent.
+pub fn loops_into_agent(pod_ip: std::net::Ipv4Addr, original: SocketAddr) -> Option<String> {
+    if original.ip().is_loopback() {
+        return Some(format!(
+            "refused: {original} is loopback, so this connection reached the agent's listener without capture (a process in the pod dialed the agent directly)"
+        ));
+    }
+    (original.ip() == pod_ip && AGENT_PORTS.contains(&original.port())).then(|| {
+        format!(
+            "refused: {original} is the agent's own port {} at the pod's address; carrying it would loop back into the agent",
+            original.port()
+        )
+    })
+}
+
 /// Shared by every proxied connection on the node.
 #[derive(Debug)]
 pub struct ProxyContext {
@@ -134,8 +163,19 @@ pub(crate) async fn connect_within(
 /// Carries a proxied connection until both directions are done; a half-close on one side is
 /// passed on as a shutdown of the other while the reverse direction keeps flowing.
 pub async fn splice(mut client: TcpStream, mut server: TcpStream, guard: &Guard<'_>) {
-    let ((from_client, to_client), error) =
-        copy::both_ways(&mut client, &mut server, &guard.bytes()).await;
+    let bytes = guard.bytes();
+    let copied = copy::both_ways(&mut client, &mut server, &bytes);
+    let idle = crate::limits::idle(
+        [&bytes.from_client, &bytes.to_client],
+        crate::limits::STREAM_IDLE_TIMEOUT,
+    );
+    let ((from_client, to_client), error) = tokio::select! {
+        copied = copied => copied,
+        () = idle => {
+            guard.limits().hit("proxy", "stream_idle_timeout", &"a proxied connection carried nothing");
+            return;
+        }
+    };
     guard.finish(from_client, to_client);
     if let Some(e) = error {
         tracing::debug!(error = %e, "connection ended with an error");

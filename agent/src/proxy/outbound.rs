@@ -95,15 +95,9 @@ pub fn resolve(
 }
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, ctx: Arc<ProxyContext>) {
+    let limits = ctx.connections.metrics.limits.clone();
     loop {
-        let (client, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(pod = %pod.name(), error = %e, "outbound accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (client, peer) = crate::limits::accept(&listener, "outbound", &limits).await;
         // Small request/response writes must leave at once; Nagle would hold them for an ACK.
         let _ = client.set_nodelay(true);
         let (pod, ctx) = (pod.clone(), ctx.clone());
@@ -116,16 +110,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
     // accepted socket's local address is what the pod dialed. A connection that reached the
     // listener any other way (someone in the pod dialing 127.0.0.1:15001) is refused: the
     // listener can never serve as an open relay.
-    let original = match client.local_addr() {
-        Ok(SocketAddr::V4(addr)) if !addr.ip().is_loopback() => addr,
-        _ => {
-            ctx.connections
-                .totals
-                .refused_not_captured
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(pod = %pod.name(), %peer, "refused: connection to the outbound listener was not redirected by capture");
-            return;
-        }
+    let Ok(SocketAddr::V4(original)) = client.local_addr() else {
+        return;
     };
     let registry = ctx.registry.borrow().clone();
     let mut connection = Connection {
@@ -145,6 +131,18 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         decision: None,
         started_unix_ms: 0,
     };
+    if let Some(reason) = super::loops_into_agent(pod.placement.ip, SocketAddr::V4(original)) {
+        if original.ip().is_loopback() {
+            ctx.connections
+                .totals
+                .refused_not_captured
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = client.set_zero_linger();
+        tracing::warn!(pod = %pod.name(), %peer, %reason, "outbound connection refused");
+        ctx.connections.refused_loop(connection, reason);
+        return;
+    }
     // One registry snapshot decides the whole connection: route, identity and names.
     let route = match resolve(ctx, &registry, original) {
         Ok(route) => route,

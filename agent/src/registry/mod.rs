@@ -2,6 +2,7 @@
 //! snapshot per change. Filled by a source (local manifests now, the Kubernetes API later)
 //! through [`Registry::from_objects`], the one code path after parsing.
 
+mod kinds;
 pub mod local;
 mod objects;
 pub mod watch;
@@ -27,6 +28,12 @@ pub const CGROUP_ANNOTATION: &str = "weft.io/cgroup";
 /// `spec.readinessGates` to stay unready until then.
 pub const ENROLLED_CONDITION: &str = "weft.io/enrolled";
 
+/// Reports kept per snapshot, whatever the sources hold; one more entry says how many were
+/// left out.
+pub const MAX_REPORTS: usize = 100;
+/// A report's reason is cut at this many bytes.
+pub const MAX_REASON_BYTES: usize = 512;
+
 /// An object that was skipped, and why: shown in logs, the admin API and a metric.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ObjectError {
@@ -49,6 +56,11 @@ pub struct Registry {
     /// Service applies).
     pub traffic_policies: Vec<crate::policy::TrafficSettings>,
     pub errors: Vec<ObjectError>,
+    /// Objects of kinds Weft knows but does not act on (a ServiceAccount, a Deployment), by
+    /// `apiVersion/kind`: accepted without a report.
+    pub ignored: BTreeMap<String, usize>,
+    /// Reports left out past [`MAX_REPORTS`].
+    pub errors_not_shown: usize,
     /// Index of `pods` by address: the proxy looks peers up on every connection.
     #[serde(skip)]
     pods_by_ip: std::collections::HashMap<Ipv4Addr, usize>,
@@ -135,7 +147,6 @@ impl Registry {
         let mut registry = Self::default();
         for (source, doc) in docs {
             if let Err(error) = objects::add(&mut registry, &doc) {
-                tracing::warn!(%source, object = %error.0, reason = %error.1, "skipping bad object");
                 registry.errors.push(ObjectError {
                     source,
                     object: error.0,
@@ -156,7 +167,29 @@ impl Registry {
         registry
             .traffic_policies
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        registry.bound_errors();
         registry
+    }
+
+    /// Keeps at most [`MAX_REPORTS`] reports of at most [`MAX_REASON_BYTES`] each, and counts
+    /// what it left out.
+    pub fn bound_errors(&mut self) {
+        if self.errors.len() > MAX_REPORTS {
+            self.errors_not_shown += self.errors.len() - MAX_REPORTS;
+            self.errors.truncate(MAX_REPORTS);
+        }
+        for error in &mut self.errors {
+            for text in [&mut error.reason, &mut error.object, &mut error.source] {
+                if text.len() > MAX_REASON_BYTES {
+                    let mut end = MAX_REASON_BYTES;
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    text.truncate(end);
+                    text.push('…');
+                }
+            }
+        }
     }
 
     /// Whether the mesh captures this pod (SPEC labels). A hostNetwork pod never is: its
@@ -329,6 +362,20 @@ impl Registry {
         out.sort();
         out.dedup();
         out
+    }
+}
+
+/// Logs the reports that are new since the last snapshot: a bad object is said once, not at
+/// every reload.
+pub fn log_new_errors(old: &[ObjectError], new: &[ObjectError]) {
+    let known: std::collections::HashMap<(&str, &str), &str> = old
+        .iter()
+        .map(|e| ((e.source.as_str(), e.object.as_str()), e.reason.as_str()))
+        .collect();
+    for e in new {
+        if known.get(&(e.source.as_str(), e.object.as_str())) != Some(&e.reason.as_str()) {
+            tracing::warn!(source = %e.source, object = %e.object, reason = %e.reason, "object rejected");
+        }
     }
 }
 

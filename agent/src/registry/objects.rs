@@ -234,18 +234,17 @@ pub(super) fn add(registry: &mut Registry, doc: &serde_yaml::Value) -> Result<()
     if kind.is_empty() {
         return Err(("<unknown>".into(), "no kind".into()));
     }
-    let known = matches!(
-        (api.as_str(), kind.as_str()),
-        ("v1", "Namespace" | "Pod" | "Service")
-            | ("discovery.k8s.io/v1", "EndpointSlice")
-            | ("weft.io/v1alpha1", "AuthorizationPolicy" | "TrafficPolicy")
-            | (
-                "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
-                "HTTPRoute" | "GRPCRoute"
-            )
-    );
-    if !known {
-        return Ok(());
+    match super::kinds::classify(&api, &kind) {
+        super::kinds::Verdict::Read => {}
+        super::kinds::Verdict::Ignored => {
+            *registry.ignored.entry(format!("{api}/{kind}")).or_default() += 1;
+            return Ok(());
+        }
+        super::kinds::Verdict::Unknown(reason) => {
+            let id = object_id(doc, &kind);
+            fail_closed(registry, doc, &api, &kind, &id, &reason);
+            return Err((id, reason));
+        }
     }
     let meta: Meta = field(doc, "metadata", &kind)?.unwrap_or_default();
     let name = meta.name.clone().unwrap_or_default();
@@ -276,12 +275,75 @@ pub(super) fn add(registry: &mut Registry, doc: &serde_yaml::Value) -> Result<()
         // another pod's: it is neither a destination nor an identity to sign.
         "Pod" => registry.pods.extend(pod(object)?),
         "Service" => registry.services.push(service(object)?),
-        "AuthorizationPolicy" => registry.policies.push(authorization_policy(&object)?),
+        "AuthorizationPolicy" => match authorization_policy(&object) {
+            Ok(policy) => registry.policies.push(policy),
+            Err((id, reason)) => {
+                fail_closed(registry, doc, &api, &kind, &id, &reason);
+                return Err((id, reason));
+            }
+        },
         "TrafficPolicy" => registry.traffic_policies.push(traffic_policy(&object)?),
         "HTTPRoute" | "GRPCRoute" => registry.routes.push(route(&kind, object)?),
         _ => registry.endpoint_slices.push(endpoint_slice(object)?),
     }
     Ok(())
+}
+
+/// `Kind namespace/name` of a document, as far as it can be read.
+fn object_id(doc: &serde_yaml::Value, kind: &str) -> String {
+    let meta = |key: &str| {
+        doc.get("metadata")
+            .and_then(|m| m.get(key))
+            .and_then(serde_yaml::Value::as_str)
+            .map(str::to_owned)
+    };
+    format!(
+        "{kind} {}/{}",
+        meta("namespace").unwrap_or_else(|| "default".into()),
+        meta("name").unwrap_or_default()
+    )
+}
+
+/// A policy Weft cannot read, but which was meant as an `AuthorizationPolicy` (the kind or a
+/// near spelling of it, under any version), must not let through what it was written to stop:
+/// unless it says `AUDIT` or `dryRun`, it denies every connection to the workloads it names
+/// until it is fixed. Its selector and targets are kept when they can be read; otherwise it
+/// covers its whole namespace.
+fn fail_closed(
+    registry: &mut Registry,
+    doc: &serde_yaml::Value,
+    api: &str,
+    kind: &str,
+    id: &str,
+    reason: &str,
+) {
+    let meant = kind == "AuthorizationPolicy"
+        || super::kinds::meant(api, kind).is_some_and(|(_, k)| k == "AuthorizationPolicy");
+    if !meant {
+        return;
+    }
+    let spec = doc.get("spec");
+    let text = |key: &str| spec.and_then(|s| s.get(key));
+    if text("action").and_then(serde_yaml::Value::as_str) == Some("AUDIT")
+        || text("dryRun").and_then(serde_yaml::Value::as_bool) == Some(true)
+    {
+        return;
+    }
+    let meta: Meta = doc
+        .get("metadata")
+        .and_then(|m| serde_yaml::from_value(m.clone()).ok())
+        .unwrap_or_default();
+    let selector = text("selector").and_then(|s| serde_yaml::from_value(s.clone()).ok());
+    let target_refs = text("targetRefs")
+        .and_then(|s| serde_yaml::from_value(s.clone()).ok())
+        .unwrap_or_default();
+    registry.policies.push(crate::policy::Policy::fail_closed(
+        &meta.namespace.unwrap_or_else(|| "default".into()),
+        &meta.name.unwrap_or_else(|| id.to_owned()),
+        selector,
+        target_refs,
+        reason,
+    ));
 }
 
 fn authorization_policy(object: &Object<'_>) -> Result<crate::policy::Policy, Rejection> {

@@ -278,6 +278,7 @@ async fn fold(
             })
         });
         let registry = Registry::from_objects(docs);
+        super::log_new_errors(&tx.borrow().errors, &registry.errors);
         tracing::debug!(
             pods = registry.pods.len(),
             services = registry.services.len(),
