@@ -199,7 +199,7 @@ async fn serve<F>(
 }
 
 /// `?key=value` from a query string.
-fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+pub fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
     query?.split('&').find_map(|pair| {
         pair.split_once('=')
             .filter(|(k, _)| *k == key)
@@ -252,8 +252,8 @@ pub type SetLogFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 pub static LOG_FILTER: std::sync::OnceLock<SetLogFilter> = std::sync::OnceLock::new();
 
-fn set_log_level(query: Option<&str>) -> (StatusCode, serde_json::Value) {
-    let Some(level) = query_value(query, "level") else {
+fn set_log_level(level: Option<&str>) -> (StatusCode, serde_json::Value) {
+    let Some(level) = level else {
         return (
             StatusCode::BAD_REQUEST,
             json!({"error": "give ?level=<filter>, e.g. ?level=debug or ?level=info,weft_agent=trace"}),
@@ -269,15 +269,34 @@ fn set_log_level(query: Option<&str>) -> (StatusCode, serde_json::Value) {
     }
 }
 
+/// What an admin request asks for, decided from its method, path and query alone.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Endpoint<'a> {
+    FollowFlows,
+    SetLogLevel(Option<&'a str>),
+    Get(&'a str),
+    NotAllowed,
+}
+
+/// Classifies an admin request; nothing in it can fail or panic, whatever a client sends.
+pub fn endpoint<'a>(method: &http::Method, path: &'a str, query: Option<&'a str>) -> Endpoint<'a> {
+    match (method, path) {
+        (&http::Method::GET, "/flows") if query_value(query, "follow").is_some() => {
+            Endpoint::FollowFlows
+        }
+        (&http::Method::POST, "/logging") => Endpoint::SetLogLevel(query_value(query, "level")),
+        (&http::Method::GET, _) => Endpoint::Get(path),
+        _ => Endpoint::NotAllowed,
+    }
+}
+
 impl AdminState {
     fn handle(self: &Arc<Self>, method: &http::Method, path: &str, query: Option<&str>) -> Reply {
-        match (method, path) {
-            (&http::Method::GET, "/flows") if query_value(query, "follow").is_some() => {
-                follow_flows(self)
-            }
-            (&http::Method::POST, "/logging") => json_reply(set_log_level(query)),
-            (&http::Method::GET, _) => json_reply(self.route(path)),
-            _ => json_reply((
+        match endpoint(method, path, query) {
+            Endpoint::FollowFlows => follow_flows(self),
+            Endpoint::SetLogLevel(level) => json_reply(set_log_level(level)),
+            Endpoint::Get(path) => json_reply(self.route(path)),
+            Endpoint::NotAllowed => json_reply((
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"error": "GET, or POST /logging?level=…"}),
             )),

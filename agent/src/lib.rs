@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod app;
 pub mod ca_server;
+pub mod cli_parse;
 pub mod capture;
 pub mod conditions;
 pub mod config;

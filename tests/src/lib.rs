@@ -9,6 +9,7 @@ pub mod agent;
 pub mod bench;
 pub mod cgroup;
 pub mod cluster;
+pub mod hbone_client;
 pub mod load;
 pub mod manifests;
 pub mod netns;

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use weft_agent::identity::{self, CaSource, CertStore, LocalCa, SpiffeId};
+use weft_agent::identity::SpiffeId;
 use weft_harness::{netns, require_privileges};
 
 mod common;
@@ -291,33 +291,6 @@ fn svids_rotate_at_half_life_without_breaking_open_connections() {
     wait_report(long).assert_intact(262_144);
 }
 
-/// An HBONE client of our own, with an SVID from the cluster's CA, run inside `netns`.
-fn raw_hbone<T: Send + 'static>(
-    f: &Fixture,
-    netns: &str,
-    own: &SpiffeId,
-    expected: &SpiffeId,
-    server: SocketAddr,
-    body: impl FnOnce(
-            Arc<rustls::ClientConfig>,
-            SocketAddr,
-        )
-            -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<T>> + Send>>
-        + Send
-        + 'static,
-) -> anyhow::Result<T> {
-    let ca = LocalCa::load(
-        &CaSource::Generated {
-            dir: f.logs.join("ca"),
-        },
-        "cluster.local",
-    )
-    .expect("cluster CA");
-    let store = CertStore::new(ca, "cluster.local", Duration::from_hours(1));
-    let config = identity::client_config(&store, own, expected).expect("client config");
-    netns::block_on(netns, move || body(config, server))
-}
-
 async fn h2_connect(
     config: Arc<rustls::ClientConfig>,
     server: SocketAddr,
@@ -356,13 +329,13 @@ fn malformed_hbone_input_gets_the_spec_status_or_a_closed_connection_and_the_age
     let node1 = f.cluster.node("node1").netns.clone();
     let hbone = SocketAddr::new(server.ip.into(), 15008);
     let (server_ip, elsewhere) = (server.ip, other_node_pod.ip);
-    let statuses = raw_hbone(
-        &f,
+    let statuses = weft_harness::hbone_client::run(
+        &f.logs.join("ca"),
         &node1,
         &id("client"),
         &id("server-a"),
         hbone,
-        move |config, addr| {
+        Box::new(move |config, addr| {
             Box::pin(async move {
                 let send = h2_connect(config, addr).await?;
                 Ok(vec![
@@ -378,7 +351,7 @@ fn malformed_hbone_input_gets_the_spec_status_or_a_closed_connection_and_the_age
                     status_of(&send, http::Method::CONNECT, &format!("{server_ip}:9000")).await?,
                 ])
             })
-        },
+        }),
     )
     .expect("HBONE requests");
     // GET, a name instead of IP:port, a pod on another node: 400; nothing on 9999: 503; ok: 200.
@@ -451,13 +424,13 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
 
 /// Sends garbage after a good TLS handshake; true when the agent closes the connection.
 fn garbage_is_closed(f: &Fixture, node1: &str, hbone: SocketAddr) -> bool {
-    raw_hbone(
-        f,
+    weft_harness::hbone_client::run(
+        &f.logs.join("ca"),
         node1,
         &id("client"),
         &id("server-a"),
         hbone,
-        |config, addr| {
+        Box::new(|config, addr| {
             Box::pin(async move {
                 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
                 let tcp = tokio::net::TcpStream::connect(addr).await?;
@@ -481,7 +454,7 @@ fn garbage_is_closed(f: &Fixture, node1: &str, hbone: SocketAddr) -> bool {
                 .await;
                 Ok(read.unwrap_or(false))
             })
-        },
+        }),
     )
     .expect("garbage exchange")
 }

@@ -5,6 +5,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod plot;
 mod setup;
 mod shell;
@@ -35,6 +36,14 @@ enum Task {
         #[arg(value_enum)]
         action: Option<demo::Action>,
     },
+    /// Run every libFuzzer target (tests/fuzz) for `--time` seconds each from the kept seeds.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Regenerate deploy/crds/ from the Rust types.
     Crds,
     /// Benchmarks against a no-mesh baseline in the same run (`--quick`: a smoke run under
@@ -63,5 +72,6 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Demo { action } => demo::run(action.unwrap_or(demo::Action::Tour)),
         Task::Bench { quick } => bench::run(quick),
+        Task::Fuzz { time, target } => fuzz::run(time, target.as_deref()).map(drop),
     }
 }

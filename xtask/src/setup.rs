@@ -26,6 +26,7 @@ pub fn run() -> anyhow::Result<()> {
     check_machine()?;
     ensure_nightly()?;
     ensure_bpf_linker()?;
+    ensure_cargo_fuzz()?;
     ensure_packages()?;
     ensure_kube_tools()?;
     weft_harness::cluster::ensure_bpffs()?;
@@ -131,6 +132,16 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     )?;
     fs::write(&marker, &version)?;
     Ok(())
+}
+
+/// cargo-fuzz drives the libFuzzer targets (`cargo xtask fuzz`); it needs nightly, which
+/// [`ensure_nightly`] provides.
+pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    if shell::succeeds(shell::cargo(Some("nightly")).args(["fuzz", "--version"])) {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-fuzz (about a minute)");
+    shell::run(shell::cargo(None).args(["install", "--locked", "cargo-fuzz"]))
 }
 
 fn ensure_packages() -> anyhow::Result<()> {

@@ -13,6 +13,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::Value;
+use weft_agent::cli_parse::{ends, text, FlowFilter};
 
 #[derive(Parser)]
 #[command(name = "weftctl", version, about = "Inspect a Weft node agent")]
@@ -149,7 +150,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let since_ms = since
                 .as_deref()
-                .map(parse_duration)
+                .map(weft_agent::cli_parse::parse_duration)
                 .transpose()?
                 .map(|d| now_ms().saturating_sub(d));
             flows(
@@ -486,13 +487,6 @@ fn show(output: Output, value: &Value, table: impl Fn(&Value) -> String) -> anyh
     Ok(())
 }
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
 
 fn list(value: &Value, each: impl Fn(&Value) -> String) -> String {
     let items: Vec<String> = value.as_array().into_iter().flatten().map(each).collect();
@@ -598,54 +592,6 @@ fn stats_table(v: &Value) -> String {
         }
     }
     align(&table)
-}
-
-struct FlowFilter {
-    from: Option<String>,
-    to: Option<String>,
-    verdict: Option<String>,
-    since_ms: Option<u64>,
-    port: Option<u16>,
-}
-
-/// (source, destination) names of a flow: workloads when known, else addresses.
-fn ends(flow: &Value) -> (String, String) {
-    let local = text(&flow["workload"]);
-    let peer = flow["peer_workload"]
-        .as_str()
-        .map_or_else(|| text(&flow["destination"]), str::to_owned);
-    if flow["direction"] == "outbound" {
-        (local, peer)
-    } else {
-        let source = flow["peer_workload"]
-            .as_str()
-            .map_or_else(|| text(&flow["source"]), str::to_owned);
-        (source, local)
-    }
-}
-
-fn name_matches(pattern: &str, name: &str, address: &str) -> bool {
-    name == pattern || name.split('/').next() == Some(pattern) || address.starts_with(pattern)
-}
-
-impl FlowFilter {
-    fn matches(&self, flow: &Value) -> bool {
-        let (source, destination) = ends(flow);
-        self.from
-            .as_deref()
-            .is_none_or(|p| name_matches(p, &source, &text(&flow["source"])))
-            && self
-                .to
-                .as_deref()
-                .is_none_or(|p| name_matches(p, &destination, &text(&flow["destination"])))
-            && self.verdict.as_deref().is_none_or(|v| flow["verdict"] == v)
-            && self
-                .since_ms
-                .is_none_or(|t| flow["time_unix_ms"].as_u64().unwrap_or(0) >= t)
-            && self.port.is_none_or(|p| {
-                text(&flow["destination"]).rsplit(':').next() == Some(&p.to_string())
-            })
-    }
 }
 
 fn flow_line(flow: &Value) -> String {
@@ -777,20 +723,3 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
-fn parse_duration(text: &str) -> anyhow::Result<u64> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let number: u64 = number
-        .parse()
-        .with_context(|| format!("--since {text:?}: give e.g. 30s, 5m or 1h"))?;
-    let factor = match unit {
-        "ms" => 1,
-        "" | "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => bail!("--since {text:?}: the unit must be ms, s, m or h"),
-    };
-    Ok(number * factor)
-}

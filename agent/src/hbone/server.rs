@@ -25,10 +25,14 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, ctx: Arc<ProxyCo
         let (tcp, peer) = limits::accept(&listener, "hbone", &limits).await;
         // Small request/response writes must leave at once; Nagle would hold them for an ACK.
         let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().unwrap_or(peer);
         let (pod, ctx) = (pod.clone(), ctx.clone());
         tokio::spawn(async move {
             if let Err(e) = connection(tcp, peer, &pod, &ctx).await {
                 tracing::info!(pod = %pod.name(), %peer, error = %e, "HBONE connection refused or failed");
+                if matches!(e, HboneError::Tls { .. } | HboneError::Authority(_)) {
+                    refused(&ctx, &pod, peer, local, format!("refused before any tunnel: {e}"));
+                }
             }
         });
     }
@@ -137,6 +141,30 @@ async fn quiet_for(open: &std::sync::atomic::AtomicUsize, quiet: Duration) {
     }
 }
 
+/// Records a connection refused before it could carry a tunnel (no TLS, no identity), so
+/// `weftctl flows` says why.
+fn refused(ctx: &ProxyContext, pod: &PodContext, peer: SocketAddr, local: SocketAddr, reason: String) {
+    let registry = ctx.registry.borrow().clone();
+    let connection = Connection {
+        id: 0,
+        started_unix_ms: 0,
+        decision: None,
+        direction: Direction::Inbound,
+        pod: pod.name(),
+        workload_identity: Some(pod.identity.to_string()),
+        source: peer,
+        original_destination: local,
+        destination: local,
+        service: None,
+        security: Security::Mtls,
+        peer_identity: None,
+        peer_certificate_serial: None,
+        peer_workload: registry.workload_at(peer.ip()),
+        failure: None,
+    };
+    ctx.connections.failed(connection, reason);
+}
+
 fn reply(respond: &mut SendResponse<Bytes>, status: StatusCode) {
     let response = http::Response::builder()
         .status(status)
@@ -145,17 +173,21 @@ fn reply(respond: &mut SendResponse<Bytes>, status: StatusCode) {
     let _ = respond.send_response(response, true);
 }
 
-/// The target of a CONNECT: an IP:port that must be this pod.
-fn target(request: &Request<h2::RecvStream>, pod: &PodContext) -> Result<SocketAddr, &'static str> {
-    if request.method() != http::Method::CONNECT {
+/// The target of a CONNECT: an IP:port that must be `pod_ip`, and not an agent port.
+pub fn connect_target(
+    method: &http::Method,
+    uri: &http::Uri,
+    pod_ip: std::net::Ipv4Addr,
+) -> Result<SocketAddr, &'static str> {
+    if method != http::Method::CONNECT {
         return Err("method is not CONNECT");
     }
-    let authority = request.uri().authority().ok_or("no :authority")?;
+    let authority = uri.authority().ok_or("no :authority")?;
     let target: SocketAddr = authority
         .as_str()
         .parse()
         .map_err(|_| ":authority is not IP:port")?;
-    if target.ip() != pod.placement.ip {
+    if target.ip() != pod_ip {
         return Err(":authority is not a workload of this pod");
     }
     if crate::proxy::AGENT_PORTS.contains(&target.port()) {
@@ -172,7 +204,7 @@ async fn tunnel(
     pod: &PodContext,
     ctx: &ProxyContext,
 ) {
-    let target = match target(&request, pod) {
+    let target = match connect_target(request.method(), request.uri(), pod.placement.ip) {
         Ok(target) => target,
         Err(reason) => {
             tracing::info!(pod = %pod.name(), %peer, %client, %reason, "HBONE request refused with 400");

@@ -8,6 +8,8 @@ mod objects;
 pub mod watch;
 #[cfg(test)]
 mod watch_tests;
+#[cfg(test)]
+mod local_tests;
 
 use std::{
     collections::BTreeMap,

@@ -41,6 +41,13 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         count: u32,
     },
+    /// Open `count` connections to `addr` and keep them open, idle, for `seconds`: prints
+    /// `held=<n>` once they are open (stopping early after 60 s), then waits.
+    Hold {
+        addr: SocketAddr,
+        count: usize,
+        seconds: u64,
+    },
     /// Accept connections forever; for each, read to EOF, then answer one line
     /// `server=<name> peer=<addr> received=<n> sum=<x>` followed by what it read, and close.
     Serve {
@@ -208,5 +215,22 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Serve { addr, name } => serve(addr, &name),
+        Cmd::Hold {
+            addr,
+            count,
+            seconds,
+        } => {
+            let started = std::time::Instant::now();
+            let mut held = Vec::with_capacity(count);
+            while held.len() < count && started.elapsed() < Duration::from_secs(60) {
+                if let Ok(stream) = connect(addr) {
+                    held.push(stream);
+                }
+            }
+            println!("held={}", held.len());
+            std::io::stdout().flush()?;
+            std::thread::sleep(Duration::from_secs(seconds));
+            Ok(())
+        }
     }
 }
