@@ -98,6 +98,10 @@ async fn start_source(config: &Config) -> Result<SourceParts, AppError> {
     }
 }
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "called under spawn_blocking at Kubernetes-mode start-up"
+)]
 fn cgroup2_mount() -> Option<std::path::PathBuf> {
     std::fs::read_to_string("/proc/mounts")
         .ok()?
@@ -109,6 +113,21 @@ fn cgroup2_mount() -> Option<std::path::PathBuf> {
         })
 }
 
+/// What the agent needs from the kernel and the file system before it serves.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "called from run under spawn_blocking"
+)]
+fn prepare(config: &Config) -> Result<(Programs, capture::Maps, Signer), AppError> {
+    netns::init_host().map_err(AppError::HostNetns)?;
+    let (programs, mut maps) = Programs::load_or_adopt(&config.bpffs_dir)?;
+    maps.set_excluded_ports(&config.excluded_ports)?;
+    let ca = Signer::load(&config.ca, &config.trust_domain)?;
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| AppError::StateDir(config.state_dir.clone(), e))?;
+    Ok((programs, maps, ca))
+}
+
 /// Runs the agent until SIGTERM or Ctrl-C. Capture stays attached and pinned when it exits:
 /// enrolled pods then fail closed until an agent runs again and adopts the pins.
 pub async fn run(config: Config) -> Result<(), AppError> {
@@ -117,15 +136,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     // the file system: done once, on a blocking thread.
     let prepare = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || -> Result<_, AppError> {
-            netns::init_host().map_err(AppError::HostNetns)?;
-            let (programs, mut maps) = Programs::load_or_adopt(&config.bpffs_dir)?;
-            maps.set_excluded_ports(&config.excluded_ports)?;
-            let ca = Signer::load(&config.ca, &config.trust_domain)?;
-            std::fs::create_dir_all(&config.state_dir)
-                .map_err(|e| AppError::StateDir(config.state_dir.clone(), e))?;
-            Ok((programs, maps, ca))
-        })
+        tokio::task::spawn_blocking(move || prepare(&config))
     };
     let (programs, maps, ca) = prepare.await.map_err(AppError::Panicked)??;
     let adopted = programs.adopted;
@@ -281,6 +292,10 @@ fn raise_open_file_limit() {
 /// Renews SVIDs at half-life and reloads the trust bundle when its file changes. Each round
 /// reads files and may sign: it runs on a blocking thread.
 async fn maintain_certs(certs: Arc<CertStore>, source: crate::identity::CaSource) {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "called inside maintain_certs' spawn_blocking rounds"
+    )]
     fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
         std::fs::metadata(path).and_then(|m| m.modified()).ok()
     }
@@ -327,6 +342,10 @@ pub struct CheckReport {
 
 /// Verifies that this kernel can run Weft: required features present and every kernel program
 /// accepted by the verifier. Loads nothing it leaves behind: all is released on return.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "`weft-agent check` is a synchronous command; no runtime runs"
+)]
 pub fn check(config: &Config) -> Result<CheckReport, CaptureError> {
     let missing = capture::missing_kernel_features();
     if !missing.is_empty() {

@@ -105,7 +105,10 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(250));
         assert_eq!(parse_duration("7"), Ok(7000));
         assert!(matches!(parse_duration("1d"), Err(ParseError::Unit(_))));
-        assert!(matches!(parse_duration("h"), Err(ParseError::NotANumber(_))));
+        assert!(matches!(
+            parse_duration("h"),
+            Err(ParseError::NotANumber(_))
+        ));
         assert!(matches!(
             parse_duration("99999999999999999h"),
             Err(ParseError::Overflow(_))

@@ -120,6 +120,10 @@ pub struct FileConfig {
 }
 
 impl FileConfig {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "read in main, before any runtime starts"
+    )]
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),

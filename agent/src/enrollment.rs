@@ -376,6 +376,10 @@ impl Enrollment {
         !status.failed.is_empty() || !status.unplaceable.is_empty()
     }
 
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "enrollment runs on a blocking thread"
+    )]
     fn write_record(&self) {
         let record: BTreeMap<&String, &Path> = self
             .pods
@@ -392,6 +396,10 @@ impl Enrollment {
 }
 
 /// The enrolled pods' netns paths an agent recorded in `record`.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "enrollment runs on a blocking thread; uninstall is synchronous"
+)]
 fn read_record(record: &Path) -> BTreeMap<String, PathBuf> {
     std::fs::read(record)
         .ok()
@@ -400,6 +408,10 @@ fn read_record(record: &Path) -> BTreeMap<String, PathBuf> {
 }
 
 /// Removes the capture routing from every pod an agent with this state folder recorded.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "`weft-agent uninstall` is a synchronous command"
+)]
 pub fn remove_recorded_routing(state_dir: &Path) -> Vec<String> {
     let record = state_dir.join("enrolled-netns.json");
     let mut cleaned = Vec::new();

@@ -5,8 +5,8 @@
 pub mod admin;
 pub mod app;
 pub mod ca_server;
-pub mod cli_parse;
 pub mod capture;
+pub mod cli_parse;
 pub mod conditions;
 pub mod config;
 pub mod connections;

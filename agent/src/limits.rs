@@ -31,12 +31,12 @@ pub const HBONE_MAX_HEADER_LIST: u32 = 16 * 1024;
 pub const HBONE_FIRST_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 /// HBONE: a connection with no open stream for this long is closed with GOAWAY. Above the
 /// client pool's own idle release, so pooled connections are not cut under a client.
-pub const HBONE_IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+pub const HBONE_IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_mins(15);
 /// After GOAWAY, what is still open may finish for this long before the connection is dropped.
 pub const HBONE_GOAWAY_GRACE: Duration = Duration::from_secs(5);
 /// A proxied connection (captured TCP or HBONE stream) with no byte either way for this long
 /// is closed, as Istio closes idle TCP after an hour.
-pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_hours(1);
 /// HTTP/1 ports (admin, metrics, readiness, CA): the request head must arrive in this time.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/1 ports: the largest request head hyper buffers.
@@ -210,7 +210,7 @@ pub async fn serve_http1<S, B>(
                         {
                             Ok(Ok(tls)) => serve_one(tls, service).await,
                             Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             }
                             Err(_) => limits.hit(
                                 bounds.listener,

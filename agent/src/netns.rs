@@ -16,6 +16,10 @@ use nix::sched::{setns, CloneFlags};
 static HOST_NETNS: OnceLock<File> = OnceLock::new();
 
 /// Remembers the agent's own (node) namespace. Call once at start, before entering any pod.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "called from the agent's start-up on a blocking thread, or in a synchronous command"
+)]
 pub fn init_host() -> io::Result<()> {
     let file = File::open("/proc/thread-self/ns/net")?;
     let _ = HOST_NETNS.set(file);
@@ -30,6 +34,10 @@ pub struct Netns {
 }
 
 impl Netns {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "enrollment runs on a blocking thread"
+    )]
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = File::open(path).map_err(|e| {
             io::Error::new(e.kind(), format!("opening netns {}: {e}", path.display()))
@@ -79,6 +87,10 @@ impl Netns {
 
     /// Runs a command inside the namespace (from a short-lived thread: the child inherits the
     /// thread's namespace). Blocking: call from a blocking context.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "enrollment runs on a blocking thread"
+    )]
     pub fn run(&self, program: &str, args: &[&str]) -> io::Result<Output> {
         let file = self.file.try_clone()?;
         let mut command = Command::new(program);
@@ -95,6 +107,10 @@ impl Netns {
     }
 
     /// Writes a sysctl of this namespace (`/proc/sys/net/...` resolves per opening thread).
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "enrollment runs on a blocking thread"
+    )]
     pub fn write_sysctl(&self, key: &str, value: &str) -> io::Result<()> {
         let root = PROC_ROOT.get().map_or("/proc", |p| p.as_str());
         let path = format!("{root}/sys/{}", key.replace('.', "/"));

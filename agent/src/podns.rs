@@ -32,6 +32,10 @@ impl HostProc {
 
 impl HostProc {
     /// The first process whose cgroup path names the pod, with that cgroup (relative path).
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "pods are located during enrollment, on a blocking thread"
+    )]
     fn process_of(&self, uid: &str) -> Option<(u32, String)> {
         let dashed = format!("pod{uid}");
         let underscored = format!("pod{}", uid.replace('-', "_"));
@@ -60,6 +64,10 @@ impl HostProc {
     }
 }
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "pods are located during enrollment, on a blocking thread"
+)]
 fn netns_inode(path: &Path) -> Result<u64, String> {
     std::fs::metadata(path)
         .map(|m| m.ino())

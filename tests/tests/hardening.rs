@@ -103,7 +103,7 @@ impl Traffic {
             // Bounded: at most 10,000 exchanges or 10 minutes, whichever comes first.
             let started = Instant::now();
             for _ in 0..10_000 {
-                if s.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(600) {
+                if s.load(Ordering::Relaxed) || started.elapsed() > Duration::from_mins(10) {
                     return;
                 }
                 let out = weft_harness::Cluster::pod_command(
@@ -181,21 +181,32 @@ fn bad_manifest_files_are_reported_while_traffic_flows_and_leave_nothing_behind(
 
     // 1. A truncated file: the Service it held stays in force, traffic through it flows.
     let half = &services[..services.len() / 2];
-    std::fs::write(f.manifests.dir.join("services.yaml"), format!("{half}\n  ports: [{{port: 80")).expect("truncate");
+    std::fs::write(
+        f.manifests.dir.join("services.yaml"),
+        format!("{half}\n  ports: [{{port: 80"),
+    )
+    .expect("truncate");
     eventually(Duration::from_secs(3), "truncated file reported", || {
         reports(&f, node0, "services.yaml", "line ")
             && reports(&f, node0, "services.yaml", "last good version")
     });
     assert_eq!(traffic.flows(3), 0, "traffic with services.yaml truncated");
     check_rss("truncated file");
-    f.manifests.write("services.yaml", &services).expect("restore");
-    eventually(Duration::from_secs(3), "restored file no longer reported", || {
-        !reports(&f, node0, "services.yaml", "")
-    });
+    f.manifests
+        .write("services.yaml", &services)
+        .expect("restore");
+    eventually(
+        Duration::from_secs(3),
+        "restored file no longer reported",
+        || !reports(&f, node0, "services.yaml", ""),
+    );
 
     // 2. A tab-indented mapping.
     f.manifests
-        .write("tabs.yaml", "apiVersion: v1\nkind: Namespace\nmetadata:\n\tname: tabbed\n")
+        .write(
+            "tabs.yaml",
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n\tname: tabbed\n",
+        )
         .expect("tabs");
     eventually(Duration::from_secs(3), "tab file reported", || {
         reports(&f, node0, "tabs.yaml", "line ")
@@ -224,10 +235,21 @@ fn bad_manifest_files_are_reported_while_traffic_flows_and_leave_nothing_behind(
     check_rss("50 MB file");
     std::fs::remove_file(&big).expect("remove big file");
 
-    // 5 and 6. A DENY policy under a version Weft does not serve, and a misspelled kind: both
-    // named with what was meant, and both deny what they select (fail closed) while the rest
-    // flows.
-    assert!(legacy_to_client(&f), "legacy -> client before any policy");
+    unreadable_deny_policies_fail_closed(&f, &traffic, &check_rss);
+    let policies = f
+        .cluster
+        .admin(f.cluster.node(node0), "/policies")
+        .expect("policies");
+    assert_eq!(policies.as_array().map(Vec::len), Some(0), "{policies}");
+    check_rss("the end");
+}
+
+/// Bad files 5 and 6: a DENY policy under a version Weft does not serve, and a misspelled
+/// kind. Both are named with what was meant, and both deny what they select (fail closed)
+/// while the rest flows.
+fn unreadable_deny_policies_fail_closed(f: &Fixture, traffic: &Traffic, check_rss: &dyn Fn(&str)) {
+    let node0 = "node0";
+    assert!(legacy_to_client(f), "legacy -> client before any policy");
     for (file, header, meant) in [
         (
             "deny-v1.yaml",
@@ -244,34 +266,33 @@ fn bad_manifest_files_are_reported_while_traffic_flows_and_leave_nothing_behind(
             .write(file, &format!("{header}{DENY_CLIENT}"))
             .expect("bad policy");
         eventually(Duration::from_secs(3), "bad policy reported", || {
-            reports(&f, node0, file, meant)
+            reports(f, node0, file, meant)
         });
-        eventually(Duration::from_secs(3), "the unreadable DENY fails closed", || {
-            !legacy_to_client(&f)
-        });
+        eventually(
+            Duration::from_secs(3),
+            "the unreadable DENY fails closed",
+            || !legacy_to_client(f),
+        );
         let flows = f
             .cluster
             .admin(f.cluster.node(node0), "/flows")
             .expect("flows");
         assert!(
-            flows.as_array().into_iter().flatten().any(|flow| flow["reason"]
-                == "unreadable_policy"
-                || flow.to_string().contains("cannot read")),
+            flows
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|flow| flow["reason"] == "unreadable_policy"
+                    || flow.to_string().contains("cannot read")),
             "a denied flow says the policy could not be read: {flows}"
         );
         assert_eq!(traffic.flows(3), 0, "VIP traffic beside {file}");
         check_rss(file);
         std::fs::remove_file(f.manifests.dir.join(file)).expect("remove policy");
         eventually(Duration::from_secs(3), "policy gone leaves nothing", || {
-            rejected(&f, node0).is_empty() && legacy_to_client(&f)
+            rejected(f, node0).is_empty() && legacy_to_client(f)
         });
     }
-    let policies = f
-        .cluster
-        .admin(f.cluster.node(node0), "/policies")
-        .expect("policies");
-    assert_eq!(policies.as_array().map(Vec::len), Some(0), "{policies}");
-    check_rss("the end");
 }
 
 #[test]
@@ -287,7 +308,10 @@ fn an_agent_started_beside_a_bad_file_becomes_ready_and_enforces_the_good_polici
         f.cluster.has_exited(old)
     });
     f.manifests
-        .write("broken.yaml", "apiVersion: v1\nkind: Service\nmetadata:\n  name: [oops\n")
+        .write(
+            "broken.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: [oops\n",
+        )
         .expect("broken");
     f.manifests
         .write(
@@ -297,8 +321,15 @@ fn an_agent_started_beside_a_bad_file_becomes_ready_and_enforces_the_good_polici
         .expect("good policy");
     // start_agent waits for readiness: a bad file must not hold it back.
     f.start_agent("node0");
-    assert!(reports(&f, "node0", "broken.yaml", "line "), "{:?}", rejected(&f, "node0"));
-    assert!(!legacy_to_client(&f), "the good DENY policy beside the bad file is enforced");
+    assert!(
+        reports(&f, "node0", "broken.yaml", "line "),
+        "{:?}",
+        rejected(&f, "node0")
+    );
+    assert!(
+        !legacy_to_client(&f),
+        "the good DENY policy beside the bad file is enforced"
+    );
     let target = format!("{}:9000", f.pod("demo", "server-a").ip);
     f.send(f.pod("demo", "client"), &target, 1024)
         .expect("other traffic flows")
@@ -323,7 +354,11 @@ fn dials_to_the_agents_own_ports_from_a_pod_are_refused_without_a_loop() {
         .collect();
     // Warm up once, so lazily made state (an SVID, a pool) is not counted as growth.
     for target in &targets {
-        let _ = f.cluster.run_in_pod(client, TESTPOD, &["--connect-timeout-ms", "500", "connect", target]);
+        let _ = f.cluster.run_in_pod(
+            client,
+            TESTPOD,
+            &["--connect-timeout-ms", "500", "connect", target],
+        );
     }
     std::thread::sleep(Duration::from_millis(500));
     let (files, cpu) = (open_files(agent), cpu_ticks(agent));
@@ -360,7 +395,9 @@ fn dials_to_the_agents_own_ports_from_a_pod_are_refused_without_a_loop() {
             .flatten()
             .filter(|flow| {
                 flow["destination"] == target.as_str()
-                    && flow["detail"].as_str().is_some_and(|d| d.starts_with("refused"))
+                    && flow["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.starts_with("refused"))
             })
             .count();
         assert!(
@@ -407,12 +444,14 @@ async fn stall(
         // carrying a fragment of a header block: ":method: CONNECT" as an indexed literal.
         bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
         let fragment = [0x42, 0x07, b'C', b'O', b'N', b'N', b'E', b'C', b'T'];
-        bytes.extend_from_slice(&[0, 0, fragment.len() as u8, 1, 0, 0, 0, 0, 1]);
+        let length = u8::try_from(fragment.len()).expect("a short fragment");
+        bytes.extend_from_slice(&[0, 0, length, 1, 0, 0, 0, 0, 1]);
         bytes.extend_from_slice(&fragment);
         tls.write_all(&bytes).await?;
     }
     let mut buffer = vec![0u8; 4096];
-    let limit = limits::HBONE_FIRST_STREAM_TIMEOUT + limits::HBONE_GOAWAY_GRACE + Duration::from_secs(5);
+    let limit =
+        limits::HBONE_FIRST_STREAM_TIMEOUT + limits::HBONE_GOAWAY_GRACE + Duration::from_secs(5);
     tokio::time::timeout(limit, async {
         loop {
             match tls.read(&mut buffer).await {
@@ -436,26 +475,39 @@ fn stalled_hbone_peers_are_cut_within_the_documented_deadlines() {
     let node1 = f.cluster.node("node1").netns.clone();
     let hbone = SocketAddr::from((f.pod("demo", "server-a").ip, 15008));
     let baseline = rss_kib(agent);
-    let cut: Vec<Duration> = weft_harness::hbone_client::run(&f.logs.join("ca"), &node1, &id("client"), &id("server-a"), hbone, Box::new(|config, addr| {
-        Box::pin(async move {
-            let peers: Vec<_> = (0..10)
-                .map(|i| tokio::spawn(stall(config.clone(), addr, i % 2 == 0)))
-                .collect();
-            let mut cut = Vec::new();
-            for peer in peers {
-                cut.push(peer.await??);
-            }
-            Ok(cut)
-        })
-    }))
+    let cut: Vec<Duration> = weft_harness::hbone_client::run(
+        &f.logs.join("ca"),
+        &node1,
+        &id("client"),
+        &id("server-a"),
+        hbone,
+        Box::new(|config, addr| {
+            Box::pin(async move {
+                let peers: Vec<_> = (0..10)
+                    .map(|i| tokio::spawn(stall(config.clone(), addr, i % 2 == 0)))
+                    .collect();
+                let mut cut = Vec::new();
+                for peer in peers {
+                    cut.push(peer.await??);
+                }
+                Ok(cut)
+            })
+        }),
+    )
     .expect("stalled peers");
     for elapsed in &cut {
         assert!(
-            *elapsed <= limits::HBONE_FIRST_STREAM_TIMEOUT + limits::HBONE_GOAWAY_GRACE + Duration::from_secs(2),
+            *elapsed
+                <= limits::HBONE_FIRST_STREAM_TIMEOUT
+                    + limits::HBONE_GOAWAY_GRACE
+                    + Duration::from_secs(2),
             "cut after {elapsed:?}"
         );
     }
-    let stats = f.cluster.admin(f.cluster.node("node1"), "/stats").expect("stats");
+    let stats = f
+        .cluster
+        .admin(f.cluster.node("node1"), "/stats")
+        .expect("stats");
     let hits: u64 = stats["limits"]
         .as_array()
         .into_iter()
@@ -490,7 +542,14 @@ fn twenty_thousand_idle_connections_to_readiness_hold_at_most_the_cap() {
             weft_harness::Cluster::pod_command(
                 &plain,
                 TESTPOD,
-                &["--connect-timeout-ms", "2000", "hold", &readiness, "10000", "30"],
+                &[
+                    "--connect-timeout-ms",
+                    "2000",
+                    "hold",
+                    &readiness,
+                    "10000",
+                    "30",
+                ],
             )
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -532,7 +591,9 @@ fn twenty_thousand_idle_connections_to_readiness_hold_at_most_the_cap() {
     f.send(f.pod("demo", "client"), &target, 1024)
         .expect("traffic during the flood")
         .assert_intact(1024);
-    f.cluster.wait_ready(&node, agent).expect("readiness answers");
+    f.cluster
+        .wait_ready(&node, agent)
+        .expect("readiness answers");
     watching.store(false, Ordering::Relaxed);
     let most = most.join().expect("watcher");
     assert!(
@@ -546,9 +607,13 @@ fn twenty_thousand_idle_connections_to_readiness_hold_at_most_the_cap() {
     }
     let stats = f.cluster.admin(&node, "/stats").expect("stats");
     assert!(
-        stats["limits"].as_array().into_iter().flatten().any(|h| h["listener"] == "readiness"
-            && h["limit"] == "max_connections"
-            && h["hits"].as_u64() > Some(0)),
+        stats["limits"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|h| h["listener"] == "readiness"
+                && h["limit"] == "max_connections"
+                && h["hits"].as_u64() > Some(0)),
         "the cap is counted: {stats}"
     );
 }

@@ -43,7 +43,10 @@ pub fn run(seconds: u64, only: Option<&str>) -> anyhow::Result<Vec<Outcome>> {
     crate::setup::ensure_cargo_fuzz()?;
     let targets: Vec<&str> = match only {
         Some(t) if TARGETS.contains(&t) => vec![t],
-        Some(t) => bail!("no fuzz target {t:?}: the targets are {}", TARGETS.join(", ")),
+        Some(t) => bail!(
+            "no fuzz target {t:?}: the targets are {}",
+            TARGETS.join(", ")
+        ),
         None => TARGETS.to_vec(),
     };
     shell::run(fuzz_cargo().args(["build", "--fuzz-dir"]).arg(fuzz_dir()))?;
@@ -98,7 +101,10 @@ fn run_one(target: &str, seconds: u64) -> anyhow::Result<Outcome> {
         if let Some(rest) = line.strip_prefix("stat::number_of_executed_units:") {
             outcome.runs = rest.trim().parse().unwrap_or(0);
         }
-        for (key, slot) in [("cov: ", &mut outcome.coverage), ("ft: ", &mut outcome.features)] {
+        for (key, slot) in [
+            ("cov: ", &mut outcome.coverage),
+            ("ft: ", &mut outcome.features),
+        ] {
             if let Some(value) = line
                 .split(key)
                 .nth(1)

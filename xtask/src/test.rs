@@ -1,6 +1,6 @@
 //! `cargo xtask test`: set-up, formatting, clippy with warnings denied, then every test,
-//! privileged ones included (they fail, never skip, under CI=true), then the quick benchmark as
-//! a smoke test.
+//! privileged ones included (they fail, never skip, under CI=true), each fuzz target briefly,
+//! then the quick benchmark as a smoke test.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -10,6 +10,9 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{build, setup, shell};
+
+/// How long `cargo xtask test` runs each fuzz target.
+const FUZZ_SECONDS: u64 = 15;
 
 pub fn run() -> anyhow::Result<()> {
     setup::run()?;
@@ -39,6 +42,9 @@ pub fn run() -> anyhow::Result<()> {
         "some tests failed (see above)"
     );
     anyhow::ensure!(totals.passed > 0, "no test ran");
+    // Every fuzz target, briefly, from the kept seeds: a parser regression that crashes,
+    // leaks or hangs on a known input fails here.
+    crate::fuzz::run(FUZZ_SECONDS, None).context("fuzzing found a failure")?;
     // The benchmark as a smoke test: every scenario must run; no figure is judged.
     crate::bench::run(true).context("the quick benchmark (smoke test) failed")?;
     Ok(())

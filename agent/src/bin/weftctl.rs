@@ -1,5 +1,9 @@
 //! `weftctl`: inspect a node's agent through its admin API. Tables for people, `-o json|yaml`
 //! for scripts; every error says how to fix it.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "weftctl is a synchronous command-line tool"
+)]
 #![forbid(unsafe_code)]
 
 use std::{
@@ -487,7 +491,6 @@ fn show(output: Output, value: &Value, table: impl Fn(&Value) -> String) -> anyh
     Ok(())
 }
 
-
 fn list(value: &Value, each: impl Fn(&Value) -> String) -> String {
     let items: Vec<String> = value.as_array().into_iter().flatten().map(each).collect();
     if items.is_empty() {
@@ -722,4 +725,3 @@ fn human_bytes(bytes: u64) -> String {
         format!("{value:.1} {}", UNITS[unit])
     }
 }
-

@@ -143,7 +143,15 @@ pub async fn serve(
     listener: TcpListener,
     pods: Arc<Mutex<authz::PodIndex>>,
 ) -> Result<(), CaServerError> {
-    let ca = LocalCa::load(&config.signing, &config.trust_domain)?;
+    let ca = {
+        let (signing, trust_domain) = (config.signing.clone(), config.trust_domain.clone());
+        tokio::task::spawn_blocking(move || LocalCa::load(&signing, &trust_domain))
+            .await
+            .map_err(|e| CaError::Remote {
+                url: "loading the CA key".into(),
+                reason: e.to_string(),
+            })??
+    };
     let key =
         rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::from)?;
     let chain: Vec<CertificateDer<'static>> =

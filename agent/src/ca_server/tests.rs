@@ -1,6 +1,10 @@
 //! The CA service over real TLS, signing with a user-supplied intermediate, deciding from a
 //! TokenReview and its pod watch answered by the fake API server; the agent's remote signer is
 //! the client.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests write their fixtures synchronously"
+)]
 
 use std::{
     path::PathBuf,

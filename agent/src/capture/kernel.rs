@@ -52,6 +52,10 @@ pub fn bpffs_mount() -> Option<PathBuf> {
     find_mount("bpf")
 }
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "start-up checks, on a blocking thread or in a synchronous command"
+)]
 fn find_mount(fstype: &str) -> Option<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
     mounts.lines().find_map(|line| {

@@ -23,6 +23,10 @@ pub fn pod_dir(pin_dir: &Path, pod_key: &str) -> PathBuf {
 }
 
 /// Pod keys that have pinned links (from this or an earlier agent).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "enrollment runs on a blocking thread; uninstall is synchronous"
+)]
 pub fn pinned_pods(pin_dir: &Path) -> Vec<String> {
     fs::read_dir(pin_dir.join("pods"))
         .map(|entries| {
@@ -36,6 +40,10 @@ pub fn pinned_pods(pin_dir: &Path) -> Vec<String> {
 
 /// Attaches the capture program to the pod's netns, unless a link is already pinned there
 /// (adoption after a restart). Returns whether a link was newly attached.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "enrollment runs on a blocking thread"
+)]
 pub fn attach(programs: &mut Programs, pod_key: &str, netns: &File) -> Result<bool, CaptureError> {
     let dir = pod_dir(&programs.pin_dir, pod_key);
     fs::create_dir_all(&dir).map_err(|e| pin_error(&dir, e))?;
@@ -59,6 +67,10 @@ pub fn attach(programs: &mut Programs, pod_key: &str, netns: &File) -> Result<bo
 }
 
 /// Detaches the pod's links by unpinning them. Returns the names removed.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "enrollment runs on a blocking thread; uninstall is synchronous"
+)]
 pub fn detach(pin_dir: &Path, pod_key: &str) -> Result<Vec<String>, CaptureError> {
     let dir = pod_dir(pin_dir, pod_key);
     let mut removed = Vec::new();

@@ -53,6 +53,10 @@ impl Programs {
     /// Loads the object with its maps pinned under `<pin_dir>/maps`, and the program pinned at
     /// `<pin_dir>/progs/weft_sk_lookup`; a program already pinned there is adopted, not loaded
     /// again.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "called from the agent's start-up on a blocking thread"
+    )]
     pub fn load_or_adopt(pin_dir: &Path) -> Result<(Self, Maps), CaptureError> {
         let missing = super::missing_kernel_features();
         if !missing.is_empty() {
@@ -131,6 +135,10 @@ impl Maps {
 
 /// Removes everything pinned under `pin_dir`: pod links (which detaches them), the program and
 /// the maps. Returns what was removed, for the operator.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "`weft-agent uninstall` is a synchronous command"
+)]
 pub fn uninstall(pin_dir: &Path) -> Result<Vec<String>, CaptureError> {
     let mut removed = Vec::new();
     if !pin_dir.exists() {

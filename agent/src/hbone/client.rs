@@ -117,7 +117,7 @@ impl Pool {
         };
         // A connection made with an SVID that has since been renewed takes no new streams: new
         // tunnels use the new certificate, open ones finish on the old connection.
-        let serial = self.certs.get(&key.source)?.serial.clone();
+        let serial = self.certs.get_async(&key.source).await?.serial.clone();
         let connection = if let Some(connection) = self.checkout(&key, &serial) {
             connection
         } else {

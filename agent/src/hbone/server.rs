@@ -31,7 +31,13 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, ctx: Arc<ProxyCo
             if let Err(e) = connection(tcp, peer, &pod, &ctx).await {
                 tracing::info!(pod = %pod.name(), %peer, error = %e, "HBONE connection refused or failed");
                 if matches!(e, HboneError::Tls { .. } | HboneError::Authority(_)) {
-                    refused(&ctx, &pod, peer, local, format!("refused before any tunnel: {e}"));
+                    refused(
+                        &ctx,
+                        &pod,
+                        peer,
+                        local,
+                        format!("refused before any tunnel: {e}"),
+                    );
                 }
             }
         });
@@ -44,6 +50,8 @@ async fn connection(
     pod: &Arc<PodContext>,
     ctx: &Arc<ProxyContext>,
 ) -> Result<(), HboneError> {
+    // Issued (on a blocking thread) if need be, so the sync TLS set-up below finds it cached.
+    ctx.certs.get_async(&pod.identity).await?;
     let config = identity::server_config(&ctx.certs, &pod.identity)?;
     let limits = &ctx.connections.metrics.limits;
     let tls = tokio::time::timeout(
@@ -72,13 +80,11 @@ async fn connection(
         .max_concurrent_streams(MAX_STREAMS)
         .max_header_list_size(limits::HBONE_MAX_HEADER_LIST)
         .handshake(tls);
-    let mut h2 = match tokio::time::timeout(limits::HBONE_FIRST_STREAM_TIMEOUT, h2).await {
-        Ok(connection) => connection?,
-        Err(_) => {
-            limits.hit("hbone", "first_stream_timeout", &peer);
-            return Ok(());
-        }
+    let Ok(connection) = tokio::time::timeout(limits::HBONE_FIRST_STREAM_TIMEOUT, h2).await else {
+        limits.hit("hbone", "first_stream_timeout", &peer);
+        return Ok(());
     };
+    let mut h2 = connection?;
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Until the first stream, the deadline is short: a peer that never completes a header
     // block (h2 yields a stream only once it is whole) or sends nothing is cut by it.
@@ -143,7 +149,13 @@ async fn quiet_for(open: &std::sync::atomic::AtomicUsize, quiet: Duration) {
 
 /// Records a connection refused before it could carry a tunnel (no TLS, no identity), so
 /// `weftctl flows` says why.
-fn refused(ctx: &ProxyContext, pod: &PodContext, peer: SocketAddr, local: SocketAddr, reason: String) {
+fn refused(
+    ctx: &ProxyContext,
+    pod: &PodContext,
+    peer: SocketAddr,
+    local: SocketAddr,
+    reason: String,
+) {
     let registry = ctx.registry.borrow().clone();
     let connection = Connection {
         id: 0,

@@ -74,6 +74,10 @@ pub struct LocalCa {
     pub bundle_file: PathBuf,
 }
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "CA files are read at start-up and on reload, both on blocking threads"
+)]
 fn read(path: &Path) -> Result<String, CaError> {
     fs::read_to_string(path).map_err(|source| CaError::Io {
         path: path.to_owned(),
@@ -159,6 +163,10 @@ impl LocalCa {
 
     /// Loads `<dir>/ca.pem`, or generates a root there. Several agents may race on a fresh
     /// folder: the file appears atomically and whoever loses uses the winner's.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "CA files are read at start-up and on reload, both on blocking threads"
+    )]
     fn load_or_generate(dir: &Path, trust_domain: &str) -> Result<Self, CaError> {
         let path = dir.join("ca.pem");
         if !path.exists() {
@@ -306,6 +314,10 @@ fn rand_serial() -> [u8; 16] {
     serial
 }
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "CA files are written at start-up, on a blocking thread"
+)]
 fn write_private(path: &Path, text: &str) -> Result<(), CaError> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut file = fs::OpenOptions::new()

@@ -128,6 +128,28 @@ impl CertStore {
     }
 
     /// The current SVID for `id`, issuing one if the agent holds none yet.
+    /// The SVID for `id`, issued first when there is none: the issuing, which generates a key
+    /// and may wait on the cluster CA, runs on a blocking thread, never on a runtime worker.
+    pub async fn get_async(self: &Arc<Self>, id: &SpiffeId) -> Result<Arc<Svid>, CaError> {
+        if let Some(svid) = self
+            .svids
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+        {
+            return Ok(svid.clone());
+        }
+        let (store, id) = (self.clone(), id.clone());
+        tokio::task::spawn_blocking(move || store.get(&id))
+            .await
+            .map_err(|e| CaError::Remote {
+                url: "the SVID issuing thread".into(),
+                reason: e.to_string(),
+            })?
+    }
+
+    /// The SVID for `id`, issued on the caller's thread when there is none: call it off the
+    /// async runtime, or after [`CertStore::get_async`].
     pub fn get(&self, id: &SpiffeId) -> Result<Arc<Svid>, CaError> {
         if let Some(svid) = self
             .svids

@@ -1,5 +1,9 @@
 //! Handshakes between real rustls peers over an in-memory pipe: what is accepted and what is
 //! refused, and why.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests write their fixtures synchronously"
+)]
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 

@@ -1,5 +1,9 @@
 //! Policy evaluation, table by table: each L4 field and its not-form, action precedence,
 //! audit and dry run, strict mTLS, the L7 fail-closed rule, and validation.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests read the checked-in CRDs synchronously"
+)]
 
 use std::collections::BTreeMap;
 

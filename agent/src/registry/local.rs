@@ -100,7 +100,7 @@ pub struct Folder {
     files: BTreeMap<PathBuf, FileState>,
     /// Entries that are not manifest files but were reported (FIFOs and the like), by stamp.
     listing: Vec<(PathBuf, Option<Stamp>)>,
-    folder_error: Option<String>,
+    listing_error: Option<String>,
     scanned: bool,
 }
 
@@ -130,13 +130,17 @@ impl Folder {
             dir,
             files: BTreeMap::new(),
             listing: Vec::new(),
-            folder_error: None,
+            listing_error: None,
             scanned: false,
         }
     }
 
     /// The manifest entries of the folder with their stamps (`None`: could not be stat'ed),
     /// sorted by name, at most [`MAX_FILES`] plus one marker of overflow.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "Folder scans run under spawn_blocking"
+    )]
     fn list(&self) -> (Vec<(PathBuf, Option<Stamp>)>, Option<String>) {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries,
@@ -163,13 +167,13 @@ impl Folder {
 
     /// Rescans the folder; returns a new registry when anything changed since the last scan.
     pub fn rescan(&mut self) -> Option<Registry> {
-        let (listing, folder_error) = self.list();
-        if self.scanned && listing == self.listing && folder_error == self.folder_error {
+        let (listing, listing_error) = self.list();
+        if self.scanned && listing == self.listing && listing_error == self.listing_error {
             return None;
         }
         self.scanned = true;
         self.listing = listing;
-        self.folder_error = folder_error;
+        self.listing_error = listing_error;
         Some(self.rebuild())
     }
 
@@ -201,7 +205,7 @@ impl Folder {
         }
         self.files = seen;
         let mut errors = Vec::new();
-        if let Some(e) = &self.folder_error {
+        if let Some(e) = &self.listing_error {
             errors.push(ObjectError {
                 source: self.dir.display().to_string(),
                 object: "<folder>".into(),
@@ -239,6 +243,10 @@ impl Folder {
 /// Reads and parses one manifest file. The documents before a syntax error are returned with
 /// it, but the caller keeps the file's previous good version instead: a half-written file
 /// must not remove the objects its complete version held.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "Folder scans run under spawn_blocking"
+)]
 fn read_file(
     path: &Path,
     folder_room: u64,

@@ -1,5 +1,9 @@
 //! The manifest folder reader against what a real folder can hold: half-written files, tabs,
 //! FIFOs, directories and links posing as manifests, oversized files and unknown kinds.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests build their folders synchronously"
+)]
 
 use std::path::PathBuf;
 
@@ -40,19 +44,40 @@ fn a_half_written_file_keeps_its_last_good_objects_and_is_reported_once_with_its
     let good = folder.rescan().expect("first scan");
     assert_eq!((good.namespaces.len(), good.services.len()), (1, 1));
     assert!(good.errors.is_empty(), "{:?}", good.errors);
-    dir.write("a.yaml", &format!("{NAMESPACE}---\n{}\n  ports: [{{port: 80", &SERVICE[..60]));
+    dir.write(
+        "a.yaml",
+        &format!("{NAMESPACE}---\n{}\n  ports: [{{port: 80", &SERVICE[..60]),
+    );
     let bad = folder.rescan().expect("changed");
-    assert_eq!((bad.namespaces.len(), bad.services.len()), (1, 1), "last good version kept");
+    assert_eq!(
+        (bad.namespaces.len(), bad.services.len()),
+        (1, 1),
+        "last good version kept"
+    );
     assert_eq!(bad.errors.len(), 1, "{:?}", bad.errors);
-    assert!(bad.errors[0].reason.starts_with("line "), "{:?}", bad.errors);
-    assert!(bad.errors[0].reason.contains("last good version"), "{:?}", bad.errors);
-    assert!(folder.rescan().is_none(), "nothing changed, nothing rebuilt");
+    assert!(
+        bad.errors[0].reason.starts_with("line "),
+        "{:?}",
+        bad.errors
+    );
+    assert!(
+        bad.errors[0].reason.contains("last good version"),
+        "{:?}",
+        bad.errors
+    );
+    assert!(
+        folder.rescan().is_none(),
+        "nothing changed, nothing rebuilt"
+    );
 }
 
 #[test]
 fn a_tab_indented_file_gives_one_report_and_no_loop() {
     let dir = Scratch::new("tabs");
-    dir.write("t.yaml", "apiVersion: v1\nkind: Namespace\nmetadata:\n\tname: x\n---\n\t- a\n\t- b\n");
+    dir.write(
+        "t.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n\tname: x\n---\n\t- a\n\t- b\n",
+    );
     dir.write("ns.yaml", NAMESPACE);
     let registry = Folder::new(dir.0.clone()).rescan().expect("scan");
     assert_eq!(registry.namespaces.len(), 1, "the good file still counts");
@@ -83,9 +108,16 @@ fn fifos_directories_and_link_loops_named_yaml_are_skipped_and_reported() {
     };
     assert!(said("fifo.yaml", "FIFO"), "{:?}", registry.errors);
     assert!(said("dir.yaml", "directory"), "{:?}", registry.errors);
-    assert!(said("loop1.yaml", "cannot be opened"), "{:?}", registry.errors);
     assert!(
-        !registry.errors.iter().any(|e| e.source.ends_with("alias.yml")),
+        said("loop1.yaml", "cannot be opened"),
+        "{:?}",
+        registry.errors
+    );
+    assert!(
+        !registry
+            .errors
+            .iter()
+            .any(|e| e.source.ends_with("alias.yml")),
         "a link to a regular file is read: {:?}",
         registry.errors
     );
@@ -132,7 +164,11 @@ fn an_unreadable_deny_policy_fails_closed_for_what_it_selects() {
     assert!(registry.errors[0]
         .reason
         .contains("did you mean weft.io/v1alpha1 AuthorizationPolicy?"));
-    assert_eq!(registry.policies.len(), 1, "only the DENY stands in; AUDIT cannot stop anything");
+    assert_eq!(
+        registry.policies.len(),
+        1,
+        "only the DENY stands in; AUDIT cannot stop anything"
+    );
     let stand_in = &registry.policies[0];
     assert!(stand_in.unreadable.is_some());
     let labels = std::collections::BTreeMap::from([("app".to_owned(), "db".to_owned())]);
@@ -147,7 +183,11 @@ fn an_unreadable_deny_policy_fails_closed_for_what_it_selects() {
     };
     let decision = crate::policy::evaluate(&registry.policies, &request);
     assert_eq!(decision.reason, crate::policy::Reason::UnreadablePolicy);
-    assert!(decision.detail.contains("cannot read"), "{}", decision.detail);
+    assert!(
+        decision.detail.contains("cannot read"),
+        "{}",
+        decision.detail
+    );
     let other = std::collections::BTreeMap::from([("app".to_owned(), "web".to_owned())]);
     let request = crate::policy::Request {
         labels: &other,

@@ -4,12 +4,12 @@
 
 mod kinds;
 pub mod local;
+#[cfg(test)]
+mod local_tests;
 mod objects;
 pub mod watch;
 #[cfg(test)]
 mod watch_tests;
-#[cfg(test)]
-mod local_tests;
 
 use std::{
     collections::BTreeMap,
@@ -108,6 +108,10 @@ pub struct PodPlacement {
 
 impl PodPlacement {
     /// The netns a path leads to, as device and inode, when it can be read.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "placements are made during enrollment, on a blocking thread"
+    )]
     pub fn netns_id_of(path: &std::path::Path) -> Option<(u64, u64)> {
         use std::os::unix::fs::MetadataExt as _;
         std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))

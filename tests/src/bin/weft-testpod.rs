@@ -222,7 +222,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let started = std::time::Instant::now();
             let mut held = Vec::with_capacity(count);
-            while held.len() < count && started.elapsed() < Duration::from_secs(60) {
+            while held.len() < count && started.elapsed() < Duration::from_mins(1) {
                 if let Ok(stream) = connect(addr) {
                     held.push(stream);
                 }
