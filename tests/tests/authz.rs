@@ -1,7 +1,7 @@
 //! L4 authorization at the destination agent, on the real kernel: policies by principal,
 //! namespace, CIDR and port decide HBONE and plaintext connections, DENY wins, AUDIT and dry
 //! run only record, strict mTLS refuses plaintext, a live update closes what it now denies,
-//! and bad objects are reported and skipped. Every denial says why.
+//! and bad objects are reported and fail closed for what they select. Every denial says why.
 
 use std::time::{Duration, Instant};
 
@@ -305,21 +305,35 @@ fn a_live_policy_update_closes_an_established_connection_it_now_denies() {
 }
 
 #[test]
-fn bad_policies_are_reported_and_skipped_while_good_ones_apply_and_audit_and_dry_run_only_record() {
+fn bad_policies_are_reported_and_fail_closed_while_good_ones_apply_and_audit_and_dry_run_only_record() {
     if !require_privileges() {
         return;
     }
     let f = Fixture::start();
+    // The bad ones select no pod here: each stands in as a denial of what it selects (fail
+    // closed, see the hardening tests), which must not touch the traffic below.
     let objects = [
-        policy("unknown-field", "  rules:\n  - {}\n  bogus: true"),
-        policy("bad-cidr", "  rules:\n  - from:\n    - source: {ipBlocks: [10.0.0.0/99]}"),
-        policy("no-rules", "  rules: []"),
+        policy("unknown-field", "  selector: {matchLabels: {app: nobody}}\n  rules:\n  - {}\n  bogus: true"),
+        policy("bad-cidr", "  selector: {matchLabels: {app: nobody}}\n  rules:\n  - from:\n    - source: {ipBlocks: [10.0.0.0/99]}"),
+        policy("no-rules", "  selector: {matchLabels: {app: nobody}}\n  rules: []"),
         policy("deny-server-b", "  action: DENY\n  rules:\n  - from:\n    - source: {principals: [cluster.local/ns/demo/sa/server-b]}"),
         policy("audit-all", "  action: AUDIT\n  rules:\n  - {}"),
         policy("dry-deny-client", "  action: DENY\n  dryRun: true\n  rules:\n  - from:\n    - source: {principals: [cluster.local/ns/demo/sa/client]}"),
     ]
     .join("---\n");
-    apply(&f, &objects, 3);
+    apply(&f, &objects, 6);
+    let held = f
+        .cluster
+        .admin(f.cluster.node("node1"), "/policies")
+        .expect("policies");
+    let stand_ins: Vec<&str> = held
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["unreadable"].is_string())
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(stand_ins, ["unknown-field", "bad-cidr", "no-rules"], "{held}");
     let status = f
         .cluster
         .admin(f.cluster.node("node1"), "/status")
@@ -351,7 +365,7 @@ fn bad_policies_are_reported_and_skipped_while_good_ones_apply_and_audit_and_dry
         log.contains("dry run: would be denied by demo/dry-deny-client rule 0"),
         "dry run logged"
     );
-    assert!(log.contains("skipping bad object"), "bad objects logged");
+    assert!(log.contains("object rejected"), "bad objects logged");
 }
 
 /// A `TrafficPolicy` on a Service: the client's agent gives up on an endpoint that does not

@@ -348,14 +348,17 @@ fn malformed_hbone_input_gets_the_spec_status_or_a_closed_connection_and_the_age
                     status_of(&send, http::Method::CONNECT, "weft.invalid:9000").await?,
                     status_of(&send, http::Method::CONNECT, &format!("{elsewhere}:9000")).await?,
                     status_of(&send, http::Method::CONNECT, &format!("{server_ip}:9999")).await?,
+                    status_of(&send, http::Method::CONNECT, &format!("{server_ip}:15008")).await?,
+                    status_of(&send, http::Method::CONNECT, &format!("{server_ip}:15006")).await?,
                     status_of(&send, http::Method::CONNECT, &format!("{server_ip}:9000")).await?,
                 ])
             })
         }),
     )
     .expect("HBONE requests");
-    // GET, a name instead of IP:port, a pod on another node: 400; nothing on 9999: 503; ok: 200.
-    assert_eq!(statuses, [400, 400, 400, 503, 200]);
+    // GET, a name instead of IP:port, a pod on another node: 400; nothing on 9999: 503; the
+    // agent's own HBONE and capture ports: 400 at once; ok: 200.
+    assert_eq!(statuses, [400, 400, 400, 503, 400, 400, 200]);
 
     assert!(
         garbage_is_closed(&f, &node1, hbone),

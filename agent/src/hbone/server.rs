@@ -292,3 +292,49 @@ async fn tunnel(
         tracing::debug!(error = %e, "HBONE tunnel ended with an error");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::connect_target;
+    use crate::proxy::{loops_into_agent, AGENT_PORTS};
+
+    const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
+
+    fn decide(
+        method: &http::Method,
+        authority: &str,
+    ) -> Result<std::net::SocketAddr, &'static str> {
+        let uri: http::Uri = authority.parse().expect("a URI");
+        connect_target(method, &uri, POD)
+    }
+
+    #[test]
+    fn a_connect_to_an_agent_port_or_elsewhere_is_refused_with_its_reason() {
+        assert_eq!(
+            decide(&http::Method::CONNECT, "10.244.1.5:8080"),
+            Ok(([10, 244, 1, 5], 8080).into())
+        );
+        for port in AGENT_PORTS {
+            assert!(
+                decide(&http::Method::CONNECT, &format!("10.244.1.5:{port}"))
+                    .is_err_and(|e| e.contains("agent's own ports"))
+            );
+        }
+        assert!(decide(&http::Method::GET, "10.244.1.5:8080").is_err());
+        assert!(decide(&http::Method::CONNECT, "10.244.1.6:8080").is_err());
+        assert!(decide(&http::Method::CONNECT, "echo.demo:8080").is_err());
+    }
+
+    #[test]
+    fn captured_connections_that_would_loop_into_the_agent_are_named() {
+        assert!(loops_into_agent(POD, ([127, 0, 0, 1], 15006).into())
+            .is_some_and(|r| r.contains("loopback")));
+        assert!(loops_into_agent(POD, ([10, 244, 1, 5], 15021).into())
+            .is_some_and(|r| r.contains("own port 15021")));
+        assert_eq!(loops_into_agent(POD, ([10, 244, 1, 5], 8080).into()), None);
+        // Another pod's 15020 is that pod's business, not a loop.
+        assert_eq!(loops_into_agent(POD, ([10, 244, 1, 6], 15020).into()), None);
+    }
+}

@@ -325,12 +325,6 @@ pub fn parse_documents(text: &str) -> (Vec<serde_yaml::Value>, Option<FileError>
     (docs, None)
 }
 
-/// Reads the folder once (on the caller's thread: call it off the async runtime).
-pub fn read_dir(dir: &Path) -> Registry {
-    let mut folder = Folder::new(dir.to_owned());
-    folder.rescan().unwrap_or_default()
-}
-
 /// Reads the folder for the first time on a blocking thread.
 pub async fn first_read(dir: PathBuf) -> (Folder, Registry) {
     let read = tokio::task::spawn_blocking(move || {

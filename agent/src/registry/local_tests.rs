@@ -157,10 +157,10 @@ fn an_unreadable_deny_policy_fails_closed_for_what_it_selects() {
     let dir = Scratch::new("failclosed");
     dir.write(
         "p.yaml",
-        "apiVersion: weft.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: stop\n  namespace: demo\nspec:\n  action: DENY\n  selector:\n    matchLabels:\n      app: db\n  rules: [{}]\n---\napiVersion: weft.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: audit\n  namespace: demo\nspec:\n  action: AUDIT\n  unknownField: 1\n  rules: [{}]\n",
+        "apiVersion: weft.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: stop\n  namespace: demo\nspec:\n  action: DENY\n  selector:\n    matchLabels:\n      app: db\n  rules: [{}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: istio\n  namespace: demo\nspec:\n  action: DENY\n  rules: [{}]\n---\napiVersion: weft.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: audit\n  namespace: demo\nspec:\n  action: AUDIT\n  unknownField: 1\n  rules: [{}]\n",
     );
     let registry = Folder::new(dir.0.clone()).rescan().expect("scan");
-    assert_eq!(registry.errors.len(), 2, "{:?}", registry.errors);
+    assert_eq!(registry.errors.len(), 3, "{:?}", registry.errors);
     assert!(registry.errors[0]
         .reason
         .contains("did you mean weft.io/v1alpha1 AuthorizationPolicy?"));

@@ -304,11 +304,12 @@ fn object_id(doc: &serde_yaml::Value, kind: &str) -> String {
     )
 }
 
-/// A policy Weft cannot read, but which was meant as an `AuthorizationPolicy` (the kind or a
-/// near spelling of it, under any version), must not let through what it was written to stop:
-/// unless it says `AUDIT` or `dryRun`, it denies every connection to the workloads it names
-/// until it is fixed. Its selector and targets are kept when they can be read; otherwise it
-/// covers its whole namespace.
+/// A policy Weft cannot read, but which was meant as a Weft `AuthorizationPolicy` (the
+/// `weft.io` group, with the kind or a near spelling of it, under any version), must not let
+/// through what it was written to stop: unless it says `AUDIT` or `dryRun`, it denies every
+/// connection to the workloads it names until it is fixed. Its selector and targets are kept
+/// when they can be read; otherwise it covers its whole namespace. Another mesh's policy of the
+/// same kind (Istio's `security.istio.io`) is only reported.
 fn fail_closed(
     registry: &mut Registry,
     doc: &serde_yaml::Value,
@@ -317,9 +318,10 @@ fn fail_closed(
     id: &str,
     reason: &str,
 ) {
+    let ours = api.split('/').next() == Some("weft.io");
     let meant = kind == "AuthorizationPolicy"
         || super::kinds::meant(api, kind).is_some_and(|(_, k)| k == "AuthorizationPolicy");
-    if !meant {
+    if !(ours && meant) {
         return;
     }
     let spec = doc.get("spec");
