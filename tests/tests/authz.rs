@@ -305,7 +305,8 @@ fn a_live_policy_update_closes_an_established_connection_it_now_denies() {
 }
 
 #[test]
-fn bad_policies_are_reported_and_fail_closed_while_good_ones_apply_and_audit_and_dry_run_only_record() {
+fn bad_policies_are_reported_and_fail_closed_while_good_ones_apply_and_audit_and_dry_run_only_record(
+) {
     if !require_privileges() {
         return;
     }
@@ -333,7 +334,11 @@ fn bad_policies_are_reported_and_fail_closed_while_good_ones_apply_and_audit_and
         .filter(|p| p["unreadable"].is_string())
         .filter_map(|p| p["name"].as_str())
         .collect();
-    assert_eq!(stand_ins, ["unknown-field", "bad-cidr", "no-rules"], "{held}");
+    assert_eq!(
+        stand_ins,
+        ["unknown-field", "bad-cidr", "no-rules"],
+        "{held}"
+    );
     let status = f
         .cluster
         .admin(f.cluster.node("node1"), "/status")

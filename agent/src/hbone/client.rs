@@ -118,29 +118,26 @@ impl Pool {
         // A connection made with an SVID that has since been renewed takes no new streams: new
         // tunnels use the new certificate, open ones finish on the old connection.
         let serial = self.certs.get_async(&key.source).await?.serial.clone();
-        let connection = if let Some(connection) = self.checkout(&key, &serial) {
-            connection
-        } else {
-            let connection = Arc::new(self.connect(pod, &key, serial, connect_timeout).await?);
-            connection.streams.fetch_add(1, Ordering::Relaxed);
-            let mut connections = self
-                .connections
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let entry = connections.entry(key).or_default();
-            entry.retain(|c| !c.closed.load(Ordering::Relaxed));
-            entry.push(connection.clone());
-            connection
+        // A pooled connection the destination has just closed (GOAWAY after its idle timeout)
+        // may still look open here: a request it refuses before any byte of this tunnel was
+        // sent is tried once more on a new connection, so the client never sees the race.
+        let reused = self.checkout(&key, &serial);
+        let (slot, response, mut stream) = match reused {
+            Some(connection) => match Self::request(&connection, pod, target).await {
+                Ok((response, stream)) => (StreamSlot(connection), response, stream),
+                Err(e) => {
+                    tracing::debug!(%address, error = %e, "pooled HBONE connection refused a stream; opening a new one");
+                    connection.closed.store(true, Ordering::Relaxed);
+                    drop(StreamSlot(connection));
+                    self.request_on_new(pod, &key, serial, target, connect_timeout)
+                        .await?
+                }
+            },
+            None => {
+                self.request_on_new(pod, &key, serial, target, connect_timeout)
+                    .await?
+            }
         };
-        let slot = StreamSlot(connection.clone());
-        let mut send = connection.send.clone().ready().await?;
-        let request = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri(target.to_string())
-            .header("forwarded", format!("for={}", pod.placement.ip))
-            .body(())
-            .map_err(|e| HboneError::Authority(e.to_string()))?;
-        let (response, mut stream) = send.send_request(request, false)?;
         let early = early();
         if !early.is_empty() {
             stream.send_data(early, false)?;
@@ -154,6 +151,54 @@ impl Pool {
             recv: response.into_body(),
             slot,
         })
+    }
+
+    /// Sends the CONNECT on `connection`, without waiting for its answer.
+    async fn request(
+        connection: &Connection,
+        pod: &PodContext,
+        target: SocketAddr,
+    ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), HboneError> {
+        let mut send = connection.send.clone().ready().await?;
+        let request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(target.to_string())
+            .header("forwarded", format!("for={}", pod.placement.ip))
+            .body(())
+            .map_err(|e| HboneError::Authority(e.to_string()))?;
+        Ok(send.send_request(request, false)?)
+    }
+
+    /// Opens a new pooled connection for `key` and sends the CONNECT on it.
+    async fn request_on_new(
+        &self,
+        pod: &PodContext,
+        key: &PoolKey,
+        serial: String,
+        target: SocketAddr,
+        connect_timeout: std::time::Duration,
+    ) -> Result<
+        (
+            StreamSlot,
+            h2::client::ResponseFuture,
+            h2::SendStream<Bytes>,
+        ),
+        HboneError,
+    > {
+        let connection = Arc::new(self.connect(pod, key, serial, connect_timeout).await?);
+        connection.streams.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut connections = self
+                .connections
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let entry = connections.entry(key.clone()).or_default();
+            entry.retain(|c| !c.closed.load(Ordering::Relaxed));
+            entry.push(connection.clone());
+        }
+        let slot = StreamSlot(connection.clone());
+        let (response, stream) = Self::request(&connection, pod, target).await?;
+        Ok((slot, response, stream))
     }
 
     fn checkout(&self, key: &PoolKey, serial: &str) -> Option<Arc<Connection>> {
@@ -203,6 +248,7 @@ impl Pool {
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME_SIZE)
+            .max_header_list_size(crate::limits::HBONE_MAX_HEADER_LIST)
             .handshake(tls)
             .await?;
         let closed = Arc::new(AtomicBool::new(false));
