@@ -203,12 +203,12 @@ pub async fn serve_http1<S, B>(
         tokio::spawn(async move {
             let served = async {
                 match tls {
-                    None => serve_one(stream, service).await,
+                    None => serve_one(stream, service, bounds, &limits, peer).await,
                     Some(acceptor) => {
                         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
                             .await
                         {
-                            Ok(Ok(tls)) => serve_one(tls, service).await,
+                            Ok(Ok(tls)) => serve_one(tls, service, bounds, &limits, peer).await,
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             }
@@ -239,8 +239,13 @@ pub async fn serve_http1<S, B>(
 }
 
 /// One request on one connection, its head bounded in time and size.
-async fn serve_one<IO, S, B>(io: IO, service: S)
-where
+async fn serve_one<IO, S, B>(
+    io: IO,
+    service: S,
+    bounds: Http1Limits,
+    limits: &Limits,
+    peer: SocketAddr,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
             hyper::Request<hyper::body::Incoming>,
@@ -260,10 +265,25 @@ where
         .max_buf_size(MAX_REQUEST_HEAD)
         .keep_alive(false);
     // A head that is late or too large ends the connection with an error hyper has answered
-    // (408 or 431) where it could.
-    let _ = builder
+    // (408 or 431) where it could; both are limits, and counted.
+    if let Err(e) = builder
         .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-        .await;
+        .await
+    {
+        if e.is_timeout() {
+            limits.hit(
+                bounds.listener,
+                "header_read_timeout",
+                &format_args!("{peer}: {e}"),
+            );
+        } else if e.is_parse_too_large() {
+            limits.hit(
+                bounds.listener,
+                "request_head_too_large",
+                &format_args!("{peer}: {e}"),
+            );
+        }
+    }
 }
 
 /// Completes once neither counter has moved for `idle`: a proxied connection that carries

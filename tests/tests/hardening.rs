@@ -601,6 +601,22 @@ fn twenty_thousand_idle_connections_to_readiness_hold_at_most_the_cap() {
         "the agent held {most} descriptors (from {files}); the readiness cap is {}",
         limits::READINESS.max_connections
     );
+    // The connections within the cap sent no request head: each is cut after 5 s, counted.
+    let hits = |limit: &str| {
+        let stats = f.cluster.admin(&node, "/stats").expect("stats");
+        stats["limits"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|h| h["listener"] == "readiness" && h["limit"] == limit)
+            .filter_map(|h| h["hits"].as_u64())
+            .sum::<u64>()
+    };
+    eventually(
+        limits::HEADER_READ_TIMEOUT * 3,
+        "silent readiness connections cut by the header deadline",
+        || hits("header_read_timeout") > 0,
+    );
     for child in &mut holders {
         let _ = child.kill();
         let _ = child.wait();
