@@ -504,18 +504,8 @@ fn stalled_hbone_peers_are_cut_within_the_documented_deadlines() {
             "cut after {elapsed:?}"
         );
     }
-    let stats = f
-        .cluster
-        .admin(f.cluster.node("node1"), "/stats")
-        .expect("stats");
-    let hits: u64 = stats["limits"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|h| h["listener"] == "hbone" && h["limit"] == "first_stream_timeout")
-        .filter_map(|h| h["hits"].as_u64())
-        .sum();
-    assert!(hits >= 10, "each cut counted: {stats}");
+    let hits = limit_hits(&f, "node1", "hbone", "first_stream_timeout");
+    assert!(hits >= 10, "each cut counted, {hits} counted");
     eventually(Duration::from_secs(5), "memory back to baseline", || {
         rss_kib(agent) < baseline + 4 * 1024
     });
@@ -538,23 +528,7 @@ fn twenty_thousand_idle_connections_to_readiness_hold_at_most_the_cap() {
     let readiness = format!("{}:15021", node.ip);
     // Two holders of 10,000 each: a process here may hold at most 20,000 descriptors.
     let holders: Vec<std::process::Child> = (0..2)
-        .map(|_| {
-            weft_harness::Cluster::pod_command(
-                &plain,
-                TESTPOD,
-                &[
-                    "--connect-timeout-ms",
-                    "2000",
-                    "hold",
-                    &readiness,
-                    "10000",
-                    "30",
-                ],
-            )
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("holder")
-        })
+        .map(|_| spawn_holder(&plain, &readiness, 10_000))
         .collect();
     let watching = Arc::new(AtomicBool::new(true));
     let most = {
@@ -568,24 +542,7 @@ fn twenty_thousand_idle_connections_to_readiness_hold_at_most_the_cap() {
             most
         })
     };
-    let mut holders: Vec<_> = holders
-        .into_iter()
-        .map(|mut child| {
-            use std::io::BufRead as _;
-            let stdout = child.stdout.take().expect("stdout");
-            let mut line = String::new();
-            std::io::BufReader::new(stdout)
-                .read_line(&mut line)
-                .expect("held line");
-            let held: usize = line
-                .trim()
-                .strip_prefix("held=")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("holder said {line:?}"));
-            assert_eq!(held, 10_000, "each holder opened its connections");
-            child
-        })
-        .collect();
+    let mut holders: Vec<_> = holders.into_iter().map(wait_held).collect();
     // While 20,000 connections stay open, the agent serves traffic and answers readiness.
     let target = format!("{}:9000", f.pod("demo", "server-a").ip);
     f.send(f.pod("demo", "client"), &target, 1024)
@@ -602,34 +559,61 @@ fn twenty_thousand_idle_connections_to_readiness_hold_at_most_the_cap() {
         limits::READINESS.max_connections
     );
     // The connections within the cap sent no request head: each is cut after 5 s, counted.
-    let hits = |limit: &str| {
-        let stats = f.cluster.admin(&node, "/stats").expect("stats");
-        stats["limits"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|h| h["listener"] == "readiness" && h["limit"] == limit)
-            .filter_map(|h| h["hits"].as_u64())
-            .sum::<u64>()
-    };
     eventually(
         limits::HEADER_READ_TIMEOUT * 3,
         "silent readiness connections cut by the header deadline",
-        || hits("header_read_timeout") > 0,
+        || limit_hits(&f, "node0", "readiness", "header_read_timeout") > 0,
     );
     for child in &mut holders {
         let _ = child.kill();
         let _ = child.wait();
     }
-    let stats = f.cluster.admin(&node, "/stats").expect("stats");
     assert!(
-        stats["limits"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|h| h["listener"] == "readiness"
-                && h["limit"] == "max_connections"
-                && h["hits"].as_u64() > Some(0)),
-        "the cap is counted: {stats}"
+        limit_hits(&f, "node0", "readiness", "max_connections") > 0,
+        "the cap is counted"
     );
+}
+
+/// Starts `weft-testpod hold` in `pod`: `count` idle connections to `addr`, kept 30 s.
+fn spawn_holder(pod: &weft_harness::PodHandle, addr: &str, count: usize) -> std::process::Child {
+    let count = count.to_string();
+    weft_harness::Cluster::pod_command(
+        pod,
+        TESTPOD,
+        &["--connect-timeout-ms", "2000", "hold", addr, &count, "30"],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .expect("holder")
+}
+
+/// Waits until a holder says it holds all its connections.
+fn wait_held(mut child: std::process::Child) -> std::process::Child {
+    use std::io::BufRead as _;
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("held line");
+    assert_eq!(
+        line.trim(),
+        "held=10000",
+        "each holder opened its connections"
+    );
+    child
+}
+
+/// How often `node`'s agent hit one limit of one listener (`/stats` `limits`).
+fn limit_hits(f: &Fixture, node: &str, listener: &str, limit: &str) -> u64 {
+    let stats = f
+        .cluster
+        .admin(f.cluster.node(node), "/stats")
+        .expect("stats");
+    stats["limits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["listener"] == listener && h["limit"] == limit)
+        .filter_map(|h| h["hits"].as_u64())
+        .sum()
 }
