@@ -109,7 +109,7 @@ impl AdminState {
                     .collect();
                 (
                     StatusCode::OK,
-                    json!({"proxy": self.connections.totals, "kernel": kernel, "pool": self.proxy.pool.stats(), "limits": self.connections.metrics.limits.snapshot()}),
+                    json!({"proxy": self.connections.totals, "kernel": kernel, "pool": self.proxy.pool.stats(), "limits": self.connections.metrics.limits.snapshot(), "ca": {"signed": self.certs.signed()}}),
                 )
             }
             "/certs" => (StatusCode::OK, json!(self.certs.certs())),

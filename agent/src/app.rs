@@ -122,7 +122,7 @@ fn prepare(config: &Config) -> Result<(Programs, capture::Maps, Signer), AppErro
     netns::init_host().map_err(AppError::HostNetns)?;
     let (programs, mut maps) = Programs::load_or_adopt(&config.bpffs_dir)?;
     maps.set_excluded_ports(&config.excluded_ports)?;
-    let ca = Signer::load(&config.ca, &config.trust_domain)?;
+    let ca = crate::identity::load_signer(&config.ca, &config.trust_domain)?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| AppError::StateDir(config.state_dir.clone(), e))?;
     Ok((programs, maps, ca))
@@ -289,8 +289,8 @@ fn raise_open_file_limit() {
     }
 }
 
-/// Renews SVIDs at half-life and reloads the trust bundle when its file changes. Each round
-/// reads files and may sign: it runs on a blocking thread.
+/// Reloads the trust bundle when its file changes (renewal is the certificate worker's). Each
+/// check reads file metadata: it runs on a blocking thread.
 async fn maintain_certs(certs: Arc<CertStore>, source: crate::identity::CaSource) {
     #[expect(
         clippy::disallowed_methods,
@@ -312,13 +312,6 @@ async fn maintain_certs(certs: Arc<CertStore>, source: crate::identity::CaSource
         ticker.tick().await;
         let (certs, source, bundle) = (certs.clone(), source.clone(), bundle.clone());
         let round = tokio::task::spawn_blocking(move || {
-            let renewed = certs.renew_due();
-            if renewed > 0 {
-                tracing::info!(
-                    renewed,
-                    "SVIDs renewed at half-life; open connections keep theirs"
-                );
-            }
             let now = modified(&bundle);
             if now != last {
                 if let Err(e) = certs.reload(&source) {

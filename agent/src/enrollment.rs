@@ -317,6 +317,8 @@ impl Enrollment {
             &placement.namespace,
             &placement.service_account,
         );
+        // Issued now, off the connection path, so the pod's first connection finds it.
+        self.proxy.cert_worker.want(identity.clone());
         let context = Arc::new(PodContext {
             placement,
             identity,

@@ -34,7 +34,11 @@ pub fn run<T: Send + 'static>(
         },
         "cluster.local",
     )?;
-    let store = CertStore::new(ca, "cluster.local", Duration::from_hours(1));
-    let config = identity::client_config(&store, own, expected)?;
-    netns::block_on(netns, move || body(config, server))
+    let store = CertStore::new(Arc::new(ca), "cluster.local", Duration::from_hours(1));
+    let (own, expected) = (own.clone(), expected.clone());
+    netns::block_on(netns, move || async move {
+        store.get_async(&own).await?;
+        let config = identity::client_config(&store, &own, &expected)?;
+        body(config, server).await
+    })
 }

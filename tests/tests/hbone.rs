@@ -494,3 +494,65 @@ fn junk_certificate_is_refused(node1: &str, hbone: SocketAddr) -> bool {
     })
     .unwrap_or(false)
 }
+
+/// SVIDs signed by a node's CA so far (`/stats` `ca.signed`).
+fn signed(f: &Fixture, node: &str) -> u64 {
+    let stats = f
+        .cluster
+        .admin(f.cluster.node(node), "/stats")
+        .expect("stats");
+    stats["ca"]["signed"].as_u64().expect("ca.signed")
+}
+
+#[test]
+fn fifty_concurrent_first_connections_of_a_new_identity_cause_one_issuance() {
+    if !require_privileges() {
+        return;
+    }
+    let f = Fixture::start();
+    let before = signed(&f, "node0");
+    // demo/client comes back under a new service account: a new identity, never issued.
+    let pods: String = f
+        .cluster
+        .pods
+        .iter()
+        .map(|p| {
+            let yaml = weft_harness::manifests::pod(p, &[]);
+            if p.name == "client" {
+                yaml.replace(
+                    "serviceAccountName: client",
+                    "serviceAccountName: client-v2",
+                )
+            } else {
+                yaml
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("---\n");
+    f.manifests.write("pods.yaml", &pods).expect("pods");
+    eventually(
+        Duration::from_secs(5),
+        "client re-enrolled as client-v2",
+        || {
+            f.cluster
+                .admin(f.cluster.node("node0"), "/workloads")
+                .is_ok_and(|w| w.to_string().contains("client-v2"))
+        },
+    );
+    let target = format!("{}:9000", f.pod("demo", "server-a").ip);
+    let senders: Vec<std::process::Child> = (0..50)
+        .map(|_| send_in_background(&f, "client", &target, &["4096"]))
+        .collect();
+    for sender in senders {
+        wait_report(sender).assert_intact(4096);
+    }
+    assert_eq!(
+        signed(&f, "node0") - before,
+        1,
+        "one SVID for the new identity, however many connections asked for it at once"
+    );
+    assert!(
+        cert_serial(&f, "node0", &id("client-v2")).is_some(),
+        "the new identity holds its SVID"
+    );
+}

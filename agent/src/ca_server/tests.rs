@@ -99,7 +99,7 @@ async fn serving_ca(pods: Vec<serde_json::Value>) -> (Signer, FakeApi, TempDir) 
     watch_pods(client.clone(), pods.clone());
     tokio::spawn(async move { serve(&config, client, listener, pods).await });
 
-    let remote = Signer::Remote(
+    let remote: Signer = Arc::new(
         RemoteCa::new(
             &format!("https://localhost:{port}"),
             &root,
@@ -125,13 +125,13 @@ async fn signs_only_service_accounts_with_a_pod_on_the_callers_node() {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
     let web = SpiffeId::new("cluster.local", "shop", "web");
     // The pod watch may still be listing: the CA says so (503) until it has.
-    let mut issued = remote.issue(&web, &key, Duration::from_hours(1));
+    let mut issued = remote.sign(&web, &key, Duration::from_hours(1)).await;
     for _ in 0..100 {
         if !matches!(&issued, Err(CaError::Remote { reason, .. }) if reason.contains("503")) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        issued = remote.issue(&web, &key, Duration::from_hours(1));
+        issued = remote.sign(&web, &key, Duration::from_hours(1)).await;
     }
     let issued = issued.expect("web has a pod on node-a: signed");
     assert_eq!(issued.chain.len(), 2, "leaf and the user's intermediate");
@@ -144,7 +144,8 @@ async fn signs_only_service_accounts_with_a_pod_on_the_callers_node() {
 
     let db = SpiffeId::new("cluster.local", "shop", "db");
     let refused = remote
-        .issue(&db, &key, Duration::from_hours(1))
+        .sign(&db, &key, Duration::from_hours(1))
+        .await
         .expect_err("db runs only on node-b");
     let text = refused.to_string();
     assert!(
@@ -156,7 +157,8 @@ async fn signs_only_service_accounts_with_a_pod_on_the_callers_node() {
     // A completed Job's pod is still listed on node-a, but it gives no right to its identity.
     let batch = SpiffeId::new("cluster.local", "shop", "batch");
     let refused = remote
-        .issue(&batch, &key, Duration::from_hours(1))
+        .sign(&batch, &key, Duration::from_hours(1))
+        .await
         .expect_err("batch's only pod on node-a has finished");
     assert!(
         refused
@@ -167,7 +169,8 @@ async fn signs_only_service_accounts_with_a_pod_on_the_callers_node() {
 
     let other_domain = SpiffeId::new("evil.example", "shop", "web");
     let refused = remote
-        .issue(&other_domain, &key, Duration::from_hours(1))
+        .sign(&other_domain, &key, Duration::from_hours(1))
+        .await
         .expect_err("foreign trust domain");
     assert!(refused.to_string().contains("trust domain"), "{refused}");
 
@@ -186,7 +189,8 @@ async fn signs_only_service_accounts_with_a_pod_on_the_callers_node() {
         "user": {"username": "system:serviceaccount:shop:web", "extra": {NODE_NAME_EXTRA: ["node-a"]}},
     }));
     let refused = remote
-        .issue(&web, &key, Duration::from_hours(1))
+        .sign(&web, &key, Duration::from_hours(1))
+        .await
         .expect_err("not the agent");
     assert!(
         refused.to_string().contains("not the Weft agent"),
@@ -194,7 +198,8 @@ async fn signs_only_service_accounts_with_a_pod_on_the_callers_node() {
     );
     fake.set_token_review(json!({"authenticated": false, "error": "token expired"}));
     let refused = remote
-        .issue(&web, &key, Duration::from_hours(1))
+        .sign(&web, &key, Duration::from_hours(1))
+        .await
         .expect_err("unauthenticated");
     assert!(refused.to_string().contains("401"), "{refused}");
 }

@@ -31,6 +31,8 @@ pub enum CaError {
     CsrIdentity,
     #[error("the CA at {url} refused or failed: {reason}")]
     Remote { url: String, reason: String },
+    #[error("no SVID for {0} yet: it is issued when its pod is enrolled or on first use")]
+    NotIssued(String),
 }
 
 /// Where the CA comes from.
@@ -72,6 +74,8 @@ pub struct LocalCa {
     roots: Vec<CertificateDer<'static>>,
     /// The file whose change means the trust bundle changed.
     pub bundle_file: PathBuf,
+    /// SVIDs signed so far, for `/stats` (one issuance per identity and renewal).
+    signed: std::sync::atomic::AtomicU64,
 }
 
 #[expect(
@@ -158,6 +162,7 @@ impl LocalCa {
             chain: sent,
             roots,
             bundle_file,
+            signed: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -218,7 +223,14 @@ impl LocalCa {
         lifetime: Duration,
     ) -> Result<Issued, CaError> {
         let now = SystemTime::now();
+        self.signed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.issue_valid_between(id, key, now - Duration::from_mins(1), now + lifetime)
+    }
+
+    /// SVIDs this CA has signed since it was loaded.
+    pub fn signed(&self) -> u64 {
+        self.signed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Signs an SVID valid between two instants (tests use it for expired certificates).

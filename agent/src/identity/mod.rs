@@ -6,13 +6,15 @@ mod ca;
 mod remote;
 mod store;
 mod verify;
+mod worker;
 
 use std::fmt;
 
 pub use ca::{CaError, CaSource, Issued, LocalCa};
-pub use remote::{RemoteCa, Signer};
+pub use remote::{load as load_signer, CaClient, RemoteCa, Signer, Signing};
 pub use store::{CertInfo, CertStore, Svid};
 pub use verify::{client_config, peer_identity, serial_of, server_config, TlsError};
+pub use worker::CertWorker;
 
 /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]

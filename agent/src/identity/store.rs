@@ -1,6 +1,9 @@
 //! The SVIDs this agent holds, one per identity of its node's workloads. Keys are made here and
-//! never leave. Certificates are renewed at half-life; open connections keep the certificate
-//! they started with, new handshakes pick up the new one.
+//! never leave. An identity is issued once however many connections ask for it at the same
+//! time (one issuance in flight per identity), off the connection path when its pod is enrolled
+//! (the certificate worker), and renewed near half-life with jitter, so a node's SVIDs do not
+//! all renew in the same second. Open connections keep the certificate they started with;
+//! new handshakes pick up the new one.
 
 use std::{
     collections::HashMap,
@@ -29,16 +32,15 @@ pub struct Svid {
     pub serial: String,
     /// When it was issued (`not_before` is backdated for clock skew).
     pub issued_at: SystemTime,
+    /// Between 45 % and 55 % of its lifetime, chosen at issue.
+    renew_at: SystemTime,
 }
 
-impl Svid {
-    fn renew_at(&self) -> SystemTime {
-        let lifetime = self
-            .not_after
-            .duration_since(self.issued_at)
-            .unwrap_or_default();
-        self.issued_at + lifetime / 2
-    }
+/// When an SVID issued at `issued_at` and valid until `not_after` is renewed: at half-life,
+/// give or take a random 5 % of its lifetime.
+fn renew_time(issued_at: SystemTime, not_after: SystemTime) -> SystemTime {
+    let lifetime = not_after.duration_since(issued_at).unwrap_or_default();
+    issued_at + lifetime.mul_f64(rand::random_range(0.45..0.55))
 }
 
 /// What `weftctl certs` shows.
@@ -58,6 +60,9 @@ pub struct CertStore {
     ca: RwLock<Signer>,
     lifetime: Duration,
     svids: RwLock<HashMap<SpiffeId, Arc<Svid>>>,
+    /// One lock per identity being issued: whoever holds it issues, the others wait for it and
+    /// find the SVID in `svids`.
+    issuing: Mutex<HashMap<SpiffeId, Arc<tokio::sync::Mutex<()>>>>,
     roots: ArcSwap<RootCertStore>,
     /// HBONE server configurations by identity, with the SVID serial and roots they were made
     /// from.
@@ -83,14 +88,14 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 impl CertStore {
-    pub fn new(ca: impl Into<Signer>, trust_domain: &str, lifetime: Duration) -> Self {
-        let ca = ca.into();
+    pub fn new(ca: Signer, trust_domain: &str, lifetime: Duration) -> Self {
         let roots = ArcSwap::from_pointee(root_store(&ca));
         Self {
             trust_domain: trust_domain.into(),
             ca: RwLock::new(ca),
             lifetime,
             svids: RwLock::default(),
+            issuing: Mutex::default(),
             roots,
             server_configs: Mutex::default(),
         }
@@ -128,63 +133,91 @@ impl CertStore {
     }
 
     /// The current SVID for `id`, issuing one if the agent holds none yet.
-    /// The SVID for `id`, issued first when there is none: the issuing, which generates a key
-    /// and may wait on the cluster CA, runs on a blocking thread, never on a runtime worker.
-    pub async fn get_async(self: &Arc<Self>, id: &SpiffeId) -> Result<Arc<Svid>, CaError> {
-        if let Some(svid) = self
-            .svids
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-        {
-            return Ok(svid.clone());
+    /// The SVID for `id`, issued first when the agent holds none. However many callers ask at
+    /// once, one issuance runs; the others wait for it.
+    pub async fn get_async(&self, id: &SpiffeId) -> Result<Arc<Svid>, CaError> {
+        if let Some(svid) = self.cached(id) {
+            return Ok(svid);
         }
-        let (store, id) = (self.clone(), id.clone());
-        tokio::task::spawn_blocking(move || store.get(&id))
-            .await
-            .map_err(|e| CaError::Remote {
-                url: "the SVID issuing thread".into(),
-                reason: e.to_string(),
-            })?
+        self.issue_once(id, |held| held.is_none()).await
     }
 
-    /// The SVID for `id`, issued on the caller's thread when there is none: call it off the
-    /// async runtime, or after [`CertStore::get_async`].
-    pub fn get(&self, id: &SpiffeId) -> Result<Arc<Svid>, CaError> {
-        if let Some(svid) = self
-            .svids
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-        {
-            return Ok(svid.clone());
-        }
-        let svid = Arc::new(self.issue(id)?);
+    /// The SVID the agent holds for `id`, without issuing: TLS set-up, after
+    /// [`CertStore::get_async`] made sure there is one.
+    pub fn current(&self, id: &SpiffeId) -> Result<Arc<Svid>, CaError> {
+        self.cached(id)
+            .ok_or_else(|| CaError::NotIssued(id.to_string()))
+    }
+
+    fn cached(&self, id: &SpiffeId) -> Option<Arc<Svid>> {
         self.svids
-            .write()
+            .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id.clone(), svid.clone());
-        Ok(svid)
+            .get(id)
+            .cloned()
     }
 
-    fn issue(&self, id: &SpiffeId) -> Result<Svid, CaError> {
+    /// Issues an SVID for `id` under its issuing lock, when `needed` (given what is held once
+    /// the lock is taken) says so; returns what is held afterwards.
+    async fn issue_once(
+        &self,
+        id: &SpiffeId,
+        needed: impl Fn(Option<&Svid>) -> bool,
+    ) -> Result<Arc<Svid>, CaError> {
+        let lock = self
+            .issuing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id.clone())
+            .or_default()
+            .clone();
+        let guard = lock.lock().await;
+        let held = self.cached(id);
+        let result = if needed(held.as_deref()) {
+            match self.issue(id).await {
+                Ok(svid) => {
+                    let svid = Arc::new(svid);
+                    self.svids
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(id.clone(), svid.clone());
+                    Ok(svid)
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            held.ok_or_else(|| CaError::NotIssued(id.to_string()))
+        };
+        drop(guard);
+        // The last one out removes the lock, so the map holds only identities being issued.
+        let mut issuing = self.issuing.lock().unwrap_or_else(PoisonError::into_inner);
+        if Arc::strong_count(&lock) == 2 {
+            issuing.remove(id);
+        }
+        result
+    }
+
+    async fn issue(&self, id: &SpiffeId) -> Result<Svid, CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let signer = self
+            .ca
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let super::ca::Issued {
             chain,
             not_before,
             not_after,
             serial,
-        } = self
-            .ca
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .issue(id, &key, self.lifetime)?;
+        } = signer.sign(id, &key, self.lifetime).await?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let signing = rustls::crypto::ring::sign::any_ecdsa_type(&key_der)
             .map_err(|_| rcgen::Error::KeyGenerationUnavailable)?;
         tracing::info!(identity = %id, %serial, "issued SVID");
+        let issued_at = SystemTime::now();
         Ok(Svid {
-            issued_at: SystemTime::now(),
+            issued_at,
+            renew_at: renew_time(issued_at, not_after),
             id: id.clone(),
             certified: Arc::new(CertifiedKey::new(chain, signing)),
             not_before,
@@ -193,33 +226,39 @@ impl CertStore {
         })
     }
 
-    /// Renews every SVID past its half-life. Returns how many were renewed.
-    pub fn renew_due(&self) -> usize {
+    /// Renews every SVID past its renewal time. Returns how many were renewed.
+    pub async fn renew_due(&self) -> usize {
         let now = SystemTime::now();
         let due: Vec<SpiffeId> = self
             .svids
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
-            .filter(|s| s.renew_at() <= now)
+            .filter(|s| s.renew_at <= now)
             .map(|s| s.id.clone())
             .collect();
         let mut renewed = 0;
         for id in due {
-            match self.issue(&id) {
-                Ok(svid) => {
-                    self.svids
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(id, Arc::new(svid));
-                    renewed += 1;
-                }
+            // Another caller may have renewed it meanwhile: renew only what is still due.
+            match self
+                .issue_once(&id, |held| held.is_none_or(|s| s.renew_at <= now))
+                .await
+            {
+                Ok(_) => renewed += 1,
                 Err(e) => {
                     tracing::error!(identity = %id, error = %e, "SVID renewal failed; the old one stays in use until it expires");
                 }
             }
         }
         renewed
+    }
+
+    /// SVIDs the signer has issued since it was loaded (local CA or cluster CA requests).
+    pub fn signed(&self) -> u64 {
+        self.ca
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .signed()
     }
 
     /// Forgets identities no workload on the node uses any more.
@@ -232,7 +271,7 @@ impl CertStore {
 
     /// Reloads the CA and trust bundle (after their file changed).
     pub fn reload(&self, source: &super::CaSource) -> Result<(), CaError> {
-        let ca = Signer::load(source, &self.trust_domain)?;
+        let ca = super::remote::load(source, &self.trust_domain)?;
         self.roots.store(Arc::new(root_store(&ca)));
         *self.ca.write().unwrap_or_else(PoisonError::into_inner) = ca;
         // SVIDs from the old signer are reissued on next use; open connections keep theirs.

@@ -31,7 +31,7 @@ impl Drop for TempDir {
 
 fn store(dir: &TempDir, trust_domain: &str) -> CertStore {
     let ca = LocalCa::load(&CaSource::Generated { dir: dir.0.clone() }, trust_domain).expect("ca");
-    CertStore::new(ca, trust_domain, Duration::from_hours(1))
+    CertStore::new(Arc::new(ca), trust_domain, Duration::from_hours(1))
 }
 
 fn id(td: &str, sa: &str) -> SpiffeId {
@@ -81,6 +81,22 @@ async fn handshake(
     }
 }
 
+/// The HBONE server configuration for `own`, its SVID issued first.
+fn server_cfg(store: &CertStore, own: &SpiffeId) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    rt().block_on(store.get_async(own)).expect("svid");
+    server_config(store, own)
+}
+
+/// The HBONE client configuration for `own` expecting `expected`, its SVID issued first.
+fn client_cfg(
+    store: &CertStore,
+    own: &SpiffeId,
+    expected: &SpiffeId,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    rt().block_on(store.get_async(own)).expect("svid");
+    client_config(store, own, expected)
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -113,8 +129,8 @@ fn mutual_tls_with_the_expected_identity_succeeds_and_names_the_client() {
     let (server, client) = (id("cluster.local", "echo"), id("cluster.local", "client"));
     let seen = rt()
         .block_on(handshake(
-            server_config(&store, &server).expect("server"),
-            client_config(&store, &client, &server).expect("client"),
+            server_cfg(&store, &server).expect("server"),
+            client_cfg(&store, &client, &server).expect("client"),
         ))
         .expect("handshake");
     assert_eq!(seen, client);
@@ -129,8 +145,8 @@ fn a_server_with_another_identity_is_refused_secure_naming() {
     let store = store(&dir, "cluster.local");
     let client = id("cluster.local", "client");
     let result = rt().block_on(handshake(
-        server_config(&store, &id("cluster.local", "impostor")).expect("server"),
-        client_config(&store, &client, &id("cluster.local", "echo")).expect("client"),
+        server_cfg(&store, &id("cluster.local", "impostor")).expect("server"),
+        client_cfg(&store, &client, &id("cluster.local", "echo")).expect("client"),
     ));
     let error = result.expect_err("must refuse");
     assert!(
@@ -148,15 +164,15 @@ fn peers_from_another_root_are_refused_both_ways() {
     );
     let (server, client) = (id("cluster.local", "echo"), id("cluster.local", "client"));
     let foreign_server = rt().block_on(handshake(
-        server_config(&theirs, &server).expect("server"),
-        client_config(&ours, &client, &server).expect("client"),
+        server_cfg(&theirs, &server).expect("server"),
+        client_cfg(&ours, &client, &server).expect("client"),
     ));
     assert!(foreign_server
         .expect_err("server from another root")
         .contains("client:"));
     let foreign_client = rt().block_on(handshake(
-        server_config(&ours, &server).expect("server"),
-        client_config(&theirs, &client, &server).expect("client"),
+        server_cfg(&ours, &server).expect("server"),
+        client_cfg(&theirs, &client, &server).expect("client"),
     ));
     let error = foreign_client.expect_err("client from another root");
     assert!(
@@ -172,8 +188,8 @@ fn a_client_from_another_trust_domain_is_refused() {
     let server = id("cluster.local", "echo");
     // Same CA, but the SVID names another trust domain.
     let result = rt().block_on(handshake(
-        server_config(&store, &server).expect("server"),
-        client_config(&store, &id("evil.example", "client"), &server).expect("client"),
+        server_cfg(&store, &server).expect("server"),
+        client_cfg(&store, &id("evil.example", "client"), &server).expect("client"),
     ));
     assert!(
         result.expect_err("must refuse").contains("server:"),
@@ -212,7 +228,7 @@ fn expired_certificates_and_missing_client_certificates_are_refused() {
     expired.alpn_protocols = vec![b"h2".to_vec()];
     let result = rt().block_on(handshake(
         Arc::new(expired),
-        client_config(&store, &client, &server).expect("client"),
+        client_cfg(&store, &client, &server).expect("client"),
     ));
     assert!(result
         .expect_err("expired")
@@ -220,10 +236,10 @@ fn expired_certificates_and_missing_client_certificates_are_refused() {
         .contains("expired"));
 
     // A client that presents no certificate at all.
-    let mut anonymous = (*client_config(&store, &client, &server).expect("client")).clone();
+    let mut anonymous = (*client_cfg(&store, &client, &server).expect("client")).clone();
     anonymous.client_auth_cert_resolver = Arc::new(NoClientCert);
     let result = rt().block_on(handshake(
-        server_config(&store, &server).expect("server"),
+        server_cfg(&store, &server).expect("server"),
         Arc::new(anonymous),
     ));
     let error = result.expect_err("no client certificate");
@@ -238,20 +254,29 @@ fn renewal_at_half_life_issues_a_new_serial() {
     let dir = TempDir::new();
     let ca =
         LocalCa::load(&CaSource::Generated { dir: dir.0.clone() }, "cluster.local").expect("ca");
-    let store = CertStore::new(ca, "cluster.local", Duration::from_secs(2));
+    let store = CertStore::new(Arc::new(ca), "cluster.local", Duration::from_secs(2));
     let client = id("cluster.local", "client");
-    let first = store.get(&client).expect("svid").serial.clone();
-    let config = server_config(&store, &client).expect("config");
+    let first = rt()
+        .block_on(store.get_async(&client))
+        .expect("svid")
+        .serial
+        .clone();
+    let config = server_cfg(&store, &client).expect("config");
     assert!(
-        Arc::ptr_eq(&config, &server_config(&store, &client).expect("config")),
+        Arc::ptr_eq(&config, &server_cfg(&store, &client).expect("config")),
         "handshakes reuse the configuration"
     );
-    assert_eq!(store.renew_due(), 0, "not before half-life");
-    std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(store.renew_due(), 1);
-    assert_ne!(store.get(&client).expect("svid").serial, first);
+    assert_eq!(rt().block_on(store.renew_due()), 0, "not before half-life");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(rt().block_on(store.renew_due()), 1);
+    assert_ne!(
+        rt().block_on(store.get_async(&client))
+            .expect("svid")
+            .serial,
+        first
+    );
     assert!(
-        !Arc::ptr_eq(&config, &server_config(&store, &client).expect("config")),
+        !Arc::ptr_eq(&config, &server_cfg(&store, &client).expect("config")),
         "a renewed SVID gets a new configuration"
     );
 }
@@ -308,17 +333,21 @@ fn a_user_supplied_intermediate_signs_svids_that_chain_to_its_root() {
         [root.der().clone()],
         "the chain's self-signed end is the trust anchor"
     );
-    let store = CertStore::new(ca, "cluster.local", Duration::from_mins(10));
+    let store = CertStore::new(Arc::new(ca), "cluster.local", Duration::from_mins(10));
     let (server, client) = (id("cluster.local", "echo"), id("cluster.local", "client"));
     assert_eq!(
-        store.get(&client).expect("svid").certified.cert.len(),
+        rt().block_on(store.get_async(&client))
+            .expect("svid")
+            .certified
+            .cert
+            .len(),
         2,
         "leaf and intermediate are presented"
     );
     let seen = rt()
         .block_on(handshake(
-            server_config(&store, &server).expect("server"),
-            client_config(&store, &client, &server).expect("client"),
+            server_cfg(&store, &server).expect("server"),
+            client_cfg(&store, &client, &server).expect("client"),
         ))
         .expect("handshake through the intermediate");
     assert_eq!(seen, client);
@@ -331,8 +360,8 @@ fn reloading_the_trust_bundle_admits_peers_of_the_new_root() {
     let other = self::store(&theirs, "cluster.local");
     let (server, client) = (id("cluster.local", "echo"), id("cluster.local", "client"));
     let before = rt().block_on(handshake(
-        server_config(&store, &server).expect("server"),
-        client_config(&other, &client, &server).expect("client"),
+        server_cfg(&store, &server).expect("server"),
+        client_cfg(&other, &client, &server).expect("client"),
     ));
     assert!(
         before.is_err(),
@@ -346,8 +375,84 @@ fn reloading_the_trust_bundle_admits_peers_of_the_new_root() {
         })
         .expect("reload");
     let after = rt().block_on(handshake(
-        server_config(&store, &server).expect("server"),
-        client_config(&other, &client, &server).expect("client"),
+        server_cfg(&store, &server).expect("server"),
+        client_cfg(&other, &client, &server).expect("client"),
     ));
     assert_eq!(after.expect("admitted after reload"), client);
+}
+
+/// A CA that takes its time, as a remote one does: every caller that misses the cache is
+/// still waiting when the others arrive.
+#[derive(Debug)]
+struct SlowCa(LocalCa);
+
+impl CaClient for SlowCa {
+    fn sign<'a>(
+        &'a self,
+        id: &'a SpiffeId,
+        key: &'a rcgen::KeyPair,
+        lifetime: Duration,
+    ) -> Signing<'a> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.0.sign(id, key, lifetime).await
+        })
+    }
+
+    fn roots(&self) -> &[rustls::pki_types::CertificateDer<'static>] {
+        self.0.roots()
+    }
+
+    fn bundle_file(&self) -> &std::path::Path {
+        &self.0.bundle_file
+    }
+
+    fn signed(&self) -> u64 {
+        self.0.signed()
+    }
+}
+
+#[test]
+fn concurrent_requests_for_one_identity_share_one_issuance() {
+    let dir = TempDir::new();
+    let ca =
+        LocalCa::load(&CaSource::Generated { dir: dir.0.clone() }, "cluster.local").expect("ca");
+    let store = Arc::new(CertStore::new(
+        Arc::new(SlowCa(ca)),
+        "cluster.local",
+        Duration::from_hours(1),
+    ));
+    let client = id("cluster.local", "client");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let serials: Vec<String> = runtime.block_on(async {
+        let asks: Vec<_> = (0..50)
+            .map(|_| {
+                let (store, client) = (store.clone(), client.clone());
+                tokio::spawn(
+                    async move { store.get_async(&client).await.map(|s| s.serial.clone()) },
+                )
+            })
+            .collect();
+        let mut serials = Vec::new();
+        for ask in asks {
+            serials.push(ask.await.expect("task").expect("svid"));
+        }
+        serials
+    });
+    assert_eq!(store.signed(), 1, "fifty callers, one issuance");
+    assert!(
+        serials.iter().all(|s| *s == serials[0]),
+        "all got the same SVID"
+    );
+    assert!(
+        matches!(
+            store.current(&id("cluster.local", "other")),
+            Err(CaError::NotIssued(_))
+        ),
+        "TLS set-up never issues on its own"
+    );
 }

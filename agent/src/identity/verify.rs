@@ -212,7 +212,7 @@ impl ServerCertVerifier for SecureNamingVerifier {
 /// The HBONE server configuration for a workload of this node, built once per SVID and trust
 /// bundle and reused by every handshake until either changes.
 pub fn server_config(store: &CertStore, own: &SpiffeId) -> Result<Arc<ServerConfig>, TlsError> {
-    let svid = store.get(own).map_err(|source| TlsError::Svid {
+    let svid = store.current(own).map_err(|source| TlsError::Svid {
         id: own.clone(),
         source,
     })?;
@@ -253,7 +253,7 @@ pub fn client_config(
     own: &SpiffeId,
     expected: &SpiffeId,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let svid = store.get(own).map_err(|source| TlsError::Svid {
+    let svid = store.current(own).map_err(|source| TlsError::Svid {
         id: own.clone(),
         source,
     })?;

@@ -57,6 +57,8 @@ pub fn loops_into_agent(pod_ip: std::net::Ipv4Addr, original: SocketAddr) -> Opt
 pub struct ProxyContext {
     pub registry: watch::Receiver<Arc<Registry>>,
     pub certs: Arc<CertStore>,
+    /// Issues enrolled pods' SVIDs ahead of their first connection, and renews them.
+    pub cert_worker: crate::identity::CertWorker,
     pub pool: Pool,
     pub maps: Arc<Mutex<Maps>>,
     pub connections: Arc<Connections>,
@@ -87,6 +89,7 @@ impl ProxyContext {
         let pool = Pool::new(certs.clone());
         Self {
             registry,
+            cert_worker: crate::identity::CertWorker::spawn(certs.clone()),
             certs,
             pool,
             maps,
