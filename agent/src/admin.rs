@@ -425,6 +425,10 @@ pub async fn start(
         limits,
         Arc::new(move |_: &http::Method, path: &str, _: Option<&str>| {
             json_reply(match path {
+                "/healthz/ready" if state.proxy.drain.is_draining() => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"ready": false, "waitingFor": "nothing: the agent is draining and will exit"}),
+                ),
                 "/healthz/ready" if state.ready.load(Ordering::Relaxed) => {
                     (StatusCode::OK, json!({"ready": true}))
                 }

@@ -157,11 +157,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         config.svid_lifetime,
     ));
     tokio::spawn(maintain_certs(certs.clone(), config.ca.clone()));
+    let (drain, draining) = crate::drain::channel();
     let proxy = Arc::new(ProxyContext::new(
         registry_rx.clone(),
         certs.clone(),
         maps.clone(),
         connections.clone(),
+        draining,
     ));
     let proxy_for_admin = proxy.clone();
     let mut enrollment = Enrollment::new(
@@ -212,6 +214,19 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     tracing::info!(node = %config.node_name, enrolled = enrollment.enrolled_count(), admin = %config.admin_addr, "agent ready");
 
     follow_registry(updates, enrollment, &state).await?;
+    tracing::info!(
+        open = drain.open(),
+        deadline = ?config.drain_timeout,
+        "draining: listeners stop accepting, HTTP/2 peers get GOAWAY, open connections may finish"
+    );
+    match drain.drain(config.drain_timeout).await {
+        crate::drain::Drained::Finished => tracing::info!("drained: every connection finished"),
+        crate::drain::Drained::Cut(open) => tracing::warn!(
+            cut = open,
+            deadline = ?config.drain_timeout,
+            "drain deadline passed: cutting the connections still open"
+        ),
+    }
     tracing::info!(
         "agent stopping; capture stays pinned and fails closed until the next agent adopts it"
     );

@@ -79,7 +79,13 @@ pub struct Config {
     pub trust_domain: String,
     pub ca: CaSource,
     pub svid_lifetime: std::time::Duration,
+    /// On SIGTERM, how long open connections may finish before the agent exits (below the
+    /// DaemonSet's termination grace period of 30 s).
+    pub drain_timeout: std::time::Duration,
 }
+
+/// `--drain-timeout` when none is given.
+pub const DEFAULT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
 
 /// The file form: every field optional, overridden by env and flags.
 #[derive(Debug, Default, Deserialize)]
@@ -103,6 +109,8 @@ pub struct FileConfig {
     pub ca_chain: Option<PathBuf>,
     /// SVID lifetime in seconds (default 86400); renewed at half-life.
     pub svid_lifetime_secs: Option<u64>,
+    /// On SIGTERM, seconds open connections may take to finish (default 25).
+    pub drain_timeout_secs: Option<u64>,
     /// Read the cluster from the Kubernetes API instead of a manifest folder.
     pub kube: Option<bool>,
     /// Kubernetes mode: the host's /proc as mounted in the agent's pod.
@@ -174,6 +182,10 @@ impl FileConfig {
         let config = Config {
             ca,
             svid_lifetime: std::time::Duration::from_secs(svid_lifetime_secs),
+            drain_timeout: over
+                .drain_timeout_secs
+                .or(self.drain_timeout_secs)
+                .map_or(DEFAULT_DRAIN_TIMEOUT, std::time::Duration::from_secs),
             node_name: over.node_name.or(self.node_name).unwrap_or_default(),
             source: match (
                 over.manifests.or(self.manifests),

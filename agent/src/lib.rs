@@ -10,6 +10,7 @@ pub mod cli_parse;
 pub mod conditions;
 pub mod config;
 pub mod connections;
+pub mod drain;
 pub mod enrollment;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake_api;

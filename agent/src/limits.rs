@@ -208,7 +208,10 @@ pub async fn serve_http1<S, B>(
                         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
                             .await
                         {
-                            Ok(Ok(tls)) => serve_one(tls, service, bounds, &limits, peer).await,
+                            Ok(Ok(tls)) => {
+                                let tls = crate::hbone::closing::ClosingTls::from(tls);
+                                serve_one(tls, service, bounds, &limits, peer).await;
+                            }
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             }

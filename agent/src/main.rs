@@ -45,6 +45,9 @@ struct Args {
     /// SVID lifetime in seconds; renewed at half-life.
     #[arg(long, env = "WEFT_SVID_LIFETIME_SECS")]
     svid_lifetime_secs: Option<u64>,
+    /// On SIGTERM, seconds open connections may take to finish (default 25).
+    #[arg(long, env = "WEFT_DRAIN_TIMEOUT_SECS")]
+    drain_timeout_secs: Option<u64>,
     #[arg(long, env = "WEFT_TRUST_DOMAIN")]
     trust_domain: Option<String>,
     /// Read the cluster from the Kubernetes API (in-cluster config or KUBECONFIG).
@@ -202,6 +205,7 @@ fn main() -> anyhow::Result<()> {
         ca_key: args.ca_key,
         ca_chain: args.ca_chain,
         svid_lifetime_secs: args.svid_lifetime_secs,
+        drain_timeout_secs: args.drain_timeout_secs,
         trust_domain: args.trust_domain,
         kube: args.kube.then_some(true),
         host_proc: args.host_proc,

@@ -1,6 +1,7 @@
 //! HBONE between agents on the real kernel: what crosses the fabric is TLS 1.3 to port 15008
 //! and nothing else, identities are proven and recorded, tunnels share pooled HTTP/2
-//! connections, SVIDs rotate under load, and malformed input never stops an agent.
+//! connections, SVIDs rotate under load, malformed input never stops an agent, and SIGTERM
+//! drains: open connections finish and the agent exits within `--drain-timeout`.
 
 use std::{
     net::SocketAddr,
@@ -554,5 +555,121 @@ fn fifty_concurrent_first_connections_of_a_new_identity_cause_one_issuance() {
     assert!(
         cert_serial(&f, "node0", &id("client-v2")).is_some(),
         "the new identity holds its SVID"
+    );
+}
+
+const DRAIN_SECS: u64 = 8;
+
+fn background(pod: &weft_harness::PodHandle, program: &str, args: &[&str]) -> std::process::Child {
+    weft_harness::Cluster::pod_command(pod, program, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start in pod")
+}
+
+#[test]
+fn sigterm_lets_open_connections_finish_and_exits_within_the_drain_deadline() {
+    if !require_privileges() {
+        return;
+    }
+    let drain = DRAIN_SECS.to_string();
+    let f = Fixture::start_with(&["--drain-timeout-secs", &drain]);
+    let (client, server) = (
+        f.pod("demo", "client").clone(),
+        f.pod("demo", "server-a").clone(),
+    );
+    let echo = std::path::Path::new(TESTPOD).with_file_name("weft-echo");
+    f.cluster
+        .spawn_in_pod(
+            &server,
+            echo.to_str().expect("path"),
+            &["0.0.0.0:8080", "server-a"],
+        )
+        .expect("echo server");
+    let url = format!("http://{}:8080/", server.ip);
+    eventually(
+        Duration::from_secs(5),
+        "the echo server answers through the mesh",
+        || {
+            f.cluster
+                .run_in_pod(
+                    &client,
+                    "curl",
+                    &["-s", "-o", "/dev/null", "--max-time", "1", &url],
+                )
+                .is_ok_and(|o| o.status.success())
+        },
+    );
+    // Twenty transfers that stay open 5 s, through node1's agent (the one stopped).
+    let target = format!("{}:9000", server.ip);
+    let transfers: Vec<std::process::Child> = (0..20)
+        .map(|_| {
+            background(
+                &client,
+                TESTPOD,
+                &["send", &target, "65536", "--hold-ms", "5000"],
+            )
+        })
+        .collect();
+    // And 50 requests at 10 a second over one kept-alive connection.
+    let requests = format!("http://{}:8080/[1-50]", server.ip);
+    let request_loop = background(
+        &client,
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{num_connects}\n",
+            "--rate",
+            "10/s",
+            "--max-time",
+            "30",
+            &requests,
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let stopping = Instant::now();
+    f.cluster
+        .stop(f.agents[1], nix::sys::signal::Signal::SIGTERM);
+    let exited_after = stopping.elapsed();
+    for transfer in transfers {
+        let out = transfer.wait_with_output().expect("transfer");
+        assert!(
+            out.status.success(),
+            "a long transfer failed across the drain: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Report::parse(&String::from_utf8_lossy(&out.stdout)).assert_intact(65536);
+    }
+    let out = request_loop.wait_with_output().expect("curl");
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 50, "every request answered: {lines:?}");
+    assert!(
+        lines.iter().all(|l| l.starts_with("200 ")),
+        "no request failed during the drain: {lines:?}"
+    );
+    let connects: u32 = lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u32>().ok())
+        .sum();
+    assert_eq!(connects, 1, "the requests rode one kept-alive connection");
+    assert!(
+        exited_after < Duration::from_secs(DRAIN_SECS + 2),
+        "the agent exited {exited_after:?} after SIGTERM; the drain deadline is {DRAIN_SECS} s"
+    );
+    let agent_log = f.log("node1");
+    assert!(
+        agent_log.contains("draining: listeners stop accepting"),
+        "the drain is logged"
+    );
+    assert!(
+        agent_log.contains("drained: every connection finished"),
+        "the open connections finished before the deadline"
     );
 }

@@ -244,6 +244,7 @@ impl Pool {
             addr: key.address,
             source,
         })?;
+        let tls = super::closing::ClosingTls::from(tls);
         let (send, driver) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)

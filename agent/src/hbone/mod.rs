@@ -4,6 +4,7 @@
 //! connections per (source pod and identity, destination identity, destination address).
 
 pub mod client;
+pub mod closing;
 pub mod server;
 pub mod stream;
 

@@ -22,12 +22,16 @@ use crate::{
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, ctx: Arc<ProxyContext>) {
     let limits = ctx.connections.metrics.limits.clone();
     loop {
-        let (tcp, peer) = limits::accept(&listener, "hbone", &limits).await;
+        let (tcp, peer) = tokio::select! {
+            accepted = limits::accept(&listener, "hbone", &limits) => accepted,
+            () = ctx.drain.signaled() => return,
+        };
         // Small request/response writes must leave at once; Nagle would hold them for an ACK.
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().unwrap_or(peer);
-        let (pod, ctx) = (pod.clone(), ctx.clone());
+        let (pod, ctx, held) = (pod.clone(), ctx.clone(), ctx.drain.hold());
         tokio::spawn(async move {
+            let _held = held;
             if let Err(e) = connection(tcp, peer, &pod, &ctx).await {
                 tracing::info!(pod = %pod.name(), %peer, error = %e, "HBONE connection refused or failed");
                 if matches!(e, HboneError::Tls { .. } | HboneError::Authority(_)) {
@@ -68,6 +72,7 @@ async fn connection(
     let client_cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
     let serial = client_cert.and_then(identity::serial_of);
     let client = client_cert.and_then(identity::peer_identity);
+    let tls = super::closing::ClosingTls::from(tls);
     let Some(client) = client else {
         return Err(HboneError::Authority(
             "client presented no SPIFFE identity".into(),
@@ -89,9 +94,17 @@ async fn connection(
     // Until the first stream, the deadline is short: a peer that never completes a header
     // block (h2 yields a stream only once it is whole) or sends nothing is cut by it.
     let (mut deadline, mut limit) = (limits::HBONE_FIRST_STREAM_TIMEOUT, "first_stream_timeout");
+    let mut draining = false;
     loop {
         let accepted = tokio::select! {
             accepted = h2.accept() => accepted,
+            // Draining: GOAWAY tells the peer to open no more streams here; the open ones
+            // finish, and the connection closes when the last one has.
+            () = ctx.drain.signaled(), if !draining => {
+                draining = true;
+                h2.graceful_shutdown();
+                continue;
+            }
             () = quiet_for(&open, deadline) => {
                 limits.hit("hbone", limit, &peer);
                 h2.graceful_shutdown();
@@ -110,9 +123,10 @@ async fn connection(
         );
         let (pod, ctx, client, serial) = (pod.clone(), ctx.clone(), client.clone(), serial.clone());
         let streams = OpenStream::new(open.clone());
+        let held = ctx.drain.hold();
         tokio::spawn(async move {
             tunnel(request, respond, peer, (client, serial), &pod, &ctx).await;
-            drop(streams);
+            drop((streams, held));
         });
     }
     Ok(())

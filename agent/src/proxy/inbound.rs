@@ -21,11 +21,18 @@ use crate::{
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, ctx: Arc<ProxyContext>) {
     let limits = ctx.connections.metrics.limits.clone();
     loop {
-        let (client, peer) = crate::limits::accept(&listener, "inbound", &limits).await;
+        // Draining: no new connection here; the open ones finish.
+        let (client, peer) = tokio::select! {
+            accepted = crate::limits::accept(&listener, "inbound", &limits) => accepted,
+            () = ctx.drain.signaled() => return,
+        };
         // Small request/response writes must leave at once; Nagle would hold them for an ACK.
         let _ = client.set_nodelay(true);
-        let (pod, ctx) = (pod.clone(), ctx.clone());
-        tokio::spawn(async move { handle(client, peer, &pod, &ctx).await });
+        let (pod, ctx, held) = (pod.clone(), ctx.clone(), ctx.drain.hold());
+        tokio::spawn(async move {
+            handle(client, peer, &pod, &ctx).await;
+            drop(held);
+        });
     }
 }
 

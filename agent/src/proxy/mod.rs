@@ -62,6 +62,8 @@ pub struct ProxyContext {
     pub pool: Pool,
     pub maps: Arc<Mutex<Maps>>,
     pub connections: Arc<Connections>,
+    /// On SIGTERM: listeners stop accepting, connections finish.
+    pub drain: crate::drain::Signal,
     round_robin: Mutex<HashMap<String, usize>>,
 }
 
@@ -85,6 +87,7 @@ impl ProxyContext {
         certs: Arc<CertStore>,
         maps: Arc<Mutex<Maps>>,
         connections: Arc<Connections>,
+        drain: crate::drain::Signal,
     ) -> Self {
         let pool = Pool::new(certs.clone());
         Self {
@@ -94,6 +97,7 @@ impl ProxyContext {
             pool,
             maps,
             connections,
+            drain,
             round_robin: Mutex::new(HashMap::new()),
         }
     }
