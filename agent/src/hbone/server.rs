@@ -161,6 +161,34 @@ async fn quiet_for(open: &std::sync::atomic::AtomicUsize, quiet: Duration) {
     }
 }
 
+/// The record of an inbound HBONE connection from `peer` to `target`, with the client's
+/// identity and certificate serial once TLS has proven them.
+fn record(
+    registry: &crate::registry::Registry,
+    pod: &PodContext,
+    peer: SocketAddr,
+    target: SocketAddr,
+    client: Option<(&SpiffeId, Option<String>)>,
+) -> Connection {
+    Connection {
+        id: 0,
+        started_unix_ms: 0,
+        decision: None,
+        direction: Direction::Inbound,
+        pod: pod.name(),
+        workload_identity: Some(pod.identity.to_string()),
+        source: peer,
+        original_destination: target,
+        destination: target,
+        service: None,
+        security: Security::Mtls,
+        peer_identity: client.as_ref().map(|(id, _)| id.to_string()),
+        peer_certificate_serial: client.and_then(|(_, serial)| serial),
+        peer_workload: registry.workload_at(peer.ip()),
+        failure: None,
+    }
+}
+
 /// Records a connection refused before it could carry a tunnel (no TLS, no identity), so
 /// `weftctl flows` says why.
 fn refused(
@@ -171,24 +199,8 @@ fn refused(
     reason: String,
 ) {
     let registry = ctx.registry.borrow().clone();
-    let connection = Connection {
-        id: 0,
-        started_unix_ms: 0,
-        decision: None,
-        direction: Direction::Inbound,
-        pod: pod.name(),
-        workload_identity: Some(pod.identity.to_string()),
-        source: peer,
-        original_destination: local,
-        destination: local,
-        service: None,
-        security: Security::Mtls,
-        peer_identity: None,
-        peer_certificate_serial: None,
-        peer_workload: registry.workload_at(peer.ip()),
-        failure: None,
-    };
-    ctx.connections.failed(connection, reason);
+    ctx.connections
+        .failed(record(&registry, pod, peer, local, None), reason);
 }
 
 fn reply(respond: &mut SendResponse<Bytes>, status: StatusCode) {
@@ -239,23 +251,7 @@ async fn tunnel(
         }
     };
     let registry = ctx.registry.borrow().clone();
-    let connection = Connection {
-        id: 0,
-        started_unix_ms: 0,
-        decision: None,
-        direction: Direction::Inbound,
-        pod: pod.name(),
-        workload_identity: Some(pod.identity.to_string()),
-        source: peer,
-        original_destination: target,
-        destination: target,
-        service: None,
-        security: Security::Mtls,
-        peer_identity: Some(client.to_string()),
-        peer_certificate_serial: serial,
-        peer_workload: registry.workload_at(peer.ip()),
-        failure: None,
-    };
+    let connection = record(&registry, pod, peer, target, Some((&client, serial)));
     let Some(guard) = authorize(ctx, &registry, pod, connection, Some(&client)) else {
         reply(&mut respond, StatusCode::UNAUTHORIZED);
         return;
