@@ -54,22 +54,55 @@ pub fn user_cargo() -> std::process::Command {
 }
 
 /// Builds, in release, only what `cargo xtask bench` runs: the agent and the load tool (not
-/// xtask's own plotting stack), and returns their folder.
+/// xtask's own plotting stack), and returns their folder. The agent is built on its own, after
+/// the load tool: built together, cargo would unify the `testing` feature the test crate asks
+/// of the agent library into the shipped binary.
 pub fn bench() -> anyhow::Result<PathBuf> {
     ebpf()?;
     shell::run(user_cargo().args([
         "build",
         "--release",
         "-p",
-        "weft-agent",
-        "--bin",
-        "weft-agent",
-        "-p",
         "weft-tests",
         "--bin",
         "weft-bench",
     ]))?;
+    shipped_agent("release")?;
     Ok(shell::root().join("target/release"))
+}
+
+/// Test-only code that must never be in a shipped agent: the scripted Kubernetes API and the
+/// mock service it rides on.
+const TEST_ONLY_MARKERS: &[&str] = &["fake_api", "tower_test"];
+
+/// Builds `weft-agent` and `weftctl` of the agent package alone (no test feature can be
+/// unified in) and checks the result carries no test-only code.
+fn shipped_agent(profile: &str) -> anyhow::Result<()> {
+    let mut cmd = user_cargo();
+    cmd.args(["build", "-p", "weft-agent", "--bins"]);
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    shell::run(&mut cmd)?;
+    let binary = shell::root()
+        .join("target")
+        .join(profile)
+        .join("weft-agent");
+    let bytes =
+        std::fs::read(&binary).map_err(|e| anyhow::anyhow!("reading {}: {e}", binary.display()))?;
+    for marker in TEST_ONLY_MARKERS {
+        anyhow::ensure!(
+            !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+            "{} carries test-only code ({marker}): the agent must be built on its own package",
+            binary.display()
+        );
+    }
+    eprintln!(
+        "build: {} carries none of {}",
+        binary.display(),
+        TEST_ONLY_MARKERS.join(", ")
+    );
+    Ok(())
 }
 
 /// Builds everything and returns the folder holding the binaries.
@@ -81,6 +114,11 @@ pub fn all(release: bool) -> anyhow::Result<PathBuf> {
         cmd.arg("--release");
     }
     shell::run(&mut cmd)?;
+    if release {
+        // The workspace build unified the tests' `testing` feature into the agent: build the
+        // shipped binaries again from their own package, over the unified ones.
+        shipped_agent("release")?;
+    }
     Ok(shell::root()
         .join("target")
         .join(if release { "release" } else { "debug" }))
