@@ -148,11 +148,14 @@ impl Drop for OpenStream {
     }
 }
 
-/// Completes once no stream has been open for `quiet`, checked every second.
+/// Completes once no stream has been open for `quiet`, checked every tenth of it (at least a
+/// second apart): a pooled connection idling for minutes wakes once a minute and a half, not
+/// every second.
 async fn quiet_for(open: &std::sync::atomic::AtomicUsize, quiet: Duration) {
     let mut since = tokio::time::Instant::now();
+    let tick = (quiet / 10).max(Duration::from_secs(1)).min(quiet);
     loop {
-        tokio::time::sleep(Duration::from_secs(1).min(quiet)).await;
+        tokio::time::sleep(tick).await;
         if open.load(std::sync::atomic::Ordering::Relaxed) > 0 {
             since = tokio::time::Instant::now();
         } else if since.elapsed() >= quiet {
