@@ -69,11 +69,15 @@ fn stamp(meta: &std::fs::Metadata) -> Stamp {
     )
 }
 
-/// One file as last read: its documents from the last time it parsed, and its current error.
+/// One file as last read: the text of its last version that parsed, and its current error.
 #[derive(Debug, Default)]
 struct FileState {
     stamp: Option<Stamp>,
-    good: Arc<Vec<serde_yaml::Value>>,
+    /// The text of the last version that parsed: kept as text, not as parsed documents, so
+    /// the folder costs its size in memory (a parsed document is ten times larger).
+    good: Arc<str>,
+    /// Objects that version holds.
+    good_count: usize,
     error: Option<FileError>,
 }
 
@@ -184,16 +188,21 @@ impl Folder {
     fn rebuild(&mut self) -> Registry {
         let mut total: u64 = 0;
         let mut seen = BTreeMap::new();
+        let mut docs = Vec::new();
         for (index, (path, stamp)) in self.listing.iter().enumerate() {
             let mut state = self.files.remove(path).unwrap_or_default();
+            let mut fresh = None;
             if index >= MAX_FILES {
                 state.error = Some(FileError::TooManyFiles);
             } else if state.stamp != *stamp || stamp.is_none() {
                 state.stamp = *stamp;
                 match read_file(path, MAX_FOLDER_BYTES.saturating_sub(total)) {
-                    Ok((docs, error)) => {
+                    Ok(text) => {
+                        let (parsed, error) = parse_documents(&text);
                         if error.is_none() {
-                            state.good = Arc::new(docs);
+                            state.good = text.into();
+                            state.good_count = parsed.len();
+                            fresh = Some(parsed);
                         }
                         state.error = error;
                     }
@@ -203,6 +212,10 @@ impl Folder {
             if state.counts_toward_folder() {
                 total = total.saturating_add(stamp.map_or(0, |s| s.2));
             }
+            // The good version parsed before, so it parses again the same.
+            let objects = fresh.unwrap_or_else(|| parse_documents(&state.good).0);
+            let source = path.display().to_string();
+            docs.extend(objects.into_iter().map(|d| (source.clone(), d)));
             seen.insert(path.clone(), state);
         }
         self.files = seen;
@@ -214,25 +227,22 @@ impl Folder {
                 reason: format!("cannot list the manifest folder: {e}"),
             });
         }
-        let mut docs = Vec::new();
         for (path, state) in &self.files {
-            let source = path.display().to_string();
             if let Some(error) = &state.error {
-                let kept = if state.good.is_empty() {
+                let kept = if state.good_count == 0 {
                     String::new()
                 } else {
                     format!(
                         "; its last good version ({} objects) stays in force",
-                        state.good.len()
+                        state.good_count
                     )
                 };
                 errors.push(ObjectError {
-                    source: source.clone(),
+                    source: path.display().to_string(),
                     object: "<file>".into(),
                     reason: format!("{error}{kept}"),
                 });
             }
-            docs.extend(state.good.iter().map(|d| (source.clone(), d.clone())));
         }
         let mut registry = Registry::from_objects(docs);
         errors.append(&mut registry.errors);
@@ -242,17 +252,14 @@ impl Folder {
     }
 }
 
-/// Reads and parses one manifest file. The documents before a syntax error are returned with
-/// it, but the caller keeps the file's previous good version instead: a half-written file
-/// must not remove the objects its complete version held.
+/// Reads one manifest file as text, refusing what is not a regular file or is too large. The
+/// caller parses it; when that fails, it keeps the file's previous good version instead: a
+/// half-written file must not remove the objects its complete version held.
 #[expect(
     clippy::disallowed_methods,
     reason = "Folder scans run under spawn_blocking"
 )]
-fn read_file(
-    path: &Path,
-    folder_room: u64,
-) -> Result<(Vec<serde_yaml::Value>, Option<FileError>), FileError> {
+fn read_file(path: &Path, folder_room: u64) -> Result<String, FileError> {
     // O_NONBLOCK: should the name become a FIFO between listing and opening, the open does not
     // wait for a writer; fstat below then refuses it.
     let file = std::fs::OpenOptions::new()
@@ -288,8 +295,7 @@ fn read_file(
             limit: MAX_FILE_BYTES,
         });
     }
-    let text = String::from_utf8(bytes).map_err(|_| FileError::NotText)?;
-    Ok(parse_documents(&text))
+    String::from_utf8(bytes).map_err(|_| FileError::NotText)
 }
 
 /// Splits a (multi-document) YAML text into documents, stopping at the first error: after
