@@ -18,6 +18,20 @@ pub type Body<T> = Box<
         + 'static,
 >;
 
+/// A TLS connection to an HBONE listener with `config`, the server named by its address.
+pub async fn tls_connect(
+    config: Arc<rustls::ClientConfig>,
+    server: SocketAddr,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(server).await?;
+    Ok(tokio_rustls::TlsConnector::from(config)
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(server.ip().into()),
+            tcp,
+        )
+        .await?)
+}
+
 /// Runs `body` in `netns` with a client configuration presenting `own` and expecting the
 /// server to prove `expected`, signed by the CA in `ca_dir`.
 pub fn run<T: Send + 'static>(

@@ -19,3 +19,12 @@ pub mod run;
 pub use cluster::{Cluster, ClusterSpec, NodeHandle, PodHandle, PodSpec};
 pub use privileges::require_privileges;
 pub use run::RunId;
+
+/// Polls `check` every 50 ms until it holds, failing the test after `limit` with `what`.
+pub fn eventually(limit: std::time::Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "{what} (waited {limit:?})");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -14,7 +14,7 @@ use std::{
 };
 
 use weft_agent::{identity::SpiffeId, limits};
-use weft_harness::{manifests, require_privileges};
+use weft_harness::{eventually, manifests, require_privileges};
 
 mod common;
 use common::{Fixture, TESTPOD, VIP};
@@ -42,14 +42,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
     fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
-}
-
-fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < limit, "{what} (waited {limit:?})");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn rejected(f: &Fixture, node: &str) -> Vec<serde_json::Value> {
@@ -430,13 +422,7 @@ async fn stall(
     partial_headers: bool,
 ) -> anyhow::Result<Duration> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let tcp = tokio::net::TcpStream::connect(server).await?;
-    let mut tls = tokio_rustls::TlsConnector::from(config)
-        .connect(
-            rustls::pki_types::ServerName::IpAddress(server.ip().into()),
-            tcp,
-        )
-        .await?;
+    let mut tls = weft_harness::hbone_client::tls_connect(config, server).await?;
     let started = Instant::now();
     if partial_headers {
         let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();

@@ -12,7 +12,7 @@ use std::{
 };
 
 use weft_agent::identity::SpiffeId;
-use weft_harness::{netns, require_privileges};
+use weft_harness::{eventually, netns, require_privileges};
 
 mod common;
 use common::{Fixture, Report, TESTPOD, VIP};
@@ -72,15 +72,6 @@ fn wait_report(child: std::process::Child) -> Report {
         String::from_utf8_lossy(&out.stderr)
     );
     Report::parse(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// Polls until `check` holds, for at most `limit`.
-fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < limit, "{what} (waited {limit:?})");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -296,13 +287,7 @@ async fn h2_connect(
     config: Arc<rustls::ClientConfig>,
     server: SocketAddr,
 ) -> anyhow::Result<h2::client::SendRequest<bytes::Bytes>> {
-    let tcp = tokio::net::TcpStream::connect(server).await?;
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(
-            rustls::pki_types::ServerName::IpAddress(server.ip().into()),
-            tcp,
-        )
-        .await?;
+    let tls = weft_harness::hbone_client::tls_connect(config, server).await?;
     let (send, driver) = h2::client::handshake(tls).await?;
     tokio::spawn(driver);
     Ok(send)
@@ -437,13 +422,7 @@ fn garbage_is_closed(f: &Fixture, node1: &str, hbone: SocketAddr) -> bool {
         Box::new(|config, addr| {
             Box::pin(async move {
                 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                let mut tls = tokio_rustls::TlsConnector::from(config)
-                    .connect(
-                        rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
-                        tcp,
-                    )
-                    .await?;
+                let mut tls = weft_harness::hbone_client::tls_connect(config, addr).await?;
                 tls.write_all(b"GARBAGE\x00\x01\x02 this is not an HTTP/2 preface at all\r\n\r\n")
                     .await?;
                 let mut buffer = vec![0u8; 4096];
