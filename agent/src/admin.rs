@@ -2,7 +2,6 @@
 //! (`/healthz/ready` on 15021, for the kubelet).
 
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -10,29 +9,20 @@ use std::{
     },
 };
 
-use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt as _, Full, StreamBody};
-use hyper::body::Frame;
-use hyper::{body::Incoming, service::service_fn, Request, Response, StatusCode};
+use hyper::StatusCode;
 use serde_json::json;
-use tokio::sync::mpsc;
-use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::StreamExt as _;
+use tokio::sync::watch;
 
-use crate::{
-    capture::Maps, connections::Connections, enrollment::EnrollmentStatus, identity::CertStore,
-    metrics::NameLabel, proxy::ProxyContext, registry::Registry,
+pub use weft_mesh::admin::AdminError;
+use weft_mesh::{
+    admin::{bind, endpoint, follow_flows, json_reply, serve, set_log_level, Endpoint, Reply},
+    connections::Connections,
+    identity::CertStore,
+    metrics::NameLabel,
+    registry::Registry,
 };
 
-#[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    #[error("cannot listen on {addr}: {source} (is another agent running on this node?)")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-}
+use crate::{capture::Maps, enrollment::EnrollmentStatus, proxy::ProxyContext};
 
 /// What the admin API reads.
 #[derive(Debug)]
@@ -47,7 +37,7 @@ pub struct AdminState {
     pub certs: Arc<CertStore>,
     pub proxy: Arc<ProxyContext>,
     /// Kubernetes mode: each watched kind's sync state and errors.
-    pub watches: Option<crate::registry::watch::WatchStatus>,
+    pub watches: Option<weft_mesh::registry::watch::WatchStatus>,
 }
 
 impl AdminState {
@@ -57,7 +47,7 @@ impl AdminState {
             let watches = watches
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            crate::registry::watch::REQUIRED
+            weft_mesh::registry::watch::REQUIRED
                 .iter()
                 .copied()
                 .filter(|kind| !watches.get(kind).is_some_and(|s| s.synced))
@@ -141,159 +131,10 @@ impl AdminState {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| AdminError::Bind { addr, source })
-}
-
-/// What a handler answers: a whole body, or a stream of lines (`/flows?follow`).
-enum Reply {
-    Whole(StatusCode, &'static str, String),
-    Lines(mpsc::Receiver<Bytes>),
-}
-
-fn json_reply((status, value): (StatusCode, serde_json::Value)) -> Reply {
-    Reply::Whole(status, "application/json", value.to_string())
-}
-
-type ResponseBody = BoxBody<Bytes, Infallible>;
-
-fn respond(reply: Reply) -> Response<ResponseBody> {
-    match reply {
-        Reply::Whole(status, content_type, body) => {
-            let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
-            *response.status_mut() = status;
-            response.headers_mut().insert(
-                "content-type",
-                hyper::header::HeaderValue::from_static(content_type),
-            );
-            response
-        }
-        Reply::Lines(lines) => {
-            let stream = tokio_stream::wrappers::ReceiverStream::new(lines)
-                .map(|line| Ok::<_, Infallible>(Frame::data(line)));
-            let mut response = Response::new(StreamBody::new(stream).boxed());
-            response.headers_mut().insert(
-                "content-type",
-                hyper::header::HeaderValue::from_static("application/x-ndjson"),
-            );
-            response
-        }
-    }
-}
-
-async fn serve<F>(
-    listener: TcpListener,
-    bounds: crate::limits::Http1Limits,
-    limits: Arc<crate::limits::Limits>,
-    handler: Arc<F>,
-) where
-    F: Fn(&http::Method, &str, Option<&str>) -> Reply + Send + Sync + 'static,
-{
-    let service = service_fn(move |req: Request<Incoming>| {
-        let reply = handler(req.method(), req.uri().path(), req.uri().query());
-        async move { Ok::<_, Infallible>(respond(reply)) }
-    });
-    crate::limits::serve_http1(listener, bounds, limits, None, service).await;
-}
-
-/// `?key=value` from a query string.
-pub fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
-    query?.split('&').find_map(|pair| {
-        pair.split_once('=')
-            .filter(|(k, _)| *k == key)
-            .map(|(_, v)| v)
-    })
-}
-
-/// Streams the kept flows, then new ones, as JSON lines until the client goes away.
-fn follow_flows(state: &Arc<AdminState>) -> Reply {
-    let (tx, rx) = mpsc::channel(256);
-    let mut live = state.connections.flows.follow();
-    let backlog = state.connections.flows.recent();
-    tokio::spawn(async move {
-        for flow in backlog {
-            if tx
-                .send(Bytes::from(format!("{}\n", json!(flow))))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        loop {
-            match live.recv().await {
-                Ok(flow) => {
-                    if tx
-                        .send(Bytes::from(format!("{}\n", json!(flow))))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(skipped)) => {
-                    let note = json!({"event": "lagged", "skipped": skipped});
-                    if tx.send(Bytes::from(format!("{note}\n"))).await.is_err() {
-                        return;
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    });
-    Reply::Lines(rx)
-}
-
-/// Changes the log filter at run time (`POST /logging?level=debug` or any EnvFilter text).
-/// Sets the log filter from its text form.
-pub type SetLogFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
-
-pub static LOG_FILTER: std::sync::OnceLock<SetLogFilter> = std::sync::OnceLock::new();
-
-fn set_log_level(level: Option<&str>) -> (StatusCode, serde_json::Value) {
-    let Some(level) = level else {
-        return (
-            StatusCode::BAD_REQUEST,
-            json!({"error": "give ?level=<filter>, e.g. ?level=debug or ?level=info,weft_agent=trace"}),
-        );
-    };
-    match LOG_FILTER.get().map(|set| set(level)) {
-        Some(Ok(())) => (StatusCode::OK, json!({"level": level})),
-        Some(Err(e)) => (StatusCode::BAD_REQUEST, json!({"error": e})),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": "this agent was started without a reloadable log filter"}),
-        ),
-    }
-}
-
-/// What an admin request asks for, decided from its method, path and query alone.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Endpoint<'a> {
-    FollowFlows,
-    SetLogLevel(Option<&'a str>),
-    Get(&'a str),
-    NotAllowed,
-}
-
-/// Classifies an admin request; nothing in it can fail or panic, whatever a client sends.
-pub fn endpoint<'a>(method: &http::Method, path: &'a str, query: Option<&'a str>) -> Endpoint<'a> {
-    match (method, path) {
-        (&http::Method::GET, "/flows") if query_value(query, "follow").is_some() => {
-            Endpoint::FollowFlows
-        }
-        (&http::Method::POST, "/logging") => Endpoint::SetLogLevel(query_value(query, "level")),
-        (&http::Method::GET, _) => Endpoint::Get(path),
-        _ => Endpoint::NotAllowed,
-    }
-}
-
 impl AdminState {
     fn handle(self: &Arc<Self>, method: &http::Method, path: &str, query: Option<&str>) -> Reply {
         match endpoint(method, path, query) {
-            Endpoint::FollowFlows => follow_flows(self),
+            Endpoint::FollowFlows => follow_flows(&self.connections.flows),
             Endpoint::SetLogLevel(level) => json_reply(set_log_level(level)),
             Endpoint::Get(path) => json_reply(self.route(path)),
             Endpoint::NotAllowed => json_reply((
@@ -392,7 +233,7 @@ pub async fn start(
     let limits = state.connections.metrics.limits.clone();
     tokio::spawn(serve(
         admin_listener,
-        crate::limits::ADMIN,
+        weft_mesh::limits::ADMIN,
         limits.clone(),
         Arc::new(
             move |method: &http::Method, path: &str, query: Option<&str>| {
@@ -403,7 +244,7 @@ pub async fn start(
     let metrics_state = state.clone();
     tokio::spawn(serve(
         metrics_listener,
-        crate::limits::METRICS,
+        weft_mesh::limits::METRICS,
         limits.clone(),
         Arc::new(
             move |_: &http::Method, path: &str, _: Option<&str>| match path {
@@ -421,7 +262,7 @@ pub async fn start(
     ));
     tokio::spawn(serve(
         ready_listener,
-        crate::limits::READINESS,
+        weft_mesh::limits::READINESS,
         limits,
         Arc::new(move |_: &http::Method, path: &str, _: Option<&str>| {
             json_reply(match path {

@@ -8,16 +8,19 @@ use tokio::sync::watch;
 /// How often pods that could not be captured yet are tried again.
 const ENROLLMENT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
+use weft_mesh::{
+    connections::Connections,
+    identity::{CertStore, Signer},
+    registry::{local, Registry},
+};
+
 use crate::{
     admin::{self, AdminError, AdminState},
     capture::{self, CaptureError, Programs},
     config::{Config, Source},
-    connections::Connections,
     enrollment::Enrollment,
-    identity::{CertStore, Signer},
     netns,
     proxy::ProxyContext,
-    registry::{local, Registry},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +32,7 @@ pub enum AppError {
     #[error("cannot read the agent's own network namespace: {0}")]
     HostNetns(std::io::Error),
     #[error(transparent)]
-    Ca(#[from] crate::identity::CaError),
+    Ca(#[from] weft_mesh::identity::CaError),
     #[error("cannot create the state folder {0}: {1}")]
     StateDir(std::path::PathBuf, std::io::Error),
     #[error("installing signal handlers: {0}")]
@@ -45,9 +48,9 @@ pub enum AppError {
 /// Where the registry comes from, and how enrollment finds pods and reports on them.
 struct SourceParts {
     registry: watch::Receiver<Arc<Registry>>,
-    locate: Box<dyn crate::registry::Locate>,
+    locate: Box<dyn weft_mesh::registry::Locate>,
     client: Option<kube::Client>,
-    watches: Option<crate::registry::watch::WatchStatus>,
+    watches: Option<weft_mesh::registry::watch::WatchStatus>,
     /// Kubernetes mode: the registry is empty until every required kind has listed once.
     awaits_first_listing: bool,
 }
@@ -60,7 +63,7 @@ async fn start_source(config: &Config) -> Result<SourceParts, AppError> {
             tokio::spawn(local::watch(folder, tx));
             Ok(SourceParts {
                 registry: rx,
-                locate: Box::new(crate::registry::ByAnnotation),
+                locate: Box::new(weft_mesh::registry::ByAnnotation),
                 client: None,
                 watches: None,
                 awaits_first_listing: false,
@@ -82,7 +85,7 @@ async fn start_source(config: &Config) -> Result<SourceParts, AppError> {
             };
             let client = kube::Client::try_default().await?;
             let (tx, rx) = watch::channel(Arc::new(Registry::default()));
-            let watches = crate::registry::watch::spawn(&client, tx);
+            let watches = weft_mesh::registry::watch::spawn(&client, tx);
             let mut locate = crate::podns::HostProc::new(host_proc.clone(), cgroup_root);
             if let Some(node_netns) = node_netns {
                 locate.node_netns.clone_from(node_netns);
@@ -122,7 +125,7 @@ fn prepare(config: &Config) -> Result<(Programs, capture::Maps, Signer), AppErro
     netns::init_host().map_err(AppError::HostNetns)?;
     let (programs, mut maps) = Programs::load_or_adopt(&config.bpffs_dir)?;
     maps.set_excluded_ports(&config.excluded_ports)?;
-    let ca = crate::identity::load_signer(&config.ca, &config.trust_domain)?;
+    let ca = weft_mesh::identity::load_signer(&config.ca, &config.trust_domain)?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| AppError::StateDir(config.state_dir.clone(), e))?;
     Ok((programs, maps, ca))
@@ -157,7 +160,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         config.svid_lifetime,
     ));
     tokio::spawn(maintain_certs(certs.clone(), config.ca.clone()));
-    let (drain, draining) = crate::drain::channel();
+    let (drain, draining) = weft_mesh::drain::channel();
     let proxy = Arc::new(ProxyContext::new(
         registry_rx.clone(),
         certs.clone(),
@@ -220,8 +223,8 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         "draining: listeners stop accepting, HTTP/2 peers get GOAWAY, open connections may finish"
     );
     match drain.drain(config.drain_timeout).await {
-        crate::drain::Drained::Finished => tracing::info!("drained: every connection finished"),
-        crate::drain::Drained::Cut(open) => tracing::warn!(
+        weft_mesh::drain::Drained::Finished => tracing::info!("drained: every connection finished"),
+        weft_mesh::drain::Drained::Cut(open) => tracing::warn!(
             cut = open,
             deadline = ?config.drain_timeout,
             "drain deadline passed: cutting the connections still open"
@@ -236,7 +239,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
 /// Keeps capture and live connections in line with each new registry snapshot until the agent
 /// is told to stop.
 async fn follow_registry(
-    mut updates: watch::Receiver<Arc<crate::registry::Registry>>,
+    mut updates: watch::Receiver<Arc<weft_mesh::registry::Registry>>,
     mut enrollment: Enrollment,
     state: &AdminState,
 ) -> Result<(), AppError> {
@@ -306,7 +309,7 @@ fn raise_open_file_limit() {
 
 /// Reloads the trust bundle when its file changes (renewal is the certificate worker's). Each
 /// check reads file metadata: it runs on a blocking thread.
-async fn maintain_certs(certs: Arc<CertStore>, source: crate::identity::CaSource) {
+async fn maintain_certs(certs: Arc<CertStore>, source: weft_mesh::identity::CaSource) {
     #[expect(
         clippy::disallowed_methods,
         reason = "called inside maintain_certs' spawn_blocking rounds"

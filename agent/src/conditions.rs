@@ -11,7 +11,9 @@ use kube::{
 use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::{enrollment::PodCondition, registry::ENROLLED_CONDITION};
+use weft_mesh::registry::ENROLLED_CONDITION;
+
+use crate::enrollment::PodCondition;
 
 /// The status patch for one condition (strategic merge: conditions merge by `type`).
 pub fn patch_for(condition: &PodCondition) -> serde_json::Value {

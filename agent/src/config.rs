@@ -8,7 +8,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::identity::CaSource;
+use weft_mesh::identity::CaSource;
 
 /// Why a configuration was refused; each names the setting to fix.
 #[derive(Debug, thiserror::Error)]

@@ -15,14 +15,16 @@ use serde::Serialize;
 use tokio::{net::TcpListener, task::JoinHandle};
 use weft_common::{PodConfig, INBOUND_PORT, OUTBOUND_PORT, POD_FLAG_ENROLLED};
 
-pub use crate::capture::routing::{DELIVERY_MARK, EGRESS_MARK};
-use crate::{
-    capture::{links, routing, CaptureError, Programs},
+use weft_mesh::{
     hbone,
     identity::SpiffeId,
-    netns::Netns,
-    proxy::{self, PodContext, ProxyContext},
     registry::{Locate, PodPlacement, Registry},
+};
+
+use crate::{
+    capture::{links, routing, routing::EGRESS_MARK, CaptureError, Programs},
+    netns::Netns,
+    proxy::{self, hbone_in::PodTunnels, PodContext, ProxyContext},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -97,12 +99,6 @@ pub struct PodCondition {
     pub message: String,
 }
 
-impl std::fmt::Debug for dyn Locate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Locate")
-    }
-}
-
 impl Enrollment {
     pub fn new(
         node: String,
@@ -119,7 +115,7 @@ impl Enrollment {
             record: state_dir.join("enrolled-netns.json"),
             pods: BTreeMap::new(),
             status: Arc::default(),
-            locate: Box::new(crate::registry::ByAnnotation),
+            locate: Box::new(weft_mesh::registry::ByAnnotation),
             conditions: None,
             reported: BTreeMap::new(),
         }
@@ -319,11 +315,7 @@ impl Enrollment {
         );
         // Issued now, off the connection path, so the pod's first connection finds it.
         self.proxy.cert_worker.want(identity.clone());
-        let context = Arc::new(PodContext {
-            placement,
-            identity,
-            netns: ns,
-        });
+        let context = Arc::new(PodContext::new(placement, identity, ns));
         let tasks = vec![
             tokio::spawn(proxy::outbound::serve(
                 outbound,
@@ -337,8 +329,11 @@ impl Enrollment {
             )),
             tokio::spawn(hbone::server::serve(
                 hbone_listener,
-                context.clone(),
-                self.proxy.clone(),
+                self.proxy.hbone_server(),
+                Arc::new(PodTunnels {
+                    pod: context.clone(),
+                    ctx: self.proxy.clone(),
+                }),
             )),
         ];
         Ok(Enrolled { context, tasks })

@@ -8,19 +8,10 @@ pub mod ca_server;
 pub mod capture;
 pub mod cli_parse;
 pub mod conditions;
+#[cfg(test)]
+mod conditions_tests;
 pub mod config;
-pub mod connections;
-pub mod drain;
 pub mod enrollment;
-#[cfg(any(test, feature = "testing"))]
-pub mod fake_api;
-pub mod flows;
-pub mod hbone;
-pub mod identity;
-pub mod limits;
-pub mod metrics;
 pub mod netns;
 pub mod podns;
-pub mod policy;
 pub mod proxy;
-pub mod registry;

@@ -122,7 +122,7 @@ fn init_logging(json: bool) {
             .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
             .init();
     }
-    let _ = weft_agent::admin::LOG_FILTER.set(Box::new(move |text: &str| {
+    let _ = weft_mesh::admin::LOG_FILTER.set(Box::new(move |text: &str| {
         let filter = tracing_subscriber::EnvFilter::try_new(text)
             .map_err(|e| format!("bad filter {text:?}: {e}"))?;
         handle.reload(filter).map_err(|e| e.to_string())
@@ -148,7 +148,7 @@ fn run_ca(
         readiness: args
             .readiness_addr
             .unwrap_or_else(|| ([0, 0, 0, 0], 15021).into()),
-        signing: weft_agent::identity::CaSource::Files {
+        signing: weft_mesh::identity::CaSource::Files {
             cert,
             key,
             chain: args.ca_chain.clone(),

@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::registry::{Locate, Pod};
+use weft_mesh::registry::{Locate, Pod};
 
 /// Scans the host's `/proc` (mounted into the agent's pod) for a process of the pod.
 #[derive(Clone, Debug)]

@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
-use weft_agent::identity::{self, CaSource, CertStore, LocalCa, SpiffeId};
+use weft_mesh::identity::{self, CaSource, CertStore, LocalCa, SpiffeId};
 
 use crate::netns;
 

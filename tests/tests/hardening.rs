@@ -13,8 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use weft_agent::{identity::SpiffeId, limits};
 use weft_harness::{eventually, manifests, require_privileges};
+use weft_mesh::{identity::SpiffeId, limits};
 
 mod common;
 use common::{Fixture, TESTPOD, VIP};

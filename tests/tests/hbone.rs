@@ -11,8 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use weft_agent::identity::SpiffeId;
 use weft_harness::{eventually, netns, require_privileges};
+use weft_mesh::identity::SpiffeId;
 
 mod common;
 use common::{Fixture, Report, TESTPOD, VIP};

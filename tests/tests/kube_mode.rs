@@ -6,7 +6,7 @@
 use std::{os::unix::fs::MetadataExt as _, path::PathBuf, time::Duration};
 
 use serde_json::json;
-use weft_agent::fake_api::FakeApi;
+use weft_fake_api::FakeApi;
 use weft_harness::{
     agent::Source, cgroup, netns, require_privileges, Cluster, ClusterSpec, PodHandle, PodSpec,
 };
@@ -223,7 +223,7 @@ fn start_sandbox(cluster: &Cluster, parent: &std::path::Path, pod: &PodHandle) {
         .expect("sandbox");
 }
 
-fn wait_for_status_patch(fake: &FakeApi) -> Option<weft_agent::fake_api::Seen> {
+fn wait_for_status_patch(fake: &FakeApi) -> Option<weft_fake_api::Seen> {
     for _ in 0..250 {
         let patch = fake
             .seen()

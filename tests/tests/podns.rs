@@ -4,8 +4,8 @@
 
 use std::{collections::BTreeMap, os::unix::fs::MetadataExt as _, time::Duration};
 
-use weft_agent::registry::{Locate as _, Pod};
 use weft_harness::{cgroup, netns, require_privileges, Cluster, ClusterSpec, PodSpec};
+use weft_mesh::registry::{Locate as _, Pod};
 
 fn pod(uid: &str) -> Pod {
     Pod {

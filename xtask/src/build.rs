@@ -55,8 +55,7 @@ pub fn user_cargo() -> std::process::Command {
 
 /// Builds, in release, only what `cargo xtask bench` runs: the agent and the load tool (not
 /// xtask's own plotting stack), and returns their folder. The agent is built on its own, after
-/// the load tool: built together, cargo would unify the `testing` feature the test crate asks
-/// of the agent library into the shipped binary.
+/// the load tool, so nothing the test crates ask of shared dependencies is unified into it.
 pub fn bench() -> anyhow::Result<PathBuf> {
     ebpf()?;
     shell::run(user_cargo().args([
@@ -71,12 +70,13 @@ pub fn bench() -> anyhow::Result<PathBuf> {
     Ok(shell::root().join("target/release"))
 }
 
-/// Test-only code that must never be in a shipped agent: the scripted Kubernetes API and the
-/// mock service it rides on.
+/// Test-only code that must never be in a shipped agent: the scripted Kubernetes API
+/// (`weft-fake-api`, a test-support crate no product crate depends on) and the mock service it
+/// rides on. The check keeps it that way.
 const TEST_ONLY_MARKERS: &[&str] = &["fake_api", "tower_test"];
 
-/// Builds `weft-agent` and `weftctl` of the agent package alone (no test feature can be
-/// unified in) and checks the result carries no test-only code.
+/// Builds `weft-agent` and `weftctl` of the agent package alone (no test crate's features can
+/// be unified in) and checks the result carries no test-only code.
 fn shipped_agent(profile: &str) -> anyhow::Result<()> {
     let mut cmd = user_cargo();
     cmd.args(["build", "-p", "weft-agent", "--bins"]);
@@ -115,8 +115,8 @@ pub fn all(release: bool) -> anyhow::Result<PathBuf> {
     }
     shell::run(&mut cmd)?;
     if release {
-        // The workspace build unified the tests' `testing` feature into the agent: build the
-        // shipped binaries again from their own package, over the unified ones.
+        // The workspace build unifies the test crates' features of shared dependencies: build
+        // the shipped binaries again from their own package, over the unified ones.
         shipped_agent("release")?;
     }
     Ok(shell::root()

@@ -60,10 +60,10 @@ fn main() -> anyhow::Result<()> {
         Task::Build { release } => build::all(release).map(drop),
         Task::Test => test::run(),
         Task::Crds => {
-            for folder in weft_agent::policy::CRD_FOLDERS {
+            for folder in weft_mesh::policy::CRD_FOLDERS {
                 let dir = shell::root().join(folder);
                 std::fs::create_dir_all(&dir)?;
-                for (file, yaml) in weft_agent::policy::crds() {
+                for (file, yaml) in weft_mesh::policy::crds() {
                     std::fs::write(dir.join(file), &yaml)?;
                     println!("wrote {folder}/{file}");
                 }

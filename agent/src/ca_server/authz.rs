@@ -18,7 +18,7 @@ use kube::{
     Api, Client, ResourceExt as _,
 };
 
-use crate::identity::SpiffeId;
+use weft_mesh::identity::SpiffeId;
 
 /// The node a bound service-account token was issued for (Kubernetes 1.30 and later).
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";

@@ -21,7 +21,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::identity::{CaError, CaSource, LocalCa};
+use weft_mesh::identity::{CaError, CaSource, LocalCa};
 
 /// A CSR body larger than this is refused unread.
 const MAX_BODY: usize = 16 * 1024;
@@ -182,10 +182,10 @@ pub async fn serve(
         let signer = signer.clone();
         async move { Ok::<_, std::convert::Infallible>(answer(&signer, req).await) }
     });
-    crate::limits::serve_http1(
+    weft_mesh::limits::serve_http1(
         listener,
-        crate::limits::CA,
-        Arc::new(crate::limits::Limits::default()),
+        weft_mesh::limits::CA,
+        Arc::new(weft_mesh::limits::Limits::default()),
         Some(acceptor),
         service,
     )
@@ -237,10 +237,10 @@ async fn serve_health(listener: TcpListener, pods: Arc<Mutex<authz::PodIndex>>) 
             Ok::<_, std::convert::Infallible>(response)
         }
     });
-    crate::limits::serve_http1(
+    weft_mesh::limits::serve_http1(
         listener,
-        crate::limits::READINESS,
-        Arc::new(crate::limits::Limits::default()),
+        weft_mesh::limits::READINESS,
+        Arc::new(weft_mesh::limits::Limits::default()),
         None,
         service,
     )

@@ -18,10 +18,8 @@ use super::{
     authz::{watch_pods, PodIndex, NODE_NAME_EXTRA},
     serve, CaConfig,
 };
-use crate::{
-    fake_api::FakeApi,
-    identity::{CaError, CaSource, RemoteCa, Signer, SpiffeId},
-};
+use weft_fake_api::FakeApi;
+use weft_mesh::identity::{CaError, CaSource, RemoteCa, Signer, SpiffeId};
 
 struct TempDir(PathBuf);
 
@@ -137,7 +135,7 @@ async fn signs_only_service_accounts_with_a_pod_on_the_callers_node() {
     assert_eq!(issued.chain.len(), 2, "leaf and the user's intermediate");
     let (_, leaf) = x509_parser::parse_x509_certificate(&issued.chain[0]).expect("leaf");
     assert_eq!(
-        crate::identity::peer_identity(&issued.chain[0]),
+        weft_mesh::identity::peer_identity(&issued.chain[0]),
         Some(web.clone())
     );
     assert!(leaf.issuer().to_string().contains("user intermediate"));

@@ -13,17 +13,16 @@ use weft_common::DeliveryKey;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{splice, PodContext, ProxyContext};
-use crate::{
-    connections::{Connection, Direction, Security},
-    enrollment::DELIVERY_MARK,
-};
+use weft_mesh::connections::{Connection, Direction, Security};
+
+use crate::capture::routing::DELIVERY_MARK;
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, ctx: Arc<ProxyContext>) {
     let limits = ctx.connections.metrics.limits.clone();
     loop {
         // Draining: no new connection here; the open ones finish.
         let (client, peer) = tokio::select! {
-            accepted = crate::limits::accept(&listener, "inbound", &limits) => accepted,
+            accepted = weft_mesh::limits::accept(&listener, "inbound", &limits) => accepted,
             () = ctx.drain.signaled() => return,
         };
         // Small request/response writes must leave at once; Nagle would hold them for an ACK.
@@ -44,7 +43,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
     let connection = Connection {
         id: 0,
         direction: Direction::Inbound,
-        pod: pod.name(),
+        pod: pod.name().to_owned(),
         workload_identity: Some(pod.identity.to_string()),
         source: peer,
         original_destination: original,
@@ -153,7 +152,8 @@ async fn deliver_from(
         .insert(key, 1, 0)
         .map_err(std::io::Error::other)?;
     let connected =
-        super::connect_within(socket, destination, super::outbound::CONNECT_TIMEOUT).await;
+        weft_mesh::socket::connect_socket(socket, destination, super::outbound::CONNECT_TIMEOUT)
+            .await;
     let _ = ctx
         .maps
         .lock()

@@ -1,7 +1,7 @@
 //! The transparent L4 proxy: accepts what capture redirected in each enrolled pod, resolves
 //! the original destination through the registry and carries the bytes both ways.
 
-pub mod copy;
+pub mod hbone_in;
 pub mod inbound;
 pub mod outbound;
 
@@ -13,28 +13,18 @@ use std::{
 
 use tokio::{net::TcpStream, sync::watch};
 
-use crate::{
-    capture::Maps,
+use weft_mesh::{
     connections::{Authorized, Connection, Connections, Guard},
-    hbone::client::Pool,
+    copy,
+    hbone::client::{Pool, Source},
     identity::{CertStore, SpiffeId},
-    netns::Netns,
     policy::Verdict,
+    ports::AGENT_PORTS,
     registry::{PodPlacement, Registry},
+    socket::SocketFactory,
 };
 
-/// The ports the agent itself serves (SPEC): capture 15001 and 15006, HBONE 15008, admin
-/// 15000, metrics 15020, readiness 15021. A captured connection or a CONNECT to one of them
-/// at a pod's address is refused: carried on, it would reach the agent again, and each
-/// round would open another connection until file descriptors run out.
-pub const AGENT_PORTS: [u16; 6] = [
-    weft_common::OUTBOUND_PORT,
-    weft_common::INBOUND_PORT,
-    weft_common::HBONE_PORT,
-    15000,
-    15020,
-    15021,
-];
+use crate::{capture::routing::EGRESS_MARK, capture::Maps, netns::Netns};
 
 /// Why a captured connection is refused before anything is dialed, when it would loop back
 /// into the agent.
@@ -58,12 +48,12 @@ pub struct ProxyContext {
     pub registry: watch::Receiver<Arc<Registry>>,
     pub certs: Arc<CertStore>,
     /// Issues enrolled pods' SVIDs ahead of their first connection, and renews them.
-    pub cert_worker: crate::identity::CertWorker,
+    pub cert_worker: weft_mesh::identity::CertWorker,
     pub pool: Pool,
     pub maps: Arc<Mutex<Maps>>,
     pub connections: Arc<Connections>,
     /// On SIGTERM: listeners stop accepting, connections finish.
-    pub drain: crate::drain::Signal,
+    pub drain: weft_mesh::drain::Signal,
     round_robin: Mutex<HashMap<String, usize>>,
 }
 
@@ -73,11 +63,44 @@ pub struct PodContext {
     pub placement: PodPlacement,
     pub identity: SpiffeId,
     pub netns: Netns,
+    /// `namespace/name`, made once: every log line and flow record names the pod.
+    name: String,
 }
 
 impl PodContext {
-    pub fn name(&self) -> String {
-        format!("{}/{}", self.placement.namespace, self.placement.name)
+    pub fn new(placement: PodPlacement, identity: SpiffeId, netns: Netns) -> Self {
+        let name = format!("{}/{}", placement.namespace, placement.name);
+        Self {
+            placement,
+            identity,
+            netns,
+            name,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The pod as the source of HBONE tunnels.
+    pub fn source(&self) -> Source<'_> {
+        Source {
+            name: &self.name,
+            identity: &self.identity,
+            ip: self.placement.ip.into(),
+            sockets: self,
+        }
+    }
+}
+
+/// The agent's own outbound sockets, made in the pod's netns: the mark routes them out
+/// through the pod's interface instead of into capture again.
+impl SocketFactory for PodContext {
+    fn tcp_v4(&self) -> std::io::Result<socket2::Socket> {
+        let socket = self.netns.tcp_socket()?;
+        socket.set_mark(EGRESS_MARK)?;
+        socket.set_tcp_nodelay(true)?;
+        Ok(socket)
     }
 }
 
@@ -87,18 +110,27 @@ impl ProxyContext {
         certs: Arc<CertStore>,
         maps: Arc<Mutex<Maps>>,
         connections: Arc<Connections>,
-        drain: crate::drain::Signal,
+        drain: weft_mesh::drain::Signal,
     ) -> Self {
         let pool = Pool::new(certs.clone());
         Self {
             registry,
-            cert_worker: crate::identity::CertWorker::spawn(certs.clone()),
+            cert_worker: weft_mesh::identity::CertWorker::spawn(certs.clone()),
             certs,
             pool,
             maps,
             connections,
             drain,
             round_robin: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// What every pod's HBONE listener shares.
+    pub fn hbone_server(&self) -> weft_mesh::hbone::server::Server {
+        weft_mesh::hbone::server::Server {
+            certs: self.certs.clone(),
+            limits: self.connections.metrics.limits.clone(),
+            drain: self.drain.clone(),
         }
     }
 
@@ -155,26 +187,14 @@ pub fn authorize<'c>(
     )
 }
 
-/// Connects a socket made in a pod's netns, giving up after `timeout`.
-pub(crate) async fn connect_within(
-    socket: socket2::Socket,
-    destination: SocketAddr,
-    timeout: std::time::Duration,
-) -> std::io::Result<TcpStream> {
-    let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
-    tokio::time::timeout(timeout, socket.connect(destination))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
-}
-
 /// Carries a proxied connection until both directions are done; a half-close on one side is
 /// passed on as a shutdown of the other while the reverse direction keeps flowing.
 pub async fn splice(mut client: TcpStream, mut server: TcpStream, guard: &Guard<'_>) {
     let bytes = guard.bytes();
     let copied = copy::both_ways(&mut client, &mut server, &bytes);
-    let idle = crate::limits::idle(
+    let idle = weft_mesh::limits::idle(
         [&bytes.from_client, &bytes.to_client],
-        crate::limits::STREAM_IDLE_TIMEOUT,
+        weft_mesh::limits::STREAM_IDLE_TIMEOUT,
     );
     let ((from_client, to_client), error) = tokio::select! {
         copied = copied => copied,
@@ -186,5 +206,25 @@ pub async fn splice(mut client: TcpStream, mut server: TcpStream, guard: &Guard<
     guard.finish(from_client, to_client);
     if let Some(e) = error {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::loops_into_agent;
+
+    const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
+
+    #[test]
+    fn captured_connections_that_would_loop_into_the_agent_are_named() {
+        assert!(loops_into_agent(POD, ([127, 0, 0, 1], 15006).into())
+            .is_some_and(|r| r.contains("loopback")));
+        assert!(loops_into_agent(POD, ([10, 244, 1, 5], 15021).into())
+            .is_some_and(|r| r.contains("own port 15021")));
+        assert_eq!(loops_into_agent(POD, ([10, 244, 1, 5], 8080).into()), None);
+        // Another pod's 15020 is that pod's business, not a loop.
+        assert_eq!(loops_into_agent(POD, ([10, 244, 1, 6], 15020).into()), None);
     }
 }

@@ -13,9 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{splice, PodContext, ProxyContext};
 use weft_common::HBONE_PORT;
 
-use crate::{
+use weft_mesh::{
     connections::{Connection, Direction, Security},
-    enrollment::EGRESS_MARK,
     hbone::{stream as hbone_stream, HboneError},
     identity::SpiffeId,
     policy::{traffic::Algorithm, TrafficSettings},
@@ -99,7 +98,7 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, ctx: Arc<ProxyCo
     loop {
         // Draining: no new connection here; the open ones finish.
         let (client, peer) = tokio::select! {
-            accepted = crate::limits::accept(&listener, "outbound", &limits) => accepted,
+            accepted = weft_mesh::limits::accept(&listener, "outbound", &limits) => accepted,
             () = ctx.drain.signaled() => return,
         };
         // Small request/response writes must leave at once; Nagle would hold them for an ACK.
@@ -124,7 +123,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
     let mut connection = Connection {
         id: 0,
         direction: Direction::Outbound,
-        pod: pod.name(),
+        pod: pod.name().to_owned(),
         workload_identity: Some(pod.identity.to_string()),
         source: SocketAddr::from((pod.placement.ip, peer.port())),
         original_destination: SocketAddr::V4(original),
@@ -183,7 +182,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
             let started = std::time::Instant::now();
             let mut early_bytes = 0;
             let opening = ctx.pool.open(
-                pod,
+                pod.source(),
                 &identity,
                 hbone,
                 route.destination,
@@ -209,16 +208,18 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                 Err(e) => failed(connection, format!("HBONE tunnel to {hbone} failed: {e}")),
             }
         }
-        None => match connect_from_pod(pod, route.destination, route.connect_timeout).await {
-            Ok(server) => {
-                let guard = ctx.connections.open(connection);
-                splice(client, server, &guard).await;
+        None => {
+            match weft_mesh::socket::connect(pod, route.destination, route.connect_timeout).await {
+                Ok(server) => {
+                    let guard = ctx.connections.open(connection);
+                    splice(client, server, &guard).await;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    failed(connection, route.timed_out());
+                }
+                Err(e) => failed(connection, format!("destination unreachable: {e}")),
             }
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                failed(connection, route.timed_out());
-            }
-            Err(e) => failed(connection, format!("destination unreachable: {e}")),
-        },
+        }
     }
 }
 
@@ -240,13 +241,13 @@ fn already_sent(client: &TcpStream) -> bytes::Bytes {
 /// `early_bytes` went with the CONNECT already.
 async fn carry_tunnel(
     client: TcpStream,
-    tunnel: crate::hbone::client::Tunnel,
+    tunnel: weft_mesh::hbone::client::Tunnel,
     ctx: &ProxyContext,
     connection: Connection,
     early_bytes: u64,
 ) {
     let guard = ctx.connections.open(connection);
-    let crate::hbone::client::Tunnel { send, recv, slot } = tunnel;
+    let weft_mesh::hbone::client::Tunnel { send, recv, slot } = tunnel;
     let ((from_client, to_client), error) = {
         let bytes = guard.bytes();
         bytes.from_client.fetch_add(early_bytes, Ordering::Relaxed);
@@ -274,18 +275,4 @@ fn hbone_identity(
         &pod.namespace,
         &pod.service_account,
     ))
-}
-
-/// Connects from a socket created in the pod's netns, giving up after `timeout`.
-pub(crate) async fn connect_from_pod(
-    pod: &PodContext,
-    destination: SocketAddr,
-    timeout: Duration,
-) -> std::io::Result<TcpStream> {
-    let socket = pod.netns.tcp_socket()?;
-    // The mark routes the agent's own connection out through the pod's interface instead of
-    // into capture again.
-    socket.set_mark(EGRESS_MARK)?;
-    socket.set_tcp_nodelay(true)?;
-    super::connect_within(socket, destination, timeout).await
 }

@@ -13,8 +13,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(uri) = http::Uri::try_from(target) else {
         return;
     };
-    let _ = weft_agent::admin::endpoint(&method, uri.path(), uri.query());
+    let _ = weft_mesh::admin::endpoint(&method, uri.path(), uri.query());
     for key in ["follow", "level", ""] {
-        let _ = weft_agent::admin::query_value(uri.query(), key);
+        let _ = weft_mesh::admin::query_value(uri.query(), key);
     }
 });

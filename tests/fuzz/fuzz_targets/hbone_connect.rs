@@ -16,8 +16,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         return;
     };
     let pod = Ipv4Addr::new(10, 244, 1, 5);
-    if let Ok(target) = weft_agent::hbone::server::connect_target(&method, &uri, pod) {
+    if let Ok(target) = weft_mesh::hbone::server::connect_target(&method, &uri, pod) {
         assert_eq!(target.ip(), pod);
-        assert!(!weft_agent::proxy::AGENT_PORTS.contains(&target.port()));
+        assert!(!weft_mesh::ports::AGENT_PORTS.contains(&target.port()));
     }
 });

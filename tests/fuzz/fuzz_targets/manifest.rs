@@ -6,9 +6,9 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let (docs, _error) = weft_agent::registry::local::parse_documents(text);
-    let registry = weft_agent::registry::Registry::from_objects(
+    let (docs, _error) = weft_mesh::registry::local::parse_documents(text);
+    let registry = weft_mesh::registry::Registry::from_objects(
         docs.into_iter().map(|d| ("fuzz.yaml".to_owned(), d)),
     );
-    assert!(registry.errors.len() <= weft_agent::registry::MAX_REPORTS);
+    assert!(registry.errors.len() <= weft_mesh::registry::MAX_REPORTS);
 });

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use weft_agent::{
+use weft_mesh::{
     identity::SpiffeId,
     policy::{self, crd::AuthorizationPolicySpec, traffic::TrafficPolicySpec},
 };

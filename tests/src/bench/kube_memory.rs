@@ -13,10 +13,8 @@ use k8s_openapi::api::{
 };
 use serde::{Deserialize as _, Serialize};
 use serde_json::{json, Value};
-use weft_agent::{
-    fake_api::FakeApi,
-    registry::{watch as kube_watch, Registry},
-};
+use weft_fake_api::FakeApi;
+use weft_mesh::registry::{watch as kube_watch, Registry};
 
 const NAMESPACES: usize = 100;
 const ENDPOINTS_PER_SLICE: usize = 5;

@@ -73,6 +73,12 @@ pub trait Locate: Send + Sync {
     fn locate(&self, pod: &Pod) -> Result<(PathBuf, Option<PathBuf>), String>;
 }
 
+impl std::fmt::Debug for dyn Locate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Locate")
+    }
+}
+
 /// Local mode: the pod's manifest names its netns and cgroup in annotations.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ByAnnotation;

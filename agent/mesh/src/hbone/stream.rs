@@ -17,9 +17,9 @@ use tokio::{
 };
 
 use super::h2_io;
-use crate::proxy::copy::{read_while_flowing, INITIAL_BUFFER, MAX_BUFFER};
+use crate::copy::{read_while_flowing, INITIAL_BUFFER, MAX_BUFFER};
 
-/// Like [`crate::proxy::copy::one_way`], the buffer exists only while the socket has bytes to
+/// Like [`crate::copy::one_way`], the buffer exists only while the socket has bytes to
 /// read: an idle tunnel holds none. Read bytes are frozen and handed to h2 without a copy.
 async fn tcp_to_h2(
     reader: &mut OwnedReadHalf,
@@ -88,7 +88,7 @@ pub async fn splice(
     tunnel_to_tcp: &AtomicU64,
 ) -> ((u64, u64), Option<std::io::Error>) {
     let (mut reader, mut writer) = tcp.into_split();
-    crate::proxy::copy::run_both(
+    crate::copy::run_both(
         tcp_to_h2(&mut reader, send, tcp_to_tunnel),
         h2_to_tcp(recv, &mut writer, tunnel_to_tcp),
     )

@@ -20,8 +20,18 @@ use super::{
 };
 use crate::{
     identity::{self, CertStore, SpiffeId},
-    proxy::PodContext,
+    socket::SocketFactory,
 };
+
+/// Who opens a tunnel: the source workload (its name keys the pool), its identity, its
+/// address (sent as `forwarded: for=`) and where its sockets come from.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub name: &'a str,
+    pub identity: &'a SpiffeId,
+    pub ip: std::net::IpAddr,
+    pub sockets: &'a dyn SocketFactory,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PoolKey {
@@ -102,7 +112,7 @@ impl Pool {
     /// connected, and a client that speaks first saves a round trip per connection.
     pub async fn open(
         &self,
-        pod: &PodContext,
+        pod: Source<'_>,
         destination: &SpiffeId,
         address: SocketAddr,
         target: SocketAddr,
@@ -110,7 +120,7 @@ impl Pool {
         early: impl FnOnce() -> Bytes,
     ) -> Result<Tunnel, HboneError> {
         let key = PoolKey {
-            source_pod: pod.name(),
+            source_pod: pod.name.to_owned(),
             source: pod.identity.clone(),
             destination: destination.clone(),
             address,
@@ -156,14 +166,14 @@ impl Pool {
     /// Sends the CONNECT on `connection`, without waiting for its answer.
     async fn request(
         connection: &Connection,
-        pod: &PodContext,
+        pod: Source<'_>,
         target: SocketAddr,
     ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), HboneError> {
         let mut send = connection.send.clone().ready().await?;
         let request = http::Request::builder()
             .method(http::Method::CONNECT)
             .uri(target.to_string())
-            .header("forwarded", format!("for={}", pod.placement.ip))
+            .header("forwarded", format!("for={}", pod.ip))
             .body(())
             .map_err(|e| HboneError::Authority(e.to_string()))?;
         Ok(send.send_request(request, false)?)
@@ -172,7 +182,7 @@ impl Pool {
     /// Opens a new pooled connection for `key` and sends the CONNECT on it.
     async fn request_on_new(
         &self,
-        pod: &PodContext,
+        pod: Source<'_>,
         key: &PoolKey,
         serial: String,
         target: SocketAddr,
@@ -220,13 +230,13 @@ impl Pool {
 
     async fn connect(
         &self,
-        pod: &PodContext,
+        pod: Source<'_>,
         key: &PoolKey,
         serial: String,
         connect_timeout: std::time::Duration,
     ) -> Result<Connection, HboneError> {
         let config = identity::client_config(&self.certs, &key.source, &key.destination)?;
-        let tcp = crate::proxy::outbound::connect_from_pod(pod, key.address, connect_timeout)
+        let tcp = crate::socket::connect(pod.sockets, key.address, connect_timeout)
             .await
             .map_err(|source| HboneError::Connect {
                 addr: key.address,

@@ -1,9 +1,10 @@
-//! The HBONE server of one enrolled pod: mutual TLS on the pod's IP:15008 (presenting the
-//! pod's own SVID), then one `CONNECT` stream per tunnel, delivered into the pod from the
-//! client's address. Status codes per the SPEC: 200 open, 400 malformed or not this pod,
-//! 503 destination unreachable. Nothing a peer sends can stop the listener.
+//! The HBONE server: mutual TLS on IP:15008 presenting the listener's own SVID, HTTP/2 with
+//! bounded deadlines, and one `CONNECT` stream per tunnel, handed to a [`Tunnels`]
+//! implementation (the agent delivers into a pod). Status codes per the SPEC: 200 open, 400
+//! malformed or not this listener's, 401 denied, 503 destination unreachable. Nothing a peer
+//! sends can stop the listener; on drain it sends GOAWAY and lets open streams finish.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -13,51 +14,79 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{HboneError, CONNECTION_WINDOW, MAX_FRAME_SIZE, MAX_STREAMS, STREAM_WINDOW};
 use crate::{
-    connections::{Connection, Direction, Security},
-    identity::{self, SpiffeId},
-    limits,
-    proxy::{authorize, inbound::deliver, PodContext, ProxyContext},
+    drain,
+    identity::{self, CertStore, SpiffeId},
+    limits::{self, Limits},
 };
 
-pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, ctx: Arc<ProxyContext>) {
-    let limits = ctx.connections.metrics.limits.clone();
+/// What an HBONE listener does with what it accepts: the agent delivers each tunnel into the
+/// pod it serves; a waypoint serves it at L7. The server owns TLS, HTTP/2, deadlines and
+/// draining; the implementation owns what a tunnel means.
+pub trait Tunnels: Send + Sync + 'static {
+    /// The identity this listener presents (its SVID is issued first if need be).
+    fn identity(&self) -> &SpiffeId;
+    /// Who the listener serves, for logs.
+    fn name(&self) -> String;
+    /// The target of a CONNECT, or why it is refused with 400.
+    fn target(&self, method: &http::Method, uri: &http::Uri) -> Result<SocketAddr, &'static str>;
+    /// A connection refused before it carried any tunnel (no TLS, no client identity).
+    fn refused(&self, peer: SocketAddr, local: SocketAddr, reason: String);
+    /// Carries one tunnel: answers it (200, 401, 503…) and moves its bytes until it ends.
+    fn carry(self: Arc<Self>, tunnel: Inbound) -> impl Future<Output = ()> + Send;
+}
+
+/// One CONNECT stream the server accepted, from a proven client identity.
+#[derive(Debug)]
+pub struct Inbound {
+    pub peer: SocketAddr,
+    pub client: SpiffeId,
+    /// Serial of the client's certificate, for the flow record.
+    pub serial: Option<String>,
+    pub target: SocketAddr,
+    pub body: h2::RecvStream,
+    pub respond: SendResponse<Bytes>,
+}
+
+/// What every HBONE listener of a process shares.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub certs: Arc<CertStore>,
+    pub limits: Arc<Limits>,
+    pub drain: drain::Signal,
+}
+
+pub async fn serve<T: Tunnels>(listener: TcpListener, server: Server, tunnels: Arc<T>) {
     loop {
         let (tcp, peer) = tokio::select! {
-            accepted = limits::accept(&listener, "hbone", &limits) => accepted,
-            () = ctx.drain.signaled() => return,
+            accepted = limits::accept(&listener, "hbone", &server.limits) => accepted,
+            () = server.drain.signaled() => return,
         };
         // Small request/response writes must leave at once; Nagle would hold them for an ACK.
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().unwrap_or(peer);
-        let (pod, ctx, held) = (pod.clone(), ctx.clone(), ctx.drain.hold());
+        let (server, tunnels, held) = (server.clone(), tunnels.clone(), server.drain.hold());
         tokio::spawn(async move {
             let _held = held;
-            if let Err(e) = connection(tcp, peer, &pod, &ctx).await {
-                tracing::info!(pod = %pod.name(), %peer, error = %e, "HBONE connection refused or failed");
+            if let Err(e) = connection(tcp, peer, &server, &tunnels).await {
+                tracing::info!(listener = %tunnels.name(), %peer, error = %e, "HBONE connection refused or failed");
                 if matches!(e, HboneError::Tls { .. } | HboneError::Authority(_)) {
-                    refused(
-                        &ctx,
-                        &pod,
-                        peer,
-                        local,
-                        format!("refused before any tunnel: {e}"),
-                    );
+                    tunnels.refused(peer, local, format!("refused before any tunnel: {e}"));
                 }
             }
         });
     }
 }
 
-async fn connection(
+async fn connection<T: Tunnels>(
     tcp: TcpStream,
     peer: SocketAddr,
-    pod: &Arc<PodContext>,
-    ctx: &Arc<ProxyContext>,
+    server: &Server,
+    tunnels: &Arc<T>,
 ) -> Result<(), HboneError> {
-    // Issued (on a blocking thread) if need be, so the sync TLS set-up below finds it cached.
-    ctx.certs.get_async(&pod.identity).await?;
-    let config = identity::server_config(&ctx.certs, &pod.identity)?;
-    let limits = &ctx.connections.metrics.limits;
+    // Issued if need be, so the sync TLS set-up below finds it cached.
+    server.certs.get_async(tunnels.identity()).await?;
+    let config = identity::server_config(&server.certs, tunnels.identity())?;
+    let limits = &server.limits;
     let tls = tokio::time::timeout(
         limits::TLS_HANDSHAKE_TIMEOUT,
         TlsAcceptor::from(config).accept(tcp),
@@ -100,7 +129,7 @@ async fn connection(
             accepted = h2.accept() => accepted,
             // Draining: GOAWAY tells the peer to open no more streams here; the open ones
             // finish, and the connection closes when the last one has.
-            () = ctx.drain.signaled(), if !draining => {
+            () = server.drain.signaled(), if !draining => {
                 draining = true;
                 h2.graceful_shutdown();
                 continue;
@@ -121,11 +150,11 @@ async fn connection(
             limits::HBONE_IDLE_CONNECTION_TIMEOUT,
             "idle_connection_timeout",
         );
-        let (pod, ctx, client, serial) = (pod.clone(), ctx.clone(), client.clone(), serial.clone());
+        let (tunnels, client, serial) = (tunnels.clone(), client.clone(), serial.clone());
         let streams = OpenStream::new(open.clone());
-        let held = ctx.drain.hold();
+        let held = server.drain.hold();
         tokio::spawn(async move {
-            tunnel(request, respond, peer, (client, serial), &pod, &ctx).await;
+            accept_stream(request, respond, peer, (client, serial), tunnels).await;
             drop((streams, held));
         });
     }
@@ -164,49 +193,8 @@ async fn quiet_for(open: &std::sync::atomic::AtomicUsize, quiet: Duration) {
     }
 }
 
-/// The record of an inbound HBONE connection from `peer` to `target`, with the client's
-/// identity and certificate serial once TLS has proven them.
-fn record(
-    registry: &crate::registry::Registry,
-    pod: &PodContext,
-    peer: SocketAddr,
-    target: SocketAddr,
-    client: Option<(&SpiffeId, Option<String>)>,
-) -> Connection {
-    Connection {
-        id: 0,
-        started_unix_ms: 0,
-        decision: None,
-        direction: Direction::Inbound,
-        pod: pod.name(),
-        workload_identity: Some(pod.identity.to_string()),
-        source: peer,
-        original_destination: target,
-        destination: target,
-        service: None,
-        security: Security::Mtls,
-        peer_identity: client.as_ref().map(|(id, _)| id.to_string()),
-        peer_certificate_serial: client.and_then(|(_, serial)| serial),
-        peer_workload: registry.workload_at(peer.ip()),
-        failure: None,
-    }
-}
-
-/// Records a connection refused before it could carry a tunnel (no TLS, no identity), so
-/// `weftctl flows` says why.
-fn refused(
-    ctx: &ProxyContext,
-    pod: &PodContext,
-    peer: SocketAddr,
-    local: SocketAddr,
-    reason: String,
-) {
-    let registry = ctx.registry.borrow().clone();
-    ctx.connections
-        .failed(record(&registry, pod, peer, local, None), reason);
-}
-
-fn reply(respond: &mut SendResponse<Bytes>, status: StatusCode) {
+/// Answers a tunnel with `status` and no body.
+pub fn reply(respond: &mut SendResponse<Bytes>, status: StatusCode) {
     let response = http::Response::builder()
         .status(status)
         .body(())
@@ -231,79 +219,36 @@ pub fn connect_target(
     if target.ip() != pod_ip {
         return Err(":authority is not a workload of this pod");
     }
-    if crate::proxy::AGENT_PORTS.contains(&target.port()) {
+    if crate::ports::AGENT_PORTS.contains(&target.port()) {
         return Err(":authority names one of the agent's own ports, not a workload's");
     }
     Ok(target)
 }
 
-async fn tunnel(
+async fn accept_stream<T: Tunnels>(
     request: Request<h2::RecvStream>,
     mut respond: SendResponse<Bytes>,
     peer: SocketAddr,
     (client, serial): (SpiffeId, Option<String>),
-    pod: &PodContext,
-    ctx: &ProxyContext,
+    tunnels: Arc<T>,
 ) {
-    let target = match connect_target(request.method(), request.uri(), pod.placement.ip) {
+    let target = match tunnels.target(request.method(), request.uri()) {
         Ok(target) => target,
         Err(reason) => {
-            tracing::info!(pod = %pod.name(), %peer, %client, %reason, "HBONE request refused with 400");
+            tracing::info!(listener = %tunnels.name(), %peer, %client, %reason, "HBONE request refused with 400");
             reply(&mut respond, StatusCode::BAD_REQUEST);
             return;
         }
     };
-    let registry = ctx.registry.borrow().clone();
-    let connection = record(&registry, pod, peer, target, Some((&client, serial)));
-    let Some(guard) = authorize(ctx, &registry, pod, connection, Some(&client)) else {
-        reply(&mut respond, StatusCode::UNAUTHORIZED);
-        return;
+    let inbound = Inbound {
+        peer,
+        client,
+        serial,
+        target,
+        body: request.into_body(),
+        respond,
     };
-    // The client agent connects from the client pod's own address: deliver from it.
-    let server = match deliver(pod, ctx, SocketAddr::new(peer.ip(), 0), target).await {
-        Ok(server) => server,
-        Err(e) => {
-            tracing::warn!(pod = %pod.name(), %client, %target, error = %e, "HBONE destination unreachable: 503");
-            ctx.connections
-                .totals
-                .failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            reply(&mut respond, StatusCode::SERVICE_UNAVAILABLE);
-            return;
-        }
-    };
-    let response = http::Response::builder()
-        .status(StatusCode::OK)
-        .body(())
-        .unwrap_or_default();
-    let send = match respond.send_response(response, false) {
-        Ok(send) => send,
-        Err(e) => {
-            tracing::debug!(error = %e, "HBONE stream reset before it opened");
-            return;
-        }
-    };
-    // The TCP side here is the application: what it sends goes back to the client.
-    let bytes = guard.bytes();
-    let tunnel = super::stream::splice(
-        server,
-        send,
-        request.into_body(),
-        &bytes.to_client,
-        &bytes.from_client,
-    );
-    let ((to_client, from_client), error) = tokio::select! {
-        result = tunnel => result,
-        () = guard.revoked() => return,
-        () = limits::idle([&bytes.to_client, &bytes.from_client], limits::STREAM_IDLE_TIMEOUT) => {
-            ctx.connections.metrics.limits.hit("hbone", "stream_idle_timeout", &peer);
-            return;
-        }
-    };
-    guard.finish(from_client, to_client);
-    if let Some(e) = error {
-        tracing::debug!(error = %e, "HBONE tunnel ended with an error");
-    }
+    tunnels.carry(inbound).await;
 }
 
 #[cfg(test)]
@@ -311,7 +256,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::connect_target;
-    use crate::proxy::{loops_into_agent, AGENT_PORTS};
+    use crate::ports::AGENT_PORTS;
 
     const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
 
@@ -338,16 +283,5 @@ mod tests {
         assert!(decide(&http::Method::GET, "10.244.1.5:8080").is_err());
         assert!(decide(&http::Method::CONNECT, "10.244.1.6:8080").is_err());
         assert!(decide(&http::Method::CONNECT, "echo.demo:8080").is_err());
-    }
-
-    #[test]
-    fn captured_connections_that_would_loop_into_the_agent_are_named() {
-        assert!(loops_into_agent(POD, ([127, 0, 0, 1], 15006).into())
-            .is_some_and(|r| r.contains("loopback")));
-        assert!(loops_into_agent(POD, ([10, 244, 1, 5], 15021).into())
-            .is_some_and(|r| r.contains("own port 15021")));
-        assert_eq!(loops_into_agent(POD, ([10, 244, 1, 5], 8080).into()), None);
-        // Another pod's 15020 is that pod's business, not a loop.
-        assert_eq!(loops_into_agent(POD, ([10, 244, 1, 6], 15020).into()), None);
     }
 }

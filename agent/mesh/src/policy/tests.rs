@@ -280,7 +280,7 @@ fn bad_policies_are_rejected_with_what_to_fix() {
 
 #[test]
 fn checked_in_crds_match_the_rust_types() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     for folder in super::CRD_FOLDERS {
         for (file, generated) in super::crds() {
             let path = root.join(folder).join(file);

@@ -1,0 +1,178 @@
+//! The plumbing of the admin-style ports (admin API, metrics, readiness) both binaries serve:
+//! binding, bounded HTTP/1 serving, JSON and streamed replies, request classification, and the
+//! run-time log filter. Each binary keeps its own routes.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt as _, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::{body::Incoming, service::service_fn, Request, Response, StatusCode};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
+
+use crate::flows::Flows;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot listen on {addr}: {source} (is another agent running on this node?)")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds an admin-style listener, naming the address when it is taken.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AdminError::Bind { addr, source })
+}
+
+/// What a handler answers: a whole body, or a stream of lines (`/flows?follow`).
+#[derive(Debug)]
+pub enum Reply {
+    Whole(StatusCode, &'static str, String),
+    Lines(mpsc::Receiver<Bytes>),
+}
+
+pub fn json_reply((status, value): (StatusCode, serde_json::Value)) -> Reply {
+    Reply::Whole(status, "application/json", value.to_string())
+}
+
+pub type ResponseBody = BoxBody<Bytes, Infallible>;
+
+pub fn respond(reply: Reply) -> Response<ResponseBody> {
+    match reply {
+        Reply::Whole(status, content_type, body) => {
+            let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
+            *response.status_mut() = status;
+            response.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static(content_type),
+            );
+            response
+        }
+        Reply::Lines(lines) => {
+            let stream = tokio_stream::wrappers::ReceiverStream::new(lines)
+                .map(|line| Ok::<_, Infallible>(Frame::data(line)));
+            let mut response = Response::new(StreamBody::new(stream).boxed());
+            response.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static("application/x-ndjson"),
+            );
+            response
+        }
+    }
+}
+
+/// Serves one HTTP/1 admin-style port under `bounds`, answering with `handler`.
+pub async fn serve<F>(
+    listener: TcpListener,
+    bounds: crate::limits::Http1Limits,
+    limits: Arc<crate::limits::Limits>,
+    handler: Arc<F>,
+) where
+    F: Fn(&http::Method, &str, Option<&str>) -> Reply + Send + Sync + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let reply = handler(req.method(), req.uri().path(), req.uri().query());
+        async move { Ok::<_, Infallible>(respond(reply)) }
+    });
+    crate::limits::serve_http1(listener, bounds, limits, None, service).await;
+}
+
+/// `?key=value` from a query string.
+pub fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|pair| {
+        pair.split_once('=')
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    })
+}
+
+/// Streams the kept flows, then new ones, as JSON lines until the client goes away.
+pub fn follow_flows(flows: &Flows) -> Reply {
+    let (tx, rx) = mpsc::channel(256);
+    let mut live = flows.follow();
+    let backlog = flows.recent();
+    tokio::spawn(async move {
+        for flow in backlog {
+            if tx
+                .send(Bytes::from(format!("{}\n", json!(flow))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        loop {
+            match live.recv().await {
+                Ok(flow) => {
+                    if tx
+                        .send(Bytes::from(format!("{}\n", json!(flow))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(skipped)) => {
+                    let note = json!({"event": "lagged", "skipped": skipped});
+                    if tx.send(Bytes::from(format!("{note}\n"))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    Reply::Lines(rx)
+}
+
+/// Changes the log filter at run time (`POST /logging?level=debug` or any EnvFilter text).
+/// Sets the log filter from its text form.
+pub type SetLogFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+pub static LOG_FILTER: std::sync::OnceLock<SetLogFilter> = std::sync::OnceLock::new();
+
+pub fn set_log_level(level: Option<&str>) -> (StatusCode, serde_json::Value) {
+    let Some(level) = level else {
+        return (
+            StatusCode::BAD_REQUEST,
+            json!({"error": "give ?level=<filter>, e.g. ?level=debug or ?level=info,weft_agent=trace"}),
+        );
+    };
+    match LOG_FILTER.get().map(|set| set(level)) {
+        Some(Ok(())) => (StatusCode::OK, json!({"level": level})),
+        Some(Err(e)) => (StatusCode::BAD_REQUEST, json!({"error": e})),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "this agent was started without a reloadable log filter"}),
+        ),
+    }
+}
+
+/// What an admin request asks for, decided from its method, path and query alone.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Endpoint<'a> {
+    FollowFlows,
+    SetLogLevel(Option<&'a str>),
+    Get(&'a str),
+    NotAllowed,
+}
+
+/// Classifies an admin request; nothing in it can fail or panic, whatever a client sends.
+pub fn endpoint<'a>(method: &http::Method, path: &'a str, query: Option<&'a str>) -> Endpoint<'a> {
+    match (method, path) {
+        (&http::Method::GET, "/flows") if query_value(query, "follow").is_some() => {
+            Endpoint::FollowFlows
+        }
+        (&http::Method::POST, "/logging") => Endpoint::SetLogLevel(query_value(query, "level")),
+        (&http::Method::GET, _) => Endpoint::Get(path),
+        _ => Endpoint::NotAllowed,
+    }
+}

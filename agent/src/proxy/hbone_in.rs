@@ -1,0 +1,134 @@
+//! What an enrolled pod's HBONE listener does with a tunnel: authorize it under the current
+//! policy, deliver it into the pod from the client's own address, and carry its bytes. The
+//! TLS, HTTP/2 and deadlines around it are the mesh core's HBONE server.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use http::StatusCode;
+use weft_mesh::{
+    connections::{Connection, Direction, Security},
+    hbone::{
+        self,
+        server::{reply, Inbound, Tunnels},
+    },
+    identity::SpiffeId,
+    limits,
+    registry::Registry,
+};
+
+use super::{authorize, inbound::deliver, PodContext, ProxyContext};
+
+/// One enrolled pod's HBONE listener.
+#[derive(Debug)]
+pub struct PodTunnels {
+    pub pod: Arc<PodContext>,
+    pub ctx: Arc<ProxyContext>,
+}
+
+/// The record of an inbound HBONE connection from `peer` to `target`, with the client's
+/// identity and certificate serial once TLS has proven them.
+fn record(
+    registry: &Registry,
+    pod: &PodContext,
+    peer: SocketAddr,
+    target: SocketAddr,
+    client: Option<(&SpiffeId, Option<String>)>,
+) -> Connection {
+    Connection {
+        id: 0,
+        started_unix_ms: 0,
+        decision: None,
+        direction: Direction::Inbound,
+        pod: pod.name().to_owned(),
+        workload_identity: Some(pod.identity.to_string()),
+        source: peer,
+        original_destination: target,
+        destination: target,
+        service: None,
+        security: Security::Mtls,
+        peer_identity: client.as_ref().map(|(id, _)| id.to_string()),
+        peer_certificate_serial: client.and_then(|(_, serial)| serial),
+        peer_workload: registry.workload_at(peer.ip()),
+        failure: None,
+    }
+}
+
+impl Tunnels for PodTunnels {
+    fn identity(&self) -> &SpiffeId {
+        &self.pod.identity
+    }
+
+    fn name(&self) -> String {
+        self.pod.name().to_owned()
+    }
+
+    fn target(&self, method: &http::Method, uri: &http::Uri) -> Result<SocketAddr, &'static str> {
+        hbone::server::connect_target(method, uri, self.pod.placement.ip)
+    }
+
+    /// Recorded as a failed flow, so `weftctl flows` says why.
+    fn refused(&self, peer: SocketAddr, local: SocketAddr, reason: String) {
+        let registry = self.ctx.registry.borrow().clone();
+        self.ctx
+            .connections
+            .failed(record(&registry, &self.pod, peer, local, None), reason);
+    }
+
+    async fn carry(self: Arc<Self>, tunnel: Inbound) {
+        let Inbound {
+            peer,
+            client,
+            serial,
+            target,
+            body,
+            mut respond,
+        } = tunnel;
+        let (pod, ctx) = (&self.pod, &self.ctx);
+        let registry = ctx.registry.borrow().clone();
+        let connection = record(&registry, pod, peer, target, Some((&client, serial)));
+        let Some(guard) = authorize(ctx, &registry, pod, connection, Some(&client)) else {
+            reply(&mut respond, StatusCode::UNAUTHORIZED);
+            return;
+        };
+        // The client agent connects from the client pod's own address: deliver from it.
+        let server = match deliver(pod, ctx, SocketAddr::new(peer.ip(), 0), target).await {
+            Ok(server) => server,
+            Err(e) => {
+                tracing::warn!(pod = %pod.name(), %client, %target, error = %e, "HBONE destination unreachable: 503");
+                ctx.connections
+                    .totals
+                    .failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                reply(&mut respond, StatusCode::SERVICE_UNAVAILABLE);
+                return;
+            }
+        };
+        let response = http::Response::builder()
+            .status(StatusCode::OK)
+            .body(())
+            .unwrap_or_default();
+        let send = match respond.send_response(response, false) {
+            Ok(send) => send,
+            Err(e) => {
+                tracing::debug!(error = %e, "HBONE stream reset before it opened");
+                return;
+            }
+        };
+        // The TCP side here is the application: what it sends goes back to the client.
+        let bytes = guard.bytes();
+        let carried =
+            hbone::stream::splice(server, send, body, &bytes.to_client, &bytes.from_client);
+        let ((to_client, from_client), error) = tokio::select! {
+            result = carried => result,
+            () = guard.revoked() => return,
+            () = limits::idle([&bytes.to_client, &bytes.from_client], limits::STREAM_IDLE_TIMEOUT) => {
+                ctx.connections.metrics.limits.hit("hbone", "stream_idle_timeout", &peer);
+                return;
+            }
+        };
+        guard.finish(from_client, to_client);
+        if let Some(e) = error {
+            tracing::debug!(error = %e, "HBONE tunnel ended with an error");
+        }
+    }
+}
