@@ -19,6 +19,7 @@ use weft_mesh::{
     identity::SpiffeId,
     policy::{traffic::Algorithm, TrafficSettings},
     registry::Registry,
+    socket,
 };
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -208,18 +209,16 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                 Err(e) => failed(connection, format!("HBONE tunnel to {hbone} failed: {e}")),
             }
         }
-        None => {
-            match weft_mesh::socket::connect(pod, route.destination, route.connect_timeout).await {
-                Ok(server) => {
-                    let guard = ctx.connections.open(connection);
-                    splice(client, server, &guard).await;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    failed(connection, route.timed_out());
-                }
-                Err(e) => failed(connection, format!("destination unreachable: {e}")),
+        None => match socket::connect(pod, route.destination, route.connect_timeout).await {
+            Ok(server) => {
+                let guard = ctx.connections.open(connection);
+                splice(client, server, &guard).await;
             }
-        }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                failed(connection, route.timed_out());
+            }
+            Err(e) => failed(connection, format!("destination unreachable: {e}")),
+        },
     }
 }
 
