@@ -18,4 +18,5 @@ pub mod metrics;
 pub mod policy;
 pub mod ports;
 pub mod registry;
+pub mod route;
 pub mod socket;

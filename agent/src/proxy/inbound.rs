@@ -152,7 +152,7 @@ async fn deliver_from(
         .insert(key, 1, 0)
         .map_err(std::io::Error::other)?;
     let connected =
-        weft_mesh::socket::connect_socket(socket, destination, super::outbound::CONNECT_TIMEOUT)
+        weft_mesh::socket::connect_socket(socket, destination, weft_mesh::route::CONNECT_TIMEOUT)
             .await;
     let _ = ctx
         .maps

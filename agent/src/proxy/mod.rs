@@ -6,9 +6,8 @@ pub mod inbound;
 pub mod outbound;
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
 };
 
 use tokio::{net::TcpStream, sync::watch};
@@ -54,7 +53,8 @@ pub struct ProxyContext {
     pub connections: Arc<Connections>,
     /// On SIGTERM: listeners stop accepting, connections finish.
     pub drain: weft_mesh::drain::Signal,
-    round_robin: Mutex<HashMap<String, usize>>,
+    /// Which endpoint of each Service port is next.
+    pub rotation: weft_mesh::route::RoundRobin,
 }
 
 /// An enrolled pod as the proxy sees it.
@@ -121,7 +121,7 @@ impl ProxyContext {
             maps,
             connections,
             drain,
-            round_robin: Mutex::new(HashMap::new()),
+            rotation: weft_mesh::route::RoundRobin::default(),
         }
     }
 
@@ -132,21 +132,6 @@ impl ProxyContext {
             limits: self.connections.metrics.limits.clone(),
             drain: self.drain.clone(),
         }
-    }
-
-    /// Picks the next of `choices` for `key`, in turn.
-    fn next_of(&self, key: &str, choices: &[SocketAddr]) -> Option<SocketAddr> {
-        if choices.is_empty() {
-            return None;
-        }
-        let mut counters = self
-            .round_robin
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let counter = counters.entry(key.to_owned()).or_insert(0);
-        let pick = choices[*counter % choices.len()];
-        *counter = counter.wrapping_add(1);
-        Some(pick)
     }
 }
 

@@ -3,9 +3,8 @@
 //! with the pod's address.
 
 use std::{
-    net::{SocketAddr, SocketAddrV4},
+    net::SocketAddr,
     sync::{atomic::Ordering, Arc},
-    time::Duration,
 };
 
 use tokio::net::{TcpListener, TcpStream};
@@ -17,82 +16,9 @@ use weft_mesh::{
     connections::{Connection, Direction, Security},
     hbone::{stream as hbone_stream, HboneError},
     identity::SpiffeId,
-    policy::{traffic::Algorithm, TrafficSettings},
     registry::Registry,
-    socket,
+    route, socket,
 };
-
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where a captured connection goes: the endpoint picked, the Service it came through, and
-/// how long reaching it may take.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Route {
-    pub destination: SocketAddr,
-    pub service: Option<String>,
-    pub connect_timeout: Duration,
-    /// The `TrafficPolicy` whose `connectTimeout` set `connect_timeout`, when one did.
-    pub timeout_from: Option<String>,
-}
-
-impl Route {
-    /// Why the connection failed when it could not be opened in time.
-    fn timed_out(&self) -> String {
-        let limit = humantime(self.connect_timeout);
-        match &self.timeout_from {
-            Some(policy) => {
-                format!("connect timed out after {limit} (connectTimeout of TrafficPolicy {policy})")
-            }
-            None => format!(
-                "connect timed out after {limit} (the default; a TrafficPolicy's connectTimeout changes it)"
-            ),
-        }
-    }
-}
-
-fn humantime(duration: Duration) -> String {
-    if duration.subsec_millis() == 0 {
-        format!("{}s", duration.as_secs())
-    } else {
-        format!("{}ms", duration.as_millis())
-    }
-}
-
-/// Resolves an original destination: a Service VIP:port picks a ready endpoint in turn (port
-/// mapped to targetPort); a pod IP or any other address is used as is.
-pub fn resolve(
-    ctx: &ProxyContext,
-    registry: &Registry,
-    original: SocketAddrV4,
-) -> Result<Route, String> {
-    if let Some((service, port)) = registry.service_by_vip(original) {
-        let name = format!("{}/{}", service.namespace, service.name);
-        let endpoints = registry.endpoints(service, port);
-        let traffic = registry.traffic_for(service);
-        let random = traffic.is_some_and(|t| t.algorithm == Algorithm::Random);
-        let policy_timeout = traffic.and_then(|t| t.connect_timeout);
-        let destination = if random {
-            endpoints
-                .get(rand::random_range(0..endpoints.len().max(1)))
-                .copied()
-        } else {
-            ctx.next_of(&format!("{name}:{}", port.port), &endpoints)
-        }
-        .ok_or_else(|| format!("service {name} port {} has no ready endpoints", port.port))?;
-        return Ok(Route {
-            destination,
-            service: Some(name),
-            connect_timeout: policy_timeout.unwrap_or(CONNECT_TIMEOUT),
-            timeout_from: policy_timeout.and(traffic.map(TrafficSettings::id)),
-        });
-    }
-    Ok(Route {
-        destination: SocketAddr::V4(original),
-        service: None,
-        connect_timeout: CONNECT_TIMEOUT,
-        timeout_from: None,
-    })
-}
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, ctx: Arc<ProxyContext>) {
     let limits = ctx.connections.metrics.limits.clone();
@@ -151,11 +77,11 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         return;
     }
     // One registry snapshot decides the whole connection: route, identity and names.
-    let route = match resolve(ctx, &registry, original) {
+    let route = match route::resolve(&ctx.rotation, &registry, original) {
         Ok(route) => route,
-        Err(reason) => {
-            tracing::warn!(pod = %pod.name(), %original, %reason, "outbound connection failed");
-            ctx.connections.failed(connection, reason);
+        Err(e) => {
+            tracing::warn!(pod = %pod.name(), %original, reason = e.reason(), error = %e, "outbound connection failed");
+            ctx.connections.failed(connection, e.to_string());
             return;
         }
     };

@@ -1,0 +1,132 @@
+//! Where a connection to an original destination goes: a Service VIP:port picks one of its
+//! ready endpoints (in turn, or at random under a TrafficPolicy), with the port mapped to its
+//! targetPort and the connect timeout the policy sets; any other address is used as is.
+//! Shared by the agent's L4 proxy and the waypoint.
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, SocketAddrV4},
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
+
+use crate::{
+    policy::{traffic::Algorithm, TrafficSettings},
+    registry::Registry,
+};
+
+/// Connect timeout when no TrafficPolicy sets one.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Round-robin state per Service port: at most this many are tracked; past it the counters
+/// start again (a fresh rotation, not a failure).
+pub const MAX_ROTATIONS: usize = 65_536;
+
+/// Where a connection goes: the endpoint picked, the Service it came through, and how long
+/// reaching it may take.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Route {
+    pub destination: SocketAddr,
+    pub service: Option<String>,
+    pub connect_timeout: Duration,
+    /// The `TrafficPolicy` whose `connectTimeout` set `connect_timeout`, when one did.
+    pub timeout_from: Option<String>,
+}
+
+impl Route {
+    /// Why the connection failed when it could not be opened in time.
+    pub fn timed_out(&self) -> String {
+        let limit = humantime(self.connect_timeout);
+        match &self.timeout_from {
+            Some(policy) => {
+                format!("connect timed out after {limit} (connectTimeout of TrafficPolicy {policy})")
+            }
+            None => format!(
+                "connect timed out after {limit} (the default; a TrafficPolicy's connectTimeout changes it)"
+            ),
+        }
+    }
+}
+
+fn humantime(duration: Duration) -> String {
+    if duration.subsec_millis() == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{}ms", duration.as_millis())
+    }
+}
+
+/// Why a destination has no route.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("service {service} port {port} has no ready endpoints")]
+    NoReadyEndpoints { service: String, port: u16 },
+}
+
+impl RouteError {
+    /// The bounded `reason` label of this failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoReadyEndpoints { .. } => "no_ready_endpoints",
+        }
+    }
+}
+
+/// Which endpoint of each Service port is next.
+#[derive(Debug, Default)]
+pub struct RoundRobin(Mutex<HashMap<String, usize>>);
+
+impl RoundRobin {
+    /// Picks the next of `choices` for `key`, in turn.
+    pub fn next_of(&self, key: &str, choices: &[SocketAddr]) -> Option<SocketAddr> {
+        if choices.is_empty() {
+            return None;
+        }
+        let mut counters = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if counters.len() >= MAX_ROTATIONS && !counters.contains_key(key) {
+            counters.clear();
+        }
+        let counter = counters.entry(key.to_owned()).or_insert(0);
+        let pick = choices[*counter % choices.len()];
+        *counter = counter.wrapping_add(1);
+        Some(pick)
+    }
+}
+
+/// Resolves an original destination under one registry snapshot.
+pub fn resolve(
+    rotation: &RoundRobin,
+    registry: &Registry,
+    original: SocketAddrV4,
+) -> Result<Route, RouteError> {
+    if let Some((service, port)) = registry.service_by_vip(original) {
+        let name = format!("{}/{}", service.namespace, service.name);
+        let endpoints = registry.endpoints(service, port);
+        let traffic = registry.traffic_for(service);
+        let random = traffic.is_some_and(|t| t.algorithm == Algorithm::Random);
+        let policy_timeout = traffic.and_then(|t| t.connect_timeout);
+        let destination = if random {
+            endpoints
+                .get(rand::random_range(0..endpoints.len().max(1)))
+                .copied()
+        } else {
+            rotation.next_of(&format!("{name}:{}", port.port), &endpoints)
+        }
+        .ok_or_else(|| RouteError::NoReadyEndpoints {
+            service: name.clone(),
+            port: port.port,
+        })?;
+        return Ok(Route {
+            destination,
+            service: Some(name),
+            connect_timeout: policy_timeout.unwrap_or(CONNECT_TIMEOUT),
+            timeout_from: policy_timeout.and(traffic.map(TrafficSettings::id)),
+        });
+    }
+    Ok(Route {
+        destination: SocketAddr::V4(original),
+        service: None,
+        connect_timeout: CONNECT_TIMEOUT,
+        timeout_from: None,
+    })
+}
