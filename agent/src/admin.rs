@@ -230,11 +230,18 @@ pub async fn start(
     let metrics_listener = bind(metrics).await?;
     let ready_listener = bind(readiness).await?;
     let admin_state = state.clone();
-    let limits = state.connections.metrics.limits.clone();
+    // Answering through the drain: readiness says 503 while the data path drains, and the
+    // admin API and metrics show it.
+    let kept = |bounds: weft_mesh::limits::Http1Limits| weft_mesh::serve::Serving {
+        name: bounds.listener,
+        limits: state.connections.metrics.limits.clone(),
+        drain: state.proxy.drain.clone(),
+        on_drain: weft_mesh::serve::OnDrain::KeepServing,
+    };
     tokio::spawn(serve(
         admin_listener,
         weft_mesh::limits::ADMIN,
-        limits.clone(),
+        kept(weft_mesh::limits::ADMIN),
         Arc::new(
             move |method: &http::Method, path: &str, query: Option<&str>| {
                 admin_state.handle(method, path, query)
@@ -245,7 +252,7 @@ pub async fn start(
     tokio::spawn(serve(
         metrics_listener,
         weft_mesh::limits::METRICS,
-        limits.clone(),
+        kept(weft_mesh::limits::METRICS),
         Arc::new(
             move |_: &http::Method, path: &str, _: Option<&str>| match path {
                 "/metrics" => {
@@ -263,7 +270,7 @@ pub async fn start(
     tokio::spawn(serve(
         ready_listener,
         weft_mesh::limits::READINESS,
-        limits,
+        kept(weft_mesh::limits::READINESS),
         Arc::new(move |_: &http::Method, path: &str, _: Option<&str>| {
             json_reply(match path {
                 "/healthz/ready" if state.proxy.drain.is_draining() => (

@@ -73,7 +73,7 @@ pub fn respond(reply: Reply) -> Response<ResponseBody> {
 pub async fn serve<F>(
     listener: TcpListener,
     bounds: crate::limits::Http1Limits,
-    limits: Arc<crate::limits::Limits>,
+    serving: crate::serve::Serving,
     handler: Arc<F>,
 ) where
     F: Fn(&http::Method, &str, Option<&str>) -> Reply + Send + Sync + 'static,
@@ -82,7 +82,7 @@ pub async fn serve<F>(
         let reply = handler(req.method(), req.uri().path(), req.uri().query());
         async move { Ok::<_, Infallible>(respond(reply)) }
     });
-    crate::limits::serve_http1(listener, bounds, limits, None, service).await;
+    crate::serve::serve_http1(listener, bounds, serving, None, service).await;
 }
 
 /// `?key=value` from a query string.

@@ -19,4 +19,5 @@ pub mod policy;
 pub mod ports;
 pub mod registry;
 pub mod route;
+pub mod serve;
 pub mod socket;

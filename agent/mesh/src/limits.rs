@@ -1,14 +1,11 @@
-//! The limits every listener of the agent (and of its CA) runs under, the counter and the
-//! rate-limited log line each one gets when it is hit, and the one accept/serve helper for the
-//! HTTP/1 ports. ARCHITECTURE.md's limits table lists the same numbers with their reasons.
+//! The limits every listener of the agent (and of its CA) runs under, and the counter and the
+//! rate-limited log line each one gets when it is hit. [`crate::serve`] applies them. ARCHITECTURE.md's limits table lists the same numbers with their reasons.
 
 use std::{
     collections::HashMap,
-    convert::Infallible,
-    net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, PoisonError,
+        Mutex, PoisonError,
     },
     time::{Duration, Instant},
 };
@@ -18,7 +15,6 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family},
 };
 use serde::Serialize;
-use tokio::{net::TcpListener, sync::Semaphore};
 
 /// TLS handshake, HBONE (15008) and CA (15012): a peer that does not finish it in time is cut.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -137,155 +133,6 @@ impl Limits {
             .collect();
         hits.sort_by_key(|h| (h.listener, h.limit));
         hits
-    }
-}
-
-/// How long accept waits after an error (EMFILE, ENFILE, ENOBUFS) before trying again: the
-/// error would come straight back, and retrying at once would spin a core.
-pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
-
-/// Accepts the next connection, pausing and counting on errors, never spinning.
-pub async fn accept(
-    listener: &TcpListener,
-    name: &'static str,
-    limits: &Limits,
-) -> (tokio::net::TcpStream, SocketAddr) {
-    loop {
-        match listener.accept().await {
-            Ok(accepted) => return accepted,
-            Err(e) => {
-                limits.hit(name, "accept_error", &e);
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-            }
-        }
-    }
-}
-
-/// Serves HTTP/1.1 on `listener` under `bounds`: at most `max_connections` at once (one more
-/// is closed at once), TLS first when `tls` is given (within [`TLS_HANDSHAKE_TIMEOUT`]), one
-/// request per connection, its head within [`HEADER_READ_TIMEOUT`] and at most
-/// [`MAX_REQUEST_HEAD`] bytes, the whole connection within `connection_deadline`.
-pub async fn serve_http1<S, B>(
-    listener: TcpListener,
-    bounds: Http1Limits,
-    limits: Arc<Limits>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    service: S,
-) where
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = hyper::Response<B>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let slots = Arc::new(Semaphore::new(bounds.max_connections));
-    loop {
-        let (stream, peer) = accept(&listener, bounds.listener, &limits).await;
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            limits.hit(
-                bounds.listener,
-                "max_connections",
-                &format_args!(
-                    "{peer} closed at once: {} connections already open",
-                    bounds.max_connections
-                ),
-            );
-            drop(stream);
-            continue;
-        };
-        let (service, limits, tls) = (service.clone(), limits.clone(), tls.clone());
-        tokio::spawn(async move {
-            let served = async {
-                match tls {
-                    None => serve_one(stream, service, bounds, &limits, peer).await,
-                    Some(acceptor) => {
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(tls)) => {
-                                let tls = crate::hbone::closing::ClosingTls::from(tls);
-                                serve_one(tls, service, bounds, &limits, peer).await;
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            }
-                            Err(_) => limits.hit(
-                                bounds.listener,
-                                "tls_handshake_timeout",
-                                &format_args!("{peer} cut after {TLS_HANDSHAKE_TIMEOUT:?}"),
-                            ),
-                        }
-                    }
-                }
-            };
-            match bounds.connection_deadline {
-                Some(deadline) => {
-                    if tokio::time::timeout(deadline, served).await.is_err() {
-                        limits.hit(
-                            bounds.listener,
-                            "connection_deadline",
-                            &format_args!("{peer} cut after {deadline:?}"),
-                        );
-                    }
-                }
-                None => served.await,
-            }
-            drop(permit);
-        });
-    }
-}
-
-/// One request on one connection, its head bounded in time and size.
-async fn serve_one<IO, S, B>(
-    io: IO,
-    service: S,
-    bounds: Http1Limits,
-    limits: &Limits,
-    peer: SocketAddr,
-) where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = hyper::Response<B>,
-            Error = Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_REQUEST_HEAD)
-        .keep_alive(false);
-    // A head that is late or too large ends the connection with an error hyper has answered
-    // (408 or 431) where it could; both are limits, and counted.
-    if let Err(e) = builder
-        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-        .await
-    {
-        if e.is_timeout() {
-            limits.hit(
-                bounds.listener,
-                "header_read_timeout",
-                &format_args!("{peer}: {e}"),
-            );
-        } else if e.is_parse_too_large() {
-            limits.hit(
-                bounds.listener,
-                "request_head_too_large",
-                &format_args!("{peer}: {e}"),
-            );
-        }
     }
 }
 

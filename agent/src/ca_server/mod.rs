@@ -52,7 +52,13 @@ pub enum CaServerError {
     Kube(#[from] kube::Error),
     #[error("the signing certificate path {0} is not set: give --ca-cert and --ca-key")]
     NoKey(PathBuf),
+    #[error("installing the SIGTERM handler: {0}")]
+    Signal(std::io::Error),
 }
+
+/// After SIGTERM the CA finishes the signings in flight for at most this long. A signing
+/// takes milliseconds; agents retry one that is cut.
+pub const CA_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Signs what the authorizer allows.
 #[derive(Debug)]
@@ -128,11 +134,38 @@ pub async fn run(config: CaConfig) -> Result<(), CaServerError> {
     let ready = TcpListener::bind(config.readiness)
         .await
         .map_err(|e| CaServerError::Bind(config.readiness, e))?;
-    tokio::spawn(serve_health(ready, pods.clone()));
+    let (trigger, drain) = weft_mesh::drain::channel();
+    let limits = Arc::new(weft_mesh::limits::Limits::default());
+    let serving = |on_drain| weft_mesh::serve::Serving {
+        name: "ca",
+        limits: limits.clone(),
+        drain: drain.clone(),
+        on_drain,
+    };
+    // Readiness answers through the drain, so the Service stops sending here first.
+    tokio::spawn(serve_health(
+        ready,
+        pods.clone(),
+        serving(weft_mesh::serve::OnDrain::KeepServing),
+    ));
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| CaServerError::Bind(config.listen, e))?;
-    serve(&config, client, listener, pods).await
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(CaServerError::Signal)?;
+    let serving = serving(weft_mesh::serve::OnDrain::Stop);
+    tokio::select! {
+        served = serve(&config, client, listener, pods, serving) => return served,
+        _ = term.recv() => {}
+    }
+    tracing::info!(deadline = ?CA_DRAIN_TIMEOUT, "SIGTERM: the CA stops accepting and finishes the signings in flight");
+    match trigger.drain(CA_DRAIN_TIMEOUT).await {
+        weft_mesh::drain::Drained::Finished => tracing::info!("CA drained"),
+        weft_mesh::drain::Drained::Cut(open) => {
+            tracing::warn!(open, "CA drain deadline passed; cutting the rest");
+        }
+    }
+    Ok(())
 }
 
 /// Serves `POST /v1/svid` on `listener`, checking callers through `client`'s API server
@@ -142,6 +175,7 @@ pub async fn serve(
     client: kube::Client,
     listener: TcpListener,
     pods: Arc<Mutex<authz::PodIndex>>,
+    serving: weft_mesh::serve::Serving,
 ) -> Result<(), CaServerError> {
     let ca = {
         let (signing, trust_domain) = (config.signing.clone(), config.trust_domain.clone());
@@ -182,10 +216,10 @@ pub async fn serve(
         let signer = signer.clone();
         async move { Ok::<_, std::convert::Infallible>(answer(&signer, req).await) }
     });
-    weft_mesh::limits::serve_http1(
+    weft_mesh::serve::serve_http1(
         listener,
         weft_mesh::limits::CA,
-        Arc::new(weft_mesh::limits::Limits::default()),
+        serving,
         Some(acceptor),
         service,
     )
@@ -219,7 +253,11 @@ async fn answer(signer: &Signer, req: Request<Incoming>) -> Response<Full<Bytes>
 
 /// Live while the process serves; ready only once the pod watch has listed, since before
 /// that every signing request would be refused.
-async fn serve_health(listener: TcpListener, pods: Arc<Mutex<authz::PodIndex>>) {
+async fn serve_health(
+    listener: TcpListener,
+    pods: Arc<Mutex<authz::PodIndex>>,
+    serving: weft_mesh::serve::Serving,
+) {
     let service = service_fn(move |req: Request<Incoming>| {
         let synced = pods.lock().unwrap_or_else(PoisonError::into_inner).synced();
         async move {
@@ -237,10 +275,10 @@ async fn serve_health(listener: TcpListener, pods: Arc<Mutex<authz::PodIndex>>) 
             Ok::<_, std::convert::Infallible>(response)
         }
     });
-    weft_mesh::limits::serve_http1(
+    weft_mesh::serve::serve_http1(
         listener,
         weft_mesh::limits::READINESS,
-        Arc::new(weft_mesh::limits::Limits::default()),
+        serving,
         None,
         service,
     )

@@ -21,6 +21,18 @@ use super::{
 use weft_fake_api::FakeApi;
 use weft_mesh::identity::{CaError, CaSource, RemoteCa, Signer, SpiffeId};
 
+/// A listener's serving with a drain that stays off while the trigger is held.
+fn serving() -> (weft_mesh::drain::Trigger, weft_mesh::serve::Serving) {
+    let (trigger, drain) = weft_mesh::drain::channel();
+    let serving = weft_mesh::serve::Serving {
+        name: "ca",
+        limits: Arc::default(),
+        drain,
+        on_drain: weft_mesh::serve::OnDrain::Stop,
+    };
+    (trigger, serving)
+}
+
 struct TempDir(PathBuf);
 
 impl Drop for TempDir {
@@ -95,7 +107,11 @@ async fn serving_ca(pods: Vec<serde_json::Value>) -> (Signer, FakeApi, TempDir) 
     };
     let pods = Arc::new(Mutex::new(PodIndex::default()));
     watch_pods(client.clone(), pods.clone());
-    tokio::spawn(async move { serve(&config, client, listener, pods).await });
+    let (trigger, serving) = serving();
+    tokio::spawn(async move {
+        let _trigger = trigger;
+        serve(&config, client, listener, pods, serving).await
+    });
 
     let remote: Signer = Arc::new(
         RemoteCa::new(
@@ -221,7 +237,12 @@ async fn the_ca_is_ready_only_once_its_pod_watch_has_listed() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(super::serve_health(listener, pods.clone()));
+    let (trigger, serving) = serving();
+    let pods_for_health = pods.clone();
+    tokio::spawn(async move {
+        let _trigger = trigger;
+        super::serve_health(listener, pods_for_health, serving).await;
+    });
     assert!(get_status(addr, "/healthz/live").await.contains("200"));
     let before = get_status(addr, "/healthz/ready").await;
     assert!(before.contains("503"), "{before}");

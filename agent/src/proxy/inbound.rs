@@ -17,22 +17,16 @@ use weft_mesh::connections::{Connection, Direction, Security};
 
 use crate::capture::routing::DELIVERY_MARK;
 
+/// Serves the pod's inbound capture listener until the drain; open connections finish.
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, ctx: Arc<ProxyContext>) {
-    let limits = ctx.connections.metrics.limits.clone();
-    loop {
-        // Draining: no new connection here; the open ones finish.
-        let (client, peer) = tokio::select! {
-            accepted = weft_mesh::limits::accept(&listener, "inbound", &limits) => accepted,
-            () = ctx.drain.signaled() => return,
-        };
+    let serving = ctx.serving("inbound");
+    weft_mesh::serve::serve(listener, serving, move |client, peer| {
         // Small request/response writes must leave at once; Nagle would hold them for an ACK.
         let _ = client.set_nodelay(true);
-        let (pod, ctx, held) = (pod.clone(), ctx.clone(), ctx.drain.hold());
-        tokio::spawn(async move {
-            handle(client, peer, &pod, &ctx).await;
-            drop(held);
-        });
-    }
+        let (pod, ctx) = (pod.clone(), ctx.clone());
+        async move { handle(client, peer, &pod, &ctx).await }
+    })
+    .await;
 }
 
 async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &ProxyContext) {

@@ -125,6 +125,16 @@ impl ProxyContext {
         }
     }
 
+    /// How a data-path listener of this node is served: stopped by the drain.
+    pub fn serving(&self, name: &'static str) -> weft_mesh::serve::Serving {
+        weft_mesh::serve::Serving {
+            name,
+            limits: self.connections.metrics.limits.clone(),
+            drain: self.drain.clone(),
+            on_drain: weft_mesh::serve::OnDrain::Stop,
+        }
+    }
+
     /// What every pod's HBONE listener shares.
     pub fn hbone_server(&self) -> weft_mesh::hbone::server::Server {
         weft_mesh::hbone::server::Server {

@@ -17,6 +17,7 @@ use crate::{
     drain,
     identity::{self, CertStore, SpiffeId},
     limits::{self, Limits},
+    serve::{OnDrain, Serving},
 };
 
 /// What an HBONE listener does with what it accepts: the agent delivers each tunnel into the
@@ -55,26 +56,29 @@ pub struct Server {
     pub drain: drain::Signal,
 }
 
+/// Serves HBONE on `listener` until the drain; each connection holds the drain open.
 pub async fn serve<T: Tunnels>(listener: TcpListener, server: Server, tunnels: Arc<T>) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = limits::accept(&listener, "hbone", &server.limits) => accepted,
-            () = server.drain.signaled() => return,
-        };
+    let serving = Serving {
+        name: "hbone",
+        limits: server.limits.clone(),
+        drain: server.drain.clone(),
+        on_drain: OnDrain::Stop,
+    };
+    crate::serve::serve(listener, serving, move |tcp, peer| {
         // Small request/response writes must leave at once; Nagle would hold them for an ACK.
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().unwrap_or(peer);
-        let (server, tunnels, held) = (server.clone(), tunnels.clone(), server.drain.hold());
-        tokio::spawn(async move {
-            let _held = held;
+        let (server, tunnels) = (server.clone(), tunnels.clone());
+        async move {
             if let Err(e) = connection(tcp, peer, &server, &tunnels).await {
                 tracing::info!(listener = %tunnels.name(), %peer, error = %e, "HBONE connection refused or failed");
                 if matches!(e, HboneError::Tls { .. } | HboneError::Authority(_)) {
                     tunnels.refused(peer, local, format!("refused before any tunnel: {e}"));
                 }
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 async fn connection<T: Tunnels>(
