@@ -1,6 +1,6 @@
 //! The harness itself, on the real kernel: pods reach each other across nodes with routes a
-//! CNI would set, an eBPF program from `ebpf/` acts on a pod's connections through its cgroup,
-//! and nothing of a run is left behind.
+//! CNI would set, the test-only probe (`ebpf/weft-ebpf-probe`) acts on a pod's connections
+//! through its cgroup, nothing of a run is left behind, and the agent's object carries no probe.
 
 use std::{fs::File, time::Duration};
 
@@ -9,7 +9,12 @@ use aya::{
     programs::{links::CgroupAttachMode, CgroupSockAddr},
     EbpfLoader,
 };
-use weft_harness::{netns, require_privileges, Cluster, ClusterSpec, PodHandle, PodSpec};
+use weft_agent::capture::{kernel_object, programs::check_object};
+use weft_harness::{
+    netns,
+    privileges::{require_probe_object, skip},
+    require_privileges, Cluster, ClusterSpec, PodHandle, PodSpec,
+};
 
 const TESTPOD: &str = env!("CARGO_BIN_EXE_weft-testpod");
 
@@ -96,6 +101,9 @@ fn kernel_program_acts_on_connections_from_inside_the_pod_only() {
     if !require_privileges() {
         return;
     }
+    let Some(probe) = require_probe_object() else {
+        return;
+    };
     let cluster =
         Cluster::start(&spec(&[("client", "node0"), ("server", "node0")])).expect("cluster");
     let (client, server) = (
@@ -108,20 +116,22 @@ fn kernel_program_acts_on_connections_from_inside_the_pod_only() {
     wait_listening(&cluster, &server, 9000);
     let target = format!("{}:9000", server.ip);
 
-    let object = weft_agent::capture::kernel_object().expect("agent built with its kernel object");
-    // Capture maps in the object are pinned by name: keep them in this run's bpffs folder.
-    let pins = cluster.bpffs_dir();
-    std::fs::create_dir_all(&pins).expect("run bpffs folder");
+    // The probe's maps are not pinned: they go when `ebpf` drops.
     let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(&pins)
-        .load(object)
-        .expect("load object");
+        .load_file(&probe)
+        .expect("load the probe object");
     let program: &mut CgroupSockAddr = ebpf
         .program_mut("weft_probe_connect4")
         .expect("probe program in object")
         .try_into()
         .expect("cgroup/connect4 program");
     program.load().expect("verifier accepts the probe");
+    // Pinned in the run's bpffs folder as the agent pins capture: the teardown must unpin it.
+    let pins = cluster.bpffs_dir();
+    std::fs::create_dir_all(&pins).expect("run bpffs folder");
+    program
+        .pin(pins.join("weft_probe_connect4"))
+        .expect("pin the probe in the run's folder");
     let cgroup = File::open(&client.cgroup).expect("open pod cgroup");
     // bpf_link attachments to a cgroup always coexist with other programs there (the kernel
     // treats links as multi-attach); `Single` only means "no legacy flags".
@@ -175,10 +185,7 @@ fn kernel_program_acts_on_connections_from_inside_the_pod_only() {
 
     let prefix = cluster.run_id().prefix();
     let cgroup_parent = weft_harness::cgroup::run_parent(cluster.run_id()).expect("cgroup2");
-    assert!(
-        pins.join("PODS").exists(),
-        "capture maps were pinned in the run's folder"
-    );
+    assert!(pins.join("weft_probe_connect4").exists(), "probe pinned");
     drop(ebpf);
     drop(cluster);
     assert_gone(&prefix, &cgroup_parent);
@@ -187,4 +194,27 @@ fn kernel_program_acts_on_connections_from_inside_the_pod_only() {
         "bpffs pins left behind in {}",
         pins.display()
     );
+}
+
+/// The object the agent embeds holds the capture program and its maps only, and the check
+/// that says so (run by `cargo xtask build` too) refuses the probe's object: it would see the
+/// probe if it came back into the kernel crate. Parsing only, so no privileges needed.
+#[test]
+fn agent_object_carries_capture_only_and_the_check_sees_the_probe() {
+    let object = match kernel_object() {
+        Ok(object) => object,
+        Err(why) => {
+            skip("test of the agent's kernel object", &why.to_string());
+            return;
+        }
+    };
+    check_object(object).expect("the agent's object holds capture only");
+    let Some(probe) = require_probe_object() else {
+        return;
+    };
+    let probe = std::fs::read(&probe).expect("read the probe object");
+    let refused = check_object(&probe)
+        .expect_err("the check must refuse an object with the probe")
+        .to_string();
+    assert!(refused.contains("weft_probe_connect4"), "{refused}");
 }

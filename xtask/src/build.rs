@@ -1,21 +1,67 @@
-//! `cargo xtask build`: the kernel object with nightly (bpfel-unknown-none, build-std=core,
-//! bpf-linker), then the user-space workspace with stable, which embeds that object.
+//! `cargo xtask build`: the kernel objects with nightly (bpfel-unknown-none, build-std=core,
+//! bpf-linker), then the user-space workspace with stable, which embeds the capture object.
+//! The harness probe is built into an object of its own, for the tests only.
 
 use std::path::PathBuf;
 
 use crate::shell;
 
-/// Where the kernel object lands.
-pub fn ebpf_object() -> PathBuf {
-    shell::root().join("target/ebpf/bpfel-unknown-none/release/weft-ebpf")
+/// The kernel crate the agent embeds: capture only.
+const CAPTURE_CRATE: &str = "weft-ebpf";
+/// The test-only kernel crate: the harness probe, never embedded.
+const PROBE_CRATE: &str = "weft-ebpf-probe";
+
+fn kernel_object(krate: &str) -> PathBuf {
+    shell::root()
+        .join("target/ebpf/bpfel-unknown-none/release")
+        .join(krate)
 }
 
-/// Builds the kernel programs and returns the object's path.
-pub fn ebpf() -> anyhow::Result<PathBuf> {
+/// Where the capture object lands.
+pub fn ebpf_object() -> PathBuf {
+    kernel_object(CAPTURE_CRATE)
+}
+
+/// Where the harness probe's object lands (`WEFT_PROBE_OBJECT` for the tests).
+pub fn probe_object() -> PathBuf {
+    kernel_object(PROBE_CRATE)
+}
+
+/// The architectures aya-ebpf 0.2 has kernel bindings for (aya-build 0.2's list).
+const BPF_TARGET_ARCHES: &[&str] = &[
+    "aarch64",
+    "arm",
+    "loongarch64",
+    "mips",
+    "mips64",
+    "powerpc64",
+    "riscv64",
+    "s390x",
+    "x86_64",
+];
+
+/// `bpf_target_arch` for aya-ebpf: the architecture the agent is built for, which is this
+/// machine's (xtask builds user space without `--target`). Rust's `target_arch` names are the
+/// ones aya uses. It selects which architecture's kernel bindings aya-ebpf compiles in
+/// (`pt_regs` and the like): capture's contexts are the same everywhere, but a program reading
+/// registers would read the wrong ones on another architecture.
+fn bpf_target_arch() -> anyhow::Result<&'static str> {
+    let arch = std::env::consts::ARCH;
+    anyhow::ensure!(
+        BPF_TARGET_ARCHES.contains(&arch),
+        "aya-ebpf has no kernel bindings for {arch} (it knows {})",
+        BPF_TARGET_ARCHES.join(", ")
+    );
+    Ok(arch)
+}
+
+/// Builds one kernel crate under `ebpf/` and returns its object's path.
+fn kernel_crate(krate: &str) -> anyhow::Result<PathBuf> {
     let root = shell::root();
+    let arch = format!("--cfg=bpf_target_arch=\"{}\"", bpf_target_arch()?);
     shell::run(
         shell::cargo(Some("nightly"))
-            .current_dir(root.join("ebpf/weft-ebpf"))
+            .current_dir(root.join("ebpf").join(krate))
             .args([
                 "build",
                 "--release",
@@ -29,15 +75,10 @@ pub fn ebpf() -> anyhow::Result<PathBuf> {
             .arg(root.join("target/ebpf"))
             .env(
                 "CARGO_ENCODED_RUSTFLAGS",
-                [
-                    "--cfg=bpf_target_arch=\"x86_64\"",
-                    "-Cdebuginfo=2",
-                    "-Clink-arg=--btf",
-                ]
-                .join("\x1f"),
+                [arch.as_str(), "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
             ),
     )?;
-    let object = ebpf_object();
+    let object = kernel_object(krate);
     anyhow::ensure!(
         object.exists(),
         "the kernel build produced no {}",
@@ -46,10 +87,29 @@ pub fn ebpf() -> anyhow::Result<PathBuf> {
     Ok(object)
 }
 
-/// A stable `cargo` that embeds the kernel object built by [`ebpf`].
+/// Builds the kernel objects, checks that the capture object holds exactly what the agent
+/// loads (so the probe, or any test-only program, can never ship), and returns its path.
+pub fn ebpf() -> anyhow::Result<PathBuf> {
+    let object = kernel_crate(CAPTURE_CRATE)?;
+    let bytes =
+        std::fs::read(&object).map_err(|e| anyhow::anyhow!("reading {}: {e}", object.display()))?;
+    weft_agent::capture::programs::check_object(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", object.display()))?;
+    eprintln!(
+        "build: {} holds programs {:?} only",
+        object.display(),
+        weft_agent::capture::programs::PROGRAMS
+    );
+    kernel_crate(PROBE_CRATE)?;
+    Ok(object)
+}
+
+/// A stable `cargo` that embeds the capture object built by [`ebpf`] and points the tests it
+/// runs at the probe object.
 pub fn user_cargo() -> std::process::Command {
     let mut cmd = shell::cargo(None);
     cmd.env("WEFT_BPF_OBJECT", ebpf_object());
+    cmd.env("WEFT_PROBE_OBJECT", probe_object());
     cmd
 }
 
@@ -71,9 +131,10 @@ pub fn bench() -> anyhow::Result<PathBuf> {
 }
 
 /// Test-only code that must never be in a shipped agent: the scripted Kubernetes API
-/// (`weft-fake-api`, a test-support crate no product crate depends on) and the mock service it
-/// rides on. The check keeps it that way.
-const TEST_ONLY_MARKERS: &[&str] = &["fake_api", "tower_test"];
+/// (`weft-fake-api`, a test-support crate no product crate depends on), the mock service it
+/// rides on, and the harness probe's programs (which [`ebpf`] already keeps out of the
+/// embedded object; this sees them in the binary itself).
+const TEST_ONLY_MARKERS: &[&str] = &["fake_api", "tower_test", "weft_probe"];
 
 /// Builds `weft-agent` and `weftctl` of the agent package alone (no test crate's features can
 /// be unified in) and checks the result carries no test-only code.

@@ -17,11 +17,13 @@ const FUZZ_SECONDS: u64 = 15;
 pub fn run() -> anyhow::Result<()> {
     setup::run()?;
     shell::run(shell::cargo(None).args(["fmt", "--all", "--check"]))?;
-    shell::run(
-        shell::cargo(Some("nightly"))
-            .current_dir(shell::root().join("ebpf/weft-ebpf"))
-            .args(["fmt", "--check"]),
-    )?;
+    for krate in ["weft-ebpf", "weft-ebpf-probe"] {
+        shell::run(
+            shell::cargo(Some("nightly"))
+                .current_dir(shell::root().join("ebpf").join(krate))
+                .args(["fmt", "--check"]),
+        )?;
+    }
     build::ebpf()?;
     shell::run(build::user_cargo().args([
         "clippy",

@@ -21,6 +21,8 @@ pub enum CaptureError {
         "the kernel object has no map or program {0}: agent and object are from different builds"
     )]
     MissingMap(&'static str),
+    #[error("the kernel object does not hold exactly what the agent loads: {0}")]
+    ObjectContents(String),
     #[error("kernel map: {0}")]
     Map(#[from] aya::maps::MapError),
     #[error("kernel link: {0}")]

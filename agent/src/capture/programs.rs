@@ -45,6 +45,49 @@ pub type Counters = Vec<(&'static str, u64)>;
 
 const PROGRAM: &str = "weft_sk_lookup";
 
+/// The programs of the object the agent embeds: capture only. Test-only programs (the
+/// harness probe) are built into an object of their own and must never be in this one.
+pub const PROGRAMS: &[&str] = &[PROGRAM];
+
+/// The maps of the object the agent embeds: those [`Programs::load_or_adopt`] takes.
+pub const MAPS: &[&str] = &[
+    "PODS",
+    "EXCLUDED_PORTS",
+    "DELIVERIES",
+    "INBOUND_LISTENERS",
+    "OUTBOUND_LISTENERS",
+    "COUNTERS",
+];
+
+/// Checks that `object` holds exactly [`PROGRAMS`] and [`MAPS`], so a test-only program or map
+/// that found its way into the kernel crate fails the build (`cargo xtask build` runs this on
+/// the object it built) instead of shipping. Parsing only: no kernel is involved.
+pub fn check_object(object: &[u8]) -> Result<(), CaptureError> {
+    let parsed =
+        aya_obj::Object::parse(object).map_err(|e| CaptureError::ObjectContents(e.to_string()))?;
+    let mut programs: Vec<&str> = parsed.programs.keys().map(String::as_str).collect();
+    // Data sections (.rodata, .bss, .data) are the programs' globals, not maps of their own.
+    let mut maps: Vec<&str> = parsed
+        .maps
+        .keys()
+        .map(String::as_str)
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    programs.sort_unstable();
+    maps.sort_unstable();
+    let mut expected_programs = PROGRAMS.to_vec();
+    let mut expected_maps = MAPS.to_vec();
+    expected_programs.sort_unstable();
+    expected_maps.sort_unstable();
+    if programs == expected_programs && maps == expected_maps {
+        Ok(())
+    } else {
+        Err(CaptureError::ObjectContents(format!(
+            "programs {programs:?} and maps {maps:?}, expected programs {expected_programs:?} and maps {expected_maps:?}"
+        )))
+    }
+}
+
 fn io_error(what: &str, path: &Path, e: impl std::fmt::Display) -> CaptureError {
     CaptureError::Pin(format!("{what} {}: {e}", path.display()))
 }

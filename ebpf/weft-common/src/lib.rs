@@ -42,7 +42,9 @@ pub struct PodConfig {
 /// The agent holds listeners for this pod; without it, capture fails closed.
 pub const POD_FLAG_ENROLLED: u32 = 1;
 
-/// Slots of the per-CPU counter array the programs increment, read by the agent for metrics.
+/// Slots of the per-CPU counter array the capture program increments, read by the agent for
+/// metrics. A slot keeps its number: an agent adopts the array an older agent pinned and reads
+/// its first `COUNT` slots, so slots are only appended or dropped from the end.
 pub mod counter {
     /// Outbound SYN steered to the agent's outbound listener.
     pub const OUTBOUND_REDIRECTED: u32 = 0;
@@ -56,14 +58,11 @@ pub mod counter {
     pub const INBOUND_NO_LISTENER: u32 = 4;
     /// IPv6 connection refused: capture covers IPv4 only.
     pub const IPV6_REFUSED: u32 = 5;
-    /// A map update failed in a program.
+    /// A map update failed in a program. The capture program updates no map today; the slot
+    /// stays so the layout and the exported metric do not change.
     pub const MAP_ERRORS: u32 = 6;
-    /// Connections seen by the harness probe program.
-    pub const PROBE_SEEN: u32 = 7;
-    /// Connections refused by the harness probe program.
-    pub const PROBE_DENIED: u32 = 8;
     /// Number of slots.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 7;
 
     /// Slot names, as exported in metrics.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -74,8 +73,6 @@ pub mod counter {
         "inbound_no_listener",
         "ipv6_refused",
         "map_errors",
-        "probe_seen",
-        "probe_denied",
     ];
 }
 

@@ -1,6 +1,7 @@
 //! Weft's kernel programs: transparent capture of enrolled pods' TCP traffic with one
-//! `sk_lookup` program attached to each enrolled pod's network namespace, and the harness probe
-//! (cgroup connect4) that proves the toolchain end to end.
+//! `sk_lookup` program attached to each enrolled pod's network namespace. This object is what
+//! the agent embeds, so it holds capture and nothing else; the harness's test-only probe is in
+//! `ebpf/weft-ebpf-probe`.
 //!
 //! Capture needs the agent's routing rules in the pod's netns: they make every TCP packet the
 //! pod originates locally delivered, so its SYN meets this program whatever its destination.
@@ -11,11 +12,10 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{bpf_sock_addr, sk_action},
-    helpers::bpf_get_current_cgroup_id,
-    macros::{cgroup_sock_addr, map, sk_lookup},
+    bindings::sk_action,
+    macros::{map, sk_lookup},
     maps::{HashMap, PerCpuArray, SockHash},
-    programs::{SkLookupContext, SockAddrContext},
+    programs::SkLookupContext,
 };
 use weft_common::{
     counter, DeliveryKey, PodConfig, HBONE_PORT, INBOUND_PORT, MAX_EXCLUDED_PORTS, OUTBOUND_PORT,
@@ -53,14 +53,6 @@ static INBOUND_LISTENERS: SockHash<u32> = SockHash::pinned(MAX_PODS, 0);
 #[map]
 static OUTBOUND_LISTENERS: SockHash<u32> = SockHash::pinned(MAX_PODS, 0);
 
-/// Probe: ports whose connect is refused in the cgroups the probe is attached to.
-#[map]
-static PROBE_DENY_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(16, 0);
-
-/// Probe: connects seen per cgroup id.
-#[map]
-static PROBE_SEEN_BY_CGROUP: HashMap<u64, u64> = HashMap::with_max_entries(64, 0);
-
 #[inline(always)]
 fn count(slot: u32) {
     if let Some(value) = COUNTERS.get_ptr_mut(slot) {
@@ -85,31 +77,6 @@ fn is_excluded(port: u16) -> bool {
 fn is_loopback_be(ip_be: u32) -> bool {
     // The first octet of a network-order address is the lowest byte on little endian.
     ip_be.to_le_bytes()[0] == 127
-}
-
-/// Harness probe: counts connects from the cgroup it is attached to and refuses listed ports.
-#[cgroup_sock_addr(connect4)]
-pub fn weft_probe_connect4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the kernel hands sock_addr programs a valid context.
-    let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
-    let port = u16::from_be(sa.user_port as u16);
-    // SAFETY: helper without preconditions.
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    // SAFETY: read-only copy of the value.
-    let seen = unsafe { PROBE_SEEN_BY_CGROUP.get(&cgroup).copied().unwrap_or(0) };
-    if PROBE_SEEN_BY_CGROUP
-        .insert(&cgroup, &(seen + 1), 0)
-        .is_err()
-    {
-        count(counter::MAP_ERRORS);
-    }
-    count(counter::PROBE_SEEN);
-    // SAFETY: presence check only.
-    if unsafe { PROBE_DENY_PORTS.get(&port).is_some() } {
-        count(counter::PROBE_DENIED);
-        return 0;
-    }
-    1
 }
 
 /// Steers an enrolled pod's TCP SYNs to the agent's listeners in the pod's netns. SK_DROP makes
