@@ -65,14 +65,30 @@ where
     H: FnMut(TcpStream, SocketAddr) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
+    serve_some(listener, serving, move |stream, peer| {
+        Some(handle(stream, peer))
+    })
+    .await;
+}
+
+/// Like [`serve`], but `handle` may refuse a connection at once (`None`, having dropped it):
+/// a listener over its cap closes the socket in the accept loop, before any task exists, so a
+/// flood holds no more descriptors than the cap.
+pub async fn serve_some<H, F>(listener: TcpListener, serving: Serving, mut handle: H)
+where
+    H: FnMut(TcpStream, SocketAddr) -> Option<F>,
+    F: Future<Output = ()> + Send + 'static,
+{
     let stops = serving.on_drain == OnDrain::Stop;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = accept(&listener, serving.name, &serving.limits) => accepted,
             () = serving.drain.signaled(), if stops => return,
         };
+        let Some(connection) = handle(stream, peer) else {
+            continue;
+        };
         let held = stops.then(|| serving.drain.hold());
-        let connection = handle(stream, peer);
         tokio::spawn(async move {
             connection.await;
             drop(held);
@@ -105,21 +121,21 @@ pub async fn serve_http1<S, B>(
 {
     let slots = Arc::new(Semaphore::new(bounds.max_connections));
     let limits = serving.limits.clone();
-    serve(listener, serving, move |stream, peer| {
-        let permit = slots.clone().try_acquire_owned();
+    serve_some(listener, serving, move |stream, peer| {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            limits.hit(
+                bounds.listener,
+                "max_connections",
+                &format_args!(
+                    "{peer} closed at once: {} connections already open",
+                    bounds.max_connections
+                ),
+            );
+            drop(stream);
+            return None;
+        };
         let (service, limits, tls) = (service.clone(), limits.clone(), tls.clone());
-        async move {
-            let Ok(permit) = permit else {
-                limits.hit(
-                    bounds.listener,
-                    "max_connections",
-                    &format_args!(
-                        "{peer} closed at once: {} connections already open",
-                        bounds.max_connections
-                    ),
-                );
-                return;
-            };
+        Some(async move {
             let served = serve_tls_or_plain(stream, peer, service, bounds, &limits, tls);
             match bounds.connection_deadline {
                 Some(deadline) => {
@@ -134,7 +150,7 @@ pub async fn serve_http1<S, B>(
                 None => served.await,
             }
             drop(permit);
-        }
+        })
     })
     .await;
 }
