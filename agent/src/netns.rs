@@ -1,13 +1,13 @@
 //! Pods' network namespaces: the agent enters one on the current thread only for as long as it
-//! takes to create a socket or start a command, then returns to the node's namespace. Sockets
+//! takes to create a socket or write a sysctl, then returns to the node's namespace. Sockets
 //! keep the namespace they were created in, which is how the agent's listeners and connections
-//! live inside each pod (the in-pod socket model).
+//! live inside each pod (the in-pod socket model), and how the routing netlink socket changes
+//! the pod's rules.
 
 use std::{
     fs::File,
     io,
     path::{Path, PathBuf},
-    process::{Command, Output},
     sync::OnceLock,
 };
 
@@ -83,27 +83,6 @@ impl Netns {
         socket.set_nonblocking(true)?;
         socket.set_cloexec(true)?;
         Ok(socket)
-    }
-
-    /// Runs a command inside the namespace (from a short-lived thread: the child inherits the
-    /// thread's namespace). Blocking: call from a blocking context.
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "enrollment runs on a blocking thread"
-    )]
-    pub fn run(&self, program: &str, args: &[&str]) -> io::Result<Output> {
-        let file = self.file.try_clone()?;
-        let mut command = Command::new(program);
-        command.args(args);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(move || {
-                    setns(&file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-                    command.output()
-                })
-                .join()
-                .map_err(|_| io::Error::other("netns command thread panicked"))?
-        })
     }
 
     /// Writes a sysctl of this namespace (`/proc/sys/net/...` resolves per opening thread).

@@ -41,7 +41,12 @@ pub fn namespace(name: &str, enrolled: bool) -> String {
     format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}{label}\n")
 }
 
+/// A pod whose service account is named after it.
 pub fn pod(pod: &PodHandle, labels: &[(&str, &str)]) -> String {
+    pod_with_account(pod, labels, &pod.name)
+}
+
+pub fn pod_with_account(pod: &PodHandle, labels: &[(&str, &str)], account: &str) -> String {
     let mut yaml = format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n",
         pod.name, pod.namespace
@@ -58,7 +63,7 @@ pub fn pod(pod: &PodHandle, labels: &[(&str, &str)]) -> String {
         netns::path(&pod.netns).display(),
         pod.cgroup.display(),
         pod.node,
-        pod.name,
+        account,
         pod.ip
     );
     yaml

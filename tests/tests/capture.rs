@@ -414,6 +414,7 @@ fn excluded_ports_bypass_capture_in_both_directions() {
     let f = Fixture::start_with(&["--excluded-ports", "9000"]);
     let server = f.pod("demo", "server-a").clone();
     let client = f.pod("demo", "client").clone();
+    assert_capture_routing(&client);
     let counters = |f: &Fixture| {
         (
             f.stat("node0", "outbound_opened"),
@@ -439,5 +440,45 @@ fn excluded_ports_bypass_capture_in_both_directions() {
         counters(&f).0,
         before.0 + 1,
         "the client's agent carried the Service connection"
+    );
+}
+
+/// The rules and routes enrollment puts in a pod's netns with port 9000 excluded, as `ip`
+/// shows them (the set documented in `capture/routing.rs`).
+fn assert_capture_routing(pod: &weft_harness::PodHandle) {
+    let show = |args: &[&str]| {
+        weft_harness::netns::ip(&pod.netns, args)
+            .expect("ip show")
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+    };
+    let ours = |rules: Vec<String>| -> Vec<String> {
+        rules
+            .into_iter()
+            .filter(|r| {
+                ["100:", "101:", "102:", "110:"]
+                    .iter()
+                    .any(|p| r.starts_with(p))
+            })
+            .collect()
+    };
+    let shared = [
+        "101: from all fwmark 0x5747 lookup main",
+        "102: from all iif lo ipproto tcp dport 9000 lookup main",
+        "102: from all iif lo ipproto tcp sport 9000 lookup main",
+        "110: from all iif lo ipproto tcp lookup 22342",
+    ];
+    let mut v4 = vec!["100: from all fwmark 0x5746 lookup 22342"];
+    v4.extend(shared);
+    assert_eq!(ours(show(&["-4", "rule", "show"])), v4);
+    assert_eq!(ours(show(&["-6", "rule", "show"])), shared);
+    assert_eq!(
+        show(&["-4", "route", "show", "table", "22342"]),
+        [format!("local default dev lo scope host src {}", pod.ip)]
+    );
+    assert_eq!(
+        show(&["-6", "route", "show", "table", "22342"]),
+        ["local default dev lo metric 1024 pref medium"]
     );
 }

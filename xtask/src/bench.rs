@@ -1,11 +1,13 @@
 //! `cargo xtask bench [--quick]`: release build, then `weft-bench run` on a fresh harness (two
-//! nodes carry the traffic; a third, idle one holds the large registry), then the report: `target/bench/report.json`, `report.md` (every figure beside its
-//! baseline, as a ratio) and PNG plots.
+//! nodes carry the traffic; a third, idle one holds the large registry; the enrollment burst
+//! gets a one-node cluster of its own), then the report: `target/bench/report.json`,
+//! `report.md` (every figure beside its baseline, as a ratio) and PNG plots.
+//! `--only enroll` runs the enrollment burst alone (`target/bench/enroll.{json,md}`).
 
 use std::{fmt::Write as _, process::Command};
 
 use anyhow::Context as _;
-use weft_harness::bench::Report;
+use weft_harness::bench::{EnrollmentBurst, Report, Row};
 
 use crate::{build, plot, setup, shell};
 
@@ -38,6 +40,53 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         out.display(),
         plots.len()
     );
+    Ok(())
+}
+
+/// One measurement that `--only` runs by itself.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Only {
+    /// Pods enrolled per second, a burst of 200 pod arrivals on one node.
+    Enroll,
+}
+
+pub fn run_only(only: Only) -> anyhow::Result<()> {
+    setup::run()?;
+    let bins = build::bench()?;
+    let out = shell::root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    match only {
+        Only::Enroll => {
+            let stdout = shell::output(
+                Command::new(bins.join("weft-bench"))
+                    .arg("enroll")
+                    .arg("--out")
+                    .arg(out.join("work-enroll"))
+                    // Its progress shows as it runs; only the report is read.
+                    .stderr(std::process::Stdio::inherit()),
+            )?;
+            let burst: EnrollmentBurst =
+                serde_json::from_str(stdout.trim()).context("parsing weft-bench enroll")?;
+            let date = shell::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?;
+            let mut md = String::new();
+            let _ = writeln!(
+                md,
+                "# Weft benchmark: enrollment burst only\n\n- Date: {}\n- Commit: `{}`\n- {} pods enrolled in {:.2} s\n",
+                date.trim(),
+                commit(),
+                burst.pods,
+                burst.seconds
+            );
+            table(&mut md, &[burst.row()]);
+            std::fs::write(
+                out.join("enroll.json"),
+                serde_json::to_string_pretty(&burst)?,
+            )?;
+            std::fs::write(out.join("enroll.md"), &md)?;
+            println!("{md}");
+            println!("bench: wrote {}/enroll.json and enroll.md", out.display());
+        }
+    }
     Ok(())
 }
 
@@ -96,40 +145,50 @@ pub fn markdown(report: &Report) -> String {
         "- Baseline: the same pods in a namespace that is not enrolled, on the same nodes, veths and kernel, measured in the same run.\n- Ratio: Weft / baseline. For latency, CPU and memory lower is better; for rates and throughput higher is better.\n- CPU and memory rows compare the agents (each, and both summed for CPU; each agent's peak RSS) with what the application itself used for the same work without the mesh: there is no agent without the mesh, so the yardstick is the application's own cost. Peak RSS under load covers every latency, throughput and connection-rate run; memory per idle connection is the rise above idle divided by the connections held, for each agent and for the server holding them without the mesh. The registry rows compare the agent with a large registry to the same agent before it (local mode) and the heap Kubernetes mode keeps to the same objects held whole.\n- Measuring took {:.0} s (cluster up to report, without the build).\n",
         report.wall_seconds
     );
-    let _ = writeln!(
-        md,
-        "| Scenario | Figure | Baseline | Weft | Weft / baseline |"
-    );
-    let _ = writeln!(md, "|---|---|---:|---:|---:|");
-    for row in report.rows() {
-        let ratio = row
-            .ratio()
-            .map_or_else(|| "n/a".into(), |r| format!("{r:.2}x"));
-        // Counts (no unit) are whole numbers.
-        let figure = |value: f64| {
-            if row.unit.is_empty() {
-                format!("{value:.0}")
-            } else {
-                figure(value)
-            }
-        };
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} {} | {} {} | {} |",
-            row.section,
-            row.name,
-            figure(row.baseline),
-            row.unit,
-            figure(row.weft),
-            row.unit,
-            ratio
-        );
-    }
+    table(&mut md, &report.rows());
     let _ = writeln!(md, "\nNear-saturation rates start at 70% of what Weft sustained closed-loop on the same path and connection count, and step down by 20% (up to three times) while Weft's run falls behind its schedule, loses requests, or has a median over 10x or a p99 over 20x its figures at 1,000 rps; the baseline then runs at the rate used.");
     let _ = writeln!(
         md,
         "Registry: {} pods and {} services loaded in {:.1} s.",
         report.registry.pods, report.registry.services, report.registry.load_seconds
     );
+    let _ = writeln!(
+        md,
+        "Enrollment: {} new pods named at once in one manifest on one node, from the manifest's arrival to `/workloads` listing all of them: {:.2} s.",
+        report.enrollment.pods, report.enrollment.seconds
+    );
     md
+}
+
+/// The rows as a Markdown table: each figure beside its baseline and their ratio.
+fn table(md: &mut String, rows: &[Row]) {
+    let _ = writeln!(
+        md,
+        "| Scenario | Figure | Baseline | Weft | Weft / baseline |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|");
+    for row in rows {
+        let ratio = row
+            .ratio()
+            .map_or_else(|| "n/a".into(), |r| format!("{r:.2}x"));
+        // Counts (no unit) are whole numbers.
+        let figure = |value: f64| {
+            if value.is_nan() {
+                "n/a".to_owned()
+            } else if row.unit.is_empty() {
+                format!("{value:.0}")
+            } else {
+                format!("{} {}", figure(value), row.unit)
+            }
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            row.section,
+            row.name,
+            figure(row.baseline),
+            figure(row.weft),
+            ratio
+        );
+    }
 }

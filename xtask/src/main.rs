@@ -51,6 +51,10 @@ enum Task {
     Bench {
         #[arg(long)]
         quick: bool,
+        /// Only this measurement, on a cluster of its own (`enroll`: the burst of 200 pod
+        /// arrivals); writes target/bench/<name>.{json,md} and leaves report.* alone.
+        #[arg(long, value_enum, conflicts_with = "quick")]
+        only: Option<bench::Only>,
     },
 }
 
@@ -71,7 +75,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Task::Demo { action } => demo::run(action.unwrap_or(demo::Action::Tour)),
-        Task::Bench { quick } => bench::run(quick),
+        Task::Bench { quick, only } => match only {
+            Some(only) => bench::run_only(only),
+            None => bench::run(quick),
+        },
         Task::Fuzz { time, target } => fuzz::run(time, target.as_deref()).map(drop),
     }
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: the scenarios, their no-mesh baseline in the same run, and the report
 //! they produce (`target/bench/report.json`; xtask renders the table and plots from it).
 
+pub mod enroll;
 pub mod kube_memory;
 mod process;
 mod run;
@@ -8,6 +9,7 @@ mod run;
 use serde::{Deserialize, Serialize};
 
 use crate::load::LoadReport;
+pub use enroll::EnrollmentBurst;
 pub use kube_memory::KubeRegistryMemory;
 
 pub use process::{cpu_seconds, peak_rss_kib, reset_peak_rss, rss_kib};
@@ -130,6 +132,9 @@ pub struct Report {
     pub registry: RegistryMemory,
     /// Kubernetes mode: heap kept for the same cluster size, served through the watches.
     pub kube_registry: KubeRegistryMemory,
+    /// One agent enrolling a burst of new pods (a cluster of its own, after the others).
+    #[serde(default)]
+    pub enrollment: EnrollmentBurst,
     /// Wall-clock seconds the measuring took (cluster up to report), without the build.
     pub wall_seconds: f64,
 }
@@ -157,6 +162,7 @@ impl Report {
         ));
         self.cpu_rows(&mut rows);
         self.memory_rows(&mut rows);
+        rows.push(self.enrollment.row());
         rows
     }
 
@@ -347,8 +353,31 @@ impl Row {
         }
     }
 
-    /// Weft's figure divided by the baseline's (None when the baseline is zero).
+    /// A figure without the mesh has no counterpart: its baseline is NaN, shown as n/a.
+    fn alone(section: &str, name: &str, weft: f64, unit: &str) -> Self {
+        Self {
+            lower_is_better: false,
+            ..Self::lower(section, name, f64::NAN, weft, unit)
+        }
+    }
+
+    /// Weft's figure divided by the baseline's (None when the baseline is zero or absent).
     pub fn ratio(&self) -> Option<f64> {
         (self.baseline.abs() > f64::EPSILON).then(|| self.weft / self.baseline)
+    }
+}
+
+impl EnrollmentBurst {
+    /// The report's line for this figure.
+    pub fn row(&self) -> Row {
+        Row::alone(
+            "enrollment",
+            &format!(
+                "pods enrolled per second, burst of {} (excluded ports {})",
+                self.pods, self.excluded_ports
+            ),
+            self.per_second,
+            "pods/s",
+        )
     }
 }

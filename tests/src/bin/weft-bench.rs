@@ -82,6 +82,12 @@ enum Command {
         #[arg(long, default_value = "unknown")]
         commit: String,
     },
+    /// Only the enrollment burst, on a cluster of its own; prints a JSON report. The agent is
+    /// the `weft-agent` beside this binary; --out receives its manifests and log.
+    Enroll {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Echo server: answers every SIZE bytes with SIZE bytes.
     Serve { listen: SocketAddr, size: usize },
     /// Fixed-rate load; prints a JSON report.
@@ -159,6 +165,24 @@ fn print(report: &load::LoadReport) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The enrollment burst alone, with the `weft-agent` beside this binary.
+fn enroll(out: &std::path::Path) -> anyhow::Result<()> {
+    let agent = std::env::current_exe()
+        .context("locating weft-bench")?
+        .with_file_name("weft-agent");
+    anyhow::ensure!(
+        agent.exists(),
+        "{} is missing: build with `cargo xtask build --release`",
+        agent.display()
+    );
+    if out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    let report = bench::enroll::measure(&agent, out)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Run { quick, out, commit } => {
@@ -174,6 +198,7 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("writing {}", path.display()))?;
             eprintln!("bench: wrote {}", path.display());
         }
+        Command::Enroll { out } => enroll(&out)?,
         Command::Serve { listen, size } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
