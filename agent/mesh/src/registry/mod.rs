@@ -2,6 +2,7 @@
 //! snapshot per change. Filled by a source (local manifests now, the Kubernetes API later)
 //! through [`Registry::from_objects`], the one code path after parsing.
 
+mod index;
 mod kinds;
 pub mod local;
 #[cfg(test)]
@@ -63,9 +64,9 @@ pub struct Registry {
     pub ignored: BTreeMap<String, usize>,
     /// Reports left out past [`MAX_REPORTS`].
     pub errors_not_shown: usize,
-    /// Index of `pods` by address: the proxy looks peers up on every connection.
+    /// The per-connection lookups, built once per snapshot.
     #[serde(skip)]
-    pods_by_ip: std::collections::HashMap<Ipv4Addr, usize>,
+    index: index::Indexes,
 }
 
 /// Finds an enrolled pod's network namespace (and cgroup) on this node.
@@ -166,20 +167,11 @@ impl Registry {
                 });
             }
         }
-        // Reversed so that, should two pods claim one address, the first one listed wins. A
-        // hostNetwork pod's address is its node's: looking it up must not find a mesh peer.
-        registry.pods_by_ip = registry
-            .pods
-            .iter()
-            .enumerate()
-            .rev()
-            .filter(|(_, p)| !p.host_network)
-            .filter_map(|(i, p)| p.ip.map(|ip| (ip, i)))
-            .collect();
         registry
             .traffic_policies
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         registry.bound_errors();
+        registry.index = index::Indexes::build(&registry);
         registry
     }
 
@@ -258,23 +250,19 @@ impl Registry {
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
-        self.pods
-            .iter()
-            .find(|p| p.namespace == namespace && p.name == name)
+        self.index
+            .pods_by_name
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .and_then(|&i| self.pods.get(i))
     }
 
     /// Names of the Services whose endpoints include this pod IP.
     pub fn services_of(&self, namespace: &str, ip: Ipv4Addr) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .endpoint_slices
-            .iter()
-            .filter(|s| {
-                s.namespace == namespace && s.endpoints.iter().any(|e| e.addresses.contains(&ip))
-            })
-            .map(|s| s.service_name.clone())
-            .collect();
-        names.dedup();
-        names
+        self.index
+            .services_by_endpoint
+            .get(&(namespace.to_owned(), ip))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Whether a pod's mTLS mode is strict: its own annotation, else its namespace's.
@@ -310,7 +298,15 @@ impl Registry {
             source_ip,
             strict: found.is_some_and(|p| self.mtls_strict(p)),
         };
-        crate::policy::evaluate(&self.policies, &request)
+        let in_namespace = self
+            .index
+            .policies_by_namespace
+            .get(&pod.namespace)
+            .map_or(&[][..], Vec::as_slice);
+        crate::policy::evaluate(
+            in_namespace.iter().filter_map(|&i| self.policies.get(i)),
+            &request,
+        )
     }
 
     /// The workload behind an address, as `namespace/name`, when the registry knows it.
@@ -323,38 +319,37 @@ impl Registry {
     }
 
     pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&Pod> {
-        self.pods_by_ip.get(&ip).and_then(|&i| self.pods.get(i))
+        self.index
+            .pods_by_ip
+            .get(&ip)
+            .and_then(|&i| self.pods.get(i))
     }
 
     /// The `TrafficPolicy` that applies to a Service: the first, by name, that targets it.
     pub fn traffic_for(&self, service: &Service) -> Option<&crate::policy::TrafficSettings> {
-        self.traffic_policies
-            .iter()
-            .find(|t| t.namespace == service.namespace && t.services.contains(&service.name))
+        self.index
+            .traffic_by_service
+            .get(&(service.namespace.clone(), service.name.clone()))
+            .and_then(|&i| self.traffic_policies.get(i))
     }
 
     /// The Service and port a virtual IP and port belong to.
     pub fn service_by_vip(&self, dst: SocketAddrV4) -> Option<(&Service, &ServicePort)> {
-        self.services
-            .iter()
-            .filter(|s| s.cluster_ip == Some(*dst.ip()))
-            .find_map(|s| {
-                s.ports
-                    .iter()
-                    .find(|p| p.port == dst.port())
-                    .map(|p| (s, p))
-            })
+        let &(service, port) = self.index.services_by_vip.get(&dst)?;
+        let service = self.services.get(service)?;
+        Some((service, service.ports.get(port)?))
     }
 
     /// Ready backends of a Service port, as addresses with the target port resolved: the
     /// EndpointSlice port of the same name, else the Service's numeric targetPort.
     pub fn endpoints(&self, service: &Service, port: &ServicePort) -> Vec<SocketAddr> {
         let mut out = Vec::new();
-        for slice in self
-            .endpoint_slices
-            .iter()
-            .filter(|e| e.namespace == service.namespace && e.service_name == service.name)
-        {
+        let slices = self
+            .index
+            .slices_by_service
+            .get(&(service.namespace.clone(), service.name.clone()))
+            .map_or(&[][..], Vec::as_slice);
+        for slice in slices.iter().filter_map(|&i| self.endpoint_slices.get(i)) {
             let target = slice
                 .ports
                 .iter()
