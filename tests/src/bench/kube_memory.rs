@@ -18,6 +18,8 @@ use weft_mesh::registry::{watch as kube_watch, Registry};
 
 const NAMESPACES: usize = 100;
 const ENDPOINTS_PER_SLICE: usize = 5;
+/// Indexed resolutions timed per figure (the scan baseline runs a twentieth of them).
+const LOOKUPS: usize = 20_000;
 
 /// What the measurement found, in bytes of heap.
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
@@ -30,6 +32,84 @@ pub struct KubeRegistryMemory {
     pub whole_objects_bytes: usize,
     /// What the agent's watches keep (trimmed objects) plus the registry built from them.
     pub kept_bytes: usize,
+    /// Building one snapshot (objects to registry with its indexes), the median of 3, in ms.
+    pub rebuild_ms: f64,
+    /// One outbound resolution (Service by VIP:port and its endpoints, the peer pod by
+    /// address), in ns: through the snapshot's indexes, and by scanning the lists as the
+    /// registry did before it had them.
+    pub lookup_ns: f64,
+    pub lookup_scan_ns: f64,
+}
+
+/// Times snapshot rebuilds and per-connection lookups over the trimmed objects.
+fn time_registry(docs: &[(String, serde_yaml::Value)], services: usize) -> (f64, f64, f64) {
+    let mut rebuilds: Vec<f64> = (0..3)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            let registry = Registry::from_objects(docs.iter().cloned());
+            let took = started.elapsed().as_secs_f64() * 1e3;
+            drop(registry);
+            took
+        })
+        .collect();
+    rebuilds.sort_by(f64::total_cmp);
+    let registry = Registry::from_objects(docs.iter().cloned());
+    let vips: Vec<std::net::SocketAddrV4> = registry
+        .services
+        .iter()
+        .filter_map(|s| {
+            Some(std::net::SocketAddrV4::new(
+                s.cluster_ip?,
+                s.ports.first()?.port,
+            ))
+        })
+        .collect();
+    assert_eq!(vips.len(), services, "every Service has a VIP");
+    let indexed = time_per(LOOKUPS, |i| {
+        let vip = vips[i % vips.len()];
+        let (service, port) = registry.service_by_vip(vip).expect("a Service");
+        let endpoints = registry.endpoints(service, port);
+        registry
+            .pod_by_ip(match endpoints[0].ip() {
+                std::net::IpAddr::V4(ip) => ip,
+                std::net::IpAddr::V6(_) => unreachable!("IPv4 endpoints"),
+            })
+            .is_some()
+    });
+    // The same resolution by scanning, as before the indexes; fewer rounds, it is slow.
+    let scanned = time_per(LOOKUPS / 20, |i| {
+        let vip = vips[i % vips.len()];
+        let Some(service) = registry.services.iter().find(|s| {
+            s.cluster_ip == Some(*vip.ip()) && s.ports.iter().any(|p| p.port == vip.port())
+        }) else {
+            return false;
+        };
+        let first = registry
+            .endpoint_slices
+            .iter()
+            .filter(|e| e.namespace == service.namespace && e.service_name == service.name)
+            .flat_map(|e| e.endpoints.iter().filter(|e| e.ready))
+            .flat_map(|e| e.addresses.iter())
+            .next()
+            .copied();
+        first.is_some_and(|ip| registry.pods.iter().any(|p| p.ip == Some(ip)))
+    });
+    (rebuilds[1], indexed, scanned)
+}
+
+/// Mean nanoseconds of `lookup` over `rounds` calls, each checked to find what it looks for.
+fn time_per(rounds: usize, mut lookup: impl FnMut(usize) -> bool) -> f64 {
+    let started = std::time::Instant::now();
+    let found = (0..rounds)
+        .filter(|&i| std::hint::black_box(lookup(i)))
+        .count();
+    assert_eq!(
+        found, rounds,
+        "every lookup finds its Service, endpoint and pod"
+    );
+    #[expect(clippy::cast_precision_loss, reason = "counts fit")]
+    let per = started.elapsed().as_secs_f64() * 1e9 / rounds as f64;
+    per
 }
 
 /// A pod as a Deployment's ReplicaSet makes it and the kubelet reports it.
@@ -188,6 +268,22 @@ pub async fn measure(
     let whole_objects_bytes = live_bytes().saturating_sub(before_whole);
     drop(whole);
 
+    // Rebuild and lookup cost over the objects as the watches keep them.
+    let docs: Vec<(String, serde_yaml::Value)> = namespaces
+        .iter()
+        .map(|v| ("Namespace", v))
+        .chain(served_pods.iter().map(|v| ("Pod", v)))
+        .chain(served_services.iter().map(|v| ("Service", v)))
+        .chain(served_slices.iter().map(|v| ("EndpointSlice", v)))
+        .map(|(kind, v)| {
+            let kept = kube_watch::trim(kind, v);
+            let doc: serde_yaml::Value = serde_json::from_value(kept)?;
+            Ok((format!("bench {kind}"), doc))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let (rebuild_ms, lookup_ns, lookup_scan_ns) = time_registry(&docs, services);
+    drop(docs);
+
     // The agent's watches, fed the same objects; the fake's copies are dropped before reading.
     fake.set_list("/api/v1/namespaces", namespaces);
     fake.set_list("/api/v1/pods", served_pods);
@@ -231,5 +327,8 @@ pub async fn measure(
         served_json_bytes,
         whole_objects_bytes,
         kept_bytes,
+        rebuild_ms,
+        lookup_ns,
+        lookup_scan_ns,
     })
 }

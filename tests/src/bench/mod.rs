@@ -320,6 +320,28 @@ impl Report {
             mib(kube.kept_bytes),
             "MiB",
         ));
+        rows.push(Row::lower(
+            "registry lookup",
+            &format!(
+                "one outbound resolution at {} pods, {} services (baseline: scanning the lists)",
+                kube.pods, kube.services
+            ),
+            kube.lookup_scan_ns,
+            kube.lookup_ns,
+            "ns",
+        ));
+        rows.push(Row {
+            lower_is_better: true,
+            ..Row::alone(
+                "registry rebuild",
+                &format!(
+                    "one snapshot with its indexes at {} pods, {} services",
+                    kube.pods, kube.services
+                ),
+                kube.rebuild_ms,
+                "ms",
+            )
+        });
     }
 }
 

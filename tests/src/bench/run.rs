@@ -684,6 +684,10 @@ impl Bench {
             mib(report.whole_objects_bytes),
             mib(report.kept_bytes)
         );
+        eprintln!(
+            "bench: registry at {pods} pods / {services} services: rebuild {:.0} ms, one resolution {:.0} ns indexed against {:.0} ns scanning",
+            report.rebuild_ms, report.lookup_ns, report.lookup_scan_ns
+        );
         Ok(report)
     }
 }

@@ -250,19 +250,27 @@ impl Registry {
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
+        // A hash hit is checked; the same hash may name another object.
         self.index
-            .pods_by_name
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .and_then(|&i| self.pods.get(i))
+            .pods_named(namespace, name)
+            .filter_map(|i| self.pods.get(i))
+            .find(|p| p.namespace == namespace && p.name == name)
     }
 
     /// Names of the Services whose endpoints include this pod IP.
     pub fn services_of(&self, namespace: &str, ip: Ipv4Addr) -> Vec<String> {
-        self.index
-            .services_by_endpoint
-            .get(&(namespace.to_owned(), ip))
-            .cloned()
-            .unwrap_or_default()
+        let mut names: Vec<String> = Vec::new();
+        for slice in self
+            .index
+            .slices_at(ip)
+            .filter_map(|i| self.endpoint_slices.get(i))
+            .filter(|s| s.namespace == namespace)
+        {
+            if !names.contains(&slice.service_name) {
+                names.push(slice.service_name.clone());
+            }
+        }
+        names
     }
 
     /// Whether a pod's mTLS mode is strict: its own annotation, else its namespace's.
@@ -304,7 +312,9 @@ impl Registry {
             .get(&pod.namespace)
             .map_or(&[][..], Vec::as_slice);
         crate::policy::evaluate(
-            in_namespace.iter().filter_map(|&i| self.policies.get(i)),
+            in_namespace
+                .iter()
+                .filter_map(|&i| self.policies.get(i as usize)),
             &request,
         )
     }
@@ -322,34 +332,34 @@ impl Registry {
         self.index
             .pods_by_ip
             .get(&ip)
-            .and_then(|&i| self.pods.get(i))
+            .and_then(|&i| self.pods.get(i as usize))
     }
 
     /// The `TrafficPolicy` that applies to a Service: the first, by name, that targets it.
     pub fn traffic_for(&self, service: &Service) -> Option<&crate::policy::TrafficSettings> {
         self.index
-            .traffic_by_service
-            .get(&(service.namespace.clone(), service.name.clone()))
-            .and_then(|&i| self.traffic_policies.get(i))
+            .traffic_of(&service.namespace, &service.name)
+            .filter_map(|i| self.traffic_policies.get(i))
+            .find(|t| t.namespace == service.namespace && t.services.contains(&service.name))
     }
 
     /// The Service and port a virtual IP and port belong to.
     pub fn service_by_vip(&self, dst: SocketAddrV4) -> Option<(&Service, &ServicePort)> {
         let &(service, port) = self.index.services_by_vip.get(&dst)?;
-        let service = self.services.get(service)?;
-        Some((service, service.ports.get(port)?))
+        let service = self.services.get(service as usize)?;
+        Some((service, service.ports.get(port as usize)?))
     }
 
     /// Ready backends of a Service port, as addresses with the target port resolved: the
     /// EndpointSlice port of the same name, else the Service's numeric targetPort.
     pub fn endpoints(&self, service: &Service, port: &ServicePort) -> Vec<SocketAddr> {
         let mut out = Vec::new();
-        let slices = self
+        for slice in self
             .index
-            .slices_by_service
-            .get(&(service.namespace.clone(), service.name.clone()))
-            .map_or(&[][..], Vec::as_slice);
-        for slice in slices.iter().filter_map(|&i| self.endpoint_slices.get(i)) {
+            .slices_of(&service.namespace, &service.name)
+            .filter_map(|i| self.endpoint_slices.get(i))
+            .filter(|e| e.namespace == service.namespace && e.service_name == service.name)
+        {
             let target = slice
                 .ports
                 .iter()
