@@ -238,7 +238,7 @@ impl FlowQuery {
                 "verdict" => out.verdict = Some(value.parse()?),
                 "since" if value.is_empty() => out.since_ms = None,
                 "since" => {
-                    out.since_ms = Some(value.parse().map_err(|_| QueryError::Since(value))?)
+                    out.since_ms = Some(value.parse().map_err(|_| QueryError::Since(value))?);
                 }
                 "port" if value.is_empty() => out.port = None,
                 "port" => {
