@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 pub use weft_mesh::admin::AdminError;
 use weft_mesh::{
-    admin::{bind, endpoint, follow_flows, json_reply, serve, set_log_level, Endpoint, Reply},
+    admin::{bind, endpoint, flows_reply, json_reply, serve, set_log_level, Endpoint, Reply},
     connections::Connections,
     identity::CertStore,
     metrics::NameLabel,
@@ -60,72 +60,141 @@ impl AdminState {
         }
     }
 
-    fn route(&self, path: &str) -> (StatusCode, serde_json::Value) {
-        let lock =
-            |m: &Mutex<EnrollmentStatus>| m.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        match path {
-            "/" | "/status" => {
-                let enrollment = lock(&self.enrollment);
-                let registry = self.registry.borrow().clone();
-                let watches = self
-                    .watches
-                    .as_ref()
-                    .map(|w| w.lock().unwrap_or_else(PoisonError::into_inner).clone());
-                (
-                    StatusCode::OK,
-                    json!({
-                        "node": self.node,
-                        "version": env!("CARGO_PKG_VERSION"),
-                        "ready": self.ready.load(Ordering::Relaxed),
-                        "adoptedPinnedPrograms": self.adopted_programs,
-                        "enrolledPods": enrollment.enrolled.len(),
-                        "enrollmentFailures": enrollment.failed,
-                        "unplaceablePods": enrollment.unplaceable,
-                        "registry": {"namespaces": registry.namespaces.len(), "pods": registry.pods.len(), "services": registry.services.len(), "endpointSlices": registry.endpoint_slices.len(), "routes": registry.routes.len(), "authorizationPolicies": registry.policies.len(), "trafficPolicies": registry.traffic_policies.len(), "rejectedObjects": registry.errors, "rejectedObjectsNotShown": registry.errors_not_shown, "ignoredObjects": registry.ignored},
-                        "kubernetesWatches": watches,
-                    }),
-                )
-            }
-            "/workloads" => (StatusCode::OK, json!(lock(&self.enrollment).enrolled)),
-            "/connections" => (StatusCode::OK, json!(self.connections.live())),
-            "/stats" => {
-                let kernel: serde_json::Map<String, serde_json::Value> = self
-                    .maps
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .counters()
-                    .into_iter()
-                    .map(|(name, value)| (name.to_owned(), json!(value)))
-                    .collect();
-                (
-                    StatusCode::OK,
-                    json!({"proxy": self.connections.totals, "kernel": kernel, "pool": self.proxy.pool.stats(), "limits": self.connections.metrics.limits.snapshot(), "ca": {"signed": self.certs.signed()}}),
-                )
-            }
-            "/certs" => (StatusCode::OK, json!(self.certs.certs())),
-            "/connections/recent" => (StatusCode::OK, json!(self.connections.recent())),
-            "/services" => {
-                let registry = self.registry.borrow().clone();
-                let services: Vec<serde_json::Value> = registry
-                    .services
+    fn status(&self) -> weft_api::Status {
+        let enrollment = self
+            .enrollment
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let registry = self.registry.borrow().clone();
+        let watches = self.watches.as_ref().map(|w| {
+            w.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|(kind, status)| ((*kind).to_owned(), status.into()))
+                .collect()
+        });
+        weft_api::Status {
+            node: self.node.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            ready: self.ready.load(Ordering::Relaxed),
+            adopted_pinned_programs: self.adopted_programs,
+            enrolled_pods: enrollment.enrolled.len(),
+            enrollment_failures: enrollment.failed,
+            unplaceable_pods: enrollment.unplaceable,
+            registry: weft_api::RegistrySummary {
+                namespaces: registry.namespaces.len(),
+                pods: registry.pods.len(),
+                services: registry.services.len(),
+                endpoint_slices: registry.endpoint_slices.len(),
+                routes: registry.routes.len(),
+                authorization_policies: registry.policies.len(),
+                traffic_policies: registry.traffic_policies.len(),
+                rejected_objects: registry.errors.iter().map(Into::into).collect(),
+                rejected_objects_not_shown: registry.errors_not_shown,
+                ignored_objects: registry.ignored.clone(),
+            },
+            kubernetes_watches: watches,
+        }
+    }
+
+    fn stats(&self) -> weft_api::Stats {
+        let kernel = self
+            .maps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .counters()
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect();
+        weft_api::Stats {
+            proxy: self.connections.totals.snapshot(),
+            kernel,
+            pool: self.proxy.pool.stats(),
+            limits: self.connections.metrics.limits.snapshot(),
+            ca: weft_api::CaStats {
+                signed: self.certs.signed(),
+            },
+        }
+    }
+
+    fn services(&self) -> Vec<weft_api::Service> {
+        let registry = self.registry.borrow().clone();
+        registry
+            .services
+            .iter()
+            .map(|svc| weft_api::Service {
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+                cluster_ip: svc.cluster_ip,
+                ports: svc.ports.iter().map(Into::into).collect(),
+                endpoints: svc
+                    .ports
                     .iter()
-                    .map(|svc| {
-                        let endpoints: Vec<String> = svc.ports.iter().flat_map(|p| registry.endpoints(svc, p)).map(|e| e.to_string()).collect();
-                        json!({"namespace": svc.namespace, "name": svc.name, "clusterIP": svc.cluster_ip, "ports": svc.ports, "endpoints": endpoints})
-                    })
-                    .collect();
-                (StatusCode::OK, json!(services))
+                    .flat_map(|p| registry.endpoints(svc, p))
+                    .map(|e| e.to_string())
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Every `GET` but `/flows`, each answered with its `weft_api` type.
+    fn route(&self, path: &str) -> (StatusCode, serde_json::Value) {
+        let ok = |value: serde_json::Value| (StatusCode::OK, value);
+        match path {
+            "/" | "/status" => ok(json!(self.status())),
+            "/workloads" => {
+                let enrollment = self
+                    .enrollment
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let workloads: Vec<weft_api::Workload> =
+                    enrollment.enrolled.iter().map(Into::into).collect();
+                ok(json!(workloads))
             }
-            "/flows" => (StatusCode::OK, json!(self.connections.flows.recent())),
-            "/policies" => (StatusCode::OK, json!(self.registry.borrow().policies)),
-            "/trafficpolicies" => (
-                StatusCode::OK,
-                json!(self.registry.borrow().traffic_policies),
-            ),
-            "/config_dump" => (StatusCode::OK, json!(*self.registry.borrow().clone())),
+            "/connections" => {
+                let live: Vec<weft_api::Connection> = self
+                    .connections
+                    .live()
+                    .into_iter()
+                    .map(Into::into)
+                    .collect();
+                ok(json!(live))
+            }
+            "/stats" => ok(json!(self.stats())),
+            "/certs" => ok(json!(self.certs.certs())),
+            "/services" => ok(json!(self.services())),
+            "/policies" => {
+                let policies: Vec<weft_api::AuthorizationPolicy> = self
+                    .registry
+                    .borrow()
+                    .policies
+                    .iter()
+                    .map(Into::into)
+                    .collect();
+                ok(json!(policies))
+            }
+            "/trafficpolicies" => {
+                let policies: Vec<weft_api::TrafficPolicy> = self
+                    .registry
+                    .borrow()
+                    .traffic_policies
+                    .iter()
+                    .map(Into::into)
+                    .collect();
+                ok(json!(policies))
+            }
+            // The registry as the agent holds it, for debugging: deliberately untyped.
+            "/config_dump" => ok(json!(*self.registry.borrow().clone())),
             _ => (
                 StatusCode::NOT_FOUND,
-                json!({"error": format!("no such endpoint {path}"), "endpoints": ["/status", "/workloads", "/connections", "/connections/recent", "/stats", "/certs", "/policies", "/trafficpolicies", "/services", "/flows", "/flows?follow=1", "POST /logging?level=", "/config_dump"]}),
+                json!(weft_api::ErrorBody {
+                    error: format!("no such endpoint {path}"),
+                    valid: weft_api::ENDPOINTS
+                        .iter()
+                        .map(|e| (*e).to_owned())
+                        .collect(),
+                }),
             ),
         }
     }
@@ -134,7 +203,11 @@ impl AdminState {
 impl AdminState {
     fn handle(self: &Arc<Self>, method: &http::Method, path: &str, query: Option<&str>) -> Reply {
         match endpoint(method, path, query) {
-            Endpoint::FollowFlows => follow_flows(&self.connections.flows),
+            Endpoint::Flows(query) => flows_reply(
+                &self.connections.flows,
+                query,
+                weft_mesh::connections::now_unix_ms(),
+            ),
             Endpoint::SetLogLevel(level) => json_reply(set_log_level(level)),
             Endpoint::Get(path) => json_reply(self.route(path)),
             Endpoint::NotAllowed => json_reply((

@@ -6,7 +6,6 @@ pub mod admin;
 pub mod app;
 pub mod ca_server;
 pub mod capture;
-pub mod cli_parse;
 pub mod conditions;
 #[cfg(test)]
 mod conditions_tests;

@@ -27,8 +27,8 @@ fn pod_to_pod_and_service_traffic_goes_through_both_agents_intact() {
     // Cross-node pod → pod: 64 MiB each way, checksummed; the server answers only after the
     // client's half-close reached it, so half-close crossed both agents.
     let (out0, in1) = (
-        f.stat("node0", "outbound_opened"),
-        f.stat("node1", "inbound_opened"),
+        f.stat("node0", "outboundOpened"),
+        f.stat("node1", "inboundOpened"),
     );
     let report = f
         .send(&client, &format!("{}:9000", server_a.ip), MIB64)
@@ -45,28 +45,28 @@ fn pod_to_pod_and_service_traffic_goes_through_both_agents_intact() {
         "client sees what it dialed"
     );
     assert_eq!(
-        f.stat("node0", "outbound_opened"),
+        f.stat("node0", "outboundOpened"),
         out0 + 1,
         "client's agent carried it"
     );
     assert_eq!(
-        f.stat("node1", "inbound_opened"),
+        f.stat("node1", "inboundOpened"),
         in1 + 1,
         "server's agent carried it"
     );
 
     // Same-node pod → pod.
     let (out0, in0) = (
-        f.stat("node0", "outbound_opened"),
-        f.stat("node0", "inbound_opened"),
+        f.stat("node0", "outboundOpened"),
+        f.stat("node0", "inboundOpened"),
     );
     let report = f
         .send(&client, &format!("{}:9000", server_b.ip), MIB64)
         .expect("same-node send");
     report.assert_intact(MIB64);
     assert_eq!(report.server_saw(), client.ip.to_string());
-    assert_eq!(f.stat("node0", "outbound_opened"), out0 + 1);
-    assert_eq!(f.stat("node0", "inbound_opened"), in0 + 1);
+    assert_eq!(f.stat("node0", "outboundOpened"), out0 + 1);
+    assert_eq!(f.stat("node0", "inboundOpened"), in0 + 1);
 
     // Service VIP:80 → targetPort 9000, round robin over both backends.
     let mut servers = std::collections::BTreeSet::new();
@@ -100,14 +100,14 @@ fn non_enrolled_pods_bypass_agents_until_their_namespace_is_enrolled_live() {
     let target = format!("{}:9000", plain2.ip);
     let before: Vec<u64> = ["node0", "node1"]
         .iter()
-        .flat_map(|n| [f.stat(n, "outbound_opened"), f.stat(n, "inbound_opened")])
+        .flat_map(|n| [f.stat(n, "outboundOpened"), f.stat(n, "inboundOpened")])
         .collect();
     f.send(&plain, &target, 4096)
         .expect("plain send")
         .assert_intact(4096);
     let after: Vec<u64> = ["node0", "node1"]
         .iter()
-        .flat_map(|n| [f.stat(n, "outbound_opened"), f.stat(n, "inbound_opened")])
+        .flat_map(|n| [f.stat(n, "outboundOpened"), f.stat(n, "inboundOpened")])
         .collect();
     assert_eq!(
         before, after,
@@ -133,12 +133,12 @@ fn non_enrolled_pods_bypass_agents_until_their_namespace_is_enrolled_live() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let before = f.stat("node1", "outbound_opened");
+    let before = f.stat("node1", "outboundOpened");
     let report = f.send(&plain, &target, 4096).expect("send");
     report.assert_intact(4096);
     assert_eq!(report.server_saw(), plain.ip.to_string());
     assert_eq!(
-        f.stat("node1", "outbound_opened"),
+        f.stat("node1", "outboundOpened"),
         before + 1,
         "captured once enrolled"
     );
@@ -153,12 +153,12 @@ fn non_enrolled_pods_bypass_agents_until_their_namespace_is_enrolled_live() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let before = f.stat("node1", "outbound_opened");
+    let before = f.stat("node1", "outboundOpened");
     f.send(&plain, &target, 4096)
         .expect("send")
         .assert_intact(4096);
     assert_eq!(
-        f.stat("node1", "outbound_opened"),
+        f.stat("node1", "outboundOpened"),
         before,
         "direct path once un-enrolled"
     );
@@ -291,9 +291,9 @@ fn capture_listeners_refuse_connections_that_were_not_redirected() {
     }
     // Inside the pod, the listener is on loopback; a direct (not redirected) connection is
     // accepted by the kernel but dropped by the agent, which counts it.
-    let before = f.stat("node0", "refused_not_captured");
+    let before = f.stat("node0", "refusedNotCaptured");
     let _ = f.send(&client, "127.0.0.1:15001", 16);
-    assert_eq!(f.stat("node0", "refused_not_captured"), before + 1);
+    assert_eq!(f.stat("node0", "refusedNotCaptured"), before + 1);
 }
 
 #[test]
@@ -417,8 +417,8 @@ fn excluded_ports_bypass_capture_in_both_directions() {
     assert_capture_routing(&client);
     let counters = |f: &Fixture| {
         (
-            f.stat("node0", "outbound_opened"),
-            f.stat("node1", "inbound_opened"),
+            f.stat("node0", "outboundOpened"),
+            f.stat("node1", "inboundOpened"),
         )
     };
     let before = counters(&f);

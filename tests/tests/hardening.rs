@@ -354,7 +354,7 @@ fn dials_to_the_agents_own_ports_from_a_pod_are_refused_without_a_loop() {
     }
     std::thread::sleep(Duration::from_millis(500));
     let (files, cpu) = (open_files(agent), cpu_ticks(agent));
-    let refused = f.stat("node0", "refused_agent_port");
+    let refused = f.stat("node0", "refusedAgentPort");
     for target in &targets {
         for _ in 0..20 {
             let _ = f.cluster.run_in_pod(
@@ -400,7 +400,7 @@ fn dials_to_the_agents_own_ports_from_a_pod_are_refused_without_a_loop() {
     // 15008 is the pod's HBONE listener, which no capture reaches: a plain connection there
     // is refused by TLS (recorded above); the other five are refused by capture and counted.
     assert!(
-        f.stat("node0", "refused_agent_port") >= refused + 100,
+        f.stat("node0", "refusedAgentPort") >= refused + 100,
         "every refusal counted"
     );
     // The agent still carries traffic.

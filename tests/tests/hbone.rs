@@ -47,7 +47,7 @@ fn pool_opened(f: &Fixture, node: &str) -> u64 {
         .cluster
         .admin(f.cluster.node(node), "/stats")
         .expect("stats");
-    stats["pool"]["connections_opened"]
+    stats["pool"]["connectionsOpened"]
         .as_u64()
         .expect("pool counter")
 }
@@ -120,9 +120,9 @@ fn cross_node_traffic_is_tls13_on_15008_and_the_server_records_the_client_identi
             connections(&f, "node1").iter().any(|c| {
                 // Live connections show the bytes they moved so far (the 1 MiB sent before the hold).
                 c["security"] == "mtls"
-                    && c["peer_identity"] == id("client").to_string()
+                    && c["peerIdentity"] == id("client").to_string()
                     && c["direction"] == "inbound"
-                    && c["bytes_from_client"]
+                    && c["bytesFromClient"]
                         .as_u64()
                         .is_some_and(|b| b >= 1_048_576)
             })
@@ -130,7 +130,7 @@ fn cross_node_traffic_is_tls13_on_15008_and_the_server_records_the_client_identi
     );
     assert!(connections(&f, "node0")
         .iter()
-        .any(|c| c["peer_identity"] == id("server-a").to_string()));
+        .any(|c| c["peerIdentity"] == id("server-a").to_string()));
     let report = wait_report(held);
     report.assert_intact(1_048_576 + marker.len() as u64);
     assert_eq!(
@@ -203,8 +203,8 @@ fn a_thousand_short_connections_ride_a_handful_of_http2_connections() {
     let server = f.pod("demo", "server-a").clone();
     let (pool0, out0, in1) = (
         pool_opened(&f, "node0"),
-        f.stat("node0", "outbound_opened"),
-        f.stat("node1", "inbound_opened"),
+        f.stat("node0", "outboundOpened"),
+        f.stat("node1", "inboundOpened"),
     );
     let out = f
         .cluster
@@ -228,8 +228,8 @@ fn a_thousand_short_connections_ride_a_handful_of_http2_connections() {
     let report = Report::parse(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(report.get("connections"), "1000");
     report.assert_intact(64);
-    assert_eq!(f.stat("node0", "outbound_opened") - out0, 1000);
-    assert_eq!(f.stat("node1", "inbound_opened") - in1, 1000);
+    assert_eq!(f.stat("node0", "outboundOpened") - out0, 1000);
+    assert_eq!(f.stat("node1", "inboundOpened") - in1, 1000);
     let pooled = pool_opened(&f, "node0") - pool0;
     assert!(
         (1..=4).contains(&pooled),
@@ -257,7 +257,7 @@ fn svids_rotate_at_half_life_without_breaking_open_connections() {
         || {
             connections(&f, "node1")
                 .iter()
-                .any(|c| c["peer_identity"] == id("client").to_string())
+                .any(|c| c["peerIdentity"] == id("client").to_string())
         },
     );
     let first = cert_serial(&f, "node0", &id("client")).expect("client SVID");
@@ -275,7 +275,7 @@ fn svids_rotate_at_half_life_without_breaking_open_connections() {
         || {
             connections(&f, "node1")
                 .iter()
-                .any(|c| c["peer_certificate_serial"] == renewed.as_str())
+                .any(|c| c["peerCertificateSerial"] == renewed.as_str())
         },
     );
     wait_report(fresh).assert_intact(1024);

@@ -160,10 +160,10 @@ fn pods_running_before_a_kubernetes_mode_agent_starts_are_found_captured_and_rep
     );
 
     // And its traffic is captured: a connection from it passes through the agent.
-    let before = cluster.proxy_stat(&node, "outbound_opened");
+    let before = cluster.proxy_stat(&node, "outboundOpened");
     send(&cluster, &web, &format!("{}:9000", plain.ip));
     assert_eq!(
-        cluster.proxy_stat(&node, "outbound_opened"),
+        cluster.proxy_stat(&node, "outboundOpened"),
         before + 1,
         "the enrolled pod's connection went through the agent"
     );

@@ -94,7 +94,7 @@ fn metrics_and_json_access_logs_describe_a_known_connection() {
     assert_eq!(report.server_saw(), f.pod("demo", "client").ip.to_string());
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
-        f.stat("node0", "outbound_opened"),
+        f.stat("node0", "outboundOpened"),
         1,
         "the admin API counts it too"
     );
@@ -270,7 +270,7 @@ fn weftctl_shows_tables_json_and_denials_with_their_reason() {
     let flows: Value = serde_json::from_str(&json).expect("flows json");
     assert_eq!(flows[0]["reason"], "denied_by_policy", "{flows}");
     assert_eq!(
-        flows[0]["peer_identity"],
+        flows[0]["peerIdentity"],
         "spiffe://cluster.local/ns/demo/sa/server-b"
     );
 

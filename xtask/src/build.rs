@@ -136,33 +136,33 @@ pub fn bench() -> anyhow::Result<PathBuf> {
 /// embedded object; this sees them in the binary itself).
 const TEST_ONLY_MARKERS: &[&str] = &["fake_api", "tower_test", "weft_probe"];
 
-/// Builds `weft-agent` and `weftctl` of the agent package alone (no test crate's features can
-/// be unified in) and checks the result carries no test-only code.
+/// Builds the shipped binaries, `weft-agent` (package weft-agent) and `weftctl` (package
+/// weftctl), from their own packages alone (no test crate's features can be unified in) and
+/// checks neither carries test-only code.
 fn shipped_agent(profile: &str) -> anyhow::Result<()> {
     let mut cmd = user_cargo();
-    cmd.args(["build", "-p", "weft-agent", "--bins"]);
+    cmd.args(["build", "-p", "weft-agent", "--bins", "-p", "weftctl"]);
     if profile == "release" {
         cmd.arg("--release");
     }
     shell::run(&mut cmd)?;
-    let binary = shell::root()
-        .join("target")
-        .join(profile)
-        .join("weft-agent");
-    let bytes =
-        std::fs::read(&binary).map_err(|e| anyhow::anyhow!("reading {}: {e}", binary.display()))?;
-    for marker in TEST_ONLY_MARKERS {
-        anyhow::ensure!(
-            !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
-            "{} carries test-only code ({marker}): the agent must be built on its own package",
-            binary.display()
+    for name in ["weft-agent", "weftctl"] {
+        let binary = shell::root().join("target").join(profile).join(name);
+        let bytes = std::fs::read(&binary)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", binary.display()))?;
+        for marker in TEST_ONLY_MARKERS {
+            anyhow::ensure!(
+                !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                "{} carries test-only code ({marker}): it must be built on its own package",
+                binary.display()
+            );
+        }
+        eprintln!(
+            "build: {} carries none of {}",
+            binary.display(),
+            TEST_ONLY_MARKERS.join(", ")
         );
     }
-    eprintln!(
-        "build: {} carries none of {}",
-        binary.display(),
-        TEST_ONLY_MARKERS.join(", ")
-    );
     Ok(())
 }
 

@@ -166,7 +166,7 @@ fn show_stats(cluster: &Cluster) -> anyhow::Result<()> {
         let k = &stats["kernel"];
         println!(
             "  {:<7} outbound {:>3}  inbound {:>3}  HBONE connections opened {}  | kernel: redirected out {} in {}",
-            node.name, p["outbound_opened"], p["inbound_opened"], stats["pool"]["connections_opened"], k["outbound_redirected"], k["inbound_redirected"]
+            node.name, p["outboundOpened"], p["inboundOpened"], stats["pool"]["connectionsOpened"], k["outbound_redirected"], k["inbound_redirected"]
         );
     }
     Ok(())

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 
-use crate::flows::Flows;
+use crate::flows::{FlowFilter, Flows};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -94,11 +94,12 @@ pub fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
     })
 }
 
-/// Streams the kept flows, then new ones, as JSON lines until the client goes away.
-pub fn follow_flows(flows: &Flows) -> Reply {
+/// Streams the kept flows `filter` selects, then new ones, as JSON lines until the client goes
+/// away.
+pub fn follow_flows(flows: &Flows, filter: FlowFilter) -> Reply {
     let (tx, rx) = mpsc::channel(256);
     let mut live = flows.follow();
-    let backlog = flows.recent();
+    let backlog = filter.apply(flows.recent());
     tokio::spawn(async move {
         for flow in backlog {
             if tx
@@ -111,6 +112,7 @@ pub fn follow_flows(flows: &Flows) -> Reply {
         }
         loop {
             match live.recv().await {
+                Ok(flow) if !filter.matches(&flow) => {}
                 Ok(flow) => {
                     if tx
                         .send(Bytes::from(format!("{}\n", json!(flow))))
@@ -159,7 +161,8 @@ pub fn set_log_level(level: Option<&str>) -> (StatusCode, serde_json::Value) {
 /// What an admin request asks for, decided from its method, path and query alone.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Endpoint<'a> {
-    FollowFlows,
+    /// `GET /flows` with its query, selected (and followed) by the server.
+    Flows(Option<&'a str>),
     SetLogLevel(Option<&'a str>),
     Get(&'a str),
     NotAllowed,
@@ -168,11 +171,26 @@ pub enum Endpoint<'a> {
 /// Classifies an admin request; nothing in it can fail or panic, whatever a client sends.
 pub fn endpoint<'a>(method: &http::Method, path: &'a str, query: Option<&'a str>) -> Endpoint<'a> {
     match (method, path) {
-        (&http::Method::GET, "/flows") if query_value(query, "follow").is_some() => {
-            Endpoint::FollowFlows
-        }
+        (&http::Method::GET, "/flows") => Endpoint::Flows(query),
         (&http::Method::POST, "/logging") => Endpoint::SetLogLevel(query_value(query, "level")),
         (&http::Method::GET, _) => Endpoint::Get(path),
         _ => Endpoint::NotAllowed,
+    }
+}
+
+/// Answers `GET /flows?…`: the kept flows the query selects as one JSON array, or, with
+/// `follow`, a stream of JSON lines. A query it cannot read is refused with 400 and the valid
+/// values.
+pub fn flows_reply(flows: &Flows, query: Option<&str>, now_unix_ms: u64) -> Reply {
+    match FlowFilter::parse(query, now_unix_ms) {
+        Ok(filter) if filter.query.follow => follow_flows(flows, filter),
+        Ok(filter) => json_reply((StatusCode::OK, json!(filter.apply(flows.recent())))),
+        Err(e) => json_reply((
+            StatusCode::BAD_REQUEST,
+            json!(weft_api::ErrorBody {
+                error: e.to_string(),
+                valid: e.valid(),
+            }),
+        )),
     }
 }

@@ -3,7 +3,7 @@
 //! closed or refused connection also leaves one access-log line (target `weft_access`).
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -12,54 +12,20 @@ use std::{
     time::SystemTime,
 };
 
-use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::{
-    flows::{Flow, FlowEvent, Flows},
+    flows::{Flow, FlowEvent, Flows, Verdict as FlowVerdict},
     identity::SpiffeId,
     metrics::Metrics,
     policy::{Decision, Verdict},
     registry::{PodPlacement, Registry},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Outbound,
-    Inbound,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Outbound => "outbound",
-            Self::Inbound => "inbound",
-        }
-    }
-}
-
-/// Whether the hop between agents was protected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Security {
-    /// HBONE: mutual TLS between workload identities.
-    Mtls,
-    /// Plain TCP (a destination or a client outside the mesh).
-    Plaintext,
-}
-
-impl Security {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Mtls => "mtls",
-            Self::Plaintext => "plaintext",
-        }
-    }
-}
+pub use weft_api::{Direction, Security};
 
 /// One connection the agent is carrying.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Connection {
     pub id: u64,
     pub direction: Direction,
@@ -81,10 +47,8 @@ pub struct Connection {
     /// The other side's workload, when the registry knows the peer address (`namespace/name`).
     pub peer_workload: Option<String>,
     /// Why the agent could not carry it, for failed connections.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
     /// The authorization decision (inbound connections).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
     pub started_unix_ms: u64,
 }
@@ -99,7 +63,7 @@ pub struct Authorized {
 }
 
 /// Monotonic totals since the agent started.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct Totals {
     pub outbound_opened: AtomicU64,
     pub inbound_opened: AtomicU64,
@@ -117,13 +81,9 @@ pub struct Totals {
     pub bytes_to_clients: AtomicU64,
 }
 
-/// How many closed connections the agent remembers for the admin API.
-pub const RECENT: usize = 1024;
-
-/// A connection that ended, with what it moved.
-#[derive(Clone, Debug, Serialize)]
+/// A connection that ended, with what it moved: its access-log line and its flow.
+#[derive(Clone, Debug)]
 pub struct Closed {
-    #[serde(flatten)]
     pub connection: Connection,
     pub bytes_from_client: u64,
     pub bytes_to_client: u64,
@@ -138,9 +98,8 @@ pub struct ByteCounters {
 }
 
 /// A live connection with its progress, as the admin API shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct LiveView {
-    #[serde(flatten)]
     pub connection: Connection,
     pub bytes_from_client: u64,
     pub bytes_to_client: u64,
@@ -158,7 +117,6 @@ struct Live {
 pub struct Connections {
     next_id: AtomicU64,
     live: Mutex<BTreeMap<u64, Live>>,
-    recent: Mutex<VecDeque<Closed>>,
     pub totals: Totals,
     pub metrics: Metrics,
     pub flows: Flows,
@@ -175,7 +133,8 @@ pub struct Guard<'a> {
     cancel: Arc<Notify>,
 }
 
-fn now_unix_ms() -> u64 {
+/// Wall-clock milliseconds since the Unix epoch, as flows and connections record time.
+pub fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -190,22 +149,21 @@ fn flow(connection: &Connection, event: FlowEvent, bytes: (u64, u64), ended_unix
             ended_unix_ms
         },
         event,
-        direction: connection.direction.as_str().into(),
+        direction: connection.direction,
         workload: connection.pod.clone(),
         source: connection.source,
         destination: connection.original_destination,
+        service: connection.service.clone(),
         peer_workload: connection.peer_workload.clone(),
         peer_identity: connection.peer_identity.clone(),
-        security: connection.security.as_str().into(),
-        verdict: decision
-            .map_or("allow", |d| {
-                if d.verdict == Verdict::Allow {
-                    "allow"
-                } else {
-                    "deny"
-                }
-            })
-            .into(),
+        peer_certificate_serial: connection.peer_certificate_serial.clone(),
+        workload_identity: connection.workload_identity.clone(),
+        security: connection.security,
+        verdict: match decision {
+            Some(d) if d.verdict == Verdict::Deny => FlowVerdict::Deny,
+            _ if event == FlowEvent::Failed => FlowVerdict::Failed,
+            _ => FlowVerdict::Allow,
+        },
         reason: decision.map_or_else(
             || {
                 if event == FlowEvent::Failed {
@@ -220,6 +178,8 @@ fn flow(connection: &Connection, event: FlowEvent, bytes: (u64, u64), ended_unix
             || connection.failure.clone().unwrap_or_default(),
             |d| d.detail.clone(),
         ),
+        policy: decision.and_then(|d| d.policy.clone()),
+        notes: decision.map(|d| d.notes.clone()).unwrap_or_default(),
         bytes_from_client: bytes.0,
         bytes_to_client: bytes.1,
         duration_ms: ended_unix_ms.saturating_sub(connection.started_unix_ms),
@@ -318,7 +278,6 @@ impl Connections {
             (0, 0),
             closed.ended_unix_ms,
         ));
-        self.remember(closed);
     }
 
     /// Records a connection the agent could not carry (no endpoint, unreachable, tunnel
@@ -342,14 +301,6 @@ impl Connections {
             .record(flow(&connection, FlowEvent::Failed, (0, 0), now_unix_ms()));
     }
 
-    fn remember(&self, closed: Closed) {
-        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        if recent.len() == RECENT {
-            recent.pop_front();
-        }
-        recent.push_back(closed);
-    }
-
     pub fn live(&self) -> Vec<LiveView> {
         self.live
             .lock()
@@ -360,16 +311,6 @@ impl Connections {
                 bytes_from_client: l.bytes.from_client.load(Ordering::Relaxed),
                 bytes_to_client: l.bytes.to_client.load(Ordering::Relaxed),
             })
-            .collect()
-    }
-
-    /// The most recently closed connections, newest last.
-    pub fn recent(&self) -> Vec<Closed> {
-        self.recent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .cloned()
             .collect()
     }
 
@@ -468,7 +409,65 @@ impl Drop for Guard<'_> {
                 ended_unix_ms,
             );
             self.connections.flows.record(event);
-            self.connections.remember(closed);
+        }
+    }
+}
+
+impl Totals {
+    /// The totals now, as `/stats` shows them.
+    pub fn snapshot(&self) -> weft_api::ProxyTotals {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        weft_api::ProxyTotals {
+            outbound_opened: load(&self.outbound_opened),
+            inbound_opened: load(&self.inbound_opened),
+            closed: load(&self.closed),
+            failed: load(&self.failed),
+            denied: load(&self.denied),
+            closed_by_policy: load(&self.closed_by_policy),
+            refused_not_captured: load(&self.refused_not_captured),
+            refused_agent_port: load(&self.refused_agent_port),
+            bytes_from_clients: load(&self.bytes_from_clients),
+            bytes_to_clients: load(&self.bytes_to_clients),
+        }
+    }
+}
+
+impl From<&crate::policy::Decision> for weft_api::Decision {
+    fn from(d: &crate::policy::Decision) -> Self {
+        Self {
+            verdict: if d.verdict == Verdict::Allow {
+                FlowVerdict::Allow
+            } else {
+                FlowVerdict::Deny
+            },
+            reason: d.reason.as_str().to_owned(),
+            detail: d.detail.clone(),
+            policy: d.policy.clone(),
+            notes: d.notes.clone(),
+        }
+    }
+}
+
+impl From<LiveView> for weft_api::Connection {
+    fn from(view: LiveView) -> Self {
+        let c = view.connection;
+        Self {
+            id: c.id,
+            direction: c.direction,
+            pod: c.pod,
+            source: c.source,
+            original_destination: c.original_destination,
+            destination: c.destination,
+            service: c.service,
+            security: c.security,
+            peer_identity: c.peer_identity,
+            peer_certificate_serial: c.peer_certificate_serial,
+            workload_identity: c.workload_identity,
+            peer_workload: c.peer_workload,
+            decision: c.decision.as_ref().map(Into::into),
+            started_unix_ms: c.started_unix_ms,
+            bytes_from_client: view.bytes_from_client,
+            bytes_to_client: view.bytes_to_client,
         }
     }
 }

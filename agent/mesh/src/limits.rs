@@ -14,7 +14,6 @@ use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
 };
-use serde::Serialize;
 
 /// TLS handshake, HBONE (15008) and CA (15012): a peer that does not finish it in time is cut.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,13 +87,7 @@ pub struct Limits {
 }
 
 /// One limit's count, for `/stats`.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LimitHit {
-    pub listener: &'static str,
-    pub limit: &'static str,
-    pub hits: u64,
-}
+pub type LimitHit = weft_api::LimitHit;
 
 impl Limits {
     pub fn hit(&self, listener: &'static str, limit: &'static str, detail: &dyn std::fmt::Display) {
@@ -126,12 +119,12 @@ impl Limits {
         let mut hits: Vec<LimitHit> = totals
             .iter()
             .map(|(&(listener, limit), &hits)| LimitHit {
-                listener,
-                limit,
+                listener: listener.to_owned(),
+                limit: limit.to_owned(),
                 hits,
             })
             .collect();
-        hits.sort_by_key(|h| (h.listener, h.limit));
+        hits.sort_by(|a, b| (&a.listener, &a.limit).cmp(&(&b.listener, &b.limit)));
         hits
     }
 }

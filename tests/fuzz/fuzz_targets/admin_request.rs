@@ -1,5 +1,5 @@
 //! The admin API's request and query parsing: a request target and method as hyper would
-//! hand them over, classified into an endpoint.
+//! hand them over, classified into an endpoint, and a `/flows` query read into its filter.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -13,7 +13,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(uri) = http::Uri::try_from(target) else {
         return;
     };
-    let _ = weft_mesh::admin::endpoint(&method, uri.path(), uri.query());
+    if let weft_mesh::admin::Endpoint::Flows(query) =
+        weft_mesh::admin::endpoint(&method, uri.path(), uri.query())
+    {
+        let _ = weft_mesh::flows::FlowFilter::parse(query, u64::MAX);
+    }
     for key in ["follow", "level", ""] {
         let _ = weft_mesh::admin::query_value(uri.query(), key);
     }

@@ -68,12 +68,7 @@ pub struct Pool {
 }
 
 /// Pool sizes for the admin API.
-#[derive(Debug, serde::Serialize)]
-pub struct PoolStats {
-    pub connections_opened: u64,
-    pub connections_open: usize,
-    pub streams_open: usize,
-}
+pub type PoolStats = weft_api::PoolStats;
 
 impl Pool {
     pub fn new(certs: Arc<CertStore>) -> Self {

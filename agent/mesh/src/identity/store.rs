@@ -18,7 +18,6 @@ use rustls::{
     sign::CertifiedKey,
     RootCertStore,
 };
-use serde::Serialize;
 
 use super::{remote::Signer, CaError, SpiffeId};
 
@@ -43,16 +42,8 @@ fn renew_time(issued_at: SystemTime, not_after: SystemTime) -> SystemTime {
     issued_at + lifetime.mul_f64(rand::random_range(0.45..0.55))
 }
 
-/// What `weftctl certs` shows.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CertInfo {
-    pub identity: String,
-    pub serial: String,
-    pub not_before: String,
-    pub not_after: String,
-    pub seconds_to_expiry: i64,
-}
+/// What `weftctl certs` shows: the admin contract's type.
+pub type CertInfo = weft_api::Cert;
 
 #[derive(Debug)]
 pub struct CertStore {

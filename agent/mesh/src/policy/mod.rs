@@ -38,3 +38,33 @@ pub fn crds() -> Vec<(&'static str, String)> {
         ),
     ]
 }
+
+impl From<&Policy> for weft_api::AuthorizationPolicy {
+    fn from(p: &Policy) -> Self {
+        Self {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            spec: serde_json::to_value(&p.spec).unwrap_or_default(),
+            unreadable: p.unreadable.clone(),
+        }
+    }
+}
+
+impl From<&TrafficSettings> for weft_api::TrafficPolicy {
+    fn from(t: &TrafficSettings) -> Self {
+        Self {
+            namespace: t.namespace.clone(),
+            name: t.name.clone(),
+            spec: serde_json::to_value(&t.spec).unwrap_or_default(),
+            services: t.services.clone(),
+            connect_timeout: t
+                .connect_timeout
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            algorithm: serde_json::to_value(t.algorithm)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            waypoint_only: t.waypoint_only.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+}

@@ -398,3 +398,48 @@ pub fn log_new_errors(old: &[ObjectError], new: &[ObjectError]) {
 
 #[cfg(test)]
 mod tests;
+
+impl From<&PodPlacement> for weft_api::Workload {
+    fn from(p: &PodPlacement) -> Self {
+        Self {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            ip: p.ip,
+            service_account: p.service_account.clone(),
+            netns: p.netns.display().to_string(),
+            cgroup: p.cgroup.as_ref().map(|c| c.display().to_string()),
+        }
+    }
+}
+
+impl From<&ObjectError> for weft_api::RejectedObject {
+    fn from(e: &ObjectError) -> Self {
+        Self {
+            source: e.source.clone(),
+            object: e.object.clone(),
+            reason: e.reason.clone(),
+        }
+    }
+}
+
+impl From<&ServicePort> for weft_api::ServicePort {
+    fn from(p: &ServicePort) -> Self {
+        Self {
+            name: p.name.clone(),
+            port: p.port,
+            target_port: p.target_port,
+        }
+    }
+}
+
+impl From<&watch::KindStatus> for weft_api::WatchStatus {
+    fn from(s: &watch::KindStatus) -> Self {
+        Self {
+            synced: s.synced,
+            objects: s.objects,
+            events: s.events,
+            errors: s.errors,
+            last_error: s.last_error.clone(),
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! weftctl's command line (clap): the global flags that pick an agent and an output format,
+//! and one subcommand per SPEC command.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "weftctl", version, about = "Inspect a Weft node agent")]
+pub struct Args {
+    /// The agent's admin address (on its node).
+    #[arg(
+        long,
+        global = true,
+        env = "WEFTCTL_ADMIN",
+        default_value = "127.0.0.1:15000"
+    )]
+    pub admin: SocketAddr,
+    /// A playground node (`cargo xtask demo up`): its netns and admin address come from the
+    /// playground file. Needs root to enter the node's network namespace.
+    #[arg(long, global = true)]
+    pub node: Option<String>,
+    /// The playground file; default: target/weft-demo/playground.json here or in a parent.
+    #[arg(long, global = true, env = "WEFT_PLAYGROUND")]
+    pub playground: Option<PathBuf>,
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// `--verdict`: the values [`weft_api::Verdict`] has, so a typo fails before anything is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Verdict {
+    /// Policy allowed it.
+    Allow,
+    /// Policy denied it.
+    Deny,
+    /// The agent could not carry it (no endpoint, unreachable, tunnel refused).
+    Failed,
+}
+
+impl From<Verdict> for weft_api::Verdict {
+    fn from(v: Verdict) -> Self {
+        match v {
+            Verdict::Allow => Self::Allow,
+            Verdict::Deny => Self::Deny,
+            Verdict::Failed => Self::Failed,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// The agent: readiness, enrolled pods, registry sizes, rejected objects.
+    Status,
+    /// Pods this node captures.
+    Workloads,
+    /// Services with their VIPs and ready endpoints.
+    Services,
+    /// Authorization and traffic policies in force, and what of each this node applies.
+    Policies,
+    /// SVIDs this agent holds.
+    Certs,
+    /// Connections open right now.
+    Connections,
+    /// Recent connection events, with why each was allowed, denied or failed. The agent
+    /// selects them.
+    Flows {
+        /// Keep streaming new events.
+        #[arg(long)]
+        follow: bool,
+        /// Source workload (`ns/name`), namespace or IP prefix.
+        #[arg(long)]
+        from: Option<String>,
+        /// Destination workload (`ns/name`), namespace or IP prefix.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_enum)]
+        verdict: Option<Verdict>,
+        /// Only events newer than this (`30s`, `5m`, `1h`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Destination port.
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// The busiest workload pairs, refreshed in place.
+    Top {
+        #[arg(long, default_value_t = 2)]
+        interval_secs: u64,
+        /// Stop after this many refreshes (default: until interrupted).
+        #[arg(long)]
+        iterations: Option<u64>,
+    },
+    /// Counters: proxy totals, kernel program counters, the HBONE pool, limits hit.
+    Stats,
+    /// The agent's whole registry.
+    ConfigDump,
+    /// Change the agent's log filter (`debug`, `info,weft_agent=trace`).
+    Logging {
+        level: String,
+    },
+    Version,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_flags_are_exactly_the_api_verdicts() {
+        let flags: Vec<weft_api::Verdict> = Verdict::value_variants()
+            .iter()
+            .map(|&v| v.into())
+            .collect();
+        assert_eq!(flags, weft_api::Verdict::ALL);
+        for v in Verdict::value_variants() {
+            let name = v.to_possible_value().expect("shown");
+            assert_eq!(name.get_name(), weft_api::Verdict::from(*v).as_str());
+        }
+    }
+
+    #[test]
+    fn an_unknown_verdict_fails_before_anything_is_sent() {
+        let error = Args::try_parse_from(["weftctl", "flows", "--verdict", "bogus"])
+            .expect_err("bogus verdict");
+        let text = error.to_string();
+        assert!(
+            text.contains("bogus") && text.contains("allow, deny, failed"),
+            "{text}"
+        );
+        let args = Args::try_parse_from(["weftctl", "-o", "json", "flows", "--verdict", "deny"])
+            .expect("deny");
+        assert!(matches!(
+            args.command,
+            Cmd::Flows {
+                verdict: Some(Verdict::Deny),
+                ..
+            }
+        ));
+        assert_eq!(args.output, Output::Json);
+    }
+}

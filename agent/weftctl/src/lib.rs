@@ -1,0 +1,11 @@
+//! weftctl, Weft's inspection CLI, as a library: the command line ([`cli`], [`cli_parse`]),
+//! the admin API client ([`client`]), playground node lookup ([`playground`]) and the tables
+//! ([`render`]). The binary in `main.rs` wires them; the library form lets the fuzz target and
+//! unit tests reach each part without a terminal or an agent.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod cli_parse;
+pub mod client;
+pub mod playground;
+pub mod render;

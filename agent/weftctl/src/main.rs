@@ -1,0 +1,199 @@
+//! `weftctl`: inspect a node's agent through its admin API. Tables for people, `-o json|yaml`
+//! for scripts; every error says how to fix it.
+#![forbid(unsafe_code)]
+
+use std::{
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use tokio::io::AsyncWriteExt as _;
+use weft_api::{Cert, Connection, Flow, Service, Stats, Status, Workload};
+use weftctl::{
+    cli::{Args, Cmd, Output},
+    cli_parse::FlowFlags,
+    client::{Client, ClientError},
+    playground,
+    render::{self, show, Policies},
+};
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weftctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let admin = match &args.node {
+        Some(node) => playground::enter_node(node, args.playground.as_deref())?,
+        None => args.admin,
+    };
+    // Built after `--node` entered the node's netns: a current-thread runtime runs every task
+    // on this thread, the one inside it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(command(Client::new(admin), args.output, args.command))
+}
+
+async fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = tokio::io::stdout();
+    out.write_all(text.as_bytes()).await?;
+    out.write_all(b"\n").await?;
+    out.flush().await?;
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+async fn command(client: Client, output: Output, command: Cmd) -> anyhow::Result<()> {
+    let text = match command {
+        Cmd::Version => {
+            let agent = match client.get::<Status>("/status").await {
+                Ok(s) => format!("agent   {} on node {}", s.version, s.node),
+                Err(_) => format!("agent   not reachable at {}", client.addr),
+            };
+            format!("weftctl {}\n{agent}", env!("CARGO_PKG_VERSION"))
+        }
+        Cmd::Status => show(
+            output,
+            &client.get::<Status>("/status").await?,
+            render::status,
+        )?,
+        Cmd::Workloads => show(
+            output,
+            &client.get::<Vec<Workload>>("/workloads").await?,
+            |w| render::workloads(w),
+        )?,
+        Cmd::Services => show(
+            output,
+            &client.get::<Vec<Service>>("/services").await?,
+            |s| render::services(s),
+        )?,
+        Cmd::Policies => {
+            let policies = Policies {
+                authorization_policies: client.get("/policies").await?,
+                traffic_policies: client.get("/trafficpolicies").await?,
+            };
+            show(output, &policies, render::policies)?
+        }
+        Cmd::Certs => show(output, &client.get::<Vec<Cert>>("/certs").await?, |c| {
+            render::certs(c)
+        })?,
+        Cmd::Connections => {
+            let live = client.get::<Vec<Connection>>("/connections").await?;
+            show(output, &live, |c| render::connections(c, now_ms()))?
+        }
+        Cmd::Flows {
+            follow,
+            from,
+            to,
+            verdict,
+            since,
+            port,
+        } => {
+            let query = FlowFlags {
+                from,
+                to,
+                verdict: verdict.map(Into::into),
+                since,
+                port,
+                follow,
+            }
+            .query()?;
+            let path = match query.to_query() {
+                q if q.is_empty() => "/flows".to_owned(),
+                q => format!("/flows?{q}"),
+            };
+            if follow {
+                return follow_flows(&client, output, &path).await;
+            }
+            show(output, &client.get::<Vec<Flow>>(&path).await?, |f| {
+                render::flows(f)
+            })?
+        }
+        Cmd::Top {
+            interval_secs,
+            iterations,
+        } => return top(&client, interval_secs.max(1), iterations).await,
+        Cmd::Stats => show(output, &client.get::<Stats>("/stats").await?, render::stats)?,
+        Cmd::ConfigDump => {
+            // The registry as the agent holds it: untyped by design, YAML for people.
+            let dump = client.get::<serde_json::Value>("/config_dump").await?;
+            show(output, &dump, |v| {
+                serde_yaml::to_string(v)
+                    .unwrap_or_default()
+                    .trim_end()
+                    .to_owned()
+            })?
+        }
+        Cmd::Logging { level } => {
+            let path = format!("/logging?level={}", encode_level(&level));
+            let set = client.post::<weft_api::LogLevel>(&path).await?;
+            show(output, &set, |s| format!("log filter is now {}", s.level))?
+        }
+    };
+    print(&text).await
+}
+
+/// An EnvFilter's text in a query value: `,` `=` and `_` may stay, the rest is escaped.
+fn encode_level(level: &str) -> String {
+    level
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b",=_-.:".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+async fn follow_flows(client: &Client, output: Output, path: &str) -> anyhow::Result<()> {
+    let mut lines = client.lines(path).await?;
+    while let Some(flow) = lines.next::<Flow>().await {
+        let flow = match flow {
+            Ok(flow) => flow,
+            // The agent's `lagged` notes are not flows: skipped, as before.
+            Err(ClientError::Json { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let text = match output {
+            Output::Table => render::flow_line(&flow),
+            Output::Json | Output::Yaml => serde_json::to_string(&flow)?,
+        };
+        print(&text).await?;
+    }
+    Ok(())
+}
+
+async fn top(client: &Client, interval_secs: u64, iterations: Option<u64>) -> anyhow::Result<()> {
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut done = 0;
+    loop {
+        let flows = client.get::<Vec<Flow>>("/flows").await?;
+        let mut text = String::new();
+        if interactive {
+            text.push_str("\x1b[H\x1b[2J");
+        }
+        text.push_str(&render::top(&flows, interval_secs));
+        print(&text).await?;
+        done += 1;
+        if iterations.is_some_and(|n| done >= n) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(interval_secs)).await;
+    }
+}
