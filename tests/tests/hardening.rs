@@ -178,7 +178,7 @@ fn bad_manifest_files_are_reported_while_traffic_flows_and_leave_nothing_behind(
         format!("{half}\n  ports: [{{port: 80"),
     )
     .expect("truncate");
-    eventually(Duration::from_secs(3), "truncated file reported", || {
+    eventually(Duration::from_secs(10), "truncated file reported", || {
         reports(&f, node0, "services.yaml", "line ")
             && reports(&f, node0, "services.yaml", "last good version")
     });
@@ -188,7 +188,7 @@ fn bad_manifest_files_are_reported_while_traffic_flows_and_leave_nothing_behind(
         .write("services.yaml", &services)
         .expect("restore");
     eventually(
-        Duration::from_secs(3),
+        Duration::from_secs(10),
         "restored file no longer reported",
         || !reports(&f, node0, "services.yaml", ""),
     );
@@ -200,7 +200,7 @@ fn bad_manifest_files_are_reported_while_traffic_flows_and_leave_nothing_behind(
             "apiVersion: v1\nkind: Namespace\nmetadata:\n\tname: tabbed\n",
         )
         .expect("tabs");
-    eventually(Duration::from_secs(3), "tab file reported", || {
+    eventually(Duration::from_secs(10), "tab file reported", || {
         reports(&f, node0, "tabs.yaml", "line ")
     });
     assert_eq!(traffic.flows(3), 0, "traffic beside a tab-indented file");
@@ -210,7 +210,7 @@ fn bad_manifest_files_are_reported_while_traffic_flows_and_leave_nothing_behind(
     // 3. A FIFO named x.yaml: skipped without blocking the reader.
     let fifo = f.manifests.dir.join("x.yaml");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("mkfifo");
-    eventually(Duration::from_secs(3), "FIFO reported", || {
+    eventually(Duration::from_secs(10), "FIFO reported", || {
         reports(&f, node0, "x.yaml", "FIFO")
     });
     assert_eq!(traffic.flows(3), 0, "traffic beside a FIFO");
@@ -220,7 +220,7 @@ fn bad_manifest_files_are_reported_while_traffic_flows_and_leave_nothing_behind(
     let big = f.manifests.dir.join("big.yaml");
     let line = "# padding padding padding padding padding padding padding padding\n";
     std::fs::write(&big, line.repeat(50 * 1024 * 1024 / line.len())).expect("big file");
-    eventually(Duration::from_secs(3), "50 MB file reported", || {
+    eventually(Duration::from_secs(10), "50 MB file reported", || {
         reports(&f, node0, "big.yaml", "over the limit")
     });
     assert_eq!(traffic.flows(3), 0, "traffic beside a 50 MB file");
@@ -257,7 +257,7 @@ fn unreadable_deny_policies_fail_closed(f: &Fixture, traffic: &Traffic, check_rs
         f.manifests
             .write(file, &format!("{header}{DENY_CLIENT}"))
             .expect("bad policy");
-        eventually(Duration::from_secs(3), "bad policy reported", || {
+        eventually(Duration::from_secs(10), "bad policy reported", || {
             reports(f, node0, file, meant)
         });
         eventually(
@@ -281,9 +281,11 @@ fn unreadable_deny_policies_fail_closed(f: &Fixture, traffic: &Traffic, check_rs
         assert_eq!(traffic.flows(3), 0, "VIP traffic beside {file}");
         check_rss(file);
         std::fs::remove_file(f.manifests.dir.join(file)).expect("remove policy");
-        eventually(Duration::from_secs(3), "policy gone leaves nothing", || {
-            rejected(f, node0).is_empty() && legacy_to_client(f)
-        });
+        eventually(
+            Duration::from_secs(10),
+            "policy gone leaves nothing",
+            || rejected(f, node0).is_empty() && legacy_to_client(f),
+        );
     }
 }
 
