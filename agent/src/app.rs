@@ -74,7 +74,6 @@ async fn start_source(config: &Config) -> Result<SourceParts, AppError> {
             cgroup_root,
             node_netns,
         } => {
-            netns::set_proc_root(host_proc);
             let cgroup_root = match cgroup_root {
                 Some(root) => root.clone(),
                 None => tokio::task::spawn_blocking(cgroup2_mount)
@@ -121,14 +120,16 @@ fn cgroup2_mount() -> Option<std::path::PathBuf> {
     clippy::disallowed_methods,
     reason = "called from run under spawn_blocking"
 )]
-fn prepare(config: &Config) -> Result<(Programs, capture::Maps, Signer), AppError> {
-    netns::init_host().map_err(AppError::HostNetns)?;
+fn prepare(
+    config: &Config,
+) -> Result<(Programs, capture::Maps, Signer, Arc<netns::Host>), AppError> {
+    let host = netns::Host::current(proc_root(config)).map_err(AppError::HostNetns)?;
     let (programs, mut maps) = Programs::load_or_adopt(&config.bpffs_dir)?;
     maps.set_excluded_ports(&config.excluded_ports)?;
     let ca = weft_mesh::identity::load_signer(&config.ca, &config.trust_domain)?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| AppError::StateDir(config.state_dir.clone(), e))?;
-    Ok((programs, maps, ca))
+    Ok((programs, maps, ca, host))
 }
 
 /// Runs the agent until SIGTERM or Ctrl-C. Capture stays attached and pinned when it exits:
@@ -141,7 +142,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         let config = config.clone();
         tokio::task::spawn_blocking(move || prepare(&config))
     };
-    let (programs, maps, ca) = prepare.await.map_err(AppError::Panicked)??;
+    let (programs, maps, ca, host) = prepare.await.map_err(AppError::Panicked)??;
     let adopted = programs.adopted;
     tracing::info!(pins = %config.bpffs_dir.display(), adopted, "kernel programs ready");
     let SourceParts {
@@ -170,6 +171,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     ));
     let proxy_for_admin = proxy.clone();
     let mut enrollment = Enrollment::new(
+        host,
         config.node_name.clone(),
         programs,
         proxy,
@@ -394,9 +396,18 @@ pub fn check(config: &Config) -> Result<CheckReport, CaptureError> {
 /// `weft-agent uninstall`: removes every program, link and pin the agent made, and the capture
 /// routing it installed in pods.
 pub fn uninstall(config: &Config) -> Result<Vec<String>, CaptureError> {
-    netns::init_host()
+    let host = netns::Host::current(proc_root(config))
         .map_err(|e| CaptureError::Pod(format!("reading the agent's own netns: {e}")))?;
-    let mut removed = crate::enrollment::remove_recorded_routing(&config.state_dir);
+    let mut removed = crate::enrollment::remove_recorded_routing(&host, &config.state_dir);
     removed.extend(capture::programs::uninstall(&config.bpffs_dir)?);
     Ok(removed)
+}
+
+/// The procfs sysctls are written through: the host's in Kubernetes mode, the agent's own
+/// otherwise.
+fn proc_root(config: &Config) -> &std::path::Path {
+    match &config.source {
+        Source::Kube { host_proc, .. } => host_proc,
+        Source::Local { .. } => std::path::Path::new("/proc"),
+    }
 }

@@ -23,7 +23,7 @@ use weft_mesh::{
 
 use crate::{
     capture::{links, routing, routing::EGRESS_MARK, CaptureError, Programs},
-    netns::Netns,
+    netns::{self, Netns},
     proxy::{self, hbone_in::PodTunnels, PodContext, ProxyContext},
 };
 
@@ -75,6 +75,8 @@ pub struct EnrollmentStatus {
 
 #[derive(Debug)]
 pub struct Enrollment {
+    /// The node's side of every pod netns the agent enters.
+    host: Arc<netns::Host>,
     node: String,
     programs: Programs,
     proxy: Arc<ProxyContext>,
@@ -101,6 +103,7 @@ pub struct PodCondition {
 
 impl Enrollment {
     pub fn new(
+        host: Arc<netns::Host>,
         node: String,
         programs: Programs,
         proxy: Arc<ProxyContext>,
@@ -108,6 +111,7 @@ impl Enrollment {
         state_dir: &Path,
     ) -> Self {
         Self {
+            host,
             node,
             programs,
             proxy,
@@ -253,7 +257,7 @@ impl Enrollment {
         }
         for (key, netns) in read_record(&self.record) {
             if !desired.contains_key(&key) && !self.pods.contains_key(&key) {
-                if let Ok(ns) = Netns::open(&netns) {
+                if let Ok(ns) = Netns::open(&self.host, &netns) {
                     routing::remove(&ns);
                 }
             }
@@ -270,7 +274,7 @@ impl Enrollment {
             pod: pod.clone(),
             source: Box::new(source),
         };
-        let ns = Netns::open(&placement.netns).map_err(io("opening its netns"))?;
+        let ns = Netns::open(&self.host, &placement.netns).map_err(io("opening its netns"))?;
         let outbound =
             listen(&ns, OUTBOUND_PORT, true).map_err(io("opening the outbound listener"))?;
         let inbound =
@@ -409,11 +413,11 @@ fn read_record(record: &Path) -> BTreeMap<String, PathBuf> {
     clippy::disallowed_methods,
     reason = "`weft-agent uninstall` is a synchronous command"
 )]
-pub fn remove_recorded_routing(state_dir: &Path) -> Vec<String> {
+pub fn remove_recorded_routing(host: &Arc<netns::Host>, state_dir: &Path) -> Vec<String> {
     let record = state_dir.join("enrolled-netns.json");
     let mut cleaned = Vec::new();
     for (key, netns) in read_record(&record) {
-        if let Ok(ns) = Netns::open(&netns) {
+        if let Ok(ns) = Netns::open(host, &netns) {
             routing::remove(&ns);
             cleaned.push(format!("routing of {key} ({})", netns.display()));
         }

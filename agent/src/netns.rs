@@ -8,22 +8,34 @@ use std::{
     fs::File,
     io,
     path::{Path, PathBuf},
-    sync::OnceLock,
+    sync::Arc,
 };
 
 use nix::sched::{setns, CloneFlags};
 
-static HOST_NETNS: OnceLock<File> = OnceLock::new();
+/// The agent's own (node) side: the namespace every thread returns to after entering a pod's,
+/// and the procfs sysctls are written through. One value, made at start and handed to each
+/// [`Netns`]: no process-wide state.
+#[derive(Debug)]
+pub struct Host {
+    netns: File,
+    /// Container runtimes mount the agent's own `/proc/sys` read-only, so in Kubernetes mode
+    /// sysctls go through the host's `/proc`, mounted writable.
+    proc_root: PathBuf,
+}
 
-/// Remembers the agent's own (node) namespace. Call once at start, before entering any pod.
-#[expect(
-    clippy::disallowed_methods,
-    reason = "called from the agent's start-up on a blocking thread, or in a synchronous command"
-)]
-pub fn init_host() -> io::Result<()> {
-    let file = File::open("/proc/thread-self/ns/net")?;
-    let _ = HOST_NETNS.set(file);
-    Ok(())
+impl Host {
+    /// The calling thread's namespace, as the node's. Call at start, before entering any pod.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "called from the agent's start-up on a blocking thread, or in a synchronous command"
+    )]
+    pub fn current(proc_root: &Path) -> io::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            netns: File::open("/proc/thread-self/ns/net")?,
+            proc_root: proc_root.to_owned(),
+        }))
+    }
 }
 
 /// An open handle on a pod's network namespace.
@@ -31,6 +43,7 @@ pub fn init_host() -> io::Result<()> {
 pub struct Netns {
     file: File,
     path: PathBuf,
+    host: Arc<Host>,
 }
 
 impl Netns {
@@ -38,13 +51,14 @@ impl Netns {
         clippy::disallowed_methods,
         reason = "enrollment runs on a blocking thread"
     )]
-    pub fn open(path: &Path) -> io::Result<Self> {
+    pub fn open(host: &Arc<Host>, path: &Path) -> io::Result<Self> {
         let file = File::open(path).map_err(|e| {
             io::Error::new(e.kind(), format!("opening netns {}: {e}", path.display()))
         })?;
         Ok(Self {
             file,
             path: path.to_owned(),
+            host: host.clone(),
         })
     }
 
@@ -58,12 +72,9 @@ impl Netns {
 
     /// Runs `f` on this thread inside the namespace. `f` must not block or await.
     pub fn enter<T>(&self, f: impl FnOnce() -> T) -> io::Result<T> {
-        let host = HOST_NETNS
-            .get()
-            .ok_or_else(|| io::Error::other("netns::init_host was not called"))?;
         setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
         let out = f();
-        if let Err(e) = setns(host, CloneFlags::CLONE_NEWNET) {
+        if let Err(e) = setns(&self.host.netns, CloneFlags::CLONE_NEWNET) {
             // A worker thread stuck in a pod's namespace would put other pods' traffic there.
             tracing::error!(error = %e, "cannot return to the node network namespace; aborting");
             std::process::abort();
@@ -91,17 +102,7 @@ impl Netns {
         reason = "enrollment runs on a blocking thread"
     )]
     pub fn write_sysctl(&self, key: &str, value: &str) -> io::Result<()> {
-        let root = PROC_ROOT.get().map_or("/proc", |p| p.as_str());
-        let path = format!("{root}/sys/{}", key.replace('.', "/"));
+        let path = self.host.proc_root.join("sys").join(key.replace('.', "/"));
         self.enter(|| std::fs::write(&path, value))?
     }
-}
-
-/// Where sysctls are written: container runtimes mount the agent's own `/proc/sys` read-only,
-/// so in Kubernetes mode they go through the host's `/proc`, mounted writable.
-static PROC_ROOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// Sets the procfs used for sysctls (once, at start).
-pub fn set_proc_root(root: &std::path::Path) {
-    let _ = PROC_ROOT.set(root.display().to_string());
 }
