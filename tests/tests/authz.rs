@@ -420,7 +420,7 @@ fn a_traffic_policy_connect_timeout_bounds_a_connection_and_the_failure_names_it
                 f.log("node0")
             )
         });
-    assert_eq!(flow["reason"], "failed", "{flow}");
+    assert_eq!(flow["reason"], "connect_timeout", "{flow}");
     assert_eq!(flow["verdict"], "failed", "{flow}");
     assert_eq!(
         flow["detail"], "connect timed out after 300ms (connectTimeout of TrafficPolicy demo/slow)",

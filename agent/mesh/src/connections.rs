@@ -47,7 +47,7 @@ pub struct Connection {
     /// The other side's workload, when the registry knows the peer address (`namespace/name`).
     pub peer_workload: Option<String>,
     /// Why the agent could not carry it, for failed connections.
-    pub failure: Option<String>,
+    pub failure: Option<Failure>,
     /// The authorization decision (inbound connections).
     pub decision: Option<Decision>,
     pub started_unix_ms: u64,
@@ -140,6 +140,56 @@ pub fn now_unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Why a connection could not be carried, as the bounded `reason` of its flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailReason {
+    /// A Service port with no ready endpoint.
+    NoReadyEndpoints,
+    /// TCP, TLS or the tunnel was not set up within the connect timeout.
+    ConnectTimeout,
+    /// The destination refused or could not be reached.
+    Unreachable,
+    /// The destination's HBONE listener answered the CONNECT with an error status.
+    TunnelRefused,
+    /// The tunnel failed otherwise (TLS, identity, HTTP/2).
+    TunnelFailed,
+    /// An inbound HBONE connection refused before it carried a tunnel (no TLS, no identity).
+    RefusedBeforeTunnel,
+    /// A captured connection that would have looped back into the agent.
+    LoopIntoAgent,
+}
+
+impl FailReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoReadyEndpoints => "no_ready_endpoints",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::Unreachable => "unreachable",
+            Self::TunnelRefused => "tunnel_refused",
+            Self::TunnelFailed => "tunnel_failed",
+            Self::RefusedBeforeTunnel => "refused_before_tunnel",
+            Self::LoopIntoAgent => "loop_into_agent",
+        }
+    }
+}
+
+/// A failure: its bounded reason, and what a user needs to act on it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Failure {
+    pub reason: FailReason,
+    pub detail: String,
+}
+
+impl Failure {
+    pub fn new(reason: FailReason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
 fn flow(connection: &Connection, event: FlowEvent, bytes: (u64, u64), ended_unix_ms: u64) -> Flow {
     let decision = connection.decision.as_ref();
     Flow {
@@ -164,18 +214,19 @@ fn flow(connection: &Connection, event: FlowEvent, bytes: (u64, u64), ended_unix
             _ if event == FlowEvent::Failed => FlowVerdict::Failed,
             _ => FlowVerdict::Allow,
         },
-        reason: decision.map_or_else(
-            || {
-                if event == FlowEvent::Failed {
-                    "failed".into()
-                } else {
-                    "none".into()
-                }
-            },
-            |d| d.reason.as_str().into(),
-        ),
+        reason: match (decision, &connection.failure) {
+            (Some(d), _) => d.reason.as_str().into(),
+            (None, Some(failure)) => failure.reason.as_str().into(),
+            (None, None) => "none".into(),
+        },
         detail: decision.map_or_else(
-            || connection.failure.clone().unwrap_or_default(),
+            || {
+                connection
+                    .failure
+                    .as_ref()
+                    .map(|f| f.detail.clone())
+                    .unwrap_or_default()
+            },
             |d| d.detail.clone(),
         ),
         policy: decision.and_then(|d| d.policy.clone()),
@@ -288,13 +339,13 @@ impl Connections {
         self.totals
             .refused_agent_port
             .fetch_add(1, Ordering::Relaxed);
-        self.failed(connection, detail);
+        self.failed(connection, Failure::new(FailReason::LoopIntoAgent, detail));
     }
 
-    pub fn failed(&self, mut connection: Connection, detail: String) {
+    pub fn failed(&self, mut connection: Connection, failure: Failure) {
         connection.started_unix_ms = now_unix_ms();
         connection.id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        connection.failure = Some(detail);
+        connection.failure = Some(failure);
         self.totals.failed.fetch_add(1, Ordering::Relaxed);
         self.metrics.failed(&connection);
         self.flows

@@ -63,6 +63,15 @@ pub enum RouteError {
     NoReadyEndpoints { service: String, port: u16 },
 }
 
+impl From<RouteError> for crate::connections::Failure {
+    fn from(error: RouteError) -> Self {
+        let reason = match error {
+            RouteError::NoReadyEndpoints { .. } => crate::connections::FailReason::NoReadyEndpoints,
+        };
+        Self::new(reason, error.to_string())
+    }
+}
+
 impl RouteError {
     /// The bounded `reason` label of this failure.
     pub fn reason(&self) -> &'static str {

@@ -142,6 +142,12 @@ fn a_service_without_ready_endpoints_is_a_typed_error_with_a_bounded_reason() {
         error.to_string(),
         "service demo/empty port 80 has no ready endpoints"
     );
+    let failure = weft_mesh::connections::Failure::from(error);
+    assert_eq!(failure.reason.as_str(), "no_ready_endpoints");
+    assert_eq!(
+        failure.detail,
+        "service demo/empty port 80 has no ready endpoints"
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use http::StatusCode;
 use weft_mesh::{
-    connections::{Connection, Direction, Security},
+    connections::{Connection, Direction, FailReason, Failure, Security},
     hbone::{
         self,
         server::{reply, Inbound, Tunnels},
@@ -69,9 +69,10 @@ impl Tunnels for PodTunnels {
     /// Recorded as a failed flow, so `weftctl flows` says why.
     fn refused(&self, peer: SocketAddr, local: SocketAddr, reason: String) {
         let registry = self.ctx.registry.borrow().clone();
-        self.ctx
-            .connections
-            .failed(record(&registry, &self.pod, peer, local, None), reason);
+        self.ctx.connections.failed(
+            record(&registry, &self.pod, peer, local, None),
+            Failure::new(FailReason::RefusedBeforeTunnel, reason),
+        );
     }
 
     async fn carry(self: Arc<Self>, tunnel: Inbound) {

@@ -13,7 +13,7 @@ use super::{splice, PodContext, ProxyContext};
 use weft_common::HBONE_PORT;
 
 use weft_mesh::{
-    connections::{Connection, Direction, Security},
+    connections::{Connection, Direction, FailReason, Failure, Security},
     hbone::{stream as hbone_stream, HboneError},
     identity::SpiffeId,
     registry::Registry,
@@ -75,7 +75,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         Ok(route) => route,
         Err(e) => {
             tracing::warn!(pod = %pod.name(), %original, reason = e.reason(), error = %e, "outbound connection failed");
-            ctx.connections.failed(connection, e.to_string());
+            ctx.connections.failed(connection, e.into());
             return;
         }
     };
@@ -89,13 +89,13 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         connection.security = Security::Mtls;
         connection.peer_identity = Some(identity.to_string());
     }
-    let failed = |connection: Connection, reason: String| {
+    let failed = |connection: Connection, failure: Failure| {
         // The client learns of the failure by a reset, as from a rejecting firewall: a FIN
         // would read as a server that closed after an empty answer (the client's first bytes
         // may already have been taken to ride with the CONNECT).
         let _ = client.set_zero_linger();
-        tracing::warn!(pod = %pod.name(), %original, destination = %route.destination, %reason, "outbound connection failed");
-        ctx.connections.failed(connection, reason);
+        tracing::warn!(pod = %pod.name(), %original, destination = %route.destination, reason = failure.reason.as_str(), detail = %failure.detail, "outbound connection failed");
+        ctx.connections.failed(connection, failure);
     };
     match peer_identity {
         Some(identity) => {
@@ -122,11 +122,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                     ctx.connections.metrics.tunnel_setup(started.elapsed());
                     carry_tunnel(client, tunnel, ctx, connection, early_bytes).await;
                 }
-                Err(e) if e.timed_out() => failed(
-                    connection,
-                    format!("HBONE tunnel to {hbone}: {}", route.timed_out()),
-                ),
-                Err(e) => failed(connection, format!("HBONE tunnel to {hbone} failed: {e}")),
+                Err(e) => failed(connection, tunnel_failure(&e, hbone, &route)),
             }
         }
         None => match socket::connect(pod, route.destination, route.connect_timeout).await {
@@ -134,11 +130,36 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                 let guard = ctx.connections.open(connection);
                 splice(client, server, &guard).await;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                failed(connection, route.timed_out());
-            }
-            Err(e) => failed(connection, format!("destination unreachable: {e}")),
+            Err(e) => failed(connection, connect_failure(&e, &route)),
         },
+    }
+}
+
+/// Why a tunnel could not be opened, with its bounded reason.
+fn tunnel_failure(error: &HboneError, hbone: SocketAddr, route: &route::Route) -> Failure {
+    if error.timed_out() {
+        return Failure::new(
+            FailReason::ConnectTimeout,
+            format!("HBONE tunnel to {hbone}: {}", route.timed_out()),
+        );
+    }
+    let reason = if matches!(error, HboneError::Status(_)) {
+        FailReason::TunnelRefused
+    } else {
+        FailReason::TunnelFailed
+    };
+    Failure::new(reason, format!("HBONE tunnel to {hbone} failed: {error}"))
+}
+
+/// Why a direct connection could not be opened, with its bounded reason.
+fn connect_failure(error: &std::io::Error, route: &route::Route) -> Failure {
+    if error.kind() == std::io::ErrorKind::TimedOut {
+        Failure::new(FailReason::ConnectTimeout, route.timed_out())
+    } else {
+        Failure::new(
+            FailReason::Unreachable,
+            format!("destination unreachable: {error}"),
+        )
     }
 }
 
