@@ -16,6 +16,45 @@ use crate::{
     limits::{Http1Limits, Limits, HEADER_READ_TIMEOUT, MAX_REQUEST_HEAD, TLS_HANDSHAKE_TIMEOUT},
 };
 
+/// A hyper service the admin-style HTTP/1 ports can run: it never fails (errors are answers)
+/// and its futures move between worker threads.
+pub trait Http1Service<B>:
+    hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = hyper::Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S, B> Http1Service<B> for S where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static
+{
+}
+
+/// A response body those services may answer with.
+pub trait Http1Body:
+    hyper::body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + 'static
+{
+}
+
+impl<B> Http1Body for B where
+    B: hyper::body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static
+{
+}
+
 /// What a listener does when the process starts draining.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnDrain {
@@ -107,17 +146,8 @@ pub async fn serve_http1<S, B>(
     tls: Option<tokio_rustls::TlsAcceptor>,
     service: S,
 ) where
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = hyper::Response<B>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Http1Service<B> + Clone,
+    B: Http1Body,
 {
     let slots = Arc::new(Semaphore::new(bounds.max_connections));
     let limits = serving.limits.clone();
@@ -163,16 +193,8 @@ async fn serve_tls_or_plain<S, B>(
     limits: &Limits,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) where
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = hyper::Response<B>,
-            Error = Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Http1Service<B>,
+    B: Http1Body,
 {
     match tls {
         None => serve_one(stream, service, bounds, limits, peer).await,
@@ -204,16 +226,8 @@ async fn serve_one<IO, S, B>(
     peer: SocketAddr,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = hyper::Response<B>,
-            Error = Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Http1Service<B>,
+    B: Http1Body,
 {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
