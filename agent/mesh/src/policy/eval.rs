@@ -1,5 +1,6 @@
 //! Compiling policies (validation included) and evaluating a connection against them.
 
+use super::error::PolicyError;
 use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
@@ -93,21 +94,24 @@ struct Cidr {
 }
 
 impl Cidr {
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, PolicyError> {
         let (address, prefix) = text.split_once('/').unwrap_or((text, ""));
         let network: IpAddr = address
             .parse()
-            .map_err(|_| format!("ipBlock {text:?} is not a CIDR"))?;
+            .map_err(|_| PolicyError::NotCidr(text.into()))?;
         let max = if network.is_ipv4() { 32 } else { 128 };
         let prefix = if prefix.is_empty() {
             max
         } else {
             prefix
                 .parse::<u8>()
-                .map_err(|_| format!("ipBlock {text:?} has a bad prefix length"))?
+                .map_err(|_| PolicyError::BadPrefix(text.into()))?
         };
         if prefix > max {
-            return Err(format!("ipBlock {text:?}: prefix length above {max}"));
+            return Err(PolicyError::PrefixTooLong {
+                text: text.into(),
+                max,
+            });
         }
         Ok(Self { network, prefix })
     }
@@ -159,20 +163,20 @@ fn patterns(list: &[String]) -> Vec<Pattern> {
     list.iter().map(|p| Pattern::parse(p)).collect()
 }
 
-fn cidrs(list: &[String]) -> Result<Vec<Cidr>, String> {
+fn cidrs(list: &[String]) -> Result<Vec<Cidr>, PolicyError> {
     list.iter().map(|c| Cidr::parse(c)).collect()
 }
 
-fn ports(list: &[String]) -> Result<Vec<u16>, String> {
+fn ports(list: &[String]) -> Result<Vec<u16>, PolicyError> {
     list.iter()
         .map(|p| {
             p.parse::<u16>()
-                .map_err(|_| format!("port {p:?} is not a port number"))
+                .map_err(|_| PolicyError::NotPort(p.clone()))
         })
         .collect()
 }
 
-fn compile_source(source: &Source) -> Result<CompiledSource, String> {
+fn compile_source(source: &Source) -> Result<CompiledSource, PolicyError> {
     Ok(CompiledSource {
         principals: patterns(&source.principals),
         not_principals: patterns(&source.not_principals),
@@ -196,7 +200,7 @@ fn l7_fields(operation: &Operation) -> bool {
     .any(|list| !list.is_empty())
 }
 
-fn compile_rule(rule: &Rule) -> Result<CompiledRule, String> {
+fn compile_rule(rule: &Rule) -> Result<CompiledRule, PolicyError> {
     let from = rule
         .from
         .iter()
@@ -211,7 +215,7 @@ fn compile_rule(rule: &Rule) -> Result<CompiledRule, String> {
                 not_ports: ports(&t.operation.not_ports)?,
             })
         })
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_, PolicyError>>()?;
     let needs_l7 = !rule.when.is_empty() || rule.to.iter().any(|t| l7_fields(&t.operation));
     Ok(CompiledRule { from, to, needs_l7 })
 }
@@ -221,17 +225,15 @@ pub fn compile(
     namespace: &str,
     name: &str,
     spec: AuthorizationPolicySpec,
-) -> Result<Policy, String> {
+) -> Result<Policy, PolicyError> {
     if spec.rules.is_empty() {
-        return Err(
-            "rules is empty: give at least one rule (an empty rule `{}` matches everything)".into(),
-        );
+        return Err(PolicyError::NoRules);
     }
     let rules = spec
         .rules
         .iter()
         .enumerate()
-        .map(|(i, r)| compile_rule(r).map_err(|e| format!("rules[{i}]: {e}")))
+        .map(|(i, r)| compile_rule(r).map_err(|e| e.within(format!("rules[{i}]"))))
         .collect::<Result<_, _>>()?;
     Ok(Policy {
         namespace: namespace.into(),

@@ -3,9 +3,11 @@
 //! for established ones when policies change. Every decision carries its reason.
 
 pub mod crd;
+mod error;
 mod eval;
 pub mod traffic;
 
+pub use error::PolicyError;
 pub use eval::{compile, evaluate, Decision, Policy, Reason, Request, Verdict};
 pub use traffic::TrafficSettings;
 

@@ -262,15 +262,18 @@ fn selectors_and_target_refs_scope_policies() {
 #[test]
 fn bad_policies_are_rejected_with_what_to_fix() {
     let empty: AuthorizationPolicySpec = serde_yaml::from_str("rules: []").expect("parses");
-    assert!(compile("demo", "p", empty)
-        .expect_err("empty rules")
-        .contains("rules is empty"));
+    let error = compile("demo", "p", empty).expect_err("empty rules");
+    assert!(error.to_string().contains("rules is empty"));
+    assert_eq!(error.reason(), "missing_field");
     let bad_cidr: AuthorizationPolicySpec =
         serde_yaml::from_str("rules: [{from: [{source: {ipBlocks: [10.0.0.0/40]}}]}]")
             .expect("parses");
-    assert!(compile("demo", "p", bad_cidr)
-        .expect_err("bad cidr")
-        .contains("10.0.0.0/40"));
+    let error = compile("demo", "p", bad_cidr).expect_err("bad cidr");
+    assert_eq!(
+        error.to_string(),
+        "rules[0]: ipBlock \"10.0.0.0/40\": prefix length above 32"
+    );
+    assert_eq!(error.reason(), "bad_ip_block");
     let unknown: Result<AuthorizationPolicySpec, _> = serde_yaml::from_str("rules: [{}]\nbogus: 1");
     assert!(unknown
         .expect_err("unknown field")

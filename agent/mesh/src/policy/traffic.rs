@@ -3,6 +3,7 @@
 //! per registry snapshot and says which of its settings the node agent applies itself (L4) and
 //! which wait for a waypoint (L7).
 
+use super::PolicyError;
 use std::time::Duration;
 
 use kube::CustomResource;
@@ -177,8 +178,8 @@ mod millis {
 
 /// Parses a Gateway API duration (GEP-2257): one to four `<digits><unit>` parts, units `h`,
 /// `m`, `s`, `ms`, e.g. `1h30m`, `250ms`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration: write e.g. 250ms, 5s, 1m30s");
+pub fn parse_duration(text: &str) -> Result<Duration, PolicyError> {
+    let bad = || PolicyError::NotDuration(text.into());
     let mut rest = text;
     let mut total = Duration::ZERO;
     let mut parts = 0;
@@ -209,9 +210,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-fn percent(field: &str, value: u32) -> Result<(), String> {
+fn percent(field: &'static str, value: u32) -> Result<(), PolicyError> {
     if value > 100 {
-        return Err(format!("{field} is {value}: give 0 to 100"));
+        return Err(PolicyError::NotPercent { field, value });
+    }
+    Ok(())
+}
+
+fn check_fault(fault: &FaultInjection) -> Result<(), PolicyError> {
+    if let Some(delay) = &fault.delay {
+        parse_duration(&delay.fixed_delay)
+            .map_err(|e| e.within("faultInjection.delay.fixedDelay"))?;
+        percent("faultInjection.delay.percent", delay.percent)?;
+    }
+    if let Some(abort) = &fault.abort {
+        if !(200..=599).contains(&abort.http_status) {
+            return Err(PolicyError::NotStatus(abort.http_status));
+        }
+        percent("faultInjection.abort.percent", abort.percent)?;
     }
     Ok(())
 }
@@ -222,9 +238,9 @@ pub fn compile(
     namespace: &str,
     name: &str,
     spec: TrafficPolicySpec,
-) -> Result<TrafficSettings, String> {
+) -> Result<TrafficSettings, PolicyError> {
     if spec.target_refs.is_empty() {
-        return Err("targetRefs is empty: name at least one Service or HTTPRoute".into());
+        return Err(PolicyError::NoTargets);
     }
     let mut services = Vec::new();
     for (i, target) in spec.target_refs.iter().enumerate() {
@@ -232,19 +248,23 @@ pub fn compile(
             ("" | "core", "Service") => services.push(target.name.clone()),
             ("gateway.networking.k8s.io", "HTTPRoute") => {}
             (group, kind) => {
-                return Err(format!(
-                    "targetRefs[{i}]: {kind} in group {group:?} cannot be targeted: use a Service or a gateway.networking.k8s.io HTTPRoute"
-                ))
+                return Err(PolicyError::BadTarget {
+                    kind: kind.into(),
+                    group: group.into(),
+                }
+                .within(format!("targetRefs[{i}]")))
             }
         }
     }
     let connect_timeout = spec
         .connect_timeout
         .as_deref()
-        .map(|t| parse_duration(t).map_err(|e| format!("connectTimeout: {e}")))
+        .map(|t| parse_duration(t).map_err(|e| e.within("connectTimeout")))
         .transpose()?;
     if connect_timeout == Some(Duration::ZERO) {
-        return Err("connectTimeout is 0: give a positive duration".into());
+        return Err(PolicyError::ZeroDuration {
+            field: "connectTimeout",
+        });
     }
     let mut waypoint_only = Vec::new();
     let algorithm = spec
@@ -263,20 +283,19 @@ pub fn compile(
             breaker.max_retries,
         ];
         if limits.contains(&Some(0)) {
-            return Err(
-                "circuitBreaker: a limit of 0 would refuse everything; leave it out for no limit"
-                    .into(),
-            );
+            return Err(PolicyError::ZeroLimit);
         }
     }
     if let Some(outlier) = &spec.outlier_detection {
         waypoint_only.push("outlierDetection");
         if outlier.consecutive_errors == 0 {
-            return Err("outlierDetection.consecutiveErrors must be at least 1".into());
+            return Err(PolicyError::ZeroCount {
+                field: "outlierDetection.consecutiveErrors",
+            });
         }
-        parse_duration(&outlier.interval).map_err(|e| format!("outlierDetection.interval: {e}"))?;
+        parse_duration(&outlier.interval).map_err(|e| e.within("outlierDetection.interval"))?;
         parse_duration(&outlier.base_ejection_time)
-            .map_err(|e| format!("outlierDetection.baseEjectionTime: {e}"))?;
+            .map_err(|e| e.within("outlierDetection.baseEjectionTime"))?;
         percent(
             "outlierDetection.maxEjectionPercent",
             outlier.max_ejection_percent.unwrap_or(10),
@@ -289,29 +308,20 @@ pub fn compile(
     if let Some(limit) = &spec.local_rate_limit {
         waypoint_only.push("localRateLimit");
         if limit.requests == 0 {
-            return Err("localRateLimit.requests must be at least 1".into());
+            return Err(PolicyError::ZeroCount {
+                field: "localRateLimit.requests",
+            });
         }
-        let per = parse_duration(&limit.per).map_err(|e| format!("localRateLimit.per: {e}"))?;
+        let per = parse_duration(&limit.per).map_err(|e| e.within("localRateLimit.per"))?;
         if per.is_zero() {
-            return Err("localRateLimit.per is 0: give a positive duration".into());
+            return Err(PolicyError::ZeroDuration {
+                field: "localRateLimit.per",
+            });
         }
     }
     if let Some(fault) = &spec.fault_injection {
         waypoint_only.push("faultInjection");
-        if let Some(delay) = &fault.delay {
-            parse_duration(&delay.fixed_delay)
-                .map_err(|e| format!("faultInjection.delay.fixedDelay: {e}"))?;
-            percent("faultInjection.delay.percent", delay.percent)?;
-        }
-        if let Some(abort) = &fault.abort {
-            if !(200..=599).contains(&abort.http_status) {
-                return Err(format!(
-                    "faultInjection.abort.httpStatus is {}: give an HTTP status from 200 to 599",
-                    abort.http_status
-                ));
-            }
-            percent("faultInjection.abort.percent", abort.percent)?;
-        }
+        check_fault(fault)?;
     }
     Ok(TrafficSettings {
         namespace: namespace.into(),
@@ -355,7 +365,8 @@ mod tests {
             "5 s",
         ] {
             let error = parse_duration(bad).expect_err(bad);
-            assert!(error.contains("e.g. 250ms"), "{bad}: {error}");
+            assert!(error.to_string().contains("e.g. 250ms"), "{bad}: {error}");
+            assert_eq!(error.reason(), "bad_duration");
         }
     }
 
@@ -409,7 +420,7 @@ faultInjection: {delay: {fixedDelay: 1s, percent: 5}, abort: {httpStatus: 503, p
         ];
         for (yaml, expected) in cases {
             let error = compile("demo", "p", spec(yaml).expect(yaml)).expect_err(yaml);
-            assert!(error.contains(expected), "{yaml}: {error}");
+            assert!(error.to_string().contains(expected), "{yaml}: {error}");
         }
         // Unknown fields and unknown algorithms are refused at parse time.
         assert!(spec("targetRefs: []\nretries: 3").is_err());

@@ -352,7 +352,8 @@ fn authorization_policy(object: &Object<'_>) -> Result<crate::policy::Policy, Re
     let spec: crate::policy::crd::AuthorizationPolicySpec = object
         .field("spec")?
         .ok_or_else(|| object.reject("spec is missing"))?;
-    crate::policy::compile(&object.namespace, &object.name, spec).map_err(|e| object.reject(e))
+    crate::policy::compile(&object.namespace, &object.name, spec)
+        .map_err(|e| object.reject(e.to_string()))
 }
 
 fn traffic_policy(object: &Object<'_>) -> Result<crate::policy::TrafficSettings, Rejection> {
@@ -360,7 +361,7 @@ fn traffic_policy(object: &Object<'_>) -> Result<crate::policy::TrafficSettings,
         .field("spec")?
         .ok_or_else(|| object.reject("spec is missing"))?;
     crate::policy::traffic::compile(&object.namespace, &object.name, spec)
-        .map_err(|e| object.reject(e))
+        .map_err(|e| object.reject(e.to_string()))
 }
 
 fn pod(object: Object<'_>) -> Result<Option<Pod>, Rejection> {
