@@ -49,6 +49,9 @@ pub struct RejectedObject {
     pub source: String,
     pub object: String,
     pub reason: String,
+    /// The bounded label of the problem (`bad_field`, `bad_duration`, `unreadable_file`…).
+    #[serde(default)]
+    pub problem: String,
 }
 
 /// One watched kind in Kubernetes mode.

@@ -225,6 +225,7 @@ impl Folder {
                 source: self.dir.display().to_string(),
                 object: "<folder>".into(),
                 reason: format!("cannot list the manifest folder: {e}"),
+                problem: "unlistable_folder",
             });
         }
         for (path, state) in &self.files {
@@ -241,6 +242,7 @@ impl Folder {
                     source: path.display().to_string(),
                     object: "<file>".into(),
                     reason: format!("{error}{kept}"),
+                    problem: "unreadable_file",
                 });
             }
         }

@@ -42,7 +42,10 @@ pub const MAX_REASON_BYTES: usize = 512;
 pub struct ObjectError {
     pub source: String,
     pub object: String,
+    /// What to fix, in words.
     pub reason: String,
+    /// The bounded label of the problem (`bad_field`, `bad_duration`, `unreadable_file`…).
+    pub problem: &'static str,
 }
 
 /// One consistent view of the cluster as this node needs it.
@@ -162,8 +165,9 @@ impl Registry {
             if let Err(error) = objects::add(&mut registry, &doc) {
                 registry.errors.push(ObjectError {
                     source,
-                    object: error.0,
-                    reason: error.1,
+                    object: error.object,
+                    reason: error.problem.to_string(),
+                    problem: error.problem.reason(),
                 });
             }
         }
@@ -418,6 +422,7 @@ impl From<&ObjectError> for weft_api::RejectedObject {
             source: e.source.clone(),
             object: e.object.clone(),
             reason: e.reason.clone(),
+            problem: e.problem.to_owned(),
         }
     }
 }

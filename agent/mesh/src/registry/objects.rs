@@ -173,8 +173,46 @@ struct EndpointPortIn {
     port: Option<u16>,
 }
 
-/// (object, reason) of a rejected object.
-pub(super) type Rejection = (String, String);
+/// Why an object is skipped.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("no kind")]
+    NoKind,
+    /// A kind Weft does not read, with what was probably meant.
+    #[error("{0}")]
+    UnknownKind(String),
+    #[error("{field}: {message}")]
+    BadField { field: String, message: String },
+    #[error("{what} {text:?} is not an IPv4 address")]
+    NotIpv4 { what: &'static str, text: String },
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    #[error("targetPort {0} is not a port")]
+    BadTargetPort(String),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+}
+
+impl Problem {
+    /// The bounded label of the problem.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoKind | Self::UnknownKind(_) => "unknown_kind",
+            Self::BadField { .. } => "bad_field",
+            Self::NotIpv4 { .. } => "bad_address",
+            Self::Missing(_) => "missing_field",
+            Self::BadTargetPort(_) => "bad_port",
+            Self::Policy(e) => e.reason(),
+        }
+    }
+}
+
+/// A rejected object (`Kind namespace/name`) and why.
+#[derive(Debug)]
+pub(super) struct Rejection {
+    pub object: String,
+    pub problem: Problem,
+}
 
 fn field<T: serde::de::DeserializeOwned>(
     doc: &serde_yaml::Value,
@@ -185,16 +223,23 @@ fn field<T: serde::de::DeserializeOwned>(
         None | Some(serde_yaml::Value::Null) => Ok(None),
         Some(value) => serde_yaml::from_value(value.clone())
             .map(Some)
-            .map_err(|e| (object.to_owned(), format!("{key}: {e}"))),
+            .map_err(|e| Rejection {
+                object: object.to_owned(),
+                problem: Problem::BadField {
+                    field: key.to_owned(),
+                    message: e.to_string(),
+                },
+            }),
     }
 }
 
-fn ipv4(text: &str, what: &str, object: &str) -> Result<Ipv4Addr, Rejection> {
-    text.parse().map_err(|_| {
-        (
-            object.to_owned(),
-            format!("{what} {text:?} is not an IPv4 address"),
-        )
+fn ipv4(text: &str, what: &'static str, object: &str) -> Result<Ipv4Addr, Rejection> {
+    text.parse().map_err(|_| Rejection {
+        object: object.to_owned(),
+        problem: Problem::NotIpv4 {
+            what,
+            text: text.to_owned(),
+        },
     })
 }
 
@@ -213,12 +258,15 @@ impl Object<'_> {
         field(self.doc, key, &self.id)
     }
 
-    fn ipv4(&self, text: &str, what: &str) -> Result<Ipv4Addr, Rejection> {
+    fn ipv4(&self, text: &str, what: &'static str) -> Result<Ipv4Addr, Rejection> {
         ipv4(text, what, &self.id)
     }
 
-    fn reject(&self, reason: impl Into<String>) -> Rejection {
-        (self.id.clone(), reason.into())
+    fn reject(&self, problem: impl Into<Problem>) -> Rejection {
+        Rejection {
+            object: self.id.clone(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -232,7 +280,10 @@ pub(super) fn add(registry: &mut Registry, doc: &serde_yaml::Value) -> Result<()
     };
     let (kind, api) = (text("kind"), text("apiVersion"));
     if kind.is_empty() {
-        return Err(("<unknown>".into(), "no kind".into()));
+        return Err(Rejection {
+            object: "<unknown>".into(),
+            problem: Problem::NoKind,
+        });
     }
     match super::kinds::classify(&api, &kind) {
         super::kinds::Verdict::Read => {}
@@ -243,7 +294,10 @@ pub(super) fn add(registry: &mut Registry, doc: &serde_yaml::Value) -> Result<()
         super::kinds::Verdict::Unknown(reason) => {
             let id = object_id(doc, &kind);
             fail_closed(registry, doc, &api, &kind, &id, &reason);
-            return Err((id, reason));
+            return Err(Rejection {
+                object: id,
+                problem: Problem::UnknownKind(reason),
+            });
         }
     }
     let meta: Meta = field(doc, "metadata", &kind)?.unwrap_or_default();
@@ -257,7 +311,7 @@ pub(super) fn add(registry: &mut Registry, doc: &serde_yaml::Value) -> Result<()
         meta,
     };
     if object.name.is_empty() {
-        return Err(object.reject("metadata.name is missing"));
+        return Err(object.reject(Problem::Missing("metadata.name")));
     }
     match kind.as_str() {
         "Namespace" => {
@@ -277,9 +331,10 @@ pub(super) fn add(registry: &mut Registry, doc: &serde_yaml::Value) -> Result<()
         "Service" => registry.services.push(service(object)?),
         "AuthorizationPolicy" => match authorization_policy(&object) {
             Ok(policy) => registry.policies.push(policy),
-            Err((id, reason)) => {
-                fail_closed(registry, doc, &api, &kind, &id, &reason);
-                return Err((id, reason));
+            Err(rejection) => {
+                let reason = rejection.problem.to_string();
+                fail_closed(registry, doc, &api, &kind, &rejection.object, &reason);
+                return Err(rejection);
             }
         },
         "TrafficPolicy" => registry.traffic_policies.push(traffic_policy(&object)?),
@@ -351,17 +406,16 @@ fn fail_closed(
 fn authorization_policy(object: &Object<'_>) -> Result<crate::policy::Policy, Rejection> {
     let spec: crate::policy::crd::AuthorizationPolicySpec = object
         .field("spec")?
-        .ok_or_else(|| object.reject("spec is missing"))?;
-    crate::policy::compile(&object.namespace, &object.name, spec)
-        .map_err(|e| object.reject(e.to_string()))
+        .ok_or_else(|| object.reject(Problem::Missing("spec")))?;
+    crate::policy::compile(&object.namespace, &object.name, spec).map_err(|e| object.reject(e))
 }
 
 fn traffic_policy(object: &Object<'_>) -> Result<crate::policy::TrafficSettings, Rejection> {
     let spec: crate::policy::traffic::TrafficPolicySpec = object
         .field("spec")?
-        .ok_or_else(|| object.reject("spec is missing"))?;
+        .ok_or_else(|| object.reject(Problem::Missing("spec")))?;
     crate::policy::traffic::compile(&object.namespace, &object.name, spec)
-        .map_err(|e| object.reject(e.to_string()))
+        .map_err(|e| object.reject(e))
 }
 
 fn pod(object: Object<'_>) -> Result<Option<Pod>, Rejection> {
@@ -423,7 +477,7 @@ fn route(kind: &str, object: Object<'_>) -> Result<Route, Rejection> {
 fn service(object: Object<'_>) -> Result<Service, Rejection> {
     let spec: ServiceSpecIn = object
         .field("spec")?
-        .ok_or_else(|| object.reject("spec is missing"))?;
+        .ok_or_else(|| object.reject(Problem::Missing("spec")))?;
     let cluster_ip = match spec.cluster_ip.as_deref() {
         None | Some("None" | "") => None,
         Some(t) => Some(object.ipv4(t, "spec.clusterIP")?),
@@ -437,7 +491,7 @@ fn service(object: Object<'_>) -> Result<Service, Rejection> {
                 Some(serde_yaml::Value::Number(n)) => Some(
                     n.as_u64()
                         .and_then(|n| u16::try_from(n).ok())
-                        .ok_or_else(|| object.reject(format!("targetPort {n} is not a port")))?,
+                        .ok_or_else(|| object.reject(Problem::BadTargetPort(n.to_string())))?,
                 ),
                 // A named targetPort is resolved through the EndpointSlice's port names.
                 Some(_) => None,
@@ -465,7 +519,7 @@ fn endpoint_slice(object: Object<'_>) -> Result<EndpointSlice, Rejection> {
         .labels
         .get("kubernetes.io/service-name")
         .cloned()
-        .ok_or_else(|| object.reject("label kubernetes.io/service-name is missing"))?;
+        .ok_or_else(|| object.reject(Problem::Missing("label kubernetes.io/service-name")))?;
     let endpoints: Vec<EndpointIn> = object.field("endpoints")?.unwrap_or_default();
     let ports: Vec<EndpointPortIn> = object.field("ports")?.unwrap_or_default();
     let endpoints = endpoints

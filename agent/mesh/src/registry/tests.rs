@@ -94,6 +94,14 @@ fn bad_objects_are_reported_and_skipped() {
     assert_eq!(registry.errors.len(), 2, "{:?}", registry.errors);
     assert!(registry.errors[0].reason.contains("not-an-ip"));
     assert!(registry.errors[1].reason.contains("metadata.name"));
+    assert_eq!(
+        registry
+            .errors
+            .iter()
+            .map(|e| e.problem)
+            .collect::<Vec<_>>(),
+        ["bad_address", "missing_field"]
+    );
     assert_eq!(registry.pods.len(), 3, "good pods kept");
 }
 
