@@ -179,7 +179,7 @@ impl FileConfig {
         if svid_lifetime_secs < 10 {
             return Err(ConfigError::SvidLifetime(svid_lifetime_secs));
         }
-        let config = Config {
+        let mut config = Config {
             ca,
             svid_lifetime: std::time::Duration::from_secs(svid_lifetime_secs),
             drain_timeout: over
@@ -229,6 +229,10 @@ impl FileConfig {
                 .or(self.trust_domain)
                 .unwrap_or_else(|| "cluster.local".into()),
         };
+        // A port listed twice would add the same routing rule twice, and the kernel refuses
+        // the second: enrollment of every pod would fail over a repeated flag.
+        config.excluded_ports.sort_unstable();
+        config.excluded_ports.dedup();
         config.validate()?;
         Ok(config)
     }
@@ -304,6 +308,16 @@ mod tests {
             FileConfig::default().merge(flags(" ")),
             Err(ConfigError::NoNodeName)
         ));
+    }
+
+    #[test]
+    fn a_repeated_excluded_port_counts_once() {
+        let over = FileConfig {
+            excluded_ports: Some(vec![9100, 22, 9100]),
+            ..flags("n")
+        };
+        let config = FileConfig::default().merge(over).expect("valid");
+        assert_eq!(config.excluded_ports, [22, 9100]);
     }
 
     #[test]
