@@ -102,7 +102,8 @@ pub struct Flow {
     pub workload_identity: Option<String>,
     pub security: Security,
     pub verdict: Verdict,
-    /// A fixed code: a policy reason (`no_policy`, `denied_by_policy`, …), `failed` or `none`.
+    /// A fixed code: a policy reason (`no_policy`, `denied_by_policy`, …), a failure's
+    /// (`connect_timeout`, `no_ready_endpoints`, …) or `none`.
     pub reason: String,
     /// For people: the deciding policy and rule, or what went wrong.
     pub detail: String,

@@ -140,6 +140,18 @@ pub fn now_unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+impl Connection {
+    /// The bounded `reason` label flows and metrics both carry: the decision's, else the
+    /// failure's, else `none`.
+    pub fn reason(&self) -> &'static str {
+        match (&self.decision, &self.failure) {
+            (Some(d), _) => d.reason.as_str(),
+            (None, Some(failure)) => failure.reason.as_str(),
+            (None, None) => "none",
+        }
+    }
+}
+
 /// Why a connection could not be carried, as the bounded `reason` of its flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -214,11 +226,7 @@ fn flow(connection: &Connection, event: FlowEvent, bytes: (u64, u64), ended_unix
             _ if event == FlowEvent::Failed => FlowVerdict::Failed,
             _ => FlowVerdict::Allow,
         },
-        reason: match (decision, &connection.failure) {
-            (Some(d), _) => d.reason.as_str().into(),
-            (None, Some(failure)) => failure.reason.as_str().into(),
-            (None, None) => "none".into(),
-        },
+        reason: connection.reason().into(),
         detail: decision.map_or_else(
             || {
                 connection

@@ -71,14 +71,7 @@ impl ConnectionLabels {
                     "deny"
                 }
             }),
-            reason: decision.map_or(
-                if connection.failure.is_some() {
-                    "failed"
-                } else {
-                    "none"
-                },
-                |d| d.reason.as_str(),
-            ),
+            reason: connection.reason(),
         }
     }
 }
