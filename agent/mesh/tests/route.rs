@@ -15,15 +15,9 @@ use weft_mesh::{
 };
 
 fn registry(yaml: &str) -> Registry {
-    let docs = serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| {
-            (
-                "test.yaml".to_owned(),
-                <serde_yaml::Value as serde::Deserialize>::deserialize(d).expect("yaml"),
-            )
-        })
-        .collect::<Vec<_>>();
-    let registry = Registry::from_objects(docs);
+    let (docs, error) = weft_mesh::registry::local::parse_documents(yaml);
+    assert!(error.is_none(), "{error:?}");
+    let registry = Registry::from_objects(docs.into_iter().map(|d| ("test.yaml".to_owned(), d)));
     assert!(registry.errors.is_empty(), "{:?}", registry.errors);
     registry
 }

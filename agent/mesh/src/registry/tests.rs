@@ -3,15 +3,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use super::*;
 
 fn docs(yaml: &str) -> Registry {
-    let docs = serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| {
-            (
-                "test.yaml".to_owned(),
-                <serde_yaml::Value as serde::Deserialize>::deserialize(d).expect("yaml"),
-            )
-        })
-        .collect::<Vec<_>>();
-    Registry::from_objects(docs)
+    let (docs, error) = super::local::parse_documents(yaml);
+    assert!(error.is_none(), "{error:?}");
+    Registry::from_objects(docs.into_iter().map(|d| ("test.yaml".to_owned(), d)))
 }
 
 const CLUSTER: &str = r"
