@@ -6,11 +6,12 @@
 use std::{
     collections::HashMap,
     net::{SocketAddr, SocketAddrV4},
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
 use crate::{
+    limits::Limits,
     policy::{traffic::Algorithm, TrafficSettings},
     registry::Registry,
 };
@@ -83,16 +84,33 @@ impl RouteError {
 
 /// Which endpoint of each Service port is next.
 #[derive(Debug, Default)]
-pub struct RoundRobin(Mutex<HashMap<String, usize>>);
+pub struct RoundRobin {
+    counters: Mutex<HashMap<String, usize>>,
+    /// Where a reset at [`MAX_ROTATIONS`] is counted (`proxy`/`round_robin_rotations`).
+    limits: Arc<Limits>,
+}
 
 impl RoundRobin {
+    /// Rotation state whose resets count on `limits`.
+    pub fn counted_by(limits: Arc<Limits>) -> Self {
+        Self {
+            counters: Mutex::default(),
+            limits,
+        }
+    }
+
     /// Picks the next of `choices` for `key`, in turn.
     pub fn next_of(&self, key: &str, choices: &[SocketAddr]) -> Option<SocketAddr> {
         if choices.is_empty() {
             return None;
         }
-        let mut counters = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
         if counters.len() >= MAX_ROTATIONS && !counters.contains_key(key) {
+            self.limits.hit(
+                "proxy",
+                "round_robin_rotations",
+                &format_args!("{MAX_ROTATIONS} Service ports tracked; every rotation starts again"),
+            );
             counters.clear();
         }
         let counter = counters.entry(key.to_owned()).or_insert(0);

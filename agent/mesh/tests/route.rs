@@ -184,3 +184,21 @@ spec: {{targetRefs: [{{kind: Service, name: echo}}], loadBalancer: {{algorithm: 
         );
     }
 }
+
+#[test]
+fn past_its_bound_the_rotation_state_starts_again_and_counts_it() {
+    let limits = std::sync::Arc::new(weft_mesh::limits::Limits::default());
+    let rotation = RoundRobin::counted_by(limits.clone());
+    let choices = [addr("10.0.0.1:80"), addr("10.0.0.2:80")];
+    for port in 0..=weft_mesh::route::MAX_ROTATIONS {
+        rotation.next_of(&format!("demo/svc:{port}"), &choices);
+    }
+    let hits: Vec<(String, u64)> = limits
+        .snapshot()
+        .into_iter()
+        .map(|h| (h.limit, h.hits))
+        .collect();
+    assert_eq!(hits, [("round_robin_rotations".to_owned(), 1)]);
+    // A key seen after the reset starts its rotation at the first choice.
+    assert_eq!(rotation.next_of("demo/svc:0", &choices), Some(choices[0]));
+}

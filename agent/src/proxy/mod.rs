@@ -113,6 +113,7 @@ impl ProxyContext {
         drain: weft_mesh::drain::Signal,
     ) -> Self {
         let pool = Pool::new(certs.clone());
+        let rotation = weft_mesh::route::RoundRobin::counted_by(connections.metrics.limits.clone());
         Self {
             registry,
             cert_worker: weft_mesh::identity::CertWorker::spawn(certs.clone()),
@@ -121,7 +122,7 @@ impl ProxyContext {
             maps,
             connections,
             drain,
-            rotation: weft_mesh::route::RoundRobin::default(),
+            rotation,
         }
     }
 
