@@ -66,19 +66,20 @@ pub enum RouteError {
 
 impl From<RouteError> for crate::connections::Failure {
     fn from(error: RouteError) -> Self {
-        let reason = match error {
-            RouteError::NoReadyEndpoints { .. } => crate::connections::FailReason::NoReadyEndpoints,
-        };
-        Self::new(reason, error.to_string())
+        Self::new(error.fail_reason(), error.to_string())
     }
 }
 
 impl RouteError {
-    /// The bounded `reason` label of this failure.
-    pub fn reason(&self) -> &'static str {
+    fn fail_reason(&self) -> crate::connections::FailReason {
         match self {
-            Self::NoReadyEndpoints { .. } => "no_ready_endpoints",
+            Self::NoReadyEndpoints { .. } => crate::connections::FailReason::NoReadyEndpoints,
         }
+    }
+
+    /// The bounded `reason` label of this failure, the one its flow carries.
+    pub fn reason(&self) -> &'static str {
+        self.fail_reason().as_str()
     }
 }
 
