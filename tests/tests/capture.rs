@@ -114,19 +114,21 @@ fn non_enrolled_pods_bypass_agents_until_their_namespace_is_enrolled_live() {
         "no agent saw the non-enrolled pods' connection"
     );
 
-    // Label the namespace in the manifest folder: the agent captures the pod within a second.
-    let node1 = f.cluster.node("node1").clone();
-    let enrolled = |f: &Fixture| {
-        let workloads = f.cluster.admin(&node1, "/workloads").expect("workloads");
+    // Label the namespace in the manifest folder: each agent captures its pod within a
+    // second. Both must have: a connection the sender's agent carries over HBONE to a pod
+    // whose own agent has not enrolled it yet is refused.
+    let lists = |f: &Fixture, pod: &weft_harness::PodHandle| {
+        let node = f.cluster.node(&pod.node).clone();
+        let workloads = f.cluster.admin(&node, "/workloads").expect("workloads");
         workloads
             .as_array()
             .into_iter()
             .flatten()
-            .any(|w| w["name"] == "plain")
+            .any(|w| w["name"] == pod.name.as_str())
     };
     f.write_namespaces(true, true);
     let start = Instant::now();
-    while !enrolled(&f) {
+    while !(lists(&f, &plain) && lists(&f, &plain2)) {
         assert!(
             start.elapsed() < Duration::from_secs(1),
             "enrollment did not take effect within 1 s"
@@ -146,7 +148,7 @@ fn non_enrolled_pods_bypass_agents_until_their_namespace_is_enrolled_live() {
     // And removing the label restores the direct path.
     f.write_namespaces(true, false);
     let start = Instant::now();
-    while enrolled(&f) {
+    while lists(&f, &plain) || lists(&f, &plain2) {
         assert!(
             start.elapsed() < Duration::from_secs(1),
             "un-enrolling did not take effect within 1 s"

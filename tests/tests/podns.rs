@@ -2,17 +2,17 @@
 //! the node's own /proc through the pod UID in its cgroup path, for the cgroupfs and systemd
 //! naming the kubelet uses, and a hostNetwork pod is refused.
 
-use std::{collections::BTreeMap, os::unix::fs::MetadataExt as _, time::Duration};
+use std::{os::unix::fs::MetadataExt as _, time::Duration};
 
 use weft_harness::{cgroup, netns, require_privileges, Cluster, ClusterSpec, PodSpec};
-use weft_mesh::registry::{Locate as _, Pod};
+use weft_mesh::registry::{Labels, Locate as _, Pod};
 
 fn pod(uid: &str) -> Pod {
     Pod {
         namespace: "shop".into(),
         name: "web".into(),
-        labels: BTreeMap::new(),
-        annotations: BTreeMap::new(),
+        labels: Labels::default(),
+        annotations: Labels::default(),
         node_name: Some("node0".into()),
         service_account: "web".into(),
         ip: None,

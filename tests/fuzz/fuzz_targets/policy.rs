@@ -2,7 +2,6 @@
 //! compiled AuthorizationPolicy evaluated against a connection.
 #![no_main]
 
-use std::collections::BTreeMap;
 
 use weft_mesh::{
     identity::SpiffeId,
@@ -22,7 +21,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(compiled) = policy::compile("demo", "fuzz", spec) else {
         return;
     };
-    let labels = BTreeMap::from([("app".to_owned(), "echo".to_owned())]);
+    let labels = weft_mesh::registry::Labels::from([("app", "echo")]);
     let identity = SpiffeId::new("cluster.local", "demo", "client");
     let services = ["echo".to_owned()];
     for (identity, port) in [(Some(&identity), 8080), (None, 9000)] {

@@ -14,7 +14,7 @@ use k8s_openapi::api::{
 use serde::{Deserialize as _, Serialize};
 use serde_json::{json, Value};
 use weft_fake_api::FakeApi;
-use weft_mesh::registry::{watch as kube_watch, Registry};
+use weft_mesh::registry::{typed::Settle, watch as kube_watch, Registry};
 
 const NAMESPACES: usize = 100;
 const ENDPOINTS_PER_SLICE: usize = 5;
@@ -42,18 +42,18 @@ pub struct KubeRegistryMemory {
 }
 
 /// Times snapshot rebuilds and per-connection lookups over the trimmed objects.
-fn time_registry(docs: &[(String, serde_yaml::Value)], services: usize) -> (f64, f64, f64) {
+fn time_registry(objects: &kube_watch::Objects, services: usize) -> (f64, f64, f64) {
     let mut rebuilds: Vec<f64> = (0..3)
         .map(|_| {
             let started = std::time::Instant::now();
-            let registry = Registry::from_objects(docs.iter().cloned());
+            let registry = objects.snapshot();
             let took = started.elapsed().as_secs_f64() * 1e3;
             drop(registry);
             took
         })
         .collect();
     rebuilds.sort_by(f64::total_cmp);
-    let registry = Registry::from_objects(docs.iter().cloned());
+    let registry = objects.snapshot();
     let vips: Vec<std::net::SocketAddrV4> = registry
         .services
         .iter()
@@ -95,6 +95,20 @@ fn time_registry(docs: &[(String, serde_yaml::Value)], services: usize) -> (f64,
         first.is_some_and(|ip| registry.pods.iter().any(|p| p.ip == Some(ip)))
     });
     (rebuilds[1], indexed, scanned)
+}
+
+/// Served objects parsed and settled as the watches settle them.
+fn settled<K: Settle + serde::de::DeserializeOwned>(
+    served: &[Value],
+) -> anyhow::Result<Vec<Arc<K>>> {
+    served
+        .iter()
+        .map(|v| {
+            let mut object = K::deserialize(v)?;
+            object.settle();
+            Ok(Arc::new(object))
+        })
+        .collect()
 }
 
 /// Mean nanoseconds of `lookup` over `rounds` calls, each checked to find what it looks for.
@@ -269,20 +283,15 @@ pub async fn measure(
     drop(whole);
 
     // Rebuild and lookup cost over the objects as the watches keep them.
-    let docs: Vec<(String, serde_yaml::Value)> = namespaces
-        .iter()
-        .map(|v| ("Namespace", v))
-        .chain(served_pods.iter().map(|v| ("Pod", v)))
-        .chain(served_services.iter().map(|v| ("Service", v)))
-        .chain(served_slices.iter().map(|v| ("EndpointSlice", v)))
-        .map(|(kind, v)| {
-            let kept = kube_watch::trim(kind, v);
-            let doc: serde_yaml::Value = serde_json::from_value(kept)?;
-            Ok((format!("bench {kind}"), doc))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let (rebuild_ms, lookup_ns, lookup_scan_ns) = time_registry(&docs, services);
-    drop(docs);
+    let objects = kube_watch::Objects {
+        namespaces: settled(&namespaces)?,
+        pods: settled(&served_pods)?,
+        services: settled(&served_services)?,
+        endpoint_slices: settled(&served_slices)?,
+        custom: Vec::new(),
+    };
+    let (rebuild_ms, lookup_ns, lookup_scan_ns) = time_registry(&objects, services);
+    drop(objects);
 
     // The agent's watches, fed the same objects; the fake's copies are dropped before reading.
     fake.set_list("/api/v1/namespaces", namespaces);

@@ -1,7 +1,7 @@
 //! Compiling policies (validation included) and evaluating a connection against them.
 
 use super::error::PolicyError;
-use std::{collections::BTreeMap, net::IpAddr};
+use std::net::IpAddr;
 
 use serde::Serialize;
 
@@ -248,7 +248,7 @@ pub fn compile(
 #[derive(Clone, Debug)]
 pub struct Request<'a> {
     pub namespace: &'a str,
-    pub labels: &'a BTreeMap<String, String>,
+    pub labels: &'a crate::registry::Labels,
     /// Names of the Services in the pod's namespace that select the destination pod.
     pub services: &'a [String],
     pub port: u16,
@@ -334,7 +334,7 @@ fn applies(policy: &Policy, request: &Request<'_>) -> bool {
         if !selector
             .match_labels
             .iter()
-            .all(|(k, v)| request.labels.get(k) == Some(v))
+            .all(|(k, v)| request.labels.get(k) == Some(v.as_str()))
         {
             return false;
         }

@@ -5,8 +5,6 @@
     reason = "tests read the checked-in CRDs synchronously"
 )]
 
-use std::collections::BTreeMap;
-
 use super::{compile, crd::AuthorizationPolicySpec, evaluate, Policy, Reason, Request, Verdict};
 use crate::identity::SpiffeId;
 
@@ -41,7 +39,7 @@ fn plaintext(ip: &'static str) -> Conn {
 }
 
 fn decide(policies: &[Policy], conn: &Conn) -> (Verdict, Reason, String) {
-    let labels = BTreeMap::from([("app".to_owned(), "server".to_owned())]);
+    let labels = crate::registry::Labels::from([("app", "server")]);
     let services = vec!["echo".to_owned()];
     let request = Request {
         namespace: "demo",
@@ -184,7 +182,7 @@ fn an_allow_policy_that_matches_nothing_denies_with_its_name() {
 fn audit_and_dry_run_never_change_the_verdict() {
     let audit = policy("audit", "action: AUDIT\nrules: [{}]");
     let dry_deny = policy("dry-deny", "action: DENY\ndryRun: true\nrules: [{}]");
-    let labels = BTreeMap::new();
+    let labels = crate::registry::Labels::default();
     let request = Request {
         namespace: "demo",
         labels: &labels,

@@ -171,7 +171,7 @@ fn an_unreadable_deny_policy_fails_closed_for_what_it_selects() {
     );
     let stand_in = &registry.policies[0];
     assert!(stand_in.unreadable.is_some());
-    let labels = std::collections::BTreeMap::from([("app".to_owned(), "db".to_owned())]);
+    let labels = super::Labels::from([("app", "db")]);
     let request = crate::policy::Request {
         namespace: "demo",
         labels: &labels,
@@ -188,7 +188,7 @@ fn an_unreadable_deny_policy_fails_closed_for_what_it_selects() {
         "{}",
         decision.detail
     );
-    let other = std::collections::BTreeMap::from([("app".to_owned(), "web".to_owned())]);
+    let other = super::Labels::from([("app", "web")]);
     let request = crate::policy::Request {
         labels: &other,
         ..request

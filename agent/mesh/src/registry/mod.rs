@@ -1,13 +1,16 @@
 //! The registry: namespaces, pods, services and endpoints the agent acts on, in one immutable
-//! snapshot per change. Filled by a source (local manifests now, the Kubernetes API later)
-//! through [`Registry::from_objects`], the one code path after parsing.
+//! snapshot per change. Local mode fills it from manifests ([`Registry::from_objects`]),
+//! Kubernetes mode from kube-runtime reflectors ([`watch`]); both parse into the same typed
+//! objects ([`typed`]) and settle them the same way.
 
 mod index;
 mod kinds;
+mod labels;
 pub mod local;
 #[cfg(test)]
 mod local_tests;
 mod objects;
+pub mod typed;
 pub mod watch;
 #[cfg(test)]
 mod watch_tests;
@@ -16,9 +19,12 @@ use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::PathBuf,
+    sync::Arc,
 };
 
-pub use objects::{Endpoint, EndpointSlice, Namespace, Pod, Route, Service, ServicePort};
+pub use objects::{
+    Endpoint, EndpointSlice, Labels, Namespace, Pod, Rejection, Route, Service, ServicePort,
+};
 use serde::Serialize;
 
 /// Label that opts a namespace in (`enabled`) or a pod out (`disabled`).
@@ -52,9 +58,10 @@ pub struct ObjectError {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Registry {
     pub namespaces: BTreeMap<String, Namespace>,
-    pub pods: Vec<Pod>,
-    pub services: Vec<Service>,
-    pub endpoint_slices: Vec<EndpointSlice>,
+    /// Shared with the watch stores (and between snapshots): a rebuild copies no object.
+    pub pods: Vec<Arc<Pod>>,
+    pub services: Vec<Arc<Service>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     /// Gateway API HTTPRoutes and GRPCRoutes (for waypoints).
     pub routes: Vec<Route>,
     pub policies: Vec<crate::policy::Policy>,
@@ -162,21 +169,44 @@ impl Registry {
     pub fn from_objects(docs: impl IntoIterator<Item = (String, serde_yaml::Value)>) -> Self {
         let mut registry = Self::default();
         for (source, doc) in docs {
-            if let Err(error) = objects::add(&mut registry, &doc) {
-                registry.errors.push(ObjectError {
-                    source,
-                    object: error.object,
-                    reason: error.problem.to_string(),
-                    problem: error.problem.reason(),
-                });
-            }
+            registry.add_document(source, &doc);
         }
-        registry
-            .traffic_policies
+        registry.finish()
+    }
+
+    /// Adds one parsed YAML/JSON document, or records why it was skipped.
+    pub fn add_document(&mut self, source: String, doc: &serde_yaml::Value) {
+        if let Err(error) = objects::add(self, doc) {
+            self.report(source, &error);
+        }
+    }
+
+    /// Adds one settled typed object (a watch store's), or records why it was rejected.
+    pub fn add_settled<K: typed::Settle>(&mut self, source: &str, object: &K) {
+        match object.settled() {
+            typed::Settled::Kept(kept) => K::keep(kept, self),
+            typed::Settled::Rejected(error) => self.report(source.to_owned(), error),
+            typed::Settled::Skipped | typed::Settled::Unread => {}
+        }
+    }
+
+    fn report(&mut self, source: String, error: &Rejection) {
+        self.errors.push(ObjectError {
+            source,
+            object: error.object.clone(),
+            reason: error.problem.to_string(),
+            problem: error.problem.reason(),
+        });
+    }
+
+    /// Completes a snapshot: bounds its reports and builds its indexes.
+    #[must_use]
+    pub fn finish(mut self) -> Self {
+        self.traffic_policies
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        registry.bound_errors();
-        registry.index = index::Indexes::build(&registry);
-        registry
+        self.bound_errors();
+        self.index = index::Indexes::build(&self);
+        self
     }
 
     /// Keeps at most [`MAX_REPORTS`] reports of at most [`MAX_REASON_BYTES`] each, and counts
@@ -218,6 +248,7 @@ impl Registry {
     pub fn enrolled_pods_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
         self.pods
             .iter()
+            .map(Arc::as_ref)
             .filter(move |p| p.node_name.as_deref() == Some(node) && self.is_enrolled(p))
     }
 
@@ -258,6 +289,7 @@ impl Registry {
         self.index
             .pods_named(namespace, name)
             .filter_map(|i| self.pods.get(i))
+            .map(Arc::as_ref)
             .find(|p| p.namespace == namespace && p.name == name)
     }
 
@@ -298,7 +330,7 @@ impl Registry {
         identity: Option<&crate::identity::SpiffeId>,
         source_ip: std::net::IpAddr,
     ) -> crate::policy::Decision {
-        let empty = BTreeMap::new();
+        let empty = Labels::default();
         let found = self.pod(&pod.namespace, &pod.name);
         let services = self.services_of(&pod.namespace, pod.ip);
         let request = crate::policy::Request {
@@ -337,6 +369,7 @@ impl Registry {
             .pods_by_ip
             .get(&ip)
             .and_then(|&i| self.pods.get(i as usize))
+            .map(Arc::as_ref)
     }
 
     /// The `TrafficPolicy` that applies to a Service: the first, by name, that targets it.

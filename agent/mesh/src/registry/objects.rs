@@ -2,24 +2,24 @@
 //! validation. Unknown kinds are not errors (a manifest folder may hold anything); malformed
 //! objects of known kinds are.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::Registry;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-type Labels = BTreeMap<String, String>;
+use super::{
+    typed::{EndpointSliceObject, NamespaceObject, PodObject, ServiceObject, Settle, Settled},
+    Registry,
+};
+
+pub use super::labels::Labels;
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Meta {
     name: Option<String>,
     namespace: Option<String>,
-    uid: Option<String>,
-    #[serde(default)]
-    labels: Labels,
-    #[serde(default)]
-    annotations: Labels,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -114,65 +114,6 @@ struct RouteSpecIn {
     hostnames: Vec<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PodSpecIn {
-    node_name: Option<String>,
-    service_account_name: Option<String>,
-    #[serde(default)]
-    readiness_gates: Vec<ReadinessGateIn>,
-    #[serde(default)]
-    host_network: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ReadinessGateIn {
-    condition_type: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct PodStatusIn {
-    #[serde(rename = "podIP")]
-    pod_ip: Option<String>,
-    phase: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ServicePortIn {
-    name: Option<String>,
-    port: u16,
-    target_port: Option<serde_yaml::Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ServiceSpecIn {
-    #[serde(rename = "clusterIP")]
-    cluster_ip: Option<String>,
-    #[serde(default)]
-    ports: Vec<ServicePortIn>,
-}
-
-#[derive(Deserialize)]
-struct ConditionsIn {
-    ready: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct EndpointIn {
-    addresses: Vec<String>,
-    conditions: Option<ConditionsIn>,
-}
-
-#[derive(Deserialize)]
-struct EndpointPortIn {
-    name: Option<String>,
-    port: Option<u16>,
-}
-
 /// Why an object is skipped.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
@@ -208,8 +149,8 @@ impl Problem {
 }
 
 /// A rejected object (`Kind namespace/name`) and why.
-#[derive(Debug)]
-pub(super) struct Rejection {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
     pub object: String,
     pub problem: Problem,
 }
@@ -233,16 +174,6 @@ fn field<T: serde::de::DeserializeOwned>(
     }
 }
 
-fn ipv4(text: &str, what: &'static str, object: &str) -> Result<Ipv4Addr, Rejection> {
-    text.parse().map_err(|_| Rejection {
-        object: object.to_owned(),
-        problem: Problem::NotIpv4 {
-            what,
-            text: text.to_owned(),
-        },
-    })
-}
-
 /// What every object shares, checked once.
 struct Object<'a> {
     doc: &'a serde_yaml::Value,
@@ -250,16 +181,11 @@ struct Object<'a> {
     id: String,
     name: String,
     namespace: String,
-    meta: Meta,
 }
 
 impl Object<'_> {
     fn field<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Rejection> {
         field(self.doc, key, &self.id)
-    }
-
-    fn ipv4(&self, text: &str, what: &'static str) -> Result<Ipv4Addr, Rejection> {
-        ipv4(text, what, &self.id)
     }
 
     fn reject(&self, problem: impl Into<Problem>) -> Rejection {
@@ -300,6 +226,9 @@ pub(super) fn add(registry: &mut Registry, doc: &serde_yaml::Value) -> Result<()
             });
         }
     }
+    if let Some(added) = add_core(registry, doc, &kind) {
+        return added;
+    }
     let meta: Meta = field(doc, "metadata", &kind)?.unwrap_or_default();
     let name = meta.name.clone().unwrap_or_default();
     let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
@@ -308,27 +237,11 @@ pub(super) fn add(registry: &mut Registry, doc: &serde_yaml::Value) -> Result<()
         id: format!("{kind} {namespace}/{name}"),
         name,
         namespace,
-        meta,
     };
     if object.name.is_empty() {
         return Err(object.reject(Problem::Missing("metadata.name")));
     }
     match kind.as_str() {
-        "Namespace" => {
-            let Object { name, meta, .. } = object;
-            registry.namespaces.insert(
-                name.clone(),
-                Namespace {
-                    name,
-                    labels: meta.labels,
-                    annotations: meta.annotations,
-                },
-            );
-        }
-        // A finished pod (a completed Job) serves nothing, and its address may already be
-        // another pod's: it is neither a destination nor an identity to sign.
-        "Pod" => registry.pods.extend(pod(object)?),
-        "Service" => registry.services.push(service(object)?),
         "AuthorizationPolicy" => match authorization_policy(&object) {
             Ok(policy) => registry.policies.push(policy),
             Err(rejection) => {
@@ -338,8 +251,67 @@ pub(super) fn add(registry: &mut Registry, doc: &serde_yaml::Value) -> Result<()
             }
         },
         "TrafficPolicy" => registry.traffic_policies.push(traffic_policy(&object)?),
-        "HTTPRoute" | "GRPCRoute" => registry.routes.push(route(&kind, object)?),
-        _ => registry.endpoint_slices.push(endpoint_slice(object)?),
+        _ => registry.routes.push(route(&kind, object)?),
+    }
+    Ok(())
+}
+
+/// The core kinds parse into the typed objects the Kubernetes watches keep, one field at a
+/// time so a report names the field that failed. `None` for every other kind.
+fn add_core(
+    registry: &mut Registry,
+    doc: &serde_yaml::Value,
+    kind: &str,
+) -> Option<Result<(), Rejection>> {
+    let id = object_id(doc, kind);
+    let metadata = || -> Result<ObjectMeta, Rejection> {
+        Ok(field(doc, "metadata", &id)?.unwrap_or_default())
+    };
+    let read = |registry: &mut Registry| match kind {
+        "Namespace" => keep(
+            registry,
+            NamespaceObject {
+                metadata: metadata()?,
+                ..NamespaceObject::default()
+            },
+        ),
+        "Pod" => keep(
+            registry,
+            PodObject {
+                metadata: metadata()?,
+                spec: field(doc, "spec", &id)?,
+                status: field(doc, "status", &id)?,
+                ..PodObject::default()
+            },
+        ),
+        "Service" => keep(
+            registry,
+            ServiceObject {
+                metadata: metadata()?,
+                spec: field(doc, "spec", &id)?,
+                ..ServiceObject::default()
+            },
+        ),
+        _ => keep(
+            registry,
+            EndpointSliceObject {
+                metadata: metadata()?,
+                endpoints: field(doc, "endpoints", &id)?.unwrap_or_default(),
+                ports: field(doc, "ports", &id)?.unwrap_or_default(),
+                ..EndpointSliceObject::default()
+            },
+        ),
+    };
+    matches!(kind, "Namespace" | "Pod" | "Service" | "EndpointSlice").then(|| read(registry))
+}
+
+/// Settles a typed object into the registry, or says why it was rejected.
+fn keep<K: Settle>(registry: &mut Registry, mut object: K) -> Result<(), Rejection> {
+    object.settle();
+    match object.settled() {
+        Settled::Kept(kept) => K::keep(kept, registry),
+        Settled::Rejected(rejection) => return Err(Rejection::clone(rejection)),
+        Settled::Skipped | Settled::Unread => {}
     }
     Ok(())
 }
@@ -418,43 +390,6 @@ fn traffic_policy(object: &Object<'_>) -> Result<crate::policy::TrafficSettings,
         .map_err(|e| object.reject(e))
 }
 
-fn pod(object: Object<'_>) -> Result<Option<Pod>, Rejection> {
-    let spec: Option<PodSpecIn> = object.field("spec")?;
-    let status: PodStatusIn = object.field("status")?.unwrap_or_default();
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-        return Ok(None);
-    }
-    let ip = status
-        .pod_ip
-        .as_deref()
-        .map(|t| object.ipv4(t, "status.podIP"))
-        .transpose()?;
-    let (node_name, service_account, gates, host_network) =
-        spec.map_or((None, None, Vec::new(), false), |s| {
-            (
-                s.node_name,
-                s.service_account_name,
-                s.readiness_gates,
-                s.host_network,
-            )
-        });
-    let enrollment_gate = gates
-        .iter()
-        .any(|g| g.condition_type == super::ENROLLED_CONDITION);
-    Ok(Some(Pod {
-        uid: object.meta.uid.clone(),
-        enrollment_gate,
-        namespace: object.namespace,
-        name: object.name,
-        labels: object.meta.labels,
-        annotations: object.meta.annotations,
-        node_name,
-        service_account: service_account.unwrap_or_else(|| "default".into()),
-        ip,
-        host_network,
-    }))
-}
-
 fn route(kind: &str, object: Object<'_>) -> Result<Route, Rejection> {
     let spec: RouteSpecIn = object.field("spec")?.unwrap_or_default();
     let parents = spec
@@ -471,85 +406,5 @@ fn route(kind: &str, object: Object<'_>) -> Result<Route, Rejection> {
         name: object.name,
         parents,
         hostnames: spec.hostnames,
-    })
-}
-
-fn service(object: Object<'_>) -> Result<Service, Rejection> {
-    let spec: ServiceSpecIn = object
-        .field("spec")?
-        .ok_or_else(|| object.reject(Problem::Missing("spec")))?;
-    let cluster_ip = match spec.cluster_ip.as_deref() {
-        None | Some("None" | "") => None,
-        Some(t) => Some(object.ipv4(t, "spec.clusterIP")?),
-    };
-    let ports = spec
-        .ports
-        .into_iter()
-        .map(|p| {
-            let target_port = match p.target_port {
-                None => Some(p.port),
-                Some(serde_yaml::Value::Number(n)) => Some(
-                    n.as_u64()
-                        .and_then(|n| u16::try_from(n).ok())
-                        .ok_or_else(|| object.reject(Problem::BadTargetPort(n.to_string())))?,
-                ),
-                // A named targetPort is resolved through the EndpointSlice's port names.
-                Some(_) => None,
-            };
-            Ok(ServicePort {
-                name: p.name.unwrap_or_default(),
-                port: p.port,
-                target_port,
-            })
-        })
-        .collect::<Result<_, Rejection>>()?;
-    Ok(Service {
-        namespace: object.namespace,
-        name: object.name,
-        labels: object.meta.labels,
-        annotations: object.meta.annotations,
-        cluster_ip,
-        ports,
-    })
-}
-
-fn endpoint_slice(object: Object<'_>) -> Result<EndpointSlice, Rejection> {
-    let service_name = object
-        .meta
-        .labels
-        .get("kubernetes.io/service-name")
-        .cloned()
-        .ok_or_else(|| object.reject(Problem::Missing("label kubernetes.io/service-name")))?;
-    let endpoints: Vec<EndpointIn> = object.field("endpoints")?.unwrap_or_default();
-    let ports: Vec<EndpointPortIn> = object.field("ports")?.unwrap_or_default();
-    let endpoints = endpoints
-        .into_iter()
-        .map(|e| {
-            let addresses = e
-                .addresses
-                .iter()
-                .map(|a| object.ipv4(a, "endpoint address"))
-                .collect::<Result<_, _>>()?;
-            Ok(Endpoint {
-                addresses,
-                ready: e.conditions.and_then(|c| c.ready).unwrap_or(true),
-            })
-        })
-        .collect::<Result<_, Rejection>>()?;
-    let ports = ports
-        .into_iter()
-        .filter_map(|p| {
-            p.port.map(|port| EndpointPort {
-                name: p.name.unwrap_or_default(),
-                port,
-            })
-        })
-        .collect();
-    Ok(EndpointSlice {
-        namespace: object.namespace,
-        name: object.name,
-        service_name,
-        endpoints,
-        ports,
     })
 }

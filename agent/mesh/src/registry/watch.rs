@@ -1,29 +1,35 @@
-//! Kubernetes mode: the registry fed by watches on the API server. One watch per kind, each
-//! listing from the API server's cache (`resourceVersion=0`, so a restart of every agent at once
-//! does not become a list storm on etcd), resuming from its last resourceVersion after an
-//! error, with jittered backoff. Objects are cut down to the fields Weft reads before they are
-//! kept, then go through [`Registry::from_objects`], the code path local mode uses.
+//! Kubernetes mode: the registry fed by kube-runtime reflectors on the API server. One watch
+//! per kind, each listing from the API server's cache (`resourceVersion=0`, so a restart of
+//! every agent at once does not become a list storm on etcd), resuming from its last
+//! resourceVersion after an error, with jittered backoff. Each object is settled into the
+//! registry's form as it arrives (`.modify()`), an update that changes nothing settled is
+//! filtered out before it reaches the store, and every snapshot is built from the stores
+//! through the code path local mode uses.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use futures_util::StreamExt as _;
-use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service},
-    discovery::v1::EndpointSlice,
-};
+use futures_util::{future, StreamExt as _, TryStreamExt as _};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     api::{ApiResource, DynamicObject, GroupVersionKind},
-    runtime::{watcher, WatchStreamExt as _},
+    core::TypeMeta,
+    runtime::{
+        reflector::{self, store::Writer, Lookup, Store},
+        watcher, WatchStreamExt as _,
+    },
     Api, Client, Resource,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use super::Registry;
+use super::{
+    typed::{EndpointSliceObject, NamespaceObject, PodObject, ServiceObject, Settle},
+    Registry,
+};
 
 /// Kinds the agent cannot work without: no snapshot is published before each has listed once.
 pub const REQUIRED: &[&str] = &[
@@ -37,6 +43,15 @@ pub const REQUIRED: &[&str] = &[
 /// `TrafficPolicy` CRD (an upgrade that has not applied it yet) leaves the defaults in force;
 /// a missing `AuthorizationPolicy` would mean unenforced policy, so that one is required.
 pub const OPTIONAL: &[&str] = &["HTTPRoute", "GRPCRoute", "TrafficPolicy"];
+
+/// The custom resources, read untyped so that one malformed object is reported by the
+/// registry and skipped, not a broken list.
+const CUSTOM: [(&str, &str, &str); 4] = [
+    ("weft.io", "v1alpha1", "AuthorizationPolicy"),
+    ("weft.io", "v1alpha1", "TrafficPolicy"),
+    ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+    ("gateway.networking.k8s.io", "v1", "GRPCRoute"),
+];
 
 /// Changes arriving within this window are folded into one snapshot.
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -55,71 +70,211 @@ pub struct KindStatus {
 /// Every kind's watch status, shared with the admin API.
 pub type WatchStatus = Arc<Mutex<BTreeMap<&'static str, KindStatus>>>;
 
+/// What a watch tells the fold; the objects themselves are in its store.
 enum Change {
-    Apply(&'static str, String, Kept),
-    Delete(&'static str, String),
-    /// A (re)list began: objects arriving until `ResyncDone` replace the kind's set.
-    ResyncStart(&'static str),
-    ResyncItem(&'static str, String, Kept),
-    ResyncDone(&'static str),
+    /// An object was added, changed in what the registry keeps, or deleted.
+    Changed(&'static str),
+    /// A (re)list completed: the store now holds exactly the listed objects.
+    Listed(&'static str),
     Error(&'static str, String),
+}
+
+/// Every kind's store, read whole for each snapshot.
+struct Stores {
+    namespaces: Store<NamespaceObject>,
+    pods: Store<PodObject>,
+    services: Store<ServiceObject>,
+    endpoint_slices: Store<EndpointSliceObject>,
+    custom: Vec<(&'static str, Store<DynamicObject>)>,
+}
+
+impl Stores {
+    fn len(&self, kind: &str) -> usize {
+        match kind {
+            "Namespace" => self.namespaces.len(),
+            "Pod" => self.pods.len(),
+            "Service" => self.services.len(),
+            "EndpointSlice" => self.endpoint_slices.len(),
+            _ => self
+                .custom
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map_or(0, |(_, store)| store.len()),
+        }
+    }
+
+    /// What every store holds now.
+    fn objects(&self) -> Objects {
+        Objects {
+            namespaces: self.namespaces.state(),
+            pods: self.pods.state(),
+            services: self.services.state(),
+            endpoint_slices: self.endpoint_slices.state(),
+            custom: self
+                .custom
+                .iter()
+                .map(|(kind, store)| (*kind, store.state()))
+                .collect(),
+        }
+    }
+}
+
+/// The stores' objects at one moment, shared with the stores.
+#[derive(Debug, Default)]
+pub struct Objects {
+    pub namespaces: Vec<Arc<NamespaceObject>>,
+    pub pods: Vec<Arc<PodObject>>,
+    pub services: Vec<Arc<ServiceObject>>,
+    pub endpoint_slices: Vec<Arc<EndpointSliceObject>>,
+    pub custom: Vec<(&'static str, Vec<Arc<DynamicObject>>)>,
+}
+
+impl Objects {
+    /// One snapshot of the objects, in a stable order (a store's is a hash map's).
+    pub fn snapshot(&self) -> Registry {
+        const SOURCE: &str = "kubernetes";
+        let mut registry = Registry::default();
+        for object in &self.namespaces {
+            registry.add_settled(SOURCE, object.as_ref());
+        }
+        for object in &self.pods {
+            registry.add_settled(SOURCE, object.as_ref());
+        }
+        for object in &self.services {
+            registry.add_settled(SOURCE, object.as_ref());
+        }
+        for object in &self.endpoint_slices {
+            registry.add_settled(SOURCE, object.as_ref());
+        }
+        registry
+            .pods
+            .sort_unstable_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        registry
+            .services
+            .sort_unstable_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        registry
+            .endpoint_slices
+            .sort_unstable_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        for (kind, objects) in &self.custom {
+            let mut objects: Vec<&DynamicObject> = objects.iter().map(AsRef::as_ref).collect();
+            objects
+                .sort_unstable_by(|a, b| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
+            for object in objects {
+                // A DynamicObject always serializes; one that did not would be reported as
+                // an object without a kind.
+                let doc = serde_yaml::to_value(object).unwrap_or_default();
+                let key = format!(
+                    "{}/{}",
+                    object.namespace().unwrap_or_default(),
+                    object.name().unwrap_or_default()
+                );
+                registry.add_document(format!("kubernetes {kind} {key}"), &doc);
+            }
+        }
+        registry.finish()
+    }
 }
 
 /// Starts every watch and the task that turns their events into snapshots on `tx`.
 pub fn spawn(client: &Client, tx: watch::Sender<Arc<Registry>>) -> WatchStatus {
     let status = WatchStatus::default();
     let (changes_tx, changes_rx) = mpsc::channel(1024);
-    spawn_typed::<Namespace>(Api::all(client.clone()), "Namespace", &changes_tx);
-    spawn_typed::<Pod>(Api::all(client.clone()), "Pod", &changes_tx);
-    spawn_typed::<Service>(Api::all(client.clone()), "Service", &changes_tx);
-    spawn_typed::<EndpointSlice>(Api::all(client.clone()), "EndpointSlice", &changes_tx);
-    for (group, version, kind) in [
-        ("weft.io", "v1alpha1", "AuthorizationPolicy"),
-        ("weft.io", "v1alpha1", "TrafficPolicy"),
-        ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
-        ("gateway.networking.k8s.io", "v1", "GRPCRoute"),
-    ] {
-        // Custom resources are read untyped: one malformed object must be reported and
-        // skipped by the registry, not break the whole list.
-        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
-        let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
-        spawn_watch(api, kind, &changes_tx);
-    }
-    tokio::spawn(fold(changes_rx, tx, status.clone()));
+    let stores = Stores {
+        namespaces: typed(client, "Namespace", &changes_tx),
+        pods: typed(client, "Pod", &changes_tx),
+        services: typed(client, "Service", &changes_tx),
+        endpoint_slices: typed(client, "EndpointSlice", &changes_tx),
+        custom: CUSTOM
+            .iter()
+            .map(|&(group, version, kind)| {
+                let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+                let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+                let writer = Writer::new(resource.clone());
+                let store = writer.as_reader();
+                let dyntype = resource.clone();
+                spawn_reflector(api, (writer, dyntype), kind, &changes_tx, move |object| {
+                    trim_custom(&resource, object);
+                });
+                (kind, store)
+            })
+            .collect(),
+    };
+    tokio::spawn(fold(changes_rx, stores, tx, status.clone()));
     status
 }
 
-fn spawn_typed<K>(api: Api<K>, kind: &'static str, changes: &mpsc::Sender<Change>)
+fn typed<K>(client: &Client, kind: &'static str, changes: &mpsc::Sender<Change>) -> Store<K>
 where
-    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug + Send + Sync + 'static,
+    K: Settle + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::Kept: PartialEq,
 {
-    spawn_watch(api, kind, changes);
+    let (store, writer) = reflector::store();
+    let api = Api::<K>::all(client.clone());
+    spawn_reflector(api, (writer, ()), kind, changes, K::settle);
+    store
 }
 
-fn spawn_watch<K>(api: Api<K>, kind: &'static str, changes: &mpsc::Sender<Change>)
+/// Which objects a watch's filter compares: what settling (or trimming) kept.
+trait Kept {
+    fn same_as(&self, other: &Self) -> bool;
+}
+
+impl<K: Settle> Kept for K
 where
-    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug + Send + Sync + 'static,
+    K::Kept: PartialEq,
+{
+    fn same_as(&self, other: &Self) -> bool {
+        self.settled() == other.settled()
+    }
+}
+
+impl Kept for DynamicObject {
+    fn same_as(&self, other: &Self) -> bool {
+        self.metadata == other.metadata && self.data == other.data
+    }
+}
+
+/// One kind's reflector: list/watch with backoff, `settle` applied to every object, updates
+/// that change nothing kept dropped before the store, and the rest told to the fold.
+fn spawn_reflector<K>(
+    api: Api<K>,
+    (writer, dyntype): (Writer<K>, K::DynamicType),
+    kind: &'static str,
+    changes: &mpsc::Sender<Change>,
+    settle: impl FnMut(&mut K) + Send + 'static,
+) where
+    K: Resource + Kept + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
 {
     let changes = changes.clone();
+    let store = writer.as_reader();
     tokio::spawn(async move {
         let mut config = watcher::Config::default().any_semantic();
         // Unpaged, so resourceVersion=0 is sent and the API server answers from its watch
         // cache (a paged list bypasses it and reads etcd).
         config.page_size = None;
-        let mut events = watcher(api, config).default_backoff().boxed();
+        // Most updates anywhere in the cluster (kubelet status heartbeats, other controllers'
+        // annotations) touch nothing Weft keeps: they must not rebuild the registry and re-run
+        // enrollment on every node. The store itself holds the previous version to compare
+        // with, so this filter keeps no second copy per object (kube's `predicate_filter`
+        // would cache name, namespace and UID of each).
+        let unchanged = move |event: &watcher::Event<K>| match event {
+            watcher::Event::Apply(object) => store
+                .get(&object.to_object_ref(dyntype.clone()))
+                .is_some_and(|old| old.same_as(object)),
+            _ => false,
+        };
+        let mut events = watcher(api, config)
+            .default_backoff()
+            .modify(settle)
+            .try_filter(move |event| future::ready(!unchanged(event)))
+            .reflect(writer)
+            .boxed();
         while let Some(event) = events.next().await {
             let change = match event {
-                Ok(watcher::Event::Init) => Change::ResyncStart(kind),
-                Ok(watcher::Event::InitApply(object)) => match keep(kind, &object) {
-                    Some((key, doc)) => Change::ResyncItem(kind, key, doc),
-                    None => continue,
-                },
-                Ok(watcher::Event::InitDone) => Change::ResyncDone(kind),
-                Ok(watcher::Event::Apply(object)) => match keep(kind, &object) {
-                    Some((key, doc)) => Change::Apply(kind, key, doc),
-                    None => continue,
-                },
-                Ok(watcher::Event::Delete(object)) => Change::Delete(kind, key_of(&object)),
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
+                Ok(watcher::Event::InitDone) => Change::Listed(kind),
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Change::Changed(kind),
                 Err(e) => Change::Error(kind, e.to_string()),
             };
             if changes.send(change).await.is_err() {
@@ -129,135 +284,45 @@ where
     });
 }
 
-fn key_of<K: Resource>(object: &K) -> String {
-    let meta = object.meta();
-    format!(
-        "{}/{}",
-        meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default()
-    )
-}
-
-/// A kept object: its trimmed form as compact JSON text. A parsed tree costs several times
-/// the text's size in map nodes and small strings; the text is parsed again only when a
-/// snapshot is rebuilt, which already walked every object.
-type Kept = Box<str>;
-
-/// The object as the registry will read it, reduced to the fields Weft uses.
-fn keep<K: Resource + Serialize>(kind: &str, object: &K) -> Option<(String, Kept)> {
-    let json = serde_json::to_value(object).ok()?;
-    let text = serde_json::to_string(&trim(kind, &json)).ok()?;
-    Some((key_of(object), text.into_boxed_str()))
-}
-
-/// Keeps only what the registry reads: identity, labels, Weft's own annotations and the
-/// kind's used fields. Drops managedFields, last-applied configurations, container specs and
-/// statuses, which are most of a real object's size.
-pub fn trim(kind: &str, object: &serde_json::Value) -> serde_json::Value {
-    use serde_json::{json, Map, Value};
-    let get = |path: &[&str]| -> Value {
-        path.iter()
-            .try_fold(object, |v, key| v.get(key))
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
-    let mut metadata = Map::new();
-    for key in ["name", "namespace", "uid"] {
-        let value = get(&["metadata", key]);
-        if !value.is_null() {
-            metadata.insert(key.into(), value);
-        }
-    }
-    if let Value::Object(labels) = get(&["metadata", "labels"]) {
-        metadata.insert("labels".into(), Value::Object(labels));
-    }
-    if let Value::Object(annotations) = get(&["metadata", "annotations"]) {
-        let ours: Map<String, Value> = annotations
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("weft.io/"))
-            .collect();
-        if !ours.is_empty() {
-            metadata.insert("annotations".into(), Value::Object(ours));
-        }
-    }
-    let mut kept = json!({
-        "apiVersion": get(&["apiVersion"]),
-        "kind": kind,
-        "metadata": metadata,
+/// A custom resource as it is kept: identity, labels, Weft's own annotations and its spec
+/// (policies and routes are small and read whole). Drops managedFields, last-applied
+/// configurations and status.
+fn trim_custom(resource: &ApiResource, object: &mut DynamicObject) {
+    let meta = &mut object.metadata;
+    let annotations = meta.annotations.take().map(|mut all| {
+        all.retain(|key, _| key.starts_with("weft.io/"));
+        all
     });
-    let mut put = |key: &str, value: Value| {
-        if !value.is_null() {
-            kept[key] = value;
-        }
+    object.metadata = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        uid: meta.uid.take(),
+        labels: meta.labels.take(),
+        annotations: annotations.filter(|a| !a.is_empty()),
+        ..ObjectMeta::default()
     };
-    match kind {
-        "Namespace" => {}
-        "Pod" => {
-            let gates = get(&["spec", "readinessGates"]);
-            put(
-                "spec",
-                json!({
-                    "nodeName": get(&["spec", "nodeName"]),
-                    "serviceAccountName": get(&["spec", "serviceAccountName"]),
-                    "readinessGates": gates,
-                    "hostNetwork": get(&["spec", "hostNetwork"]),
-                }),
-            );
-            // The phase tells a finished pod (a completed Job) from a live one: its address
-            // may already belong to another pod.
-            put(
-                "status",
-                json!({"podIP": get(&["status", "podIP"]), "phase": get(&["status", "phase"])}),
-            );
-        }
-        "Service" => put(
-            "spec",
-            json!({
-                "clusterIP": get(&["spec", "clusterIP"]),
-                "ports": get(&["spec", "ports"]),
-                "selector": get(&["spec", "selector"]),
-            }),
-        ),
-        "EndpointSlice" => {
-            put("addressType", get(&["addressType"]));
-            put("ports", get(&["ports"]));
-            let endpoints: Vec<Value> = get(&["endpoints"])
-                .as_array()
-                .map(|list| {
-                    list.iter()
-                        .map(|e| json!({"addresses": e.get("addresses"), "conditions": {"ready": e.pointer("/conditions/ready")}}))
-                        .collect()
-                })
-                .unwrap_or_default();
-            put("endpoints", Value::Array(endpoints));
-        }
-        // Policies and routes are small and read whole.
-        _ => put("spec", get(&["spec"])),
-    }
-    // JSON nulls the registry would read as "absent" anyway; dropping them keeps YAML clean.
-    for part in ["spec", "status"] {
-        if let Some(fields) = kept.get_mut(part).and_then(Value::as_object_mut) {
-            fields.retain(|_, v| !v.is_null());
-        }
-    }
-    kept
+    // Items of a list carry no apiVersion and kind; the registry reads both.
+    object.types = Some(TypeMeta {
+        api_version: resource.api_version.clone(),
+        kind: resource.kind.clone(),
+    });
+    let spec = object.data.get_mut("spec").map(serde_json::Value::take);
+    object.data = serde_json::json!({ "spec": spec });
 }
 
-/// Applies watch changes to the kept objects and publishes a snapshot per burst of changes,
-/// once every required kind has listed.
+/// Publishes a snapshot per burst of changes, once every required kind has listed.
 async fn fold(
     mut changes: mpsc::Receiver<Change>,
+    stores: Stores,
     tx: watch::Sender<Arc<Registry>>,
     status: WatchStatus,
 ) {
-    let mut objects: HashMap<&'static str, BTreeMap<String, Kept>> = HashMap::new();
-    let mut relisting: HashMap<&'static str, BTreeMap<String, Kept>> = HashMap::new();
     while let Some(first) = changes.recv().await {
-        let mut dirty = apply(first, &mut objects, &mut relisting, &status);
+        let mut dirty = apply(first, &stores, &status);
         // Fold a burst (a relist, a rollout) into one snapshot.
         let deadline = tokio::time::Instant::now() + DEBOUNCE;
         while let Ok(Some(next)) = tokio::time::timeout_at(deadline, changes.recv()).await {
-            dirty |= apply(next, &mut objects, &mut relisting, &status);
+            dirty |= apply(next, &stores, &status);
         }
         let ready = {
             let status = status
@@ -270,14 +335,7 @@ async fn fold(
         if !dirty || !ready {
             continue;
         }
-        let docs = objects.iter().flat_map(|(kind, set)| {
-            set.iter().filter_map(move |(key, text)| {
-                // Text this module wrote from a JSON value: it always parses back.
-                let doc = serde_json::from_str::<serde_yaml::Value>(text).ok()?;
-                Some((format!("kubernetes {kind} {key}"), doc))
-            })
-        });
-        let registry = Registry::from_objects(docs);
+        let registry = stores.objects().snapshot();
         super::log_new_errors(&tx.borrow().errors, &registry.errors);
         tracing::debug!(
             pods = registry.pods.len(),
@@ -290,69 +348,38 @@ async fn fold(
     }
 }
 
-/// Returns whether the kept objects changed.
-fn apply(
-    change: Change,
-    objects: &mut HashMap<&'static str, BTreeMap<String, Kept>>,
-    relisting: &mut HashMap<&'static str, BTreeMap<String, Kept>>,
-    status: &WatchStatus,
-) -> bool {
+/// Returns whether the stores changed.
+fn apply(change: Change, stores: &Stores, status: &WatchStatus) -> bool {
     let mut status = status
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let changed = match change {
-        Change::Apply(kind, key, doc) => {
+    let (kind, changed) = match change {
+        Change::Changed(kind) => {
             status.entry(kind).or_default().events += 1;
-            // Most updates anywhere in the cluster (kubelet status heartbeats, other
-            // controllers' annotations) touch nothing Weft keeps: they must not rebuild the
-            // registry and re-run enrollment on every node.
-            let set = objects.entry(kind).or_default();
-            if set.get(&key) == Some(&doc) {
-                false
-            } else {
-                set.insert(key, doc);
-                true
-            }
+            (kind, true)
         }
-        Change::Delete(kind, key) => {
-            status.entry(kind).or_default().events += 1;
-            objects.entry(kind).or_default().remove(&key).is_some()
-        }
-        Change::ResyncStart(kind) => {
-            relisting.insert(kind, BTreeMap::new());
-            false
-        }
-        Change::ResyncItem(kind, key, doc) => {
-            relisting.entry(kind).or_default().insert(key, doc);
-            false
-        }
-        Change::ResyncDone(kind) => {
-            // Until the relist completes the previous set stays in force: a watch error never
-            // empties the registry.
-            let fresh = relisting.remove(kind).unwrap_or_default();
+        Change::Listed(kind) => {
+            // The reflector kept the previous set in force until this relist completed: a
+            // watch error never empties the registry.
             let entry = status.entry(kind).or_default();
             entry.synced = true;
             entry.last_error = None;
-            objects.insert(kind, fresh);
-            true
+            (kind, true)
         }
         Change::Error(kind, error) => {
             let entry = status.entry(kind).or_default();
             entry.errors += 1;
             if entry.last_error.as_deref() != Some(error.as_str()) {
-                let level_optional = OPTIONAL.contains(&kind);
-                if level_optional {
+                if OPTIONAL.contains(&kind) {
                     tracing::info!(kind, %error, "watch failed (optional kind: is its CRD installed?); retrying with backoff");
                 } else {
                     tracing::warn!(kind, %error, "watch failed; retrying with backoff from the last resourceVersion");
                 }
             }
             entry.last_error = Some(error);
-            false
+            (kind, false)
         }
     };
-    for (kind, set) in objects.iter() {
-        status.entry(kind).or_default().objects = set.len();
-    }
+    status.entry(kind).or_default().objects = stores.len(kind);
     changed
 }

@@ -333,27 +333,40 @@ async fn an_expired_watch_relists_without_losing_state() {
 }
 
 #[test]
-fn only_used_fields_are_kept() {
-    let full = pod("a", "n1", "10.0.0.1", &json!({"app": "web"}));
-    let kept = kube_watch::trim("Pod", &full);
-    let (before, after) = (full.to_string().len(), kept.to_string().len());
-    println!("pod object: {before} bytes as served, {after} bytes kept");
-    assert!(
-        after * 5 < before,
-        "trimmed pod is {after} bytes of {before}"
+fn an_object_settles_into_the_registry_form_and_keeps_nothing_else() {
+    use super::typed::{PodObject, Settle as _, Settled};
+    let mut full = pod("a", "n1", "10.0.0.1", &json!({"app": "web"}));
+    full["metadata"]["annotations"]["weft.io/netns"] = json!("/run/netns/a");
+    let mut object: PodObject = serde_json::from_value(full).expect("a pod");
+    object.settle();
+    let Settled::Kept(kept) = &object.settled else {
+        panic!("not kept: {:?}", object.settled);
+    };
+    assert_eq!(kept.labels.get("app"), Some("web"));
+    assert_eq!(kept.node_name.as_deref(), Some("n1"));
+    assert_eq!(kept.ip, Some("10.0.0.1".parse().expect("ip")));
+    assert_eq!(kept.uid.as_deref(), Some("uid-a"));
+    assert_eq!(kept.service_account, "sa");
+    // Only Weft's own annotations; the 2 kB last-applied configuration is gone.
+    assert_eq!(
+        kept.annotations.keys().collect::<Vec<_>>(),
+        ["weft.io/netns"]
     );
-    assert_eq!(kept["metadata"]["labels"]["app"], "web");
-    assert_eq!(kept["spec"]["nodeName"], "n1");
-    assert_eq!(kept["status"]["podIP"], "10.0.0.1");
-    assert!(kept["metadata"].get("managedFields").is_none());
-    assert!(kept["spec"].get("containers").is_none());
-    // What is kept still parses into the same registry pod.
+    // The store keeps the settled pod and the object's key, nothing of what it was read from.
+    assert!(object.spec.is_none() && object.status.is_none());
+    let meta = &object.metadata;
+    assert_eq!(meta.name.as_deref(), Some("a"));
+    assert_eq!(meta.namespace.as_deref(), Some("demo"));
+    assert!(meta.managed_fields.is_none() && meta.annotations.is_none());
+    assert!(meta.labels.is_none() && meta.uid.is_none() && meta.resource_version.is_none());
+    // Local mode parses the same document into the same registry pod.
     let registry = Registry::from_objects([(
         "test".to_owned(),
-        serde_yaml::to_value(&kept).expect("yaml"),
+        serde_yaml::to_value(pod("a", "n1", "10.0.0.1", &json!({"app": "web"}))).expect("yaml"),
     )]);
-    assert_eq!(registry.pods[0].uid.as_deref(), Some("uid-a"));
     assert!(registry.errors.is_empty(), "{:?}", registry.errors);
+    assert_eq!(registry.pods[0].labels, kept.labels);
+    assert_eq!(registry.pods[0].uid, kept.uid);
 }
 
 #[tokio::test]
