@@ -91,8 +91,12 @@ impl Tunnels for PodTunnels {
             reply(&mut respond, StatusCode::UNAUTHORIZED);
             return;
         };
+        // A long-lived tunnel must not keep the snapshot it began under alive.
+        drop(registry);
         // The client agent connects from the client pod's own address: deliver from it.
-        let server = match deliver(pod, ctx, SocketAddr::new(peer.ip(), 0), target).await {
+        // Boxed: the delivery's state would otherwise stay in this future for the stream's life.
+        let delivering = Box::pin(deliver(pod, ctx, SocketAddr::new(peer.ip(), 0), target));
+        let server = match delivering.await {
             Ok(server) => server,
             Err(e) => {
                 tracing::warn!(pod = %pod.name(), %client, %target, error = %e, "HBONE destination unreachable: 503");

@@ -63,7 +63,11 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
     let Some(guard) = super::authorize(ctx, &registry, pod, connection, None) else {
         return;
     };
-    match deliver(pod, ctx, peer, original).await {
+    // A long-lived connection must not keep the snapshot it began under alive.
+    drop(registry);
+    // Boxed, like the outbound side's tunnel opening: the future's size stays with the
+    // connection for as long as it is open.
+    match Box::pin(deliver(pod, ctx, peer, original)).await {
         Ok(server) => {
             tokio::select! {
                 () = splice(client, server, &guard) => {}

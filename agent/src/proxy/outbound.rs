@@ -85,6 +85,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
     // An enrolled destination gets an HBONE tunnel to its own agent listener and must prove
     // the identity the registry gives it; anything else gets plain TCP.
     let peer_identity = hbone_identity(ctx, &registry, route.destination);
+    // A long-lived connection must not keep the snapshot it began under alive.
+    drop(registry);
     if let Some(identity) = &peer_identity {
         connection.security = Security::Mtls;
         connection.peer_identity = Some(identity.to_string());
@@ -102,7 +104,10 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
             let hbone = SocketAddr::new(route.destination.ip(), HBONE_PORT);
             let started = std::time::Instant::now();
             let mut early_bytes = 0;
-            let opening = ctx.pool.open(
+            // Boxed: opening a tunnel (a TLS and HTTP/2 handshake when no pooled connection
+            // fits) is the largest state this future passes through, and unboxed its size
+            // would stay with every connection for as long as it is open.
+            let opening = Box::pin(ctx.pool.open(
                 pod.source(),
                 &identity,
                 hbone,
@@ -113,7 +118,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                     early_bytes = early.len() as u64;
                     early
                 },
-            );
+            ));
             match tokio::time::timeout(route.connect_timeout, opening)
                 .await
                 .unwrap_or_else(|_| Err(HboneError::TimedOut))
