@@ -15,7 +15,10 @@ use tokio::sync::watch;
 
 pub use weft_mesh::admin::AdminError;
 use weft_mesh::{
-    admin::{bind, endpoint, flows_reply, json_reply, serve, set_log_level, Endpoint, Reply},
+    admin::{
+        bind, endpoint, flows_reply, json_reply, serve, set_log_level, Endpoint, Reply,
+        SetLogFilter,
+    },
     connections::Connections,
     identity::CertStore,
     metrics::NameLabel,
@@ -38,6 +41,8 @@ pub struct AdminState {
     pub proxy: Arc<ProxyContext>,
     /// Kubernetes mode: each watched kind's sync state and errors.
     pub watches: Option<weft_mesh::registry::watch::WatchStatus>,
+    /// `POST /logging` changes the filter through this, when the process has a reloadable one.
+    pub log_filter: Option<SetLogFilter>,
 }
 
 impl AdminState {
@@ -208,7 +213,9 @@ impl AdminState {
                 query,
                 weft_mesh::connections::now_unix_ms(),
             ),
-            Endpoint::SetLogLevel(level) => json_reply(set_log_level(level)),
+            Endpoint::SetLogLevel(level) => {
+                json_reply(set_log_level(self.log_filter.as_ref(), level))
+            }
             Endpoint::Get(path) => json_reply(self.route(path)),
             Endpoint::NotAllowed => json_reply((
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -134,7 +134,11 @@ fn prepare(
 
 /// Runs the agent until SIGTERM or Ctrl-C. Capture stays attached and pinned when it exits:
 /// enrolled pods then fail closed until an agent runs again and adopts the pins.
-pub async fn run(config: Config) -> Result<(), AppError> {
+/// `log_filter` lets `POST /logging` change the log filter of the running process.
+pub async fn run(
+    config: Config,
+    log_filter: Option<weft_mesh::admin::SetLogFilter>,
+) -> Result<(), AppError> {
     raise_open_file_limit();
     // Loading programs, reading the CA and creating the state folder block on the kernel and
     // the file system: done once, on a blocking thread.
@@ -195,6 +199,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         certs,
         proxy: proxy_for_admin,
         watches,
+        log_filter,
     });
     admin::start(
         state.clone(),

@@ -106,7 +106,7 @@ enum Cmd {
 }
 
 /// Logs to stdout (JSON lines with --log-json), with a filter the admin API can change.
-fn init_logging(json: bool) {
+fn init_logging(json: bool) -> weft_mesh::admin::SetLogFilter {
     use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
@@ -122,11 +122,11 @@ fn init_logging(json: bool) {
             .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
             .init();
     }
-    let _ = weft_mesh::admin::LOG_FILTER.set(Box::new(move |text: &str| {
+    weft_mesh::admin::SetLogFilter::new(move |text: &str| {
         let filter = tracing_subscriber::EnvFilter::try_new(text)
             .map_err(|e| format!("bad filter {text:?}: {e}"))?;
         handle.reload(filter).map_err(|e| e.to_string())
-    }));
+    })
 }
 
 /// `weft-agent ca`: the cluster CA service, configured from the shared CA and identity flags.
@@ -179,7 +179,7 @@ fn run_ca(
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(args.log_json);
+    let log_filter = init_logging(args.log_json);
     if let Some(Cmd::Ca {
         listen,
         agent_service_account,
@@ -222,7 +222,7 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(weft_agent::app::run(config))?;
+            runtime.block_on(weft_agent::app::run(config, Some(log_filter)))?;
         }
         Cmd::Uninstall => {
             let removed = weft_agent::app::uninstall(&config)?;

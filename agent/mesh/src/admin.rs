@@ -135,20 +135,37 @@ pub fn follow_flows(flows: &Flows, filter: FlowFilter) -> Reply {
     Reply::Lines(rx)
 }
 
-/// Changes the log filter at run time (`POST /logging?level=debug` or any EnvFilter text).
-/// Sets the log filter from its text form.
-pub type SetLogFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+/// Sets the log filter from its text form (`POST /logging?level=debug` or any EnvFilter
+/// text). `main` makes it beside the subscriber and hands it down; a process started without a
+/// reloadable filter has none.
+pub struct SetLogFilter(Box<FilterSetter>);
 
-pub static LOG_FILTER: std::sync::OnceLock<SetLogFilter> = std::sync::OnceLock::new();
+type FilterSetter = dyn Fn(&str) -> Result<(), String> + Send + Sync;
 
-pub fn set_log_level(level: Option<&str>) -> (StatusCode, serde_json::Value) {
+impl SetLogFilter {
+    pub fn new(set: impl Fn(&str) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        Self(Box::new(set))
+    }
+}
+
+impl std::fmt::Debug for SetLogFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SetLogFilter")
+    }
+}
+
+/// Changes the log filter at run time through `filter`.
+pub fn set_log_level(
+    filter: Option<&SetLogFilter>,
+    level: Option<&str>,
+) -> (StatusCode, serde_json::Value) {
     let Some(level) = level else {
         return (
             StatusCode::BAD_REQUEST,
             json!({"error": "give ?level=<filter>, e.g. ?level=debug or ?level=info,weft_agent=trace"}),
         );
     };
-    match LOG_FILTER.get().map(|set| set(level)) {
+    match filter.map(|set| (set.0)(level)) {
         Some(Ok(())) => (StatusCode::OK, json!({"level": level})),
         Some(Err(e)) => (StatusCode::BAD_REQUEST, json!({"error": e})),
         None => (
