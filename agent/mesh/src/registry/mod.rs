@@ -182,10 +182,11 @@ impl Registry {
     }
 
     /// Adds one settled typed object (a watch store's), or records why it was rejected.
-    pub fn add_settled<K: typed::Settle>(&mut self, source: &str, object: &K) {
+    /// `source` names where it came from, asked only when there is something to report.
+    pub fn add_settled<K: typed::Settle>(&mut self, source: impl FnOnce() -> String, object: &K) {
         match object.settled() {
             typed::Settled::Kept(kept) => K::keep(kept, self),
-            typed::Settled::Rejected(error) => self.report(source.to_owned(), error),
+            typed::Settled::Rejected(error) => self.report(source(), error),
             typed::Settled::Skipped | typed::Settled::Unread => {}
         }
     }

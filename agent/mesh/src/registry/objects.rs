@@ -15,11 +15,29 @@ use super::{
 
 pub use super::labels::Labels;
 
+/// The metadata Weft reads. A manifest's other metadata fields (ownerReferences, generation…)
+/// are not read, so a malformed one does not reject the object.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Meta {
     name: Option<String>,
     namespace: Option<String>,
+    uid: Option<String>,
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    annotations: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl Meta {
+    fn into_object_meta(self) -> ObjectMeta {
+        ObjectMeta {
+            name: self.name,
+            namespace: self.namespace,
+            uid: self.uid,
+            labels: self.labels,
+            annotations: self.annotations,
+            ..ObjectMeta::default()
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -265,7 +283,9 @@ fn add_core(
 ) -> Option<Result<(), Rejection>> {
     let id = object_id(doc, kind);
     let metadata = || -> Result<ObjectMeta, Rejection> {
-        Ok(field(doc, "metadata", &id)?.unwrap_or_default())
+        Ok(field::<Meta>(doc, "metadata", &id)?
+            .unwrap_or_default()
+            .into_object_meta())
     };
     let read = |registry: &mut Registry| match kind {
         "Namespace" => keep(

@@ -2,8 +2,9 @@
 //! k8s-openapi's `Resource` (kind, group, version, plural) but declares only the fields Weft
 //! uses, so kube-runtime's watch stores and local mode's YAML parse into the same types. An
 //! object settles once, when it arrives, into the registry's validated form, which the store
-//! and every snapshot then share by `Arc`; what settling used is cut away (see
-//! ARCHITECTURE.md, "Kubernetes mode", for why not the whole k8s-openapi structs).
+//! and every snapshot then share by `Arc` (namespaces are copied: few and small); what
+//! settling used is cut away (see ARCHITECTURE.md, "Kubernetes mode", for why not the whole
+//! k8s-openapi structs).
 
 use std::{net::Ipv4Addr, sync::Arc};
 

@@ -62,6 +62,7 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 pub struct KindStatus {
     pub synced: bool,
     pub objects: usize,
+    /// Changes that reached the store: an update that changed nothing Weft keeps is not one.
     pub events: u64,
     pub errors: u64,
     pub last_error: Option<String>,
@@ -129,46 +130,47 @@ pub struct Objects {
     pub custom: Vec<(&'static str, Vec<Arc<DynamicObject>>)>,
 }
 
+/// `objects` sorted by namespace and name: a store's order is a hash map's, and a snapshot's
+/// lists and reports must not reorder from one rebuild to the next.
+fn by_name<K: Resource>(objects: &[Arc<K>]) -> Vec<&K> {
+    let mut sorted: Vec<&K> = objects.iter().map(AsRef::as_ref).collect();
+    sorted.sort_unstable_by(|a, b| {
+        let (a, b) = (a.meta(), b.meta());
+        (a.namespace.as_deref(), a.name.as_deref())
+            .cmp(&(b.namespace.as_deref(), b.name.as_deref()))
+    });
+    sorted
+}
+
+/// How a report names where an object came from: `kubernetes Pod demo/web`.
+fn source_of<K: Resource>(kind: &str, object: &K) -> String {
+    let meta = object.meta();
+    format!(
+        "kubernetes {kind} {}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
 impl Objects {
-    /// One snapshot of the objects, in a stable order (a store's is a hash map's).
+    /// One snapshot of the objects, in a stable order.
     pub fn snapshot(&self) -> Registry {
-        const SOURCE: &str = "kubernetes";
+        fn add<K: Settle>(registry: &mut Registry, kind: &str, objects: &[Arc<K>]) {
+            for object in by_name(objects) {
+                registry.add_settled(|| source_of(kind, object), object);
+            }
+        }
         let mut registry = Registry::default();
-        for object in &self.namespaces {
-            registry.add_settled(SOURCE, object.as_ref());
-        }
-        for object in &self.pods {
-            registry.add_settled(SOURCE, object.as_ref());
-        }
-        for object in &self.services {
-            registry.add_settled(SOURCE, object.as_ref());
-        }
-        for object in &self.endpoint_slices {
-            registry.add_settled(SOURCE, object.as_ref());
-        }
-        registry
-            .pods
-            .sort_unstable_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        registry
-            .services
-            .sort_unstable_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        registry
-            .endpoint_slices
-            .sort_unstable_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        add(&mut registry, "Namespace", &self.namespaces);
+        add(&mut registry, "Pod", &self.pods);
+        add(&mut registry, "Service", &self.services);
+        add(&mut registry, "EndpointSlice", &self.endpoint_slices);
         for (kind, objects) in &self.custom {
-            let mut objects: Vec<&DynamicObject> = objects.iter().map(AsRef::as_ref).collect();
-            objects
-                .sort_unstable_by(|a, b| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
-            for object in objects {
+            for object in by_name(objects) {
                 // A DynamicObject always serializes; one that did not would be reported as
                 // an object without a kind.
                 let doc = serde_yaml::to_value(object).unwrap_or_default();
-                let key = format!(
-                    "{}/{}",
-                    object.namespace().unwrap_or_default(),
-                    object.name().unwrap_or_default()
-                );
-                registry.add_document(format!("kubernetes {kind} {key}"), &doc);
+                registry.add_document(source_of(kind, object), &doc);
             }
         }
         registry.finish()
@@ -264,10 +266,28 @@ fn spawn_reflector<K>(
                 .is_some_and(|old| old.same_as(object)),
             _ => false,
         };
+        // kube-runtime keys its store by name and panics on an object without one; the API
+        // server never sends such an object, but network input must not stop a watch.
+        let nameless = |event: &watcher::Event<K>| match event {
+            watcher::Event::Apply(object)
+            | watcher::Event::InitApply(object)
+            | watcher::Event::Delete(object) => object.meta().name.is_none(),
+            watcher::Event::Init | watcher::Event::InitDone => false,
+        };
+        let told = changes.clone();
         let mut events = watcher(api, config)
             .default_backoff()
             .modify(settle)
-            .try_filter(move |event| future::ready(!unchanged(event)))
+            .try_filter(move |event| {
+                let skip = if nameless(event) {
+                    let error = "an object without metadata.name was skipped".to_owned();
+                    let _ = told.try_send(Change::Error(kind, error));
+                    true
+                } else {
+                    unchanged(event)
+                };
+                future::ready(!skip)
+            })
             .reflect(writer)
             .boxed();
         while let Some(event) = events.next().await {

@@ -428,3 +428,41 @@ async fn traffic_policies_and_host_network_pods_come_through_the_watches() {
         .is_none());
     assert_eq!(enrolled_on(&registry, "n1"), ["a", "b"]);
 }
+
+#[tokio::test]
+async fn an_object_without_a_name_is_reported_and_the_watch_goes_on() {
+    let (fake, mut rx, status) = listed().await;
+    let mut nameless = pod("x", "n1", "10.0.0.9", &json!({}));
+    nameless["metadata"]
+        .as_object_mut()
+        .expect("metadata")
+        .remove("name");
+    fake.event(PODS, "ADDED", nameless).await;
+    // The watch is still alive: a later pod arrives.
+    fake.event(PODS, "ADDED", pod("c", "n1", "10.0.0.3", &json!({})))
+        .await;
+    until(&mut rx, "the pod after the nameless one", |r| {
+        enrolled_on(r, "n1") == ["a", "b", "c"]
+    })
+    .await;
+    let kind = pod_status(&status);
+    assert!(
+        kind.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("without metadata.name")),
+        "{kind:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_object_is_reported_with_its_kind_and_name() {
+    let (fake, mut rx, _) = listed().await;
+    fake.event(PODS, "ADDED", pod("bad", "n1", "not-an-ip", &json!({})))
+        .await;
+    until(&mut rx, "the rejection report", |r| !r.errors.is_empty()).await;
+    let registry = rx.borrow().clone();
+    let error = &registry.errors[0];
+    assert_eq!(error.source, "kubernetes Pod demo/bad");
+    assert_eq!(error.object, "Pod demo/bad");
+    assert_eq!(error.problem, "bad_address");
+}
