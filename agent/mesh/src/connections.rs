@@ -128,7 +128,8 @@ pub struct Connections {
 pub struct Guard<'a> {
     connections: &'a Connections,
     id: u64,
-    bytes: Mutex<(u64, u64)>,
+    /// Advanced by the copy loops as bytes move; what the connection reports when it ends,
+    /// however it ends (an error or a cut direction keeps what it had moved).
     progress: Arc<ByteCounters>,
     cancel: Arc<Notify>,
 }
@@ -312,7 +313,6 @@ impl Connections {
         Guard {
             connections: self,
             id,
-            bytes: Mutex::new((0, 0)),
             progress,
             cancel,
         }
@@ -401,18 +401,6 @@ impl Connections {
 }
 
 impl Guard<'_> {
-    /// Records the bytes moved when the connection ends.
-    pub fn finish(&self, from_client: u64, to_client: u64) {
-        let totals = &self.connections.totals;
-        totals
-            .bytes_from_clients
-            .fetch_add(from_client, Ordering::Relaxed);
-        totals
-            .bytes_to_clients
-            .fetch_add(to_client, Ordering::Relaxed);
-        *self.bytes.lock().unwrap_or_else(PoisonError::into_inner) = (from_client, to_client);
-    }
-
     /// Where the proxy counts the limits it hits.
     pub fn limits(&self) -> &crate::limits::Limits {
         &self.connections.metrics.limits
@@ -441,9 +429,18 @@ impl Drop for Guard<'_> {
             .totals
             .closed
             .fetch_add(1, Ordering::Relaxed);
+        let (bytes_from_client, bytes_to_client) = (
+            self.progress.from_client.load(Ordering::Relaxed),
+            self.progress.to_client.load(Ordering::Relaxed),
+        );
+        let totals = &self.connections.totals;
+        totals
+            .bytes_from_clients
+            .fetch_add(bytes_from_client, Ordering::Relaxed);
+        totals
+            .bytes_to_clients
+            .fetch_add(bytes_to_client, Ordering::Relaxed);
         if let Some(live) = live {
-            let (bytes_from_client, bytes_to_client) =
-                *self.bytes.lock().unwrap_or_else(PoisonError::into_inner);
             let ended_unix_ms = now_unix_ms();
             let duration = std::time::Duration::from_millis(
                 ended_unix_ms.saturating_sub(live.connection.started_unix_ms),

@@ -123,7 +123,8 @@ impl Tunnels for PodTunnels {
         let bytes = guard.bytes();
         let carried =
             hbone::stream::splice(server, send, body, &bytes.to_client, &bytes.from_client);
-        let ((to_client, from_client), error) = tokio::select! {
+        // The guard reports the bytes counted as they moved, whichever way this ends.
+        let (_, error) = tokio::select! {
             result = carried => result,
             () = guard.revoked() => return,
             () = limits::idle([&bytes.to_client, &bytes.from_client], limits::STREAM_IDLE_TIMEOUT) => {
@@ -131,7 +132,6 @@ impl Tunnels for PodTunnels {
                 return;
             }
         };
-        guard.finish(from_client, to_client);
         if let Some(e) = error {
             tracing::debug!(error = %e, "HBONE tunnel ended with an error");
         }

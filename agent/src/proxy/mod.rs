@@ -192,14 +192,14 @@ pub async fn splice(mut client: TcpStream, mut server: TcpStream, guard: &Guard<
         [&bytes.from_client, &bytes.to_client],
         weft_mesh::limits::STREAM_IDLE_TIMEOUT,
     );
-    let ((from_client, to_client), error) = tokio::select! {
+    // The guard reports the bytes the copy counted as they moved, whichever way this ends.
+    let (_, error) = tokio::select! {
         copied = copied => copied,
         () = idle => {
             guard.limits().hit("proxy", "stream_idle_timeout", &"a proxied connection carried nothing");
             return;
         }
     };
-    guard.finish(from_client, to_client);
     if let Some(e) = error {
         tracing::debug!(error = %e, "connection ended with an error");
     }

@@ -193,13 +193,13 @@ async fn carry_tunnel(
 ) {
     let guard = ctx.connections.open(connection);
     let weft_mesh::hbone::client::Tunnel { send, recv, slot } = tunnel;
-    let ((from_client, to_client), error) = {
+    // The guard reports the bytes counted as they moved, the early ones included.
+    let (_, error) = {
         let bytes = guard.bytes();
         bytes.from_client.fetch_add(early_bytes, Ordering::Relaxed);
         hbone_stream::splice(client, send, recv, &bytes.from_client, &bytes.to_client).await
     };
     drop(slot);
-    guard.finish(from_client + early_bytes, to_client);
     if let Some(e) = error {
         tracing::debug!(error = %e, "tunnel ended with an error");
     }
