@@ -364,3 +364,165 @@ fn the_admin_api_answers_on_loopback_only() {
         "metrics are served on the node address"
     );
 }
+
+/// The largest a TCP receive window may grow here: what one socket can hold unread.
+fn tcp_window() -> u64 {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem").expect("tcp_rmem");
+    text.split_whitespace()
+        .last()
+        .and_then(|max| max.parse().ok())
+        .expect("tcp_rmem's maximum")
+}
+
+/// Bytes from clients and to clients in `node`'s `/stats` totals.
+fn byte_totals(f: &Fixture, node: &str) -> (u64, u64) {
+    let stats = f
+        .cluster
+        .admin(f.cluster.node(node), "/stats")
+        .expect("stats");
+    let read = |key: &str| {
+        stats["proxy"][key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key} in {stats}"))
+    };
+    (read("bytesFromClients"), read("bytesToClients"))
+}
+
+/// Runs iperf3 for 10 s from `client` to `server:port` (retried while the server starts, up
+/// to 10 s) and returns the bytes it sent and the bytes its server received.
+fn iperf3(f: &Fixture, client: &weft_harness::PodHandle, server: &str, port: &str) -> (u64, u64) {
+    let started = Instant::now();
+    loop {
+        let args = [
+            "40",
+            "iperf3",
+            "-c",
+            server,
+            "-p",
+            port,
+            "-t",
+            "10",
+            "--connect-timeout",
+            "3000",
+            "-J",
+        ];
+        let output = f
+            .cluster
+            .run_in_pod(client, "timeout", &args)
+            .expect("iperf3 client");
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        let bytes = |key: &str| report["end"][key]["bytes"].as_u64();
+        if let (Some(sent), Some(received), None) = (
+            bytes("sum_sent"),
+            bytes("sum_received"),
+            report.get("error"),
+        ) {
+            return (sent, received);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "iperf3 never ran: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Bytes from the client of the largest closed flow to `:port` on `node` (the data
+/// connection; iperf3's control connection moves a few bytes).
+fn data_flow(f: &Fixture, node: &str, port: &str) -> u64 {
+    let flows = f
+        .cluster
+        .admin(f.cluster.node(node), "/flows")
+        .expect("flows");
+    let suffix = format!(":{port}");
+    flows
+        .as_array()
+        .expect("flows")
+        .iter()
+        .filter(|flow| flow["event"] == "closed")
+        .filter(|flow| {
+            flow["destination"]
+                .as_str()
+                .is_some_and(|d| d.ends_with(&suffix))
+        })
+        .filter_map(|flow| flow["bytesFromClient"].as_u64())
+        .max()
+        .unwrap_or_else(|| panic!("no closed flow to {suffix} on {node}"))
+}
+
+/// `weft_received_bytes_total` towards server-a in one direction on `node`.
+fn received_metric(f: &Fixture, node: &str, direction: &str) -> u64 {
+    let text = netns::exec(
+        &f.cluster.node(node).netns,
+        &["curl", "-sf", "http://127.0.0.1:15020/metrics"],
+    )
+    .expect("scrape");
+    let direction = format!("direction=\"{direction}\"");
+    let labels = ["destination_workload=\"server-a\"", direction.as_str()];
+    let value = sample(
+        &parse_openmetrics(&text),
+        "weft_received_bytes_total",
+        &labels,
+    );
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a byte counter, exact in an f64 below 2^53"
+    )]
+    let bytes = value as u64;
+    bytes
+}
+
+#[test]
+fn byte_counts_on_both_agents_match_what_iperf3_moved() {
+    if !require_privileges() {
+        return;
+    }
+    let f = Fixture::start_with(&["--log-json"]);
+    let client = f.pod("demo", "client").clone();
+    let server = f.pod("demo", "server-a").clone();
+    let port = "5301";
+    f.cluster
+        .spawn_in_pod(&server, "iperf3", &["-s", "-p", port])
+        .expect("iperf3 server");
+    let before = [byte_totals(&f, "node0"), byte_totals(&f, "node1")];
+    let (sent, received) = iperf3(&f, &client, &server.ip.to_string(), port);
+    assert!(received > 100 << 20, "a real transfer: {received} bytes");
+    std::thread::sleep(Duration::from_millis(300));
+    let window = tcp_window();
+    let near = |what: &str, counted: u64, moved: u64| {
+        assert!(
+            counted.abs_diff(moved) <= window,
+            "{what}: counted {counted}, iperf3 moved {moved} (one window is {window})"
+        );
+    };
+    near("client agent's flow", data_flow(&f, "node0", port), sent);
+    near(
+        "server agent's flow",
+        data_flow(&f, "node1", port),
+        received,
+    );
+    let after = [byte_totals(&f, "node0"), byte_totals(&f, "node1")];
+    near("client agent's /stats", after[0].0 - before[0].0, sent);
+    near("server agent's /stats", after[1].0 - before[1].0, received);
+    near(
+        "client agent's metric",
+        received_metric(&f, "node0", "outbound"),
+        sent,
+    );
+    near(
+        "server agent's metric",
+        received_metric(&f, "node1", "inbound"),
+        received,
+    );
+    let logged = f
+        .log("node1")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["target"] == "weft_access")
+        .filter_map(|l| l["fields"]["bytes_from_client"].as_u64())
+        .max()
+        .expect("access-log lines");
+    near("server agent's access log", logged, received);
+}
