@@ -2,7 +2,8 @@
 //! nodes carry the traffic; a third, idle one holds the large registry; the enrollment burst
 //! gets a one-node cluster of its own), then the report: `target/bench/report.json`,
 //! `report.md` (every figure beside its baseline, as a ratio) and PNG plots.
-//! `--only enroll` runs the enrollment burst alone (`target/bench/enroll.{json,md}`).
+//! `--only enroll` runs the enrollment burst alone (`target/bench/enroll.{json,md}`);
+//! `--profile SCENARIO` records CPU profiles of both agents under one scenario.
 
 use std::{fmt::Write as _, process::Command};
 
@@ -41,6 +42,23 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         plots.len()
     );
     Ok(())
+}
+
+/// `--profile SCENARIO`: the release build, then CPU profiles of both agents while the
+/// scenario runs (`target/bench/profile-<scenario>*.{md,svg,folded}`).
+pub fn profile(scenario: &str, quick: bool) -> anyhow::Result<()> {
+    setup::run()?;
+    let bins = build::bench()?;
+    let out = shell::root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let mut cmd = Command::new(bins.join("weft-bench"));
+    cmd.args(["profile", scenario, "--out"])
+        .arg(&out)
+        .args(["--commit", &commit()]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    shell::run(&mut cmd)
 }
 
 /// One measurement that `--only` runs by itself.

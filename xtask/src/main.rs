@@ -55,6 +55,11 @@ enum Task {
         /// arrivals); writes target/bench/<name>.{json,md} and leaves report.* alone.
         #[arg(long, value_enum, conflicts_with = "quick")]
         only: Option<bench::Only>,
+        /// CPU profiles of both agents while one scenario (latency, throughput or
+        /// connections) runs on the Weft side: target/bench/profile-<scenario>.md with the top
+        /// frames, and a flame graph SVG per agent.
+        #[arg(long, value_name = "SCENARIO", conflicts_with = "only")]
+        profile: Option<String>,
     },
 }
 
@@ -75,9 +80,14 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Task::Demo { action } => demo::run(action.unwrap_or(demo::Action::Tour)),
-        Task::Bench { quick, only } => match only {
-            Some(only) => bench::run_only(only),
-            None => bench::run(quick),
+        Task::Bench {
+            quick,
+            only,
+            profile,
+        } => match (only, profile) {
+            (Some(only), _) => bench::run_only(only),
+            (None, Some(scenario)) => bench::profile(&scenario, quick),
+            (None, None) => bench::run(quick),
         },
         Task::Fuzz { time, target } => fuzz::run(time, target.as_deref()).map(drop),
     }

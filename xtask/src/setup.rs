@@ -18,6 +18,8 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "openssl",
     "procps",
+    // `cargo xtask bench --profile`.
+    "linux-perf",
     // The benchmark plots' text.
     "fonts-dejavu-core",
 ];

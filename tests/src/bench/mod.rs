@@ -4,6 +4,7 @@
 pub mod enroll;
 pub mod kube_memory;
 mod process;
+pub mod profile;
 mod run;
 
 use serde::{Deserialize, Serialize};
@@ -13,7 +14,7 @@ pub use enroll::EnrollmentBurst;
 pub use kube_memory::KubeRegistryMemory;
 
 pub use process::{cpu_seconds, peak_rss_kib, reset_peak_rss, rss_kib};
-pub use run::{run, wait_for_release, Lengths};
+pub use run::{profile, run, wait_for_release, Lengths};
 
 /// One request/response latency scenario, measured without and with the mesh.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -134,6 +134,74 @@ pub fn run(lengths: Lengths, work: &Path, commit: String) -> anyhow::Result<Repo
     Ok(report)
 }
 
+/// Runs one scenario on the Weft side only while perf samples both agents, and writes the
+/// flame graphs and `profile-<scenario>.md` into `out`; returns the Markdown.
+pub fn profile(
+    lengths: &Lengths,
+    work: &Path,
+    scenario: super::profile::Scenario,
+    out: &Path,
+    commit: &str,
+) -> anyhow::Result<String> {
+    use super::profile::{record, Scenario};
+    if work.exists() {
+        std::fs::remove_dir_all(work).with_context(|| format!("clearing {}", work.display()))?;
+    }
+    let bench = Bench::start(lengths.clone(), work)?;
+    let seconds = 2 + match scenario {
+        Scenario::Latency => (lengths.latency + lengths.warmup).as_secs(),
+        Scenario::Throughput => u64::from(lengths.throughput_secs),
+        Scenario::Connections => lengths.connection_rate.as_secs(),
+    };
+    let recordings = [
+        record(bench.agents[0], "client", scenario, seconds, out)?,
+        record(bench.agents[1], "server", scenario, seconds, out)?,
+    ];
+    // perf attaches within a few milliseconds; the scenario starts after it.
+    std::thread::sleep(Duration::from_millis(500));
+    match scenario {
+        Scenario::Latency => {
+            let (report, _, _) = bench.open_loop_run(
+                &bench.weft,
+                "cross-node",
+                1000.0,
+                4,
+                &mut Memory::default(),
+            )?;
+            eprintln!(
+                "bench: profiled latency run: p50 {:.0} µs",
+                report.latency_us.p50
+            );
+        }
+        Scenario::Throughput => {
+            let (gbps, _, _) = bench.iperf(&bench.weft, 1)?;
+            eprintln!("bench: profiled throughput run: {gbps:.2} Gbit/s");
+        }
+        Scenario::Connections => {
+            let args = [
+                "connection-rate".to_string(),
+                target(&bench.weft.remote).to_string(),
+                "--connections".into(),
+                "8".into(),
+                "--seconds".into(),
+                lengths.connection_rate.as_secs_f64().to_string(),
+            ];
+            let report = bench.client(&bench.weft, &args)?;
+            eprintln!("bench: profiled connection run: {:.0}/s", report.per_second);
+        }
+    }
+    let profiles = recordings
+        .into_iter()
+        .map(|recording| recording.finish(scenario, out))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let markdown = super::profile::markdown(scenario, commit, &profiles);
+    std::fs::write(
+        out.join(format!("profile-{}.md", scenario.name())),
+        &markdown,
+    )?;
+    Ok(markdown)
+}
+
 fn raise_open_files(needed: usize) -> anyhow::Result<()> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     // Ten thousand idle connections need more descriptors than the usual 1024, in the client,

@@ -88,6 +88,17 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// CPU profiles of both agents while one scenario runs on the Weft side: flame graphs and
+    /// `profile-<scenario>.md` in --out.
+    Profile {
+        scenario: bench::profile::Scenario,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value = "unknown")]
+        commit: String,
+    },
     /// Echo server: answers every SIZE bytes with SIZE bytes.
     Serve { listen: SocketAddr, size: usize },
     /// Fixed-rate load; prints a JSON report.
@@ -183,22 +194,37 @@ fn enroll(out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long each part runs: `--quick` is a smoke run.
+fn lengths(quick: bool) -> bench::Lengths {
+    if quick {
+        bench::Lengths::quick()
+    } else {
+        bench::Lengths::full()
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Run { quick, out, commit } => {
-            let lengths = if quick {
-                bench::Lengths::quick()
-            } else {
-                bench::Lengths::full()
-            };
             std::fs::create_dir_all(&out)?;
-            let report = bench::run(lengths, &out.join("work"), commit)?;
+            let report = bench::run(lengths(quick), &out.join("work"), commit)?;
             let path = out.join("report.json");
             std::fs::write(&path, serde_json::to_string_pretty(&report)?)
                 .with_context(|| format!("writing {}", path.display()))?;
             eprintln!("bench: wrote {}", path.display());
         }
         Command::Enroll { out } => enroll(&out)?,
+        Command::Profile {
+            scenario,
+            out,
+            quick,
+            commit,
+        } => {
+            std::fs::create_dir_all(&out)?;
+            let markdown =
+                bench::profile(&lengths(quick), &out.join("work"), scenario, &out, &commit)?;
+            println!("{markdown}");
+        }
         Command::Serve { listen, size } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
