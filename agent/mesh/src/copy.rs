@@ -21,6 +21,7 @@ pub const INITIAL_BUFFER: usize = 16 * 1024;
 pub const MAX_BUFFER: usize = 256 * 1024;
 
 /// Copies `reader` to `writer` until EOF, then shuts `writer` down (passing the half-close on).
+/// What moved is counted on `progress` as it moves, the one count a connection reports.
 /// A buffer is taken when the socket turns readable and given back once it has nothing more to
 /// read, so a connection waiting for its next request costs no buffer; its size doubles, up to
 /// [`MAX_BUFFER`], each time a read fills it, and the size (not the memory) is remembered.
@@ -28,22 +29,19 @@ pub async fn one_way<W>(
     reader: &ReadHalf<'_>,
     writer: &mut W,
     progress: &AtomicU64,
-) -> std::io::Result<u64>
+) -> std::io::Result<()>
 where
     W: AsyncWrite + Unpin + ?Sized,
 {
     let socket: &TcpStream = reader.as_ref();
     let mut size = INITIAL_BUFFER;
     let mut buffer = BytesMut::new();
-    let mut total = 0u64;
     loop {
         let n = read_while_flowing(socket, &mut buffer, size).await?;
         if n == 0 {
-            writer.shutdown().await?;
-            return Ok(total);
+            return writer.shutdown().await;
         }
         writer.write_all(&buffer).await?;
-        total += n as u64;
         progress.fetch_add(n as u64, Ordering::Relaxed);
         if n >= size && size < MAX_BUFFER {
             size *= 2;
@@ -74,36 +72,40 @@ pub async fn read_while_flowing(
 
 /// Runs both directions of a connection. A direction that ends cleanly (EOF, passed on as a
 /// half-close) lets the other go on; one that fails ends both, so a reset on either side
-/// never leaves the other side hanging. Returns the bytes of each direction and the error.
-pub async fn run_both<A, B>(up: A, down: B) -> ((u64, u64), Option<std::io::Error>)
+/// never leaves the other side hanging. Returns the error, if any; the bytes are the
+/// directions' counters.
+pub async fn run_both<A, B>(up: A, down: B) -> Option<std::io::Error>
 where
-    A: std::future::Future<Output = std::io::Result<u64>>,
-    B: std::future::Future<Output = std::io::Result<u64>>,
+    A: std::future::Future<Output = std::io::Result<()>>,
+    B: std::future::Future<Output = std::io::Result<()>>,
 {
     tokio::pin!(up, down);
-    let (mut up_done, mut down_done): (Option<u64>, Option<u64>) = (None, None);
-    while up_done.is_none() || down_done.is_none() {
-        tokio::select! {
-            result = &mut up, if up_done.is_none() => match result {
-                Ok(n) => up_done = Some(n),
-                Err(e) => return ((up_done.unwrap_or(0), down_done.unwrap_or(0)), Some(e)),
-            },
-            result = &mut down, if down_done.is_none() => match result {
-                Ok(n) => down_done = Some(n),
-                Err(e) => return ((up_done.unwrap_or(0), down_done.unwrap_or(0)), Some(e)),
-            },
+    let (mut up_done, mut down_done) = (false, false);
+    while !(up_done && down_done) {
+        let result = tokio::select! {
+            result = &mut up, if !up_done => {
+                up_done = true;
+                result
+            }
+            result = &mut down, if !down_done => {
+                down_done = true;
+                result
+            }
+        };
+        if let Err(e) = result {
+            return Some(e);
         }
     }
-    ((up_done.unwrap_or(0), down_done.unwrap_or(0)), None)
+    None
 }
 
-/// Copies both ways until both directions have ended (or one failed). Returns the bytes
-/// (client→server, server→client) and the error, if any.
+/// Copies both ways until both directions have ended (or one failed), counting on `bytes`.
+/// Returns the error, if any.
 pub async fn both_ways(
     client: &mut TcpStream,
     server: &mut TcpStream,
     bytes: &ByteCounters,
-) -> ((u64, u64), Option<std::io::Error>) {
+) -> Option<std::io::Error> {
     let (client_read, mut client_write) = client.split();
     let (server_read, mut server_write) = server.split();
     run_both(

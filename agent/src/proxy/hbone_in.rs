@@ -124,7 +124,7 @@ impl Tunnels for PodTunnels {
         let carried =
             hbone::stream::splice(server, send, body, &bytes.to_client, &bytes.from_client);
         // The guard reports the bytes counted as they moved, whichever way this ends.
-        let (_, error) = tokio::select! {
+        let error = tokio::select! {
             result = carried => result,
             () = guard.revoked() => return,
             () = limits::idle([&bytes.to_client, &bytes.from_client], limits::STREAM_IDLE_TIMEOUT) => {

@@ -193,7 +193,7 @@ pub async fn splice(mut client: TcpStream, mut server: TcpStream, guard: &Guard<
         weft_mesh::limits::STREAM_IDLE_TIMEOUT,
     );
     // The guard reports the bytes the copy counted as they moved, whichever way this ends.
-    let (_, error) = tokio::select! {
+    let error = tokio::select! {
         copied = copied => copied,
         () = idle => {
             guard.limits().hit("proxy", "stream_idle_timeout", &"a proxied connection carried nothing");

@@ -194,7 +194,7 @@ async fn carry_tunnel(
     let guard = ctx.connections.open(connection);
     let weft_mesh::hbone::client::Tunnel { send, recv, slot } = tunnel;
     // The guard reports the bytes counted as they moved, the early ones included.
-    let (_, error) = {
+    let error = {
         let bytes = guard.bytes();
         bytes.from_client.fetch_add(early_bytes, Ordering::Relaxed);
         hbone_stream::splice(client, send, recv, &bytes.from_client, &bytes.to_client).await

@@ -25,18 +25,15 @@ async fn tcp_to_h2(
     reader: &mut OwnedReadHalf,
     mut send: SendStream<Bytes>,
     progress: &AtomicU64,
-) -> std::io::Result<u64> {
+) -> std::io::Result<()> {
     let mut buffer = BytesMut::new();
     let mut size = INITIAL_BUFFER;
-    let mut total = 0u64;
     loop {
         // What h2 still holds of a given-back buffer stays alive only until it is sent.
         let n = read_while_flowing(reader.as_ref(), &mut buffer, size).await?;
         if n == 0 {
-            send.send_data(Bytes::new(), true).map_err(h2_io)?;
-            return Ok(total);
+            return send.send_data(Bytes::new(), true).map_err(h2_io);
         }
-        total += n as u64;
         progress.fetch_add(n as u64, Ordering::Relaxed);
         if n >= size && size < MAX_BUFFER {
             size *= 2;
@@ -65,20 +62,17 @@ async fn h2_to_tcp(
     mut recv: RecvStream,
     writer: &mut OwnedWriteHalf,
     progress: &AtomicU64,
-) -> std::io::Result<u64> {
-    let mut total = 0u64;
+) -> std::io::Result<()> {
     while let Some(data) = recv.data().await {
         let data = data.map_err(h2_io)?;
         writer.write_all(&data).await?;
-        total += data.len() as u64;
         progress.fetch_add(data.len() as u64, Ordering::Relaxed);
         let _ = recv.flow_control().release_capacity(data.len());
     }
-    writer.shutdown().await?;
-    Ok(total)
+    writer.shutdown().await
 }
 
-/// Carries a tunnel until both directions end. Returns (bytes TCP→tunnel, tunnel→TCP) and the
+/// Carries a tunnel until both directions end, counting each on its counter. Returns the
 /// first error.
 pub async fn splice(
     tcp: TcpStream,
@@ -86,7 +80,7 @@ pub async fn splice(
     recv: RecvStream,
     tcp_to_tunnel: &AtomicU64,
     tunnel_to_tcp: &AtomicU64,
-) -> ((u64, u64), Option<std::io::Error>) {
+) -> Option<std::io::Error> {
     let (mut reader, mut writer) = tcp.into_split();
     crate::copy::run_both(
         tcp_to_h2(&mut reader, send, tcp_to_tunnel),
