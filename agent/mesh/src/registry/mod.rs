@@ -184,10 +184,10 @@ impl Registry {
     /// Adds one settled typed object (a watch store's), or records why it was rejected.
     /// `source` names where it came from, asked only when there is something to report.
     pub fn add_settled<K: typed::Settle>(&mut self, source: impl FnOnce() -> String, object: &K) {
-        match object.settled() {
-            typed::Settled::Kept(kept) => K::keep(kept, self),
-            typed::Settled::Rejected(error) => self.report(source(), error),
-            typed::Settled::Skipped | typed::Settled::Unread => {}
+        match object.settled().outcome() {
+            Ok(Some(kept)) => K::keep(kept, self),
+            Ok(None) => {}
+            Err(error) => self.report(source(), error),
         }
     }
 

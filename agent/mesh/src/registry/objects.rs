@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{
-    typed::{EndpointSliceObject, NamespaceObject, PodObject, ServiceObject, Settle, Settled},
+    typed::{EndpointSliceObject, NamespaceObject, PodObject, ServiceObject, Settle},
     Registry,
 };
 
@@ -281,6 +281,9 @@ fn add_core(
     doc: &serde_yaml::Value,
     kind: &str,
 ) -> Option<Result<(), Rejection>> {
+    if !matches!(kind, "Namespace" | "Pod" | "Service" | "EndpointSlice") {
+        return None;
+    }
     let id = object_id(doc, kind);
     let metadata = || -> Result<ObjectMeta, Rejection> {
         Ok(field::<Meta>(doc, "metadata", &id)?
@@ -322,16 +325,14 @@ fn add_core(
             },
         ),
     };
-    matches!(kind, "Namespace" | "Pod" | "Service" | "EndpointSlice").then(|| read(registry))
+    Some(read(registry))
 }
 
 /// Settles a typed object into the registry, or says why it was rejected.
 fn keep<K: Settle>(registry: &mut Registry, mut object: K) -> Result<(), Rejection> {
     object.settle();
-    match object.settled() {
-        Settled::Kept(kept) => K::keep(kept, registry),
-        Settled::Rejected(rejection) => return Err(Rejection::clone(rejection)),
-        Settled::Skipped | Settled::Unread => {}
+    if let Some(kept) = object.settled().outcome().map_err(Rejection::clone)? {
+        K::keep(kept, registry);
     }
     Ok(())
 }

@@ -37,6 +37,18 @@ pub enum Settled<T> {
     Rejected(Arc<Rejection>),
 }
 
+impl<T> Settled<T> {
+    /// What a snapshot does with it: keep it (`Ok(Some)`), pass over it (`Ok(None)`: skipped,
+    /// or never settled), or report it.
+    pub fn outcome(&self) -> Result<Option<&Arc<T>>, &Rejection> {
+        match self {
+            Self::Kept(kept) => Ok(Some(kept)),
+            Self::Skipped | Self::Unread => Ok(None),
+            Self::Rejected(rejection) => Err(rejection),
+        }
+    }
+}
+
 /// A typed object that settles into a registry object.
 pub trait Settle: Resource<DynamicType = ()> + Clone {
     type Kept;
