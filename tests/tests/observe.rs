@@ -64,6 +64,16 @@ fn parse_openmetrics(text: &str) -> Vec<(String, String, f64)> {
     samples
 }
 
+/// `node`'s agent's metrics, scraped from inside the node as Prometheus would.
+fn scrape(f: &Fixture, node: &str) -> Vec<(String, String, f64)> {
+    let text = netns::exec(
+        &f.cluster.node(node).netns,
+        &["curl", "-sf", "http://127.0.0.1:15020/metrics"],
+    )
+    .expect("scrape");
+    parse_openmetrics(&text)
+}
+
 fn same(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9
 }
@@ -99,14 +109,7 @@ fn metrics_and_json_access_logs_describe_a_known_connection() {
         "the admin API counts it too"
     );
 
-    let scrape = |node: &str| {
-        netns::exec(
-            &f.cluster.node(node).netns,
-            &["curl", "-sf", "http://127.0.0.1:15020/metrics"],
-        )
-        .expect("scrape")
-    };
-    let node0 = parse_openmetrics(&scrape("node0"));
+    let node0 = scrape(&f, "node0");
     let outbound = [
         "direction=\"outbound\"",
         "source_workload=\"client\"",
@@ -139,7 +142,7 @@ fn metrics_and_json_access_logs_describe_a_known_connection() {
             &["name=\"outbound_redirected\""]
         ) >= 1.0
     );
-    let node1 = parse_openmetrics(&scrape("node1"));
+    let node1 = scrape(&f, "node1");
     let inbound = [
         "direction=\"inbound\"",
         "source_principal=\"spiffe://cluster.local/ns/demo/sa/client\"",
@@ -453,18 +456,9 @@ fn data_flow(f: &Fixture, node: &str, port: &str) -> u64 {
 
 /// `weft_received_bytes_total` towards server-a in one direction on `node`.
 fn received_metric(f: &Fixture, node: &str, direction: &str) -> u64 {
-    let text = netns::exec(
-        &f.cluster.node(node).netns,
-        &["curl", "-sf", "http://127.0.0.1:15020/metrics"],
-    )
-    .expect("scrape");
     let direction = format!("direction=\"{direction}\"");
     let labels = ["destination_workload=\"server-a\"", direction.as_str()];
-    let value = sample(
-        &parse_openmetrics(&text),
-        "weft_received_bytes_total",
-        &labels,
-    );
+    let value = sample(&scrape(f, node), "weft_received_bytes_total", &labels);
     #[expect(
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss,
