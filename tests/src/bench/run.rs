@@ -40,6 +40,8 @@ const KNEE_MEDIAN_FACTOR: f64 = 10.0;
 /// with a median that passed).
 const KNEE_P99_FACTOR: f64 = 20.0;
 const STEP_DOWN: f64 = 0.8;
+/// Workers opening connections in the connection-rate run (and its profile).
+const CONNECTION_RATE_WORKERS: usize = 8;
 const MAX_STEPS: usize = 3;
 
 /// How long each part runs: `--quick` is a smoke run, the full run is the measurement.
@@ -178,15 +180,7 @@ pub fn profile(
             eprintln!("bench: profiled throughput run: {gbps:.2} Gbit/s");
         }
         Scenario::Connections => {
-            let args = [
-                "connection-rate".to_string(),
-                target(&bench.weft.remote).to_string(),
-                "--connections".into(),
-                "8".into(),
-                "--seconds".into(),
-                lengths.connection_rate.as_secs_f64().to_string(),
-            ];
-            let report = bench.client(&bench.weft, &args)?;
+            let report = bench.client(&bench.weft, &bench.connection_rate_args(&bench.weft))?;
             eprintln!("bench: profiled connection run: {:.0}/s", report.per_second);
         }
     }
@@ -603,18 +597,21 @@ impl Bench {
         Ok(cases)
     }
 
+    /// The load tool's arguments for the connection-rate run against `side`'s remote server.
+    fn connection_rate_args(&self, side: &Side) -> Vec<String> {
+        vec![
+            "connection-rate".to_string(),
+            target(&side.remote).to_string(),
+            "--connections".into(),
+            CONNECTION_RATE_WORKERS.to_string(),
+            "--seconds".into(),
+            self.lengths.connection_rate.as_secs_f64().to_string(),
+        ]
+    }
+
     fn connection_rate(&self) -> anyhow::Result<ConnectionRate> {
-        let workers = 8;
-        let args = |side: &Side| {
-            vec![
-                "connection-rate".to_string(),
-                target(&side.remote).to_string(),
-                "--connections".into(),
-                workers.to_string(),
-                "--seconds".into(),
-                self.lengths.connection_rate.as_secs_f64().to_string(),
-            ]
-        };
+        let workers = CONNECTION_RATE_WORKERS;
+        let args = |side: &Side| self.connection_rate_args(side);
         let baseline = self.client(&self.baseline, &args(&self.baseline))?;
         // Let the baseline's TIME_WAIT sockets age out of the way.
         std::thread::sleep(Duration::from_secs(1));
