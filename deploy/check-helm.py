@@ -9,7 +9,9 @@ no helm binary, no cluster):
 3. values the overlays do not cover (another trust domain, an image digest, no namespace
    object) render what they promise, and every rendering validates strictly with
    kubernetes-validate;
-4. values outside the schema are refused.
+4. values outside the schema are refused;
+5. every rendering rolls the agent without downtime: maxSurge 1, maxUnavailable 0, and a
+   termination grace period longer than the agent's drain deadline.
 
 Prints one line per check; exits non-zero if any fails. Offline.
 Needs: python3 with PyYAML, helm-python-sdk, kubernetes-validate, kubectl (`cargo xtask setup`)."""
@@ -103,6 +105,37 @@ def env(c):
     return {e["name"]: e.get("value") for e in c.get("env", [])}
 
 
+# agent/src/config.rs DEFAULT_DRAIN_TIMEOUT: the drain deadline when none is configured.
+DEFAULT_DRAIN_SECS = 25
+
+
+def drain_secs(c):
+    """The agent's drain deadline in seconds, from its flag or variable, else the default."""
+    words = [str(w) for w in c.get("command", []) + c.get("args", [])]
+    for i, word in enumerate(words):
+        if word == "--drain-timeout-secs" and i + 1 < len(words):
+            return int(words[i + 1])
+        if word.startswith("--drain-timeout-secs="):
+            return int(word.split("=", 1)[1])
+    value = env(c).get("WEFT_DRAIN_TIMEOUT_SECS")
+    return int(value) if value is not None else DEFAULT_DRAIN_SECS
+
+
+def check_rollout(name, docs):
+    """The agent's upgrade hands over on each node (new pod beside the old, old one drains on
+    SIGTERM): that needs a surge pod, no unavailable one, and a grace period the drain fits in."""
+    daemonset = docs[("apps/v1", "DaemonSet", NAMESPACE, "weft-agent")]
+    strategy = daemonset["spec"].get("updateStrategy", {})
+    rolling = strategy.get("rollingUpdate", {})
+    pod = daemonset["spec"]["template"]["spec"]
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    drain = drain_secs(pod["containers"][0])
+    ok = (strategy.get("type") == "RollingUpdate" and rolling.get("maxSurge") == 1
+          and rolling.get("maxUnavailable") == 0 and grace > drain)
+    report(ok, f"{name}: the agent rolls with maxSurge 1, maxUnavailable 0, grace > drain",
+           f"grace {grace} s, drain {drain} s" + ("" if ok else f", updateStrategy {strategy!r}"))
+
+
 # Helm's severities: 1 info, 2 warning, 3 error. An info ("icon is recommended") is advice.
 INFO = 1
 linted = lint(str(CHART), strict=True, namespace=NAMESPACE)
@@ -122,6 +155,7 @@ for values_file in sorted((CHART / "ci").glob("*-values.yaml")):
            f"{overlay}: chart renders the overlay's {len(kustomize_docs)} objects exactly",
            "; ".join([f"missing {m}" for m in missing] + [f"extra {e}" for e in extra] + diffs)[:2000])
     validate(f"chart with ci/{values_file.name}", chart_docs)
+    check_rollout(f"chart with ci/{values_file.name}", chart_docs)
 
 digest = "sha256:" + "ab" * 32
 docs = render({"trustDomain": "example.org", "createNamespace": False,
@@ -133,6 +167,7 @@ report(agent["image"] == ca["image"] == f"registry.example/weft@{digest}", "an i
        agent["image"])
 report(not any(k[1] == "Namespace" for k in docs), "createNamespace: false renders no Namespace")
 validate("chart with another trust domain and a digest", docs)
+check_rollout("chart with another trust domain and a digest", docs)
 
 for bad, why in [({"ca": {"replicas": 0}}, "ca.replicas 0"),
                  ({"image": {"repository": "x", "digest": "latest"}}, "a digest that is not sha256"),

@@ -33,6 +33,12 @@ pub struct AdminState {
     pub node: String,
     pub ready: AtomicBool,
     pub adopted_programs: bool,
+    /// This agent's claim on the node's capture.
+    pub owner: Arc<crate::capture::Owner>,
+    /// Milliseconds from start to the first enrollment pass done; `u64::MAX` until then.
+    pub ready_after_ms: std::sync::atomic::AtomicU64,
+    /// Connections the previous agent carried when it died (it did not drain).
+    pub lost_in_crash: std::sync::atomic::AtomicU64,
     pub registry: watch::Receiver<Arc<Registry>>,
     pub enrollment: Arc<Mutex<EnrollmentStatus>>,
     pub connections: Arc<Connections>,
@@ -46,6 +52,16 @@ pub struct AdminState {
 }
 
 impl AdminState {
+    /// The first enrollment pass is done, `after` the process started.
+    pub fn mark_ready(&self, after: std::time::Duration, lost_in_crash: u64) {
+        self.ready_after_ms.store(
+            u64::try_from(after.as_millis()).unwrap_or(u64::MAX - 1),
+            Ordering::Relaxed,
+        );
+        self.lost_in_crash.store(lost_in_crash, Ordering::Relaxed);
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
     /// What readiness still waits for, in words for `kubectl describe`.
     fn not_ready_because(&self) -> String {
         let unsynced: Vec<&str> = self.watches.as_ref().map_or_else(Vec::new, |watches| {
@@ -84,6 +100,11 @@ impl AdminState {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             ready: self.ready.load(Ordering::Relaxed),
             adopted_pinned_programs: self.adopted_programs,
+            capture_generation: self.owner.generation(),
+            capture_owner_generation: self.owner.current(),
+            capture_ready_after_ms: Some(self.ready_after_ms.load(Ordering::Relaxed))
+                .filter(|ms| *ms != u64::MAX),
+            connections_lost_in_crash: self.lost_in_crash.load(Ordering::Relaxed),
             enrolled_pods: enrollment.enrolled.len(),
             enrollment_failures: enrollment.failed,
             unplaceable_pods: enrollment.unplaceable,
@@ -300,12 +321,25 @@ impl AdminState {
 
 /// Binds the admin, metrics and readiness listeners (so a port clash fails start-up), then
 /// serves them.
+/// The accept loops of the admin, metrics and readiness ports. Closing them hands the ports
+/// over to a newer agent sharing them; connections already accepted still get their answer.
+#[derive(Debug)]
+pub struct NodePorts(Vec<tokio::task::JoinHandle<()>>);
+
+impl NodePorts {
+    pub fn close(&self) {
+        for accept_loop in &self.0 {
+            accept_loop.abort();
+        }
+    }
+}
+
 pub async fn start(
     state: Arc<AdminState>,
     admin: SocketAddr,
     metrics: SocketAddr,
     readiness: SocketAddr,
-) -> Result<(), AdminError> {
+) -> Result<NodePorts, AdminError> {
     let admin_listener = bind(admin).await?;
     let metrics_listener = bind(metrics).await?;
     let ready_listener = bind(readiness).await?;
@@ -318,7 +352,7 @@ pub async fn start(
         drain: state.proxy.drain.clone(),
         on_drain: weft_mesh::serve::OnDrain::KeepServing,
     };
-    tokio::spawn(serve(
+    let admin_loop = tokio::spawn(serve(
         admin_listener,
         weft_mesh::limits::ADMIN,
         kept(weft_mesh::limits::ADMIN),
@@ -329,7 +363,7 @@ pub async fn start(
         ),
     ));
     let metrics_state = state.clone();
-    tokio::spawn(serve(
+    let metrics_loop = tokio::spawn(serve(
         metrics_listener,
         weft_mesh::limits::METRICS,
         kept(weft_mesh::limits::METRICS),
@@ -347,7 +381,7 @@ pub async fn start(
             },
         ),
     ));
-    tokio::spawn(serve(
+    let ready_loop = tokio::spawn(serve(
         ready_listener,
         weft_mesh::limits::READINESS,
         kept(weft_mesh::limits::READINESS),
@@ -373,5 +407,5 @@ pub async fn start(
             })
         }),
     ));
-    Ok(())
+    Ok(NodePorts(vec![admin_loop, metrics_loop, ready_loop]))
 }

@@ -1,12 +1,16 @@
 //! Wires the agent's parts together from a validated [`Config`].
 
-use std::sync::{atomic::Ordering, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 
 use aya::{programs::Program, EbpfLoader};
 use tokio::sync::watch;
 
 /// How often pods that could not be captured yet are tried again.
 const ENROLLMENT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often a running agent looks whether a newer one has claimed capture (one map lookup),
+/// so that it hands the admin, metrics and readiness ports over within this time.
+const OWNER_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
 
 use weft_mesh::{
     connections::Connections,
@@ -16,7 +20,7 @@ use weft_mesh::{
 
 use crate::{
     admin::{self, AdminError, AdminState},
-    capture::{self, CaptureError, Programs},
+    capture::{self, CaptureError, Loaded, Owner, Programs},
     config::{Config, Source},
     enrollment::Enrollment,
     netns,
@@ -122,14 +126,19 @@ fn cgroup2_mount() -> Option<std::path::PathBuf> {
 )]
 fn prepare(
     config: &Config,
-) -> Result<(Programs, capture::Maps, Signer, Arc<netns::Host>), AppError> {
+) -> Result<(Programs, capture::Maps, Owner, Signer, Arc<netns::Host>), AppError> {
     let host = netns::Host::current(proc_root(config)).map_err(AppError::HostNetns)?;
-    let (programs, mut maps) = Programs::load_or_adopt(&config.bpffs_dir)?;
+    let Loaded {
+        programs,
+        mut maps,
+        owner,
+    } = Programs::load_or_adopt(&config.bpffs_dir)?;
     maps.set_excluded_ports(&config.excluded_ports)?;
     let ca = weft_mesh::identity::load_signer(&config.ca, &config.trust_domain)?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| AppError::StateDir(config.state_dir.clone(), e))?;
-    Ok((programs, maps, ca, host))
+    let owner = Owner::join(owner, &config.state_dir)?;
+    Ok((programs, maps, owner, ca, host))
 }
 
 /// Runs the agent until SIGTERM or Ctrl-C. Capture stays attached and pinned when it exits:
@@ -139,6 +148,7 @@ pub async fn run(
     config: Config,
     log_filter: Option<weft_mesh::admin::SetLogFilter>,
 ) -> Result<(), AppError> {
+    let started = std::time::Instant::now();
     raise_open_file_limit();
     // Loading programs, reading the CA and creating the state folder block on the kernel and
     // the file system: done once, on a blocking thread.
@@ -146,7 +156,8 @@ pub async fn run(
         let config = config.clone();
         tokio::task::spawn_blocking(move || prepare(&config))
     };
-    let (programs, maps, ca, host) = prepare.await.map_err(AppError::Panicked)??;
+    let (programs, maps, owner, ca, host) = prepare.await.map_err(AppError::Panicked)??;
+    let owner = Arc::new(owner);
     let adopted = programs.adopted;
     tracing::info!(pins = %config.bpffs_dir.display(), adopted, "kernel programs ready");
     let SourceParts {
@@ -181,6 +192,7 @@ pub async fn run(
         proxy,
         config.excluded_ports.clone(),
         &config.state_dir,
+        owner.clone(),
     )
     .with_locator(locate);
     if let Some(client) = client {
@@ -192,6 +204,9 @@ pub async fn run(
         node: config.node_name.clone(),
         ready: false.into(),
         adopted_programs: adopted,
+        owner: owner.clone(),
+        ready_after_ms: u64::MAX.into(),
+        lost_in_crash: 0.into(),
         registry: registry_rx.clone(),
         enrollment: enrollment.status.clone(),
         connections,
@@ -201,7 +216,7 @@ pub async fn run(
         watches,
         log_filter,
     });
-    admin::start(
+    let node_ports = admin::start(
         state.clone(),
         config.admin_addr,
         config.metrics_addr,
@@ -220,27 +235,45 @@ pub async fn run(
     }
     let snapshot = updates.borrow_and_update().clone();
     enrollment = reconcile(enrollment, snapshot).await?;
-    state.ready.store(true, Ordering::Relaxed);
-    tracing::info!(node = %config.node_name, enrolled = enrollment.enrolled_count(), admin = %config.admin_addr, "agent ready");
+    let ready_after = started.elapsed();
+    state.mark_ready(ready_after, enrollment.lost_in_crash());
+    tracing::info!(node = %config.node_name, enrolled = enrollment.enrolled_count(), admin = %config.admin_addr, generation = owner.generation(), ready_after_ms = ready_after.as_millis(), "agent ready: capture served by this agent");
+    tokio::spawn(follow_owner(
+        owner.clone(),
+        node_ports,
+        state.proxy.drain.clone(),
+    ));
 
     follow_registry(updates, enrollment, &state).await?;
+    drain_and_stop(drain, config.drain_timeout, &owner).await;
+    Ok(())
+}
+
+/// Lets the connections this agent carries finish, up to `deadline`, and leaves capture to
+/// the next agent.
+async fn drain_and_stop(
+    drain: weft_mesh::drain::Trigger,
+    deadline: std::time::Duration,
+    owner: &Owner,
+) {
     tracing::info!(
         open = drain.open(),
-        deadline = ?config.drain_timeout,
+        ?deadline,
         "draining: listeners stop accepting, HTTP/2 peers get GOAWAY, open connections may finish"
     );
-    match drain.drain(config.drain_timeout).await {
+    match drain.drain(deadline).await {
         weft_mesh::drain::Drained::Finished => tracing::info!("drained: every connection finished"),
         weft_mesh::drain::Drained::Cut(open) => tracing::warn!(
             cut = open,
-            deadline = ?config.drain_timeout,
+            ?deadline,
             "drain deadline passed: cutting the connections still open"
         ),
     }
+    // A clean exit carries nothing on: the next agent has nothing to report lost.
+    owner.publish_carried(0);
     tracing::info!(
-        "agent stopping; capture stays pinned and fails closed until the next agent adopts it"
+        "agent stopping; capture stays pinned (served by a newer agent if one took over, else failing closed until the next agent adopts it)"
     );
-    Ok(())
 }
 
 /// Keeps capture and live connections in line with each new registry snapshot until the agent
@@ -278,6 +311,39 @@ async fn follow_registry(
         }
     }
     Ok(())
+}
+
+/// Publishes the connections this agent carries while it owns capture (what the next agent
+/// reports lost should this one die), and once a newer agent has claimed capture, closes the
+/// admin, metrics and readiness ports if that agent shares them (same network namespace, as
+/// in local mode): from then on `weftctl`, Prometheus and the kubelet reach it, and this agent
+/// only finishes the connections it carries until SIGTERM drains it. In separate namespaces
+/// (Kubernetes pods) each keeps its own ports, so the old pod stays live until it is deleted.
+async fn follow_owner(
+    owner: Arc<Owner>,
+    node_ports: admin::NodePorts,
+    carried: weft_mesh::drain::Signal,
+) {
+    let mut tick = tokio::time::interval(OWNER_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !owner.superseded() {
+            owner.publish_carried(carried.open() as u64);
+            continue;
+        }
+        let shared = owner.owner_shares_netns();
+        if shared {
+            node_ports.close();
+        }
+        tracing::warn!(
+            generation = owner.generation(),
+            owner = owner.current(),
+            ports_handed_over = shared,
+            "a newer agent owns capture: new connections go to it; this agent finishes the ones it carries and drains on SIGTERM"
+        );
+        return;
+    }
 }
 
 /// Enrollment enters network namespaces, changes routes and bpf maps: it runs on a blocking

@@ -22,7 +22,7 @@ use weft_mesh::{
 };
 
 use crate::{
-    capture::{links, routing, routing::EGRESS_MARK, CaptureError, Programs},
+    capture::{links, owner::Claim, routing, routing::EGRESS_MARK, CaptureError, Owner, Programs},
     netns::{self, Netns},
     proxy::{self, hbone_in::PodTunnels, PodContext, ProxyContext},
 };
@@ -90,6 +90,12 @@ pub struct Enrollment {
     conditions: Option<tokio::sync::mpsc::UnboundedSender<PodCondition>>,
     /// The condition last reported per gated pod, so each change is patched once.
     reported: BTreeMap<String, bool>,
+    /// This agent's claim on the node's capture; a newer agent's claim ends its reconciling.
+    owner: Arc<Owner>,
+    /// Set once a newer agent owns capture: nothing is reconciled again.
+    superseded: bool,
+    /// Connections lost with a previous agent that died (see [`Claim`]).
+    lost_in_crash: u64,
 }
 
 /// A pod's enrollment as a `weft.io/enrolled` condition.
@@ -109,8 +115,12 @@ impl Enrollment {
         proxy: Arc<ProxyContext>,
         excluded_ports: Vec<u16>,
         state_dir: &Path,
+        owner: Arc<Owner>,
     ) -> Self {
         Self {
+            owner,
+            superseded: false,
+            lost_in_crash: 0,
             host,
             node,
             programs,
@@ -142,9 +152,82 @@ impl Enrollment {
         self
     }
 
-    /// Brings the captured set in line with the registry. Errors are per pod: one pod that
-    /// cannot be enrolled is reported and the others still are.
+    /// Brings the captured set in line with the registry, under the node's capture lock, as
+    /// long as this agent owns capture: its first pass claims it (an upgrade's new agent takes
+    /// over from the running one), and once a newer agent has claimed it, nothing is changed
+    /// again. Errors are per pod: one pod that cannot be enrolled is reported and the others
+    /// still are.
     pub fn reconcile(&mut self, registry: &Registry) {
+        if self.superseded {
+            return;
+        }
+        let lock = match self.owner.lock() {
+            Ok(lock) => lock,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot take the node's capture lock; capture left as it is");
+                return;
+            }
+        };
+        if self.owner.generation() == 0 {
+            match self.owner.claim(&lock) {
+                Ok(claim) => self.report_claim(claim),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot claim capture in the pinned OWNER map; capture left as it is");
+                    return;
+                }
+            }
+        } else if self.owner.superseded() {
+            tracing::warn!(
+                generation = self.owner.generation(),
+                owner = self.owner.current(),
+                "a newer agent owns capture: this one reconciles nothing from now on and only finishes the connections it carries"
+            );
+            self.superseded = true;
+            return;
+        }
+        self.reconcile_owned(registry);
+        drop(lock);
+    }
+
+    fn report_claim(&mut self, claim: Claim) {
+        let generation = self.owner.generation();
+        match claim {
+            Claim { previous: 0, .. } => {
+                tracing::info!(generation, "this agent owns capture on the node");
+            }
+            Claim {
+                previous,
+                lost_in_crash: None,
+            } => tracing::info!(
+                generation,
+                previous,
+                "this agent takes capture over from the running one: its listeners replace the old ones pod by pod, and the old agent keeps the connections it carries until they end or it drains"
+            ),
+            Claim {
+                previous,
+                lost_in_crash: Some(lost),
+            } => {
+                self.lost_in_crash = lost;
+                if lost > 0 {
+                    tracing::warn!(
+                        generation,
+                        previous,
+                        lost,
+                        "the previous agent died without draining: the connections it carried are lost; capture resumes now"
+                    );
+                } else {
+                    tracing::info!(generation, previous, "capture resumed from the pins the previous agent left");
+                }
+            }
+        }
+    }
+
+    /// Connections the previous agent carried when it died, as it last published them.
+    pub fn lost_in_crash(&self) -> u64 {
+        self.lost_in_crash
+    }
+
+    fn reconcile_owned(&mut self, registry: &Registry) {
         // Retries run every second: each reason is logged once, not on every pass.
         let (known_failed, known_unplaceable) = {
             let status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
@@ -281,6 +364,8 @@ impl Enrollment {
             listen(&ns, INBOUND_PORT, false).map_err(io("opening the inbound listener"))?;
         let hbone_listener = listen_hbone(&ns, placement.ip)
             .map_err(io("opening the HBONE listener on port 15008"))?;
+        // Each entry is replaced in one update: an old agent's listener keeps receiving SYNs
+        // until the new one is in its place, never a moment with none.
         let ip_key = u32::from_ne_bytes(placement.ip.octets());
         {
             let mut maps = self
@@ -293,6 +378,9 @@ impl Enrollment {
                 .map_err(|e| capture(e.into()))?;
             maps.outbound_listeners
                 .insert(ip_key, outbound.as_raw_fd(), 0)
+                .map_err(|e| capture(e.into()))?;
+            maps.hbone_listeners
+                .insert(ip_key, hbone_listener.as_raw_fd(), 0)
                 .map_err(|e| capture(e.into()))?;
             let config = PodConfig {
                 pod_ip_be: ip_key,
@@ -361,6 +449,7 @@ impl Enrollment {
             let _ = maps.pods.remove(&ip_key);
             let _ = maps.inbound_listeners.remove(&ip_key);
             let _ = maps.outbound_listeners.remove(&ip_key);
+            let _ = maps.hbone_listeners.remove(&ip_key);
         }
         tracing::info!(pod = %pod.context.name(), "pod unenrolled; its direct path is restored");
     }
@@ -373,6 +462,9 @@ impl Enrollment {
     /// enrollment step failed): the agent tries again on a timer, since nothing in the
     /// registry may change to prompt it.
     pub fn has_pending(&self) -> bool {
+        if self.superseded {
+            return false;
+        }
         let status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         !status.failed.is_empty() || !status.unplaceable.is_empty()
     }
@@ -427,10 +519,14 @@ pub fn remove_recorded_routing(host: &Arc<netns::Host>, state_dir: &Path) -> Vec
 }
 
 /// The pod's HBONE listener on its own IP. Marked for egress: its replies leave through the
-/// pod's interface, and `weft_sk_lookup` leaves port 15008 to it.
+/// pod's interface. `weft_sk_lookup` steers port 15008 to the one in `HBONE_LISTENERS`.
+/// Every pod listener shares its port (`SO_REUSEPORT`) so that an upgrade's new agent can
+/// open its own beside the old one's; the program assigns SYNs with `NO_REUSEPORT`, so only
+/// the listener in the map receives them.
 fn listen_hbone(ns: &Netns, ip: Ipv4Addr) -> std::io::Result<TcpListener> {
     let socket = ns.tcp_socket()?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     socket.set_mark(EGRESS_MARK)?;
     socket.bind(&SocketAddr::from((ip, weft_common::HBONE_PORT)).into())?;
     socket.listen(1024)?;
@@ -443,6 +539,7 @@ fn listen_hbone(ns: &Netns, ip: Ipv4Addr) -> std::io::Result<TcpListener> {
 fn listen(ns: &Netns, port: u16, transparent: bool) -> std::io::Result<TcpListener> {
     let socket = ns.tcp_socket()?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     if transparent {
         socket.set_ip_transparent_v4(true)?;
     } else {

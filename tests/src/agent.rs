@@ -91,6 +91,23 @@ impl Cluster {
         extra: &[String],
         log_filter: &str,
     ) -> anyhow::Result<u32> {
+        let pid = self.spawn_agent_from(node, agent, source, log_dir, extra, log_filter)?;
+        self.wait_ready(node, pid)?;
+        Ok(pid)
+    }
+
+    /// Starts `weft-agent` as [`Cluster::start_agent_from`] does, without waiting for it: a
+    /// second agent beside a running one (an upgrade) shares its readiness port, so the port
+    /// answering says nothing about the new one.
+    pub fn spawn_agent_from(
+        &self,
+        node: &NodeHandle,
+        agent: &Path,
+        source: &Source<'_>,
+        log_dir: &Path,
+        extra: &[String],
+        log_filter: &str,
+    ) -> anyhow::Result<u32> {
         std::fs::create_dir_all(log_dir)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -127,9 +144,7 @@ impl Cluster {
             .arg(log_dir.join("ca"))
             .args(extra)
             .env("RUST_LOG", log_filter);
-        let pid = self.spawn_in_node_logged(node, &command, log)?;
-        self.wait_ready(node, pid)?;
-        Ok(pid)
+        self.spawn_in_node_logged(node, &command, log)
     }
 
     /// Polls the node's readiness endpoint for up to 10 s.

@@ -390,6 +390,18 @@ impl Cluster {
         pid
     }
 
+    /// Sends `signal` to one process this cluster started, by PID, without waiting for it.
+    pub fn signal(&self, pid: u32, signal: nix::sys::signal::Signal) {
+        let children = self
+            .children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if children.iter().any(|c| c.id() == pid) {
+            #[expect(clippy::cast_possible_wrap, reason = "PIDs fit in i32")]
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+        }
+    }
+
     /// Stops one process this cluster started, by PID, and reaps it.
     pub fn stop(&self, pid: u32, signal: nix::sys::signal::Signal) {
         let mut children = self

@@ -93,6 +93,37 @@ fn mount_of<'a>(pod: &'a Value, container: &Value, path: &str) -> (&'a Value, bo
     (volume, mount["readOnly"].as_bool().unwrap_or(false))
 }
 
+/// The agent's drain deadline in seconds: `--drain-timeout-secs` on its command line, else
+/// `WEFT_DRAIN_TIMEOUT_SECS`, else the binary's default.
+fn drain_secs(container: &Value) -> u64 {
+    let words: Vec<&str> = ["command", "args"]
+        .iter()
+        .flat_map(|key| container[*key].as_sequence().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .collect();
+    let flag = words.iter().enumerate().find_map(|(i, word)| {
+        if *word == "--drain-timeout-secs" {
+            words.get(i + 1).copied()
+        } else {
+            word.strip_prefix("--drain-timeout-secs=")
+        }
+    });
+    let configured = flag.map(str::to_owned).or_else(|| {
+        env(container)
+            .into_iter()
+            .find(|(name, _)| name == "WEFT_DRAIN_TIMEOUT_SECS")
+            .map(|(_, value)| value)
+    });
+    configured.map_or(
+        weft_agent::config::DEFAULT_DRAIN_TIMEOUT.as_secs(),
+        |value| {
+            value
+                .parse()
+                .unwrap_or_else(|_| panic!("drain deadline {value:?} is not a number of seconds"))
+        },
+    )
+}
+
 fn help(args: &[&str]) -> String {
     let out = Command::new(agent_bin())
         .args(args)
@@ -211,11 +242,6 @@ fn the_daemonset_mounts_what_the_agents_configuration_names() {
         );
     }
 
-    let strategy = &daemonset["spec"]["updateStrategy"];
-    assert_eq!(
-        strategy["rollingUpdate"]["maxUnavailable"].as_u64(),
-        Some(1)
-    );
     assert!(pod["tolerations"].as_sequence().is_some_and(|t| t
         .iter()
         .any(|t| t["operator"] == "Exists" && t.get("key").is_none())));
@@ -232,6 +258,45 @@ fn the_daemonset_mounts_what_the_agents_configuration_names() {
     let (secret, read_only) = mount_of(ca_pod, ca_container, &ca_value("WEFT_CA_KEY"));
     assert_eq!(secret["secret"]["secretName"], "weft-ca");
     assert!(read_only);
+}
+
+/// A zero-downtime agent upgrade (SPEC "Upgrades"): on each node the new pod starts beside the
+/// old one and takes capture over, the old one goes only once the new one is Ready, and on
+/// SIGTERM it drains within its deadline, which the grace period must exceed (no preStop hook
+/// eats into it). Every overlay here; every Helm rendering in check-helm.py (counted below).
+#[test]
+fn every_overlay_rolls_the_agent_beside_the_old_one_and_lets_it_drain() {
+    for overlay in std::fs::read_dir(deploy_dir().join("overlays")).expect("overlays") {
+        let overlay = overlay.expect("overlay").file_name();
+        let name = overlay.to_string_lossy();
+        let docs = render(&name);
+        let daemonset = object(&docs, "DaemonSet", "weft-agent");
+        let strategy = &daemonset["spec"]["updateStrategy"];
+        assert_eq!(strategy["type"], "RollingUpdate", "{name}");
+        assert_eq!(
+            strategy["rollingUpdate"]["maxSurge"].as_u64(),
+            Some(1),
+            "{name}: the new agent pod must start beside the old one"
+        );
+        assert_eq!(
+            strategy["rollingUpdate"]["maxUnavailable"].as_u64(),
+            Some(0),
+            "{name}: the old agent pod must stay until the new one is Ready"
+        );
+        let pod = &daemonset["spec"]["template"]["spec"];
+        let agent = &pod["containers"][0];
+        // Kubernetes' default grace period is 30 s.
+        let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+        let drain = drain_secs(agent);
+        assert!(
+            grace > drain,
+            "{name}: terminationGracePeriodSeconds {grace} must exceed the drain deadline {drain} s"
+        );
+        assert!(
+            agent["lifecycle"]["preStop"].is_null(),
+            "{name}: a preStop hook runs within the grace period and shortens the drain"
+        );
+    }
 }
 
 /// The admission policy that scopes the agents' `pods/status` patches to their own node,
@@ -328,5 +393,23 @@ fn the_helm_chart_renders_what_the_overlays_render_and_validates() {
         .filter(|l| l.starts_with("ok ") && l.contains("objects exactly"))
         .count();
     assert_eq!(exact, overlays, "one exact comparison per overlay:\n{text}");
+    // Each ci/ rendering and the one with other values: maxSurge 1, maxUnavailable 0, grace
+    // period longer than the drain deadline, reckoned with the binary's default.
+    let rollouts = text
+        .lines()
+        .filter(|l| l.starts_with("ok ") && l.contains("rolls with maxSurge 1, maxUnavailable 0"))
+        .count();
+    assert_eq!(
+        rollouts,
+        exact + 1,
+        "one rollout check per rendering:\n{text}"
+    );
+    let script =
+        std::fs::read_to_string(deploy_dir().join("check-helm.py")).expect("check-helm.py");
+    let default = weft_agent::config::DEFAULT_DRAIN_TIMEOUT.as_secs();
+    assert!(
+        script.contains(&format!("DEFAULT_DRAIN_SECS = {default}\n")),
+        "check-helm.py must reckon with the agent's default drain deadline, {default} s"
+    );
     assert!(!text.contains("FAIL"), "{text}");
 }

@@ -13,6 +13,21 @@ pub struct Status {
     pub ready: bool,
     /// The kernel program was already pinned (a previous agent's) and this one adopted it.
     pub adopted_pinned_programs: bool,
+    /// This agent's claim on the node's capture (0 before its first enrollment pass).
+    #[serde(default)]
+    pub capture_generation: u64,
+    /// The generation that owns capture now: above `capture_generation`, a newer agent has
+    /// taken over and this one only finishes the connections it carries.
+    #[serde(default)]
+    pub capture_owner_generation: u64,
+    /// Milliseconds from the process's start to its first enrollment pass done (capture
+    /// served again after a restart), once it has happened.
+    #[serde(default)]
+    pub capture_ready_after_ms: Option<u64>,
+    /// Connections the previous agent was carrying when it died without draining (`kill -9`,
+    /// OOM): lost with it, as it last published them (at most 200 ms old).
+    #[serde(default)]
+    pub connections_lost_in_crash: u64,
     pub enrolled_pods: usize,
     /// Pods that should be captured but are not, each with why.
     pub enrollment_failures: Vec<String>,

@@ -131,6 +131,9 @@ pub struct PoolStats {
     pub connections_opened: u64,
     pub connections_open: usize,
     pub streams_open: usize,
+    /// Dials a peer agent refused and that were tried again (the peer was restarting).
+    #[serde(default)]
+    pub connect_refusals_retried: u64,
 }
 
 /// How often one listener hit one of its limits.

@@ -17,7 +17,7 @@ use crate::flows::{FlowFilter, Flows};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("cannot listen on {addr}: {source} (is another agent running on this node?)")]
+    #[error("cannot listen on {addr}: {source} (is another program listening there?)")]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -25,11 +25,27 @@ pub enum AdminError {
     },
 }
 
-/// Binds an admin-style listener, naming the address when it is taken.
+/// Binds an admin-style listener, naming the address when it is taken. The port is shared
+/// (`SO_REUSEPORT`, same user only) so that during an upgrade the new agent can listen beside
+/// the old one, which closes its own once it sees it is superseded: the port is handed over
+/// without a moment in which nothing answers.
+#[expect(
+    clippy::unused_async,
+    reason = "callers bind on the runtime; binding itself does not wait"
+)]
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| AdminError::Bind { addr, source })
+    let bound = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        socket.listen(1024)
+    };
+    bound().map_err(|source| AdminError::Bind { addr, source })
 }
 
 /// What a handler answers: a whole body, or a stream of lines (`/flows?follow`).

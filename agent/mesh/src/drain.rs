@@ -93,6 +93,11 @@ impl Trigger {
 }
 
 impl Signal {
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.shared.open.load(Ordering::Acquire)
+    }
+
     /// Counts a connection as open until the returned value is dropped.
     pub fn hold(&self) -> Held {
         self.shared.open.fetch_add(1, Ordering::AcqRel);

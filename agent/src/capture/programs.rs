@@ -7,7 +7,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, SockHash},
+    maps::{Array, HashMap, MapData, PerCpuArray, SockHash},
     programs::{Program, SkLookup},
     EbpfLoader,
 };
@@ -31,12 +31,29 @@ pub struct Maps {
     pub deliveries: HashMap<MapData, DeliveryKey, u8>,
     pub inbound_listeners: SockHash<MapData, u32>,
     pub outbound_listeners: SockHash<MapData, u32>,
+    pub hbone_listeners: SockHash<MapData, u32>,
     pub counters: PerCpuArray<MapData, u64>,
+}
+
+/// What [`Programs::load_or_adopt`] hands the agent.
+pub struct Loaded {
+    pub programs: Programs,
+    pub maps: Maps,
+    /// Slot 0 of the pinned `OWNER` map: see [`super::owner`].
+    pub owner: Array<MapData, u64>,
 }
 
 impl std::fmt::Debug for Maps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Maps").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("programs", &self.programs)
+            .finish_non_exhaustive()
     }
 }
 
@@ -56,7 +73,9 @@ pub const MAPS: &[&str] = &[
     "DELIVERIES",
     "INBOUND_LISTENERS",
     "OUTBOUND_LISTENERS",
+    "HBONE_LISTENERS",
     "COUNTERS",
+    "OWNER",
 ];
 
 /// Checks that `object` holds exactly [`PROGRAMS`] and [`MAPS`], so a test-only program or map
@@ -100,7 +119,7 @@ impl Programs {
         clippy::disallowed_methods,
         reason = "called from the agent's start-up on a blocking thread"
     )]
-    pub fn load_or_adopt(pin_dir: &Path) -> Result<(Self, Maps), CaptureError> {
+    pub fn load_or_adopt(pin_dir: &Path) -> Result<Loaded, CaptureError> {
         let missing = super::missing_kernel_features();
         if !missing.is_empty() {
             return Err(CaptureError::KernelFeature(missing.join("; ")));
@@ -141,9 +160,15 @@ impl Programs {
             deliveries: HashMap::try_from(take("DELIVERIES")?)?,
             inbound_listeners: SockHash::try_from(take("INBOUND_LISTENERS")?)?,
             outbound_listeners: SockHash::try_from(take("OUTBOUND_LISTENERS")?)?,
+            hbone_listeners: SockHash::try_from(take("HBONE_LISTENERS")?)?,
             counters: PerCpuArray::try_from(take("COUNTERS")?)?,
         };
-        Ok((programs, maps))
+        let owner = Array::try_from(take("OWNER")?)?;
+        Ok(Loaded {
+            programs,
+            maps,
+            owner,
+        })
     }
 }
 

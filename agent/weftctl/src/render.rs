@@ -85,6 +85,23 @@ pub fn status(s: &Status) -> String {
         s.adopted_pinned_programs.to_string(),
     ]);
     t.add_row(vec![
+        "capture generation".to_owned(),
+        if s.capture_owner_generation > s.capture_generation && s.capture_generation > 0 {
+            format!(
+                "{} (superseded by {}: finishing its connections only)",
+                s.capture_generation, s.capture_owner_generation
+            )
+        } else {
+            s.capture_generation.to_string()
+        },
+    ]);
+    if let Some(ms) = s.capture_ready_after_ms {
+        t.add_row(vec![
+            "capture ready after".to_owned(),
+            format!("{ms} ms from start"),
+        ]);
+    }
+    t.add_row(vec![
         "enrolled pods".to_owned(),
         s.enrolled_pods.to_string(),
     ]);

@@ -42,6 +42,21 @@ pub struct PodConfig {
 /// The agent holds listeners for this pod; without it, capture fails closed.
 pub const POD_FLAG_ENROLLED: u32 = 1;
 
+/// Slots of the pinned `OWNER` array, written by user space only: which agent owns capture on
+/// the node (see the agent's `capture::owner`).
+pub mod owner {
+    /// The generation of the agent that owns capture; each starting agent claims the next.
+    pub const GENERATION: u32 = 0;
+    /// The connections the owner carries, as it last published them (0 after a clean exit):
+    /// what an agent that finds the owner dead reports as lost.
+    pub const CARRIED: u32 = 1;
+    /// The inode of the owner's network namespace: an agent it superseded hands its admin
+    /// ports over only when they share one.
+    pub const NETNS: u32 = 2;
+    /// Number of slots.
+    pub const COUNT: u32 = 3;
+}
+
 /// Slots of the per-CPU counter array the capture program increments, read by the agent for
 /// metrics. A slot keeps its number: an agent adopts the array an older agent pinned and reads
 /// its first `COUNT` slots, so slots are only appended or dropped from the end.
@@ -61,8 +76,10 @@ pub mod counter {
     /// A map update failed in a program. The capture program updates no map today; the slot
     /// stays so the layout and the exported metric do not change.
     pub const MAP_ERRORS: u32 = 6;
+    /// Inbound HBONE SYN steered to the HBONE listener of the agent that owns capture.
+    pub const HBONE_REDIRECTED: u32 = 7;
     /// Number of slots.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
 
     /// Slot names, as exported in metrics.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -73,6 +90,7 @@ pub mod counter {
         "inbound_no_listener",
         "ipv6_refused",
         "map_errors",
+        "hbone_redirected",
     ];
 }
 

@@ -14,11 +14,11 @@
 use aya_ebpf::{
     bindings::sk_action,
     macros::{map, sk_lookup},
-    maps::{HashMap, PerCpuArray, SockHash},
+    maps::{Array, HashMap, PerCpuArray, SockHash},
     programs::SkLookupContext,
 };
 use weft_common::{
-    counter, DeliveryKey, PodConfig, HBONE_PORT, INBOUND_PORT, MAX_EXCLUDED_PORTS, OUTBOUND_PORT,
+    counter, owner, DeliveryKey, PodConfig, HBONE_PORT, INBOUND_PORT, MAX_EXCLUDED_PORTS, OUTBOUND_PORT,
     POD_FLAG_ENROLLED,
 };
 
@@ -28,6 +28,10 @@ const IPPROTO_TCP: u32 = 6;
 const LOOPBACK_IFINDEX: u32 = 1;
 const MAX_PODS: u32 = 4096;
 const MAX_DELIVERIES: u32 = 65_536;
+/// `bpf_sk_assign` flag: take the chosen socket itself, not a member of its `SO_REUSEPORT`
+/// group. During an upgrade the old and the new agent's listeners share their ports, and only
+/// the one in the map (the newest) may receive the SYN.
+const NO_REUSEPORT: u64 = 2;
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
@@ -52,6 +56,19 @@ static INBOUND_LISTENERS: SockHash<u32> = SockHash::pinned(MAX_PODS, 0);
 /// The agent's outbound listener of each enrolled pod, keyed by pod IP (network order).
 #[map]
 static OUTBOUND_LISTENERS: SockHash<u32> = SockHash::pinned(MAX_PODS, 0);
+
+/// The agent's HBONE listener of each enrolled pod, keyed by pod IP (network order): a new
+/// agent that replaces the entry receives every new tunnel from then on, while the old one's
+/// listener (bound to the same port with `SO_REUSEPORT`) keeps what it accepted.
+#[map]
+static HBONE_LISTENERS: SockHash<u32> = SockHash::pinned(MAX_PODS, 0);
+
+/// Which agent owns capture on this node (slots in `weft_common::owner`). The program never
+/// reads it; it is pinned here so it lives and dies with the other pins, and an agent that
+/// finds a newer generation than its own reconciles nothing (see the agent's
+/// `capture::owner`).
+#[map]
+static OWNER: Array<u64> = Array::pinned(owner::COUNT, 0);
 
 #[inline(always)]
 fn count(slot: u32) {
@@ -105,7 +122,7 @@ pub fn weft_sk_lookup(ctx: SkLookupContext) -> u32 {
     // address reports lo as its device; one from the network reports the pod's interface.
     // (PODS is node-wide: the device, not the addresses, tells whose netns this is.)
     if lookup.ingress_ifindex == LOOPBACK_IFINDEX && is_enrolled(lookup.remote_ip4) {
-        return match OUTBOUND_LISTENERS.redirect_sk_lookup(&ctx, lookup.remote_ip4, 0) {
+        return match OUTBOUND_LISTENERS.redirect_sk_lookup(&ctx, lookup.remote_ip4, NO_REUSEPORT) {
             Ok(()) => {
                 count(counter::OUTBOUND_REDIRECTED);
                 sk_action::SK_PASS
@@ -136,8 +153,20 @@ fn inbound(ctx: &SkLookupContext, pod_ip: u32, client_ip: u32, client_port: u16,
         client_port,
         app_port: port,
     };
+    if port == HBONE_PORT {
+        // Without an entry (the pod is being enrolled) the normal lookup finds the listener.
+        if HBONE_LISTENERS
+            .redirect_sk_lookup(ctx, pod_ip, NO_REUSEPORT)
+            .is_ok()
+        {
+            count(counter::HBONE_REDIRECTED);
+        } else {
+            count(counter::INBOUND_EXEMPTED);
+        }
+        return sk_action::SK_PASS;
+    }
     // SAFETY: presence check only.
-    if unsafe { DELIVERIES.get(&delivery).is_some() } || port == HBONE_PORT || is_excluded(port) {
+    if unsafe { DELIVERIES.get(&delivery).is_some() } || is_excluded(port) {
         count(counter::INBOUND_EXEMPTED);
         return sk_action::SK_PASS;
     }
@@ -145,7 +174,7 @@ fn inbound(ctx: &SkLookupContext, pod_ip: u32, client_ip: u32, client_port: u16,
         // Capture listeners are never reachable from the network: no open relay.
         return sk_action::SK_DROP;
     }
-    match INBOUND_LISTENERS.redirect_sk_lookup(ctx, pod_ip, 0) {
+    match INBOUND_LISTENERS.redirect_sk_lookup(ctx, pod_ip, NO_REUSEPORT) {
         Ok(()) => {
             count(counter::INBOUND_REDIRECTED);
             sk_action::SK_PASS

@@ -48,6 +48,34 @@ enum Cmd {
         count: usize,
         seconds: u64,
     },
+    /// Accept connections forever and echo each one's bytes back as they come, until EOF.
+    Echo { addr: SocketAddr },
+    /// Until `stop_file` exists (at most `max_seconds`), one request every `every_ms` on a new
+    /// connection: 64 bytes to a `serve` server, checked on the way back. Prints `ok=<n>
+    /// failed=<n> longest_gap_ms=<n>` and one `success_at_ms=<unix ms>` line per success;
+    /// each failure goes to stderr.
+    Loop {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 50)]
+        every_ms: u64,
+        #[arg(long)]
+        stop_file: std::path::PathBuf,
+        #[arg(long, default_value_t = 120)]
+        max_seconds: u64,
+    },
+    /// `count` long-lived connections to an `echo` server, each exchanging a 32-byte message
+    /// every `every_ms` until `stop_file` exists (at most `max_seconds`), then closing. Prints
+    /// `connections=<n> completed=<n> exchanges=<n>`; each connection that broke goes to stderr.
+    Chat {
+        addr: SocketAddr,
+        count: usize,
+        #[arg(long, default_value_t = 100)]
+        every_ms: u64,
+        #[arg(long)]
+        stop_file: std::path::PathBuf,
+        #[arg(long, default_value_t = 120)]
+        max_seconds: u64,
+    },
     /// Accept connections forever; for each, read to EOF, then answer one line
     /// `server=<name> peer=<addr> received=<n> sum=<x>` followed by what it read, and close.
     Serve {
@@ -178,6 +206,100 @@ fn serve(addr: SocketAddr, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn echo(addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let mut reader = stream.try_clone()?;
+            std::io::copy(&mut reader, &mut stream)?;
+            stream.shutdown(Shutdown::Write)?;
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// Bounded in time by `max_seconds` and by the stop file, in count by the pace.
+fn request_loop(
+    addr: SocketAddr,
+    every: Duration,
+    stop_file: &std::path::Path,
+    max: Duration,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let (mut ok, mut failed, mut longest_gap) = (0u64, 0u64, Duration::ZERO);
+    let mut last_success = std::time::Instant::now();
+    let mut out = std::io::stdout().lock();
+    while !stop_file.exists() && started.elapsed() < max {
+        let began = std::time::Instant::now();
+        let options = SendOptions {
+            marker: None,
+            hold: Duration::ZERO,
+        };
+        match send(addr, 64, options) {
+            Ok(report) if report.contains("echoed=64 ") => {
+                ok += 1;
+                longest_gap = longest_gap.max(last_success.elapsed());
+                last_success = std::time::Instant::now();
+                writeln!(out, "success_at_ms={}", unix_ms())?;
+            }
+            Ok(report) => {
+                failed += 1;
+                eprintln!("{} short answer: {report}", unix_ms());
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("{} failed: {e:#}", unix_ms());
+            }
+        }
+        std::thread::sleep(every.saturating_sub(began.elapsed()));
+    }
+    writeln!(
+        out,
+        "ok={ok} failed={failed} longest_gap_ms={}",
+        longest_gap.as_millis()
+    )?;
+    Ok(())
+}
+
+/// One long-lived connection: a message every `every`, each echoed intact, until told to stop.
+fn chat_one(
+    addr: SocketAddr,
+    every: Duration,
+    stop_file: &std::path::Path,
+    max: Duration,
+) -> anyhow::Result<u64> {
+    let mut stream = connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let started = std::time::Instant::now();
+    let mut exchanges = 0u64;
+    let (mut message, mut echoed) = ([0u8; 32], [0u8; 32]);
+    while !stop_file.exists() && started.elapsed() < max {
+        pattern(exchanges * 32, &mut message);
+        stream
+            .write_all(&message)
+            .with_context(|| format!("sending message {exchanges}"))?;
+        stream
+            .read_exact(&mut echoed)
+            .with_context(|| format!("reading the echo of message {exchanges}"))?;
+        anyhow::ensure!(echoed == message, "message {exchanges} came back changed");
+        exchanges += 1;
+        std::thread::sleep(every);
+    }
+    stream.shutdown(Shutdown::Write)?;
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest)?;
+    anyhow::ensure!(rest.is_empty(), "{} bytes after the close", rest.len());
+    Ok(exchanges)
+}
+
 static CONNECT_TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
 
 fn main() -> anyhow::Result<()> {
@@ -215,6 +337,47 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Serve { addr, name } => serve(addr, &name),
+        Cmd::Echo { addr } => echo(addr),
+        Cmd::Loop {
+            addr,
+            every_ms,
+            stop_file,
+            max_seconds,
+        } => request_loop(
+            addr,
+            Duration::from_millis(every_ms),
+            &stop_file,
+            Duration::from_secs(max_seconds),
+        ),
+        Cmd::Chat {
+            addr,
+            count,
+            every_ms,
+            stop_file,
+            max_seconds,
+        } => {
+            let every = Duration::from_millis(every_ms);
+            let max = Duration::from_secs(max_seconds);
+            let chats: Vec<_> = (0..count)
+                .map(|_| {
+                    let stop_file = stop_file.clone();
+                    std::thread::spawn(move || chat_one(addr, every, &stop_file, max))
+                })
+                .collect();
+            let (mut completed, mut exchanges) = (0usize, 0u64);
+            for (i, chat) in chats.into_iter().enumerate() {
+                match chat.join() {
+                    Ok(Ok(n)) => {
+                        completed += 1;
+                        exchanges += n;
+                    }
+                    Ok(Err(e)) => eprintln!("connection {i} broke: {e:#}"),
+                    Err(_) => eprintln!("connection {i} panicked"),
+                }
+            }
+            println!("connections={count} completed={completed} exchanges={exchanges}");
+            Ok(())
+        }
         Cmd::Hold {
             addr,
             count,

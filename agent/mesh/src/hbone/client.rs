@@ -65,7 +65,14 @@ pub struct Pool {
     connections: Mutex<HashMap<PoolKey, Vec<Arc<Connection>>>>,
     /// HTTP/2 connections this pool has opened.
     pub opened: AtomicU64,
+    /// Dials refused by the peer and tried again.
+    refusals_retried: AtomicU64,
 }
+
+/// How long a dial the peer refused waits before trying again. A peer agent refuses for the
+/// moment it restarts (its pod's port 15008 has no listener yet): a tunnel opened then waits
+/// for it, within the connect timeout, as a plain client waits out a dropped SYN.
+pub const REFUSED_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Pool sizes for the admin API.
 pub type PoolStats = weft_api::PoolStats;
@@ -76,6 +83,7 @@ impl Pool {
             certs,
             connections: Mutex::default(),
             opened: AtomicU64::new(0),
+            refusals_retried: AtomicU64::new(0),
         }
     }
 
@@ -97,6 +105,7 @@ impl Pool {
             connections_opened: self.opened.load(Ordering::Relaxed),
             connections_open: open,
             streams_open: streams,
+            connect_refusals_retried: self.refusals_retried.load(Ordering::Relaxed),
         }
     }
 
@@ -223,6 +232,30 @@ impl Pool {
         Some(connection)
     }
 
+    /// Connects to `address`, trying again after [`REFUSED_RETRY_PAUSE`] while it refuses,
+    /// until `timeout` has passed.
+    async fn dial(
+        &self,
+        sockets: &dyn crate::socket::SocketFactory,
+        address: std::net::SocketAddr,
+        timeout: std::time::Duration,
+    ) -> std::io::Result<tokio::net::TcpStream> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match crate::socket::connect(sockets, address, left).await {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && left > REFUSED_RETRY_PAUSE =>
+                {
+                    self.refusals_retried.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(REFUSED_RETRY_PAUSE).await;
+                }
+                dialed => return dialed,
+            }
+        }
+    }
+
     async fn connect(
         &self,
         pod: Source<'_>,
@@ -231,7 +264,8 @@ impl Pool {
         connect_timeout: std::time::Duration,
     ) -> Result<Connection, HboneError> {
         let config = identity::client_config(&self.certs, &key.source, &key.destination)?;
-        let tcp = crate::socket::connect(pod.sockets, key.address, connect_timeout)
+        let tcp = self
+            .dial(pod.sockets, key.address, connect_timeout)
             .await
             .map_err(|source| HboneError::Connect {
                 addr: key.address,
