@@ -242,12 +242,61 @@ fn a_thousand_short_connections_ride_a_handful_of_http2_connections() {
     via_service.assert_intact(4096);
 }
 
+/// A request every 50 ms through the Service VIP, each on a new connection, from demo/client
+/// until [`RequestLoop::finish`].
+struct RequestLoop {
+    child: std::process::Child,
+    stop: PathBuf,
+}
+
+impl RequestLoop {
+    fn start(f: &Fixture, name: &str) -> Self {
+        let stop = f.logs.join(format!("stop-{name}"));
+        let child = background(
+            f.pod("demo", "client"),
+            TESTPOD,
+            &[
+                "loop",
+                &format!("{VIP}:80"),
+                "--every-ms",
+                "50",
+                "--stop-file",
+                stop.to_str().expect("path"),
+            ],
+        );
+        Self { child, stop }
+    }
+
+    /// Stops the loop and asserts it ran and nothing failed.
+    fn finish(self, what: &str) {
+        std::fs::write(&self.stop, b"").expect("stop file");
+        let out = self.child.wait_with_output().expect("request loop");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let summary = stdout
+            .lines()
+            .find(|l| l.starts_with("ok="))
+            .unwrap_or_else(|| panic!("no summary from the loop: {stdout}"));
+        let ok: u64 = summary
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("ok="))
+            .and_then(|v| v.parse().ok())
+            .expect("ok=");
+        assert!(ok > 20, "{what}: the loop ran: {summary}");
+        assert!(
+            summary.contains(" failed=0 "),
+            "{what}: no request failed: {summary}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn svids_rotate_at_half_life_without_breaking_open_connections() {
     if !require_privileges() {
         return;
     }
     let f = Fixture::start_with(&["--svid-lifetime-secs", "20"]);
+    let requests = RequestLoop::start(&f, "rotation");
     let server = f.pod("demo", "server-a").clone();
     let target = format!("{}:9000", server.ip);
     let long = send_in_background(&f, "client", &target, &["262144", "--hold-ms", "24000"]);
@@ -281,6 +330,39 @@ fn svids_rotate_at_half_life_without_breaking_open_connections() {
     wait_report(fresh).assert_intact(1024);
     // The connection opened under the first certificate completes across the renewal.
     wait_report(long).assert_intact(262_144);
+    requests.finish("SVID renewal under a request loop");
+}
+
+#[test]
+fn a_trust_bundle_reload_under_a_request_loop_fails_no_connection() {
+    if !require_privileges() {
+        return;
+    }
+    let f = Fixture::start();
+    let requests = RequestLoop::start(&f, "reload");
+    std::thread::sleep(Duration::from_secs(2));
+    let before = cert_serial(&f, "node0", &id("client")).expect("client SVID");
+    // Rewritten in place, as a Secret update lands: both agents see the bundle change, swap
+    // their roots and reissue every SVID, while connections keep opening.
+    let bundle = f.logs.join("ca").join("ca.pem");
+    let staged = bundle.with_extension("pem.new");
+    std::fs::copy(&bundle, &staged).expect("copy bundle");
+    std::fs::rename(&staged, &bundle).expect("replace bundle");
+    eventually(
+        Duration::from_secs(5),
+        "both agents reloaded the trust bundle",
+        || {
+            f.log("node0").contains("trust bundle reloaded")
+                && f.log("node1").contains("trust bundle reloaded")
+        },
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the client's SVID was reissued after the reload",
+        || cert_serial(&f, "node0", &id("client")).is_some_and(|s| s != before),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    requests.finish("trust bundle reload");
 }
 
 async fn h2_connect(
