@@ -66,6 +66,10 @@ pub fn profile(scenario: &str, quick: bool) -> anyhow::Result<()> {
 pub enum Only {
     /// Pods enrolled per second, a burst of 200 pod arrivals on one node.
     Enroll,
+    /// An agent upgrade under open-loop requests through a Service VIP.
+    Upgrade,
+    /// `kill -9` and a restart of an agent under the same load.
+    Crash,
 }
 
 pub fn run_only(only: Only) -> anyhow::Result<()> {
@@ -104,8 +108,80 @@ pub fn run_only(only: Only) -> anyhow::Result<()> {
             println!("{md}");
             println!("bench: wrote {}/enroll.json and enroll.md", out.display());
         }
+        Only::Upgrade | Only::Crash => {
+            let name = if matches!(only, Only::Upgrade) {
+                "upgrade"
+            } else {
+                "crash"
+            };
+            let stdout = shell::output(
+                Command::new(bins.join("weft-bench"))
+                    .args(["disruption", name, "--out"])
+                    .arg(out.join(format!("work-{name}")))
+                    .stderr(std::process::Stdio::inherit()),
+            )?;
+            let report: serde_json::Value =
+                serde_json::from_str(stdout.trim()).context("parsing weft-bench disruption")?;
+            let date = shell::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?;
+            let md = disruption_markdown(name, date.trim(), &commit(), &report);
+            std::fs::write(
+                out.join(format!("{name}.json")),
+                serde_json::to_string_pretty(&report)?,
+            )?;
+            std::fs::write(out.join(format!("{name}.md")), &md)?;
+            println!("{md}");
+            println!("bench: wrote {}/{name}.json and {name}.md", out.display());
+        }
     }
     Ok(())
+}
+
+fn disruption_markdown(name: &str, date: &str, commit: &str, r: &serde_json::Value) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Weft benchmark: agent {name} under load\n\n- Date: {date}\n- Commit: `{commit}`\n- Load: {} requests/s through a Service VIP, each on a new connection, from node0 (the node disrupted)\n",
+        r["rate"]
+    );
+    let _ = writeln!(md, "| figure | value | goal |\n|---|---|---|");
+    let rows = [
+        ("requests", r["requests"].to_string(), ""),
+        ("failed requests", r["failed"].to_string(), "0"),
+        (
+            "longest gap between successes (ms)",
+            r["longest_gap_ms"].to_string(),
+            "",
+        ),
+        (
+            "p50 before / during (ms)",
+            format!("{} / {}", r["p50_before_ms"], r["p50_during_ms"]),
+            "",
+        ),
+        (
+            "p99 before / during (ms)",
+            format!("{} / {}", r["p99_before_ms"], r["p99_during_ms"]),
+            "",
+        ),
+        (
+            "disruption: start to the new agent owning capture (ms)",
+            r["disruption_ms"].to_string(),
+            "",
+        ),
+        (
+            "new agent: process start to capture served (ms)",
+            r["new_agent_ready_after_ms"].to_string(),
+            "< 200",
+        ),
+        (
+            "connections lost with a dead agent",
+            r["connections_lost_in_crash"].to_string(),
+            "",
+        ),
+    ];
+    for (figure, value, goal) in rows {
+        let _ = writeln!(md, "| {figure} | {value} | {goal} |");
+    }
+    md
 }
 
 /// The commit measured, marked dirty when the tree has uncommitted changes.

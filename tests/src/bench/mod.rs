@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: the scenarios, their no-mesh baseline in the same run, and the report
 //! they produce (`target/bench/report.json`; xtask renders the table and plots from it).
 
+pub mod disruption;
 pub mod enroll;
 pub mod kube_memory;
 mod process;

@@ -99,6 +99,23 @@ enum Command {
         #[arg(long, default_value = "unknown")]
         commit: String,
     },
+    /// An agent upgrade or crash on node0 under open-loop requests through a Service VIP, on
+    /// a cluster of its own; prints a JSON report. The agent is the `weft-agent` beside this
+    /// binary; --out receives the manifests and logs.
+    Disruption {
+        scenario: bench::disruption::Scenario,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Open-loop requests at RATE per second, each on a new connection, for SECONDS; prints
+    /// every request's JSON sample (the disruption scenarios' load client).
+    Churn {
+        target: SocketAddr,
+        #[arg(long)]
+        rate: u32,
+        #[arg(long)]
+        seconds: f64,
+    },
     /// Echo server: answers every SIZE bytes with SIZE bytes.
     Serve { listen: SocketAddr, size: usize },
     /// Fixed-rate load; prints a JSON report.
@@ -194,6 +211,41 @@ fn enroll(out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An upgrade or crash scenario, with the `weft-agent` beside this binary.
+fn disruption(scenario: bench::disruption::Scenario, out: &std::path::Path) -> anyhow::Result<()> {
+    let agent = std::env::current_exe()
+        .context("locating weft-bench")?
+        .with_file_name("weft-agent");
+    if out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    let report = bench::disruption::measure(&agent, out, scenario)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// The disruption scenarios' load client: every request's sample as one JSON list.
+fn churn(target: SocketAddr, rate: u32, seconds: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=2_000).contains(&rate),
+        "--rate must be between 1 and 2,000 new connections a second, got {rate}"
+    );
+    let samples = bench::disruption::churn(target, rate, bounded(seconds)?);
+    println!("{}", serde_json::to_string(&samples)?);
+    Ok(())
+}
+
+/// Every scenario; the report goes to `<out>/report.json`.
+fn run(quick: bool, out: &std::path::Path, commit: String) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let report = bench::run(lengths(quick), &out.join("work"), commit)?;
+    let path = out.join("report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("bench: wrote {}", path.display());
+    Ok(())
+}
+
 /// How long each part runs: `--quick` is a smoke run.
 fn lengths(quick: bool) -> bench::Lengths {
     if quick {
@@ -205,15 +257,14 @@ fn lengths(quick: bool) -> bench::Lengths {
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
-        Command::Run { quick, out, commit } => {
-            std::fs::create_dir_all(&out)?;
-            let report = bench::run(lengths(quick), &out.join("work"), commit)?;
-            let path = out.join("report.json");
-            std::fs::write(&path, serde_json::to_string_pretty(&report)?)
-                .with_context(|| format!("writing {}", path.display()))?;
-            eprintln!("bench: wrote {}", path.display());
-        }
+        Command::Run { quick, out, commit } => run(quick, &out, commit)?,
         Command::Enroll { out } => enroll(&out)?,
+        Command::Disruption { scenario, out } => disruption(scenario, &out)?,
+        Command::Churn {
+            target,
+            rate,
+            seconds,
+        } => churn(target, rate, seconds)?,
         Command::Profile {
             scenario,
             out,
