@@ -45,8 +45,9 @@ struct Args {
     /// SVID lifetime in seconds; renewed at half-life.
     #[arg(long, env = "WEFT_SVID_LIFETIME_SECS")]
     svid_lifetime_secs: Option<u64>,
-    /// On SIGTERM, seconds open connections may take to finish (default 25).
-    #[arg(long, env = "WEFT_DRAIN_TIMEOUT_SECS")]
+    /// On SIGTERM, seconds open connections may take to finish (default 25). `--drain-timeout`
+    /// is the SPEC's name for it.
+    #[arg(long, alias = "drain-timeout", env = "WEFT_DRAIN_TIMEOUT_SECS")]
     drain_timeout_secs: Option<u64>,
     #[arg(long, env = "WEFT_TRUST_DOMAIN")]
     trust_domain: Option<String>,

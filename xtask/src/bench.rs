@@ -137,6 +137,7 @@ pub fn run_only(only: Only) -> anyhow::Result<()> {
 }
 
 fn disruption_markdown(name: &str, date: &str, commit: &str, r: &serde_json::Value) -> String {
+    let ms = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -154,12 +155,20 @@ fn disruption_markdown(name: &str, date: &str, commit: &str, r: &serde_json::Val
         ),
         (
             "p50 before / during (ms)",
-            format!("{} / {}", r["p50_before_ms"], r["p50_during_ms"]),
+            format!(
+                "{:.2} / {:.2}",
+                ms(&r["p50_before_ms"]),
+                ms(&r["p50_during_ms"])
+            ),
             "",
         ),
         (
             "p99 before / during (ms)",
-            format!("{} / {}", r["p99_before_ms"], r["p99_during_ms"]),
+            format!(
+                "{:.2} / {:.2}",
+                ms(&r["p99_before_ms"]),
+                ms(&r["p99_during_ms"])
+            ),
             "",
         ),
         (
