@@ -18,8 +18,8 @@ use aya_ebpf::{
     programs::SkLookupContext,
 };
 use weft_common::{
-    counter, owner, DeliveryKey, PodConfig, HBONE_PORT, INBOUND_PORT, MAX_EXCLUDED_PORTS, OUTBOUND_PORT,
-    POD_FLAG_ENROLLED,
+    counter, owner, DeliveryKey, PodConfig, HBONE_PORT, INBOUND_PORT, MAX_EXCLUDED_PORTS,
+    OUTBOUND_PORT, POD_FLAG_ENROLLED,
 };
 
 const AF_INET: u32 = 2;
