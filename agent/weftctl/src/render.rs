@@ -546,8 +546,9 @@ mod tests {
         let text = stats(&s);
         assert!(text.contains("proxy.denied"), "{text}");
         assert!(
-            text.lines().any(|l| l.starts_with("kernel.inbound_redirected ")
-                && l.split_whitespace().nth(1) == Some("5")),
+            text.lines()
+                .any(|l| l.starts_with("kernel.inbound_redirected ")
+                    && l.split_whitespace().nth(1) == Some("5")),
             "{text}"
         );
         assert!(text.contains("pool.connectRefusalsRetried"), "{text}");
