@@ -319,6 +319,26 @@ impl Cluster {
         Ok(self.track(child))
     }
 
+    /// Like [`Cluster::spawn_in_pod`], with `env` set and stdout and stderr appended to `log`
+    /// (a waypoint, whose log the test reads).
+    pub fn spawn_in_pod_logged(
+        &self,
+        pod: &PodHandle,
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: std::fs::File,
+    ) -> anyhow::Result<u32> {
+        let child = Self::pod_command(pod, program, args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {program} in pod {}/{}", pod.namespace, pod.name))?;
+        Ok(self.track(child))
+    }
+
     /// Starts a program in a node's netns (e.g. the agent); stopped by PID on drop.
     pub fn spawn_in_node(&self, node: &NodeHandle, command: &Command) -> anyhow::Result<u32> {
         self.spawn_in_node_with(node, command, None)

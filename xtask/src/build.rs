@@ -136,17 +136,26 @@ pub fn bench() -> anyhow::Result<PathBuf> {
 /// embedded object; this sees them in the binary itself).
 const TEST_ONLY_MARKERS: &[&str] = &["fake_api", "tower_test", "weft_probe"];
 
-/// Builds the shipped binaries, `weft-agent` (package weft-agent) and `weftctl` (package
-/// weftctl), from their own packages alone (no test crate's features can be unified in) and
-/// checks neither carries test-only code.
+/// Builds the shipped binaries, `weft-agent`, `weft-waypoint` and `weftctl`, from their own
+/// packages alone (no test crate's features can be unified in) and checks none carries
+/// test-only code.
 fn shipped_agent(profile: &str) -> anyhow::Result<()> {
     let mut cmd = user_cargo();
-    cmd.args(["build", "-p", "weft-agent", "--bins", "-p", "weftctl"]);
+    cmd.args([
+        "build",
+        "-p",
+        "weft-agent",
+        "--bins",
+        "-p",
+        "weft-waypoint",
+        "-p",
+        "weftctl",
+    ]);
     if profile == "release" {
         cmd.arg("--release");
     }
     shell::run(&mut cmd)?;
-    for name in ["weft-agent", "weftctl"] {
+    for name in ["weft-agent", "weft-waypoint", "weftctl"] {
         let binary = shell::root().join("target").join(profile).join(name);
         let bytes = std::fs::read(&binary)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", binary.display()))?;

@@ -93,6 +93,9 @@ pub struct Flow {
     pub service: Option<String>,
     /// The other side's workload when the registry knows it (`namespace/name`).
     pub peer_workload: Option<String>,
+    /// The waypoint the connection went through (`namespace/name`), when its Service uses one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<String>,
     pub peer_identity: Option<String>,
     /// Serial of the certificate the peer proved its identity with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -321,6 +324,7 @@ mod tests {
             destination: "10.0.0.3:9000".parse().expect("addr"),
             service: None,
             peer_workload: Some("demo/client".into()),
+            waypoint: None,
             peer_identity: Some("spiffe://cluster.local/ns/demo/sa/client".into()),
             peer_certificate_serial: None,
             workload_identity: None,

@@ -82,6 +82,9 @@ pub struct Connection {
     pub workload_identity: Option<String>,
     /// The other side's workload, when the registry knows the peer address (`namespace/name`).
     pub peer_workload: Option<String>,
+    /// The waypoint the connection went through (`namespace/name`), when its Service uses one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<String>,
     /// The authorization decision (inbound connections).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,

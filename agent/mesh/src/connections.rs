@@ -46,6 +46,8 @@ pub struct Connection {
     pub workload_identity: Option<String>,
     /// The other side's workload, when the registry knows the peer address (`namespace/name`).
     pub peer_workload: Option<String>,
+    /// The waypoint the connection went through (`namespace/name`), when its Service uses one.
+    pub waypoint: Option<String>,
     /// Why the agent could not carry it, for failed connections.
     pub failure: Option<Failure>,
     /// The authorization decision (inbound connections).
@@ -171,6 +173,8 @@ pub enum FailReason {
     RefusedBeforeTunnel,
     /// A captured connection that would have looped back into the agent.
     LoopIntoAgent,
+    /// A Service that goes through a waypoint whose pods have no address yet.
+    NoReadyWaypoint,
 }
 
 impl FailReason {
@@ -183,6 +187,7 @@ impl FailReason {
             Self::TunnelFailed => "tunnel_failed",
             Self::RefusedBeforeTunnel => "refused_before_tunnel",
             Self::LoopIntoAgent => "loop_into_agent",
+            Self::NoReadyWaypoint => "no_ready_waypoint",
         }
     }
 }
@@ -218,6 +223,7 @@ fn flow(connection: &Connection, event: FlowEvent, bytes: (u64, u64), ended_unix
         destination: connection.original_destination,
         service: connection.service.clone(),
         peer_workload: connection.peer_workload.clone(),
+        waypoint: connection.waypoint.clone(),
         peer_identity: connection.peer_identity.clone(),
         peer_certificate_serial: connection.peer_certificate_serial.clone(),
         workload_identity: connection.workload_identity.clone(),
@@ -520,6 +526,7 @@ impl From<LiveView> for weft_api::Connection {
             peer_certificate_serial: c.peer_certificate_serial,
             workload_identity: c.workload_identity,
             peer_workload: c.peer_workload,
+            waypoint: c.waypoint,
             decision: c.decision.as_ref().map(Into::into),
             started_unix_ms: c.started_unix_ms,
             bytes_from_client: view.bytes_from_client,

@@ -134,6 +134,7 @@ mod tests {
             destination: format!("10.0.1.3:{port}").parse().expect("addr"),
             service: None,
             peer_workload: Some(peer.into()),
+            waypoint: None,
             peer_identity: None,
             peer_certificate_serial: None,
             workload_identity: None,

@@ -13,7 +13,7 @@ use std::{
 use crate::{
     limits::Limits,
     policy::{traffic::Algorithm, TrafficSettings},
-    registry::Registry,
+    registry::{waypoints::WaypointRef, Registry},
 };
 
 /// Connect timeout when no TrafficPolicy sets one.
@@ -23,11 +23,14 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// start again (a fresh rotation, not a failure).
 pub const MAX_ROTATIONS: usize = 65_536;
 
-/// Where a connection goes: the endpoint picked, the Service it came through, and how long
-/// reaching it may take.
+/// Where a connection goes: the endpoint picked (or the waypoint pod, see `via`), the Service
+/// it came through, and how long reaching it may take.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Route {
     pub destination: SocketAddr,
+    /// The Service goes through this waypoint: `destination` is one of its pods' HBONE
+    /// address, and the tunnel's `:authority` is the Service VIP:port the client dialed.
+    pub via: Option<WaypointRef>,
     pub service: Option<String>,
     pub connect_timeout: Duration,
     /// The `TrafficPolicy` whose `connectTimeout` set `connect_timeout`, when one did.
@@ -62,6 +65,8 @@ fn humantime(duration: Duration) -> String {
 pub enum RouteError {
     #[error("service {service} port {port} has no ready endpoints")]
     NoReadyEndpoints { service: String, port: u16 },
+    #[error("service {service} goes through waypoint {waypoint}, which has no pod with an address (is it deployed?)")]
+    NoReadyWaypoint { service: String, waypoint: String },
 }
 
 impl From<RouteError> for crate::connections::Failure {
@@ -74,6 +79,7 @@ impl RouteError {
     fn fail_reason(&self) -> crate::connections::FailReason {
         match self {
             Self::NoReadyEndpoints { .. } => crate::connections::FailReason::NoReadyEndpoints,
+            Self::NoReadyWaypoint { .. } => crate::connections::FailReason::NoReadyWaypoint,
         }
     }
 
@@ -129,6 +135,26 @@ pub fn resolve(
 ) -> Result<Route, RouteError> {
     if let Some((service, port)) = registry.service_by_vip(original) {
         let name = format!("{}/{}", service.namespace, service.name);
+        if let Some(waypoint) = registry.waypoint_for(service) {
+            let pods: Vec<SocketAddr> = registry
+                .waypoint_pods(&waypoint)
+                .into_iter()
+                .map(|ip| SocketAddr::from((ip, crate::ports::HBONE_PORT)))
+                .collect();
+            let destination = rotation
+                .next_of(&format!("waypoint {waypoint}"), &pods)
+                .ok_or_else(|| RouteError::NoReadyWaypoint {
+                    service: name.clone(),
+                    waypoint: waypoint.to_string(),
+                })?;
+            return Ok(Route {
+                destination,
+                via: Some(waypoint),
+                service: Some(name),
+                connect_timeout: CONNECT_TIMEOUT,
+                timeout_from: None,
+            });
+        }
         let endpoints = registry.endpoints(service, port);
         let traffic = registry.traffic_for(service);
         let random = traffic.is_some_and(|t| t.algorithm == Algorithm::Random);
@@ -146,6 +172,7 @@ pub fn resolve(
         })?;
         return Ok(Route {
             destination,
+            via: None,
             service: Some(name),
             connect_timeout: policy_timeout.unwrap_or(CONNECT_TIMEOUT),
             timeout_from: policy_timeout.and(traffic.map(TrafficSettings::id)),
@@ -153,6 +180,7 @@ pub fn resolve(
     }
     Ok(Route {
         destination: SocketAddr::V4(original),
+        via: None,
         service: None,
         connect_timeout: CONNECT_TIMEOUT,
         timeout_from: None,

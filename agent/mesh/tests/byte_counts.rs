@@ -27,6 +27,7 @@ fn connection(address: SocketAddr) -> Connection {
         peer_certificate_serial: None,
         workload_identity: None,
         peer_workload: None,
+        waypoint: None,
         failure: None,
         decision: None,
         started_unix_ms: 0,

@@ -202,3 +202,28 @@ fn past_its_bound_the_rotation_state_starts_again_and_counts_it() {
     // A key seen after the reset starts its rotation at the first choice.
     assert_eq!(rotation.next_of("demo/svc:0", &choices), Some(choices[0]));
 }
+
+#[test]
+fn a_service_that_uses_a_waypoint_resolves_to_a_waypoint_pod_and_without_one_fails_with_a_reason() {
+    let with_waypoint = format!(
+        "{CLUSTER}---\napiVersion: v1\nkind: Service\nmetadata: {{name: routed, namespace: demo, labels: {{weft.io/use-waypoint: wp}}}}\nspec: {{clusterIP: 10.96.0.12, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n"
+    );
+    let registry_without = registry(&with_waypoint);
+    let error = resolve(&RoundRobin::default(), &registry_without, vip(12, 80))
+        .expect_err("no waypoint pod");
+    assert!(
+        matches!(error, RouteError::NoReadyWaypoint { .. }),
+        "{error:?}"
+    );
+    assert_eq!(error.reason(), "no_ready_waypoint");
+    let with_pod = format!(
+        "{with_waypoint}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: wp-0, namespace: demo, labels: {{gateway.networking.k8s.io/gateway-name: wp}}}}\nspec: {{nodeName: n, serviceAccountName: wp}}\nstatus: {{podIP: 10.244.1.50}}\n"
+    );
+    let registry = registry(&with_pod);
+    let route = resolve(&RoundRobin::default(), &registry, vip(12, 80)).expect("route");
+    assert_eq!(route.destination, addr("10.244.1.50:15008"));
+    assert_eq!(route.via.map(|w| w.to_string()).as_deref(), Some("demo/wp"));
+    // Services without the label are untouched.
+    let direct = resolve(&RoundRobin::default(), &registry, vip(10, 80)).expect("route");
+    assert!(direct.via.is_none());
+}

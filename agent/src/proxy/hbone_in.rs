@@ -49,6 +49,7 @@ fn record(
         peer_identity: client.as_ref().map(|(id, _)| id.to_string()),
         peer_certificate_serial: client.and_then(|(_, serial)| serial),
         peer_workload: registry.workload_at(peer.ip()),
+        waypoint: None,
         failure: None,
     }
 }

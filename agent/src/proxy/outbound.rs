@@ -54,6 +54,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         peer_identity: None,
         peer_certificate_serial: None,
         peer_workload: None,
+        waypoint: None,
         failure: None,
         decision: None,
         started_unix_ms: 0,
@@ -82,9 +83,9 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
     connection.destination = route.destination;
     connection.service.clone_from(&route.service);
     connection.peer_workload = registry.workload_at(route.destination.ip());
-    // An enrolled destination gets an HBONE tunnel to its own agent listener and must prove
-    // the identity the registry gives it; anything else gets plain TCP.
-    let peer_identity = hbone_identity(ctx, &registry, route.destination);
+    // An enrolled destination, or a waypoint, gets an HBONE tunnel; anything else plain TCP.
+    let (peer_identity, tunnel_target) = tunnel_peer(ctx, &registry, &route, original);
+    connection.waypoint = route.via.as_ref().map(ToString::to_string);
     // A long-lived connection must not keep the snapshot it began under alive.
     drop(registry);
     if let Some(identity) = &peer_identity {
@@ -111,7 +112,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                 pod.source(),
                 &identity,
                 hbone,
-                route.destination,
+                tunnel_target,
                 route.connect_timeout,
                 || {
                     let early = already_sent(&client);
@@ -202,6 +203,31 @@ async fn carry_tunnel(
     drop(slot);
     if let Some(e) = error {
         tracing::debug!(error = %e, "tunnel ended with an error");
+    }
+}
+
+/// The identity the far end of the tunnel must prove, and the tunnel's target: a waypoint
+/// proves its Gateway's (its name is its service account) for the VIP:port the client
+/// dialed; an enrolled pod proves its own, for its address; anything else gets no tunnel.
+fn tunnel_peer(
+    ctx: &ProxyContext,
+    registry: &Registry,
+    route: &route::Route,
+    original: std::net::SocketAddrV4,
+) -> (Option<SpiffeId>, SocketAddr) {
+    match &route.via {
+        Some(waypoint) => (
+            Some(SpiffeId::new(
+                &ctx.certs.trust_domain,
+                &waypoint.namespace,
+                &waypoint.name,
+            )),
+            SocketAddr::V4(original),
+        ),
+        None => (
+            hbone_identity(ctx, registry, route.destination),
+            route.destination,
+        ),
     }
 }
 

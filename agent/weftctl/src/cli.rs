@@ -109,6 +109,25 @@ pub enum Cmd {
         level: String,
     },
     Version,
+    /// Waypoints: `generate` prints the objects one needs in Kubernetes (what the controller
+    /// creates for a Gateway of class `weft-waypoint`).
+    Waypoint {
+        #[command(subcommand)]
+        command: WaypointCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WaypointCmd {
+    /// Prints the Gateway, ServiceAccount, Deployment and Service of waypoint NAME.
+    Generate {
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+        name: String,
+        /// The image of the Deployment.
+        #[arg(long, default_value = crate::waypoint::DEFAULT_IMAGE)]
+        image: String,
+    },
 }
 
 #[cfg(test)]

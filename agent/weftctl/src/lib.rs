@@ -9,3 +9,4 @@ pub mod cli_parse;
 pub mod client;
 pub mod playground;
 pub mod render;
+pub mod waypoint;

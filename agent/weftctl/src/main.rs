@@ -12,7 +12,7 @@ use clap::Parser as _;
 use tokio::io::AsyncWriteExt as _;
 use weft_api::{Cert, Connection, Flow, Service, Stats, Status, Workload};
 use weftctl::{
-    cli::{Args, Cmd, Output},
+    cli::{Args, Cmd, Output, WaypointCmd},
     cli_parse::FlowFlags,
     client::{Client, ClientError},
     playground,
@@ -138,6 +138,17 @@ async fn command(client: Client, output: Output, command: Cmd) -> anyhow::Result
                     .to_owned()
             })?
         }
+        // Printed, not asked of an agent.
+        Cmd::Waypoint {
+            command:
+                WaypointCmd::Generate {
+                    namespace,
+                    name,
+                    image,
+                },
+        } => weftctl::waypoint::generate(&namespace, &name, &image)?
+            .trim_end()
+            .to_owned(),
         Cmd::Logging { level } => {
             let path = format!("/logging?level={}", encode_level(&level));
             let set = client.post::<weft_api::LogLevel>(&path).await?;

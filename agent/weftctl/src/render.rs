@@ -471,6 +471,7 @@ mod tests {
             destination: "10.0.0.3:9000".parse().expect("addr"),
             service: None,
             peer_workload: Some("demo/server-b".into()),
+            waypoint: None,
             peer_identity: Some("spiffe://cluster.local/ns/demo/sa/server-b".into()),
             peer_certificate_serial: None,
             workload_identity: None,

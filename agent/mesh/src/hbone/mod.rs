@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod closing;
+pub mod io;
 pub mod server;
 pub mod stream;
 

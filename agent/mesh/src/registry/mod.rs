@@ -10,10 +10,12 @@ pub mod local;
 #[cfg(test)]
 mod local_tests;
 mod objects;
+pub mod routes;
 pub mod typed;
 pub mod watch;
 #[cfg(test)]
 mod watch_tests;
+pub mod waypoints;
 
 use std::{
     collections::BTreeMap,
@@ -232,7 +234,7 @@ impl Registry {
     }
 
     /// Whether the mesh captures this pod (SPEC labels). A hostNetwork pod never is: its
-    /// netns is the node's.
+    /// netns is the node's. Nor is a waypoint's: it speaks HBONE itself.
     pub fn is_enrolled(&self, pod: &Pod) -> bool {
         if pod.host_network {
             return false;
@@ -242,7 +244,7 @@ impl Registry {
             .get(&pod.namespace)
             .is_some_and(|ns| ns.labels.get(MESH_LABEL).is_some_and(|v| v == "enabled"));
         let pod_off = pod.labels.get(MESH_LABEL).is_some_and(|v| v == "disabled");
-        namespace_on && !pod_off
+        namespace_on && !pod_off && !waypoints::is_waypoint_pod(pod)
     }
 
     /// Enrolled pods scheduled on `node`.

@@ -104,8 +104,8 @@ pub struct EndpointSlice {
     pub ports: Vec<EndpointPort>,
 }
 
-/// A Gateway API route as the agent keeps it: which parents (waypoints, Services) it binds to.
-/// The rules are read by the waypoint.
+/// A Gateway API route as the registry keeps it: which parents (waypoints, Services) it binds
+/// to, and its rules, which the waypoint compiles.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Route {
     pub kind: String,
@@ -114,22 +114,7 @@ pub struct Route {
     /// `[namespace/]name` of each parentRef.
     pub parents: Vec<String>,
     pub hostnames: Vec<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct ParentRefIn {
-    name: String,
-    namespace: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct RouteSpecIn {
-    #[serde(default)]
-    parent_refs: Vec<ParentRefIn>,
-    #[serde(default)]
-    hostnames: Vec<String>,
+    pub spec: super::routes::RouteSpec,
 }
 
 /// Why an object is skipped.
@@ -412,13 +397,13 @@ fn traffic_policy(object: &Object<'_>) -> Result<crate::policy::TrafficSettings,
 }
 
 fn route(kind: &str, object: Object<'_>) -> Result<Route, Rejection> {
-    let spec: RouteSpecIn = object.field("spec")?.unwrap_or_default();
+    let spec: super::routes::RouteSpec = object.field("spec")?.unwrap_or_default();
     let parents = spec
         .parent_refs
-        .into_iter()
-        .map(|p| match p.namespace {
-            Some(ns) if ns != object.namespace => format!("{ns}/{}", p.name),
-            _ => p.name,
+        .iter()
+        .map(|p| match &p.namespace {
+            Some(ns) if *ns != object.namespace => format!("{ns}/{}", p.name),
+            _ => p.name.clone(),
         })
         .collect();
     Ok(Route {
@@ -426,6 +411,7 @@ fn route(kind: &str, object: Object<'_>) -> Result<Route, Rejection> {
         namespace: object.namespace,
         name: object.name,
         parents,
-        hostnames: spec.hostnames,
+        hostnames: spec.hostnames.clone(),
+        spec,
     })
 }

@@ -114,7 +114,11 @@ spec:
 apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
 metadata: {name: rpc, namespace: demo}
-spec: {parentRefs: [{name: rpc}]}
+spec:
+  parentRefs: [{name: rpc}]
+  rules:
+  - matches: [{method: {service: echo.Echo, method: Say}, headers: [{name: x-a, value: b}]}]
+    backendRefs: [{name: rpc-v1, port: 50051}]
 ",
     );
     assert!(registry.errors.is_empty(), "{:?}", registry.errors);
@@ -122,6 +126,16 @@ spec: {parentRefs: [{name: rpc}]}
     assert_eq!(registry.routes[0].parents, ["reviews", "infra/waypoint"]);
     assert_eq!(registry.routes[0].hostnames, ["reviews.demo"]);
     assert_eq!(registry.routes[1].kind, "GRPCRoute");
+    // HTTPRoute's method is a string and GRPCRoute's an object: both are read.
+    let grpc = &registry.routes[1].spec.rules[0].matches[0];
+    assert!(
+        matches!(&grpc.method, Some(super::routes::MethodMatch::Grpc(m)) if m.method.as_deref() == Some("Say")),
+        "{grpc:?}"
+    );
+    assert_eq!(
+        registry.routes[0].spec.rules[0].backend_refs[0].port,
+        Some(9080)
+    );
 }
 
 #[test]

@@ -1,0 +1,119 @@
+//! `weftctl waypoint generate`: the objects a waypoint needs in Kubernetes, as Weft's
+//! controller would create them for a Gateway of class `weft-waypoint` (SPEC, Waypoints), for
+//! people who prefer to apply them themselves: the Gateway, a ServiceAccount named after it
+//! (its identity), a Deployment running `weft-waypoint`, and a Service for its HBONE port.
+
+use serde_json::json;
+
+/// The image the generated Deployment runs when none is given.
+pub const DEFAULT_IMAGE: &str = concat!(
+    "ghcr.io/weft-mesh/weft-waypoint:",
+    env!("CARGO_PKG_VERSION")
+);
+
+/// The four objects, as one YAML stream.
+pub fn generate(namespace: &str, name: &str, image: &str) -> anyhow::Result<String> {
+    let labels = json!({
+        "gateway.networking.k8s.io/gateway-name": name,
+        "app.kubernetes.io/name": "weft-waypoint",
+        "app.kubernetes.io/instance": name,
+    });
+    let metadata = json!({"name": name, "namespace": namespace, "labels": labels});
+    let probe = |path: &str| json!({"httpGet": {"path": path, "port": 15021}, "periodSeconds": 5});
+    let objects = [
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "gatewayClassName": "weft-waypoint",
+                "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
+            },
+        }),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata}),
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": metadata,
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"gateway.networking.k8s.io/gateway-name": name}},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "serviceAccountName": name,
+                        "terminationGracePeriodSeconds": 30,
+                        "containers": [{
+                            "name": "waypoint",
+                            "image": image,
+                            "args": ["--kube", "--namespace", namespace, "--name", name,
+                                     "--ca-url", "https://weft-ca.weft-system.svc:15012",
+                                     "--ca-root", "/var/run/secrets/weft/ca/root.pem"],
+                            "ports": [
+                                {"name": "hbone", "containerPort": 15008},
+                                {"name": "metrics", "containerPort": 15020},
+                                {"name": "readiness", "containerPort": 15021},
+                            ],
+                            "readinessProbe": probe("/healthz/ready"),
+                            "livenessProbe": probe("/healthz/live"),
+                            "resources": {
+                                "requests": {"cpu": "100m", "memory": "32Mi"},
+                                "limits": {"memory": "128Mi"},
+                            },
+                            "securityContext": {
+                                "runAsNonRoot": true,
+                                "runAsUser": 1337,
+                                "allowPrivilegeEscalation": false,
+                                "readOnlyRootFilesystem": true,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                        }],
+                    },
+                },
+            },
+        }),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata,
+            "spec": {
+                "selector": {"gateway.networking.k8s.io/gateway-name": name},
+                "ports": [{"name": "mesh", "port": 15008, "targetPort": 15008, "appProtocol": "hbone"}],
+            },
+        }),
+    ];
+    let mut text = String::new();
+    for object in objects {
+        text.push_str("---\n");
+        text.push_str(&serde_yaml::to_string(&object)?);
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_objects_name_the_gateway_its_identity_and_its_ports() {
+        let text = generate("demo", "waypoint", DEFAULT_IMAGE).expect("yaml");
+        let docs: Vec<serde_yaml::Value> = text
+            .split("---\n")
+            .filter(|d| !d.trim().is_empty())
+            .map(|d| serde_yaml::from_str(d).expect("valid"))
+            .collect();
+        let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["Gateway", "ServiceAccount", "Deployment", "Service"]
+        );
+        assert_eq!(docs[0]["spec"]["gatewayClassName"], "weft-waypoint");
+        let pod = &docs[2]["spec"]["template"];
+        assert_eq!(pod["spec"]["serviceAccountName"], "waypoint");
+        assert_eq!(
+            pod["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"],
+            "waypoint"
+        );
+        assert_eq!(docs[3]["spec"]["ports"][0]["port"], 15008);
+    }
+}

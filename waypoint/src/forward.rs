@@ -1,0 +1,384 @@
+//! One request through the waypoint: choose its rule, apply the rule's filters, pick a
+//! backend Service by weight and one of its ready endpoints, and send the request there; the
+//! answers the waypoint makes itself say why (404 no route, 500 backend not found, 502
+//! upstream failure, 503 no ready endpoint), and every request is counted and logged with its
+//! route, backend and reason.
+
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt as _, Full};
+use weft_mesh::{
+    identity::SpiffeId,
+    registry::{routes::HeaderModifier, Registry},
+};
+
+use crate::{
+    app::Waypoint,
+    routing::{self, Backend},
+    upstream,
+};
+
+/// The body the waypoint answers with: the backend's, or its own.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// What the tunnel a request arrived on says about it.
+#[derive(Debug)]
+pub struct Tunnel {
+    /// The Service (`namespace/name`) and port the client dialed.
+    pub service: String,
+    pub service_port: u16,
+    pub client_ip: IpAddr,
+    pub client: SpiffeId,
+}
+
+/// The bounded reason of a request's outcome, as metrics and the access log carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Routed,
+    Redirected,
+    NoRoute,
+    BackendNotFound,
+    NoReadyEndpoints,
+    UpstreamFailed,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Routed => "routed",
+            Self::Redirected => "redirected",
+            Self::NoRoute => "no_route",
+            Self::BackendNotFound => "backend_not_found",
+            Self::NoReadyEndpoints => "no_ready_endpoints",
+            Self::UpstreamFailed => "upstream_failed",
+        }
+    }
+}
+
+fn own(status: StatusCode, reason: Reason, detail: &str) -> Response<Body> {
+    let body = Full::new(Bytes::from(format!("{detail}\n")))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("x-weft-reason", HeaderValue::from_static(reason.as_str()));
+    response
+}
+
+fn modify(headers: &mut http::HeaderMap, modifier: &HeaderModifier) {
+    for h in &modifier.set {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_str(&h.value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    for h in &modifier.add {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_str(&h.value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    for name in &modifier.remove {
+        headers.remove(name.as_str());
+    }
+}
+
+/// What one request came to, for the log and the counters.
+struct Outcome {
+    route: String,
+    backend: String,
+    upstream: Option<SocketAddr>,
+    reason: Reason,
+}
+
+/// Serves one request that arrived on `tunnel`.
+pub async fn handle(
+    waypoint: Arc<Waypoint>,
+    tunnel: Arc<Tunnel>,
+    request: Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let (response, outcome) = route(&waypoint, &tunnel, request).await;
+    let status = response.status().as_u16();
+    waypoint
+        .requests
+        .record(&tunnel.service, &outcome.route, status, outcome.reason);
+    tracing::info!(
+        target: "weft_waypoint::access",
+        service = %tunnel.service,
+        %method,
+        %path,
+        status,
+        route = %outcome.route,
+        backend = %outcome.backend,
+        upstream = ?outcome.upstream,
+        client = %tunnel.client,
+        client_ip = %tunnel.client_ip,
+        reason = outcome.reason.as_str(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    Ok(response)
+}
+
+async fn route(
+    waypoint: &Waypoint,
+    tunnel: &Tunnel,
+    request: Request<hyper::body::Incoming>,
+) -> (Response<Body>, Outcome) {
+    let table = waypoint.table.load_full();
+    let (mut parts, body) = request.into_parts();
+    let mut outcome = Outcome {
+        route: "-".into(),
+        backend: "-".into(),
+        upstream: None,
+        reason: Reason::Routed,
+    };
+    let (service_ns, service_name) = tunnel
+        .service
+        .split_once('/')
+        .unwrap_or(("", tunnel.service.as_str()));
+    let default_backend = [Backend {
+        namespace: service_ns.to_owned(),
+        name: service_name.to_owned(),
+        port: Some(tunnel.service_port),
+        weight: 1,
+    }];
+    let chosen = table.choose(
+        &tunnel.service,
+        Some(tunnel.client.namespace.as_str()),
+        &parts,
+    );
+    let (backends, filters): (&[Backend], &[weft_mesh::registry::routes::Filter]) = match chosen {
+        Some(chosen) => {
+            outcome.route = format!("{} rule {}", chosen.rule.route, chosen.rule.index);
+            (
+                chosen.rule.backends.as_slice(),
+                chosen.rule.filters.as_slice(),
+            )
+        }
+        None if table.has_routes(&tunnel.service) => {
+            outcome.reason = Reason::NoRoute;
+            let detail = format!(
+                "no route of {} matches {} {}",
+                tunnel.service,
+                parts.method,
+                parts.uri.path()
+            );
+            return (
+                own(StatusCode::NOT_FOUND, Reason::NoRoute, &detail),
+                outcome,
+            );
+        }
+        None => (default_backend.as_slice(), &[]),
+    };
+    let response_modifier = match apply_filters(filters, &mut parts, chosen.map(|c| c.rule)) {
+        Ok(modifier) => modifier,
+        Err(redirect) => {
+            outcome.reason = Reason::Redirected;
+            return (*redirect, outcome);
+        }
+    };
+    let (endpoint, identity) = match pick(waypoint, backends, tunnel.service_port) {
+        Ok((backend, endpoint, identity)) => {
+            outcome.backend = backend;
+            (endpoint, identity)
+        }
+        Err((status, reason, detail)) => {
+            outcome.reason = reason;
+            return (own(status, reason, &detail), outcome);
+        }
+    };
+    outcome.upstream = Some(endpoint);
+    let sent = send_upstream(waypoint, tunnel, parts, body, endpoint, identity).await;
+    match sent {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            if let Some(m) = response_modifier {
+                modify(&mut parts.headers, m);
+            }
+            (Response::from_parts(parts, body.boxed()), outcome)
+        }
+        Err(e) => {
+            outcome.reason = Reason::UpstreamFailed;
+            tracing::warn!(error = %e, service = %tunnel.service, "upstream request failed");
+            (
+                own(
+                    StatusCode::BAD_GATEWAY,
+                    Reason::UpstreamFailed,
+                    &e.to_string(),
+                ),
+                outcome,
+            )
+        }
+    }
+}
+
+/// The backend (`namespace/name`), endpoint and identity a request goes to.
+type Picked = (String, SocketAddr, Option<SpiffeId>);
+/// The answer the waypoint makes itself: status, reason, detail.
+type Refusal = (StatusCode, Reason, String);
+
+/// A backend of `backends` by weight, and one of its ready endpoints with the identity it must
+/// prove; or the answer the waypoint makes when there is none.
+fn pick(waypoint: &Waypoint, backends: &[Backend], default_port: u16) -> Result<Picked, Refusal> {
+    let backend = routing::pick_backend(backends).ok_or_else(|| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Reason::BackendNotFound,
+            "the rule has no backend with a weight above 0".to_owned(),
+        )
+    })?;
+    let registry = waypoint.registry.borrow().clone();
+    let (endpoint, identity) =
+        endpoint_of(waypoint, &registry, backend, default_port).map_err(|(reason, detail)| {
+            let status = if reason == Reason::BackendNotFound {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, reason, detail)
+        })?;
+    Ok((
+        format!("{}/{}", backend.namespace, backend.name),
+        endpoint,
+        identity,
+    ))
+}
+
+/// Sends the request to `endpoint` (as HTTP/1.1 or HTTP/2, as it came), with the client in
+/// `X-Forwarded-For`.
+async fn send_upstream(
+    waypoint: &Waypoint,
+    tunnel: &Tunnel,
+    mut parts: http::request::Parts,
+    body: hyper::body::Incoming,
+    endpoint: SocketAddr,
+    identity: Option<SpiffeId>,
+) -> Result<Response<hyper::body::Incoming>, upstream::UpstreamError> {
+    forwarded_for(&mut parts.headers, tunnel.client_ip);
+    let http2 = parts.version == http::Version::HTTP_2;
+    if !http2 {
+        // HTTP/1.1 upstream: origin-form target, the Host header carries the authority.
+        if let Some(pq) = parts.uri.path_and_query().cloned() {
+            parts.uri = pq.as_str().parse().unwrap_or_default();
+        }
+        parts.version = http::Version::HTTP_11;
+    }
+    let key = upstream::key(endpoint, tunnel.client_ip, http2);
+    let checked = waypoint
+        .upstreams
+        .checkout(&waypoint.pool, &waypoint.identity, identity.as_ref(), key)
+        .await?;
+    waypoint
+        .upstreams
+        .send(checked, Request::from_parts(parts, body.boxed()))
+        .await
+}
+
+/// Applies a rule's request filters to `parts`; returns the response header modifier to
+/// apply later, or the redirect to answer with instead.
+fn apply_filters<'a>(
+    filters: &'a [weft_mesh::registry::routes::Filter],
+    parts: &mut http::request::Parts,
+    rule: Option<&routing::Rule>,
+) -> Result<Option<&'a HeaderModifier>, Box<Response<Body>>> {
+    let mut response_modifier = None;
+    for filter in filters {
+        match filter.kind.as_str() {
+            "RequestHeaderModifier" => {
+                if let Some(m) = &filter.request_header_modifier {
+                    modify(&mut parts.headers, m);
+                }
+            }
+            "ResponseHeaderModifier" => {
+                response_modifier = filter.response_header_modifier.as_ref();
+            }
+            "RequestRedirect" => {
+                if let Some(redirect) = &filter.request_redirect {
+                    return Err(Box::new(crate::rewrite::redirect(parts, redirect)));
+                }
+            }
+            "URLRewrite" => {
+                if let Some(rewrite) = &filter.url_rewrite {
+                    crate::rewrite::rewrite(parts, rewrite, rule);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(response_modifier)
+}
+
+/// Appends the original client to `X-Forwarded-For`.
+fn forwarded_for(headers: &mut http::HeaderMap, client: IpAddr) {
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {client}"),
+        None => client.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", value);
+    }
+}
+
+/// One ready endpoint of `backend` and the identity it must prove (none outside the mesh).
+fn endpoint_of(
+    waypoint: &Waypoint,
+    registry: &Registry,
+    backend: &Backend,
+    default_port: u16,
+) -> Result<(SocketAddr, Option<SpiffeId>), (Reason, String)> {
+    let name = format!("{}/{}", backend.namespace, backend.name);
+    let service = registry
+        .service(&backend.namespace, &backend.name)
+        .ok_or_else(|| {
+            (
+                Reason::BackendNotFound,
+                format!("backend Service {name} does not exist"),
+            )
+        })?;
+    let port_number = backend.port.unwrap_or(default_port);
+    let port = service
+        .ports
+        .iter()
+        .find(|p| p.port == port_number)
+        .ok_or_else(|| {
+            (
+                Reason::BackendNotFound,
+                format!("backend Service {name} has no port {port_number}"),
+            )
+        })?;
+    let endpoints = registry.endpoints(service, port);
+    let endpoint = waypoint
+        .rotation
+        .next_of(&format!("{name}:{port_number}"), &endpoints)
+        .ok_or_else(|| {
+            (
+                Reason::NoReadyEndpoints,
+                format!("backend Service {name} port {port_number} has no ready endpoints"),
+            )
+        })?;
+    let identity = match endpoint.ip() {
+        IpAddr::V4(ip) => registry
+            .pod_by_ip(ip)
+            .filter(|p| registry.is_enrolled(p))
+            .map(|p| SpiffeId::new(&waypoint.identity_domain, &p.namespace, &p.service_account)),
+        IpAddr::V6(_) => None,
+    };
+    Ok((endpoint, identity))
+}

@@ -1,0 +1,94 @@
+//! The waypoint's request metrics (`weft_requests_total`, `weft_request_duration_seconds`) in
+//! a `weft`-prefixed registry, and the same counts for `/stats`. Labels are bounded: the
+//! Service, the route rule, the status code and the reason; never a path, address or id.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Mutex, PoisonError},
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+
+/// Label sets kept for `/stats` before new ones are only counted in the metrics.
+pub const MAX_STATS_KEYS: usize = 10_000;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub service: String,
+    pub route: String,
+    pub code: String,
+    pub reason: String,
+}
+
+/// Requests by Service, route, status and reason.
+pub struct Requests {
+    registry: Registry,
+    total: Family<RequestLabels, Counter>,
+    stats: Mutex<BTreeMap<RequestLabels, u64>>,
+}
+
+impl std::fmt::Debug for Requests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Requests").finish_non_exhaustive()
+    }
+}
+
+impl Default for Requests {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("weft");
+        let total = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests the waypoint answered, by Service, route rule, status code and reason",
+            total.clone(),
+        );
+        Self {
+            registry,
+            total,
+            stats: Mutex::default(),
+        }
+    }
+}
+
+impl Requests {
+    pub fn record(&self, service: &str, route: &str, code: u16, reason: crate::forward::Reason) {
+        let labels = RequestLabels {
+            service: service.to_owned(),
+            route: route.to_owned(),
+            code: code.to_string(),
+            reason: reason.as_str().to_owned(),
+        };
+        self.total.get_or_create(&labels).inc();
+        let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        if stats.len() < MAX_STATS_KEYS || stats.contains_key(&labels) {
+            *stats.entry(labels).or_insert(0) += 1;
+        }
+    }
+
+    /// The counts as JSON rows.
+    pub fn snapshot(&self) -> Vec<serde_json::Value> {
+        self.stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(l, n)| {
+                serde_json::json!({
+                    "service": l.service, "route": l.route, "code": l.code,
+                    "reason": l.reason, "requests": n,
+                })
+            })
+            .collect()
+    }
+
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        text
+    }
+}

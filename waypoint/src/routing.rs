@@ -1,0 +1,464 @@
+//! The route table: every `HTTPRoute` whose `parentRef` is a Service this waypoint serves
+//! (GAMMA), compiled once per registry snapshot, and the choice of one rule for a request by
+//! the Gateway API's precedence. Producer routes (in the Service's namespace) apply to every
+//! caller; consumer routes (in the caller's namespace) only to callers of that namespace, and
+//! win over producer routes for them. A Service with no route gets the default: every request
+//! to the Service itself.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use regex::Regex;
+use weft_mesh::registry::{
+    routes::{BackendRef, Filter, GrpcMethod, MethodMatch, PathMatch, RouteMatch, ValueMatch},
+    Registry, Route, Service,
+};
+
+/// One compiled match of one rule.
+#[derive(Debug)]
+struct Match {
+    path: Path,
+    method: Option<http::Method>,
+    headers: Vec<(http::HeaderName, Value)>,
+    query: Vec<(String, Value)>,
+}
+
+#[derive(Debug)]
+enum Path {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+enum Value {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl Value {
+    fn matches(&self, actual: &str) -> bool {
+        match self {
+            Self::Exact(want) => want == actual,
+            Self::Regex(re) => re.is_match(actual),
+        }
+    }
+}
+
+/// A backend of a rule: a Service port and its weight.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub namespace: String,
+    pub name: String,
+    pub port: Option<u16>,
+    pub weight: u32,
+}
+
+/// One rule of one route, with where it came from.
+#[derive(Debug)]
+pub struct Rule {
+    /// `namespace/name` of the route.
+    pub route: String,
+    pub index: usize,
+    matches: Vec<Match>,
+    pub filters: Vec<Filter>,
+    pub backends: Vec<Backend>,
+    /// The route is the caller namespace's (consumer), not the Service's (producer).
+    consumer_namespace: Option<String>,
+}
+
+/// What one request matched, and why it ranks where it does.
+#[derive(Debug, Clone, Copy)]
+pub struct Chosen<'a> {
+    pub rule: &'a Rule,
+}
+
+/// Why a route could not be used, for `weftctl routes` and the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteProblem {
+    pub route: String,
+    pub problem: String,
+}
+
+/// Every rule that applies to each Service this waypoint serves, by `namespace/name`.
+#[derive(Debug, Default)]
+pub struct Table {
+    rules: BTreeMap<String, Vec<Rule>>,
+    pub problems: Vec<RouteProblem>,
+}
+
+fn compile_value(v: &ValueMatch) -> Result<Value, String> {
+    match v.kind.as_str() {
+        "Exact" => Ok(Value::Exact(v.value.clone())),
+        "RegularExpression" => Regex::new(&format!("^(?:{})$", v.value))
+            .map(Value::Regex)
+            .map_err(|e| format!("{}: {e}", v.name)),
+        other => Err(format!("match type {other} is not supported")),
+    }
+}
+
+fn compile_path(p: Option<&PathMatch>) -> Result<Path, String> {
+    let Some(p) = p else {
+        return Ok(Path::Prefix("/".into()));
+    };
+    match p.kind.as_str() {
+        "Exact" => Ok(Path::Exact(p.value.clone())),
+        "PathPrefix" => Ok(Path::Prefix(p.value.trim_end_matches('/').to_owned())),
+        "RegularExpression" => Regex::new(&format!("^(?:{})$", p.value))
+            .map(Path::Regex)
+            .map_err(|e| format!("path: {e}")),
+        other => Err(format!("path match type {other} is not supported")),
+    }
+}
+
+/// A GRPCRoute method match as the path it means: `/<service>/<method>`.
+fn grpc_path(m: &GrpcMethod) -> Result<Path, String> {
+    let service = m.service.as_deref();
+    let method = m.method.as_deref();
+    match (m.kind.as_str(), service, method) {
+        ("Exact", Some(s), Some(meth)) => Ok(Path::Exact(format!("/{s}/{meth}"))),
+        ("Exact", Some(s), None) => Ok(Path::Prefix(format!("/{s}"))),
+        ("Exact", None, Some(meth)) => Regex::new(&format!("^/[^/]+/{}$", regex::escape(meth)))
+            .map(Path::Regex)
+            .map_err(|e| e.to_string()),
+        ("Exact", None, None) => Ok(Path::Prefix(String::new())),
+        ("RegularExpression", s, meth) => Regex::new(&format!(
+            "^/(?:{})/(?:{})$",
+            s.unwrap_or("[^/]+"),
+            meth.unwrap_or("[^/]+")
+        ))
+        .map(Path::Regex)
+        .map_err(|e| format!("gRPC method: {e}")),
+        (other, ..) => Err(format!("gRPC method match type {other} is not supported")),
+    }
+}
+
+fn compile_match(m: &RouteMatch) -> Result<Match, String> {
+    let (path, method) = match &m.method {
+        Some(MethodMatch::Grpc(grpc)) => (grpc_path(grpc)?, Some(http::Method::POST)),
+        Some(MethodMatch::Http(method)) => (
+            compile_path(m.path.as_ref())?,
+            Some(http::Method::from_bytes(method.as_bytes()).map_err(|e| format!("method: {e}"))?),
+        ),
+        None => (compile_path(m.path.as_ref())?, None),
+    };
+    Ok(Match {
+        path,
+        method,
+        headers: m
+            .headers
+            .iter()
+            .map(|h| {
+                let name = http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
+                    .map_err(|e| format!("header {}: {e}", h.name))?;
+                Ok((name, compile_value(h)?))
+            })
+            .collect::<Result<_, String>>()?,
+        query: m
+            .query_params
+            .iter()
+            .map(|q| Ok((q.name.clone(), compile_value(q)?)))
+            .collect::<Result<_, String>>()?,
+    })
+}
+
+fn backend(route: &Route, b: &BackendRef) -> Backend {
+    Backend {
+        namespace: b
+            .namespace
+            .clone()
+            .unwrap_or_else(|| route.namespace.clone()),
+        name: b.name.clone(),
+        port: b.port,
+        weight: b.weight.unwrap_or(1),
+    }
+}
+
+/// Whether `route` attaches to `service` (a Service parentRef, on any or this port).
+fn attaches(route: &Route, service: &Service) -> bool {
+    route.spec.parent_refs.iter().any(|p| {
+        p.is_service()
+            && p.name == service.name
+            && p.namespace.as_deref().unwrap_or(&route.namespace) == service.namespace
+    })
+}
+
+impl Rule {
+    /// The `PathPrefix` values of this rule's matches.
+    pub fn prefixes(&self) -> impl Iterator<Item = &str> {
+        self.matches.iter().filter_map(|m| match &m.path {
+            Path::Prefix(p) => Some(p.as_str()),
+            _ => None,
+        })
+    }
+}
+
+impl Table {
+    /// The table for the Services of `registry` that use the waypoint `namespace/name`.
+    pub fn build(registry: &Registry, namespace: &str, name: &str) -> Self {
+        let mut table = Self::default();
+        let served: Vec<&Service> = registry
+            .services
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|s| {
+                registry
+                    .waypoint_for(s)
+                    .is_some_and(|w| w.namespace == namespace && w.name == name)
+            })
+            .collect();
+        // Oldest first breaks the last ties; without creation times, names stand in.
+        let mut routes: Vec<&Route> = registry
+            .routes
+            .iter()
+            .filter(|r| r.kind == "HTTPRoute" || r.kind == "GRPCRoute")
+            .collect();
+        routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        for service in served {
+            let key = format!("{}/{}", service.namespace, service.name);
+            let mut rules = Vec::new();
+            for route in routes.iter().filter(|r| attaches(r, service)) {
+                let id = format!("{}/{}", route.namespace, route.name);
+                let consumer =
+                    (route.namespace != service.namespace).then(|| route.namespace.clone());
+                for (index, rule) in route.spec.rules.iter().enumerate() {
+                    let matches: Result<Vec<Match>, String> = if rule.matches.is_empty() {
+                        compile_match(&RouteMatch::default()).map(|m| vec![m])
+                    } else {
+                        rule.matches.iter().map(compile_match).collect()
+                    };
+                    match matches {
+                        Ok(matches) => rules.push(Rule {
+                            route: id.clone(),
+                            index,
+                            matches,
+                            filters: rule.filters.clone(),
+                            backends: rule
+                                .backend_refs
+                                .iter()
+                                .map(|b| backend(route, b))
+                                .collect(),
+                            consumer_namespace: consumer.clone(),
+                        }),
+                        Err(problem) => table.problems.push(RouteProblem {
+                            route: id.clone(),
+                            problem: format!("rule {index}: {problem}"),
+                        }),
+                    }
+                }
+            }
+            table.rules.insert(key, rules);
+        }
+        table
+    }
+
+    /// The Services this table routes for.
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        self.rules.keys().map(String::as_str)
+    }
+
+    /// The rules attached to `service`.
+    pub fn rules_of(&self, service: &str) -> &[Rule] {
+        self.rules.get(service).map_or(&[], Vec::as_slice)
+    }
+
+    /// The rule a request to `service` from a caller in `caller_namespace` takes, by the
+    /// Gateway API's precedence: consumer routes before producer routes, then an exact path,
+    /// the longest prefix, a method, the most header matches, the most query matches, and
+    /// the earliest route and rule. `None`: no rule matches (404), or the Service has no route
+    /// at all (the caller then gets the Service itself).
+    pub fn choose<'a>(
+        &'a self,
+        service: &str,
+        caller_namespace: Option<&str>,
+        request: &http::request::Parts,
+    ) -> Option<Chosen<'a>> {
+        let rules = self.rules.get(service)?;
+        let consumers_present = rules.iter().any(|r| {
+            r.consumer_namespace.is_some() && r.consumer_namespace.as_deref() == caller_namespace
+        });
+        let mut best: Option<(Rank, &Rule)> = None;
+        for rule in rules {
+            // A caller whose namespace has its own routes for the Service sees only those.
+            let visible = match &rule.consumer_namespace {
+                Some(ns) => Some(ns.as_str()) == caller_namespace,
+                None => !consumers_present,
+            };
+            if !visible {
+                continue;
+            }
+            for m in &rule.matches {
+                if let Some(rank) = m.rank(request) {
+                    if best.as_ref().is_none_or(|(b, _)| rank > *b) {
+                        best = Some((rank, rule));
+                    }
+                }
+            }
+        }
+        best.map(|(_, rule)| Chosen { rule })
+    }
+
+    /// Whether `service` has any route attached (else its traffic goes to it unchanged).
+    pub fn has_routes(&self, service: &str) -> bool {
+        self.rules.get(service).is_some_and(|r| !r.is_empty())
+    }
+}
+
+/// How specific a match is; higher wins. Ties keep the first found (earliest route, rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    exact: bool,
+    prefix_len: usize,
+    method: bool,
+    headers: usize,
+    query: usize,
+}
+
+fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+impl Match {
+    fn rank(&self, request: &http::request::Parts) -> Option<Rank> {
+        let path = request.uri.path();
+        let (exact, prefix_len) = match &self.path {
+            Path::Exact(want) => (path == want, want.len()),
+            Path::Prefix(prefix) => {
+                let hit = prefix.is_empty()
+                    || (path.starts_with(prefix.as_str())
+                        && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')));
+                (false, if hit { prefix.len() } else { usize::MAX })
+            }
+            Path::Regex(re) => (false, if re.is_match(path) { 0 } else { usize::MAX }),
+        };
+        let path_hit = match &self.path {
+            Path::Exact(_) => exact,
+            _ => prefix_len != usize::MAX,
+        };
+        if !path_hit {
+            return None;
+        }
+        if self.method.as_ref().is_some_and(|m| *m != request.method) {
+            return None;
+        }
+        for (name, value) in &self.headers {
+            let actual = request.headers.get(name).and_then(|v| v.to_str().ok())?;
+            if !value.matches(actual) {
+                return None;
+            }
+        }
+        for (name, value) in &self.query {
+            if !value.matches(query_value(request.uri.query(), name)?) {
+                return None;
+            }
+        }
+        Some(Rank {
+            exact,
+            prefix_len: if exact { 0 } else { prefix_len },
+            method: self.method.is_some(),
+            headers: self.headers.len(),
+            query: self.query.len(),
+        })
+    }
+}
+
+/// Picks one backend of `backends` by weight (`None` when every weight is 0 or there are
+/// none).
+pub fn pick_backend(backends: &[Backend]) -> Option<&Backend> {
+    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut ticket = rand::random_range(0..total);
+    for backend in backends {
+        let weight = u64::from(backend.weight);
+        if ticket < weight {
+            return Some(backend);
+        }
+        ticket -= weight;
+    }
+    None
+}
+
+/// The table, shared by every request, replaced on each registry change.
+pub type SharedTable = Arc<arc_swap::ArcSwap<Table>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(yaml: &str) -> Registry {
+        let docs = yaml
+            .split("\n---\n")
+            .map(|d| ("test".to_owned(), serde_yaml::from_str(d).expect("yaml")));
+        Registry::from_objects(docs)
+    }
+
+    const BASE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n  labels:\n    weft.io/use-waypoint: waypoint\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: echo\n  namespace: demo\nspec:\n  clusterIP: 10.96.0.10\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n";
+
+    fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut builder = http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn precedence_exact_then_longest_prefix_then_headers() {
+        let routes = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: a\n  namespace: demo\nspec:\n  parentRefs:\n  - {group: '', kind: Service, name: echo}\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /api}}]\n    backendRefs: [{name: prefix-api, port: 80}]\n  - matches: [{path: {type: PathPrefix, value: /api/v2}}]\n    backendRefs: [{name: prefix-v2, port: 80}]\n  - matches: [{path: {type: Exact, value: /api/v2/x}}]\n    backendRefs: [{name: exact, port: 80}]\n  - matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: x-canary, value: 'yes'}]}]\n    backendRefs: [{name: canary, port: 80}]\n";
+        let registry = registry(&format!("{BASE}---\n{routes}"));
+        let table = Table::build(&registry, "demo", "waypoint");
+        assert!(table.problems.is_empty(), "{:?}", table.problems);
+        let pick = |uri: &str, headers: &[(&str, &str)]| {
+            table
+                .choose("demo/echo", Some("demo"), &request("GET", uri, headers))
+                .map(|c| c.rule.backends[0].name.clone())
+        };
+        assert_eq!(pick("/api/v2/x", &[]).as_deref(), Some("exact"));
+        assert_eq!(pick("/api/v2/y", &[]).as_deref(), Some("prefix-v2"));
+        assert_eq!(pick("/api/v1", &[]).as_deref(), Some("prefix-api"));
+        assert_eq!(
+            pick("/api/v1", &[("x-canary", "yes")]).as_deref(),
+            Some("canary")
+        );
+        // A prefix matches whole segments only.
+        assert_eq!(pick("/apiary", &[]), None);
+    }
+
+    #[test]
+    fn a_bad_regex_is_reported_and_the_other_rules_still_apply() {
+        let routes = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: a\n  namespace: demo\nspec:\n  parentRefs:\n  - {kind: Service, name: echo}\n  rules:\n  - matches: [{path: {type: RegularExpression, value: '(unclosed'}}]\n    backendRefs: [{name: x, port: 80}]\n  - backendRefs: [{name: y, port: 80}]\n";
+        let registry = registry(&format!("{BASE}---\n{routes}"));
+        let table = Table::build(&registry, "demo", "waypoint");
+        assert_eq!(table.problems.len(), 1, "{:?}", table.problems);
+        let chosen = table
+            .choose("demo/echo", Some("demo"), &request("GET", "/", &[]))
+            .expect("the second rule");
+        assert_eq!(chosen.rule.index, 1);
+    }
+
+    #[test]
+    fn weights_zero_take_nothing() {
+        let backends = vec![
+            Backend {
+                namespace: "demo".into(),
+                name: "a".into(),
+                port: None,
+                weight: 0,
+            },
+            Backend {
+                namespace: "demo".into(),
+                name: "b".into(),
+                port: None,
+                weight: 3,
+            },
+        ];
+        for _ in 0..50 {
+            assert_eq!(pick_backend(&backends).map(|b| b.name.as_str()), Some("b"));
+        }
+        assert!(pick_backend(&backends[..1]).is_none());
+    }
+}
