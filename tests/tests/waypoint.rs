@@ -70,6 +70,10 @@ spec:
     - headers: [{name: x-version, value: v2}]
     backendRefs: [{name: echo-v2, port: 80}]
   - matches:
+    - path: {type: PathPrefix, value: /slow}
+    backendRefs: [{name: echo-v1, port: 80}]
+    timeouts: {request: 400ms}
+  - matches:
     - path: {type: PathPrefix, value: /old}
     filters:
     - type: RequestRedirect
@@ -254,6 +258,28 @@ fn a_service_that_uses_the_waypoint_is_routed_by_its_httproute() {
         head.to_ascii_lowercase()
             .contains("location: http://example.com/old/page?q=1"),
         "{head}"
+    );
+    // A rule's timeout answers 504 within 10% of it (the backend holds its answer 2 s).
+    let timed = mesh.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{time_total}",
+        "-H",
+        "x-delay-ms: 2000",
+        &format!("http://{ECHO}/slow"),
+    ]);
+    let (code, seconds) = timed.split_once(' ').expect("code and time");
+    assert_eq!(code, "504", "{timed}");
+    let seconds: f64 = seconds.trim().parse().expect("seconds");
+    assert!(
+        (0.36..=0.44).contains(&seconds),
+        "504 after {seconds} s; the route's timeout is 400 ms"
+    );
+    let fast = mesh.curl(&["-H", "x-delay-ms: 50", &format!("http://{ECHO}/slow")]);
+    assert!(
+        fast.contains("server=echo-v1"),
+        "within its timeout a request is answered: {fast}"
     );
     // The client's agent says the connection went through the waypoint.
     let node0 = mesh.cluster.node("node0").clone();

@@ -52,6 +52,8 @@ fn get(waypoint: &Waypoint, path: &str) -> (StatusCode, serde_json::Value) {
                                     "weight": b.weight,
                                 })).collect::<Vec<_>>(),
                                 "filters": r.filters.iter().map(|f| f.kind.clone()).collect::<Vec<_>>(),
+                                "requestTimeoutMs": r.request_timeout.map(|t| t.as_millis()),
+                                "backendRequestTimeoutMs": r.backend_timeout.map(|t| t.as_millis()),
                             })
                         })
                         .collect();
@@ -65,7 +67,7 @@ fn get(waypoint: &Waypoint, path: &str) -> (StatusCode, serde_json::Value) {
                 .collect();
             (
                 StatusCode::OK,
-                json!({"services": services, "problems": problems}),
+                json!({"services": services, "problems": problems, "statuses": table.statuses}),
             )
         }
         "/stats" => (

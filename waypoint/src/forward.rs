@@ -38,6 +38,22 @@ pub struct Tunnel {
     pub client: SpiffeId,
 }
 
+impl Tunnel {
+    /// The Service the client dialed, as the backend of a Service with no route.
+    fn service_itself(&self) -> Backend {
+        let (namespace, name) = self
+            .service
+            .split_once('/')
+            .unwrap_or(("", self.service.as_str()));
+        Backend {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            port: Some(self.service_port),
+            weight: 1,
+        }
+    }
+}
+
 /// The bounded reason of a request's outcome, as metrics and the access log carry it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -47,6 +63,8 @@ pub enum Reason {
     BackendNotFound,
     NoReadyEndpoints,
     UpstreamFailed,
+    /// The rule's `timeouts.request` or `timeouts.backendRequest` passed first.
+    Timeout,
 }
 
 impl Reason {
@@ -58,6 +76,7 @@ impl Reason {
             Self::BackendNotFound => "backend_not_found",
             Self::NoReadyEndpoints => "no_ready_endpoints",
             Self::UpstreamFailed => "upstream_failed",
+            Self::Timeout => "timeout",
         }
     }
 }
@@ -141,6 +160,7 @@ async fn route(
     tunnel: &Tunnel,
     request: Request<hyper::body::Incoming>,
 ) -> (Response<Body>, Outcome) {
+    let started = Instant::now();
     let table = waypoint.table.load_full();
     let (mut parts, body) = request.into_parts();
     let mut outcome = Outcome {
@@ -149,16 +169,7 @@ async fn route(
         upstream: None,
         reason: Reason::Routed,
     };
-    let (service_ns, service_name) = tunnel
-        .service
-        .split_once('/')
-        .unwrap_or(("", tunnel.service.as_str()));
-    let default_backend = [Backend {
-        namespace: service_ns.to_owned(),
-        name: service_name.to_owned(),
-        port: Some(tunnel.service_port),
-        weight: 1,
-    }];
+    let default_backend = [tunnel.service_itself()];
     let chosen = table.choose(
         &tunnel.service,
         Some(tunnel.client.namespace.as_str()),
@@ -205,7 +216,23 @@ async fn route(
         }
     };
     outcome.upstream = Some(endpoint);
-    let sent = send_upstream(waypoint, tunnel, parts, body, endpoint, identity).await;
+    // The response head must come within the rule's timeouts (0s: none); the body streams.
+    let sending = send_upstream(waypoint, tunnel, parts, body, endpoint, identity);
+    let sent = if let Some(limit) = chosen.and_then(|c| c.rule.deadline()) {
+        let left = limit.saturating_sub(started.elapsed());
+        let Ok(sent) = tokio::time::timeout(left, sending).await else {
+            outcome.reason = Reason::Timeout;
+            let detail =
+                format!("no response from {endpoint} within the route's timeout of {limit:?}");
+            return (
+                own(StatusCode::GATEWAY_TIMEOUT, Reason::Timeout, &detail),
+                outcome,
+            );
+        };
+        sent
+    } else {
+        sending.await
+    };
     match sent {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();

@@ -64,6 +64,10 @@ pub struct Rule {
     pub backends: Vec<Backend>,
     /// The route is the caller namespace's (consumer), not the Service's (producer).
     consumer_namespace: Option<String>,
+    /// `timeouts.request`: until the response head, from when the waypoint has the request.
+    pub request_timeout: Option<std::time::Duration>,
+    /// `timeouts.backendRequest`: the same, for the attempt to the backend.
+    pub backend_timeout: Option<std::time::Duration>,
 }
 
 /// What one request matched, and why it ranks where it does.
@@ -84,6 +88,7 @@ pub struct RouteProblem {
 pub struct Table {
     rules: BTreeMap<String, Vec<Rule>>,
     pub problems: Vec<RouteProblem>,
+    pub statuses: Vec<RouteStatus>,
 }
 
 fn compile_value(v: &ValueMatch) -> Result<Value, String> {
@@ -182,7 +187,151 @@ fn attaches(route: &Route, service: &Service) -> bool {
     })
 }
 
+fn compile_rule(
+    route: &Route,
+    id: &str,
+    index: usize,
+    rule: &weft_mesh::registry::routes::RouteRule,
+    consumer_namespace: Option<String>,
+) -> Result<Rule, String> {
+    let matches: Vec<Match> = if rule.matches.is_empty() {
+        vec![compile_match(&RouteMatch::default())?]
+    } else {
+        rule.matches
+            .iter()
+            .map(compile_match)
+            .collect::<Result<_, _>>()?
+    };
+    let timeouts = rule.timeouts.as_ref();
+    let duration = |text: Option<&String>, field: &str| {
+        text.map(|t| {
+            parse_duration(t).ok_or_else(|| {
+                format!(
+                    "timeouts.{field} {t:?} is not a Gateway API duration (e.g. 10s, 500ms, 1m30s)"
+                )
+            })
+        })
+        .transpose()
+    };
+    Ok(Rule {
+        route: id.to_owned(),
+        index,
+        matches,
+        filters: rule.filters.clone(),
+        backends: rule
+            .backend_refs
+            .iter()
+            .map(|b| backend(route, b))
+            .collect(),
+        consumer_namespace,
+        request_timeout: duration(timeouts.and_then(|t| t.request.as_ref()), "request")?,
+        backend_timeout: duration(
+            timeouts.and_then(|t| t.backend_request.as_ref()),
+            "backendRequest",
+        )?,
+    })
+}
+
+/// A Gateway API duration: one to four `<number><h|m|s|ms>` parts (`1h30m`, `500ms`); `0s`
+/// means no timeout.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = text;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 || digits > 5 {
+            return None;
+        }
+        let value: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (std::time::Duration::from_millis(1), 2)
+        } else if rest.starts_with('h') {
+            (std::time::Duration::from_hours(1), 1)
+        } else if rest.starts_with('m') {
+            (std::time::Duration::from_mins(1), 1)
+        } else if rest.starts_with('s') {
+            (std::time::Duration::from_secs(1), 1)
+        } else {
+            return None;
+        };
+        total += unit * u32::try_from(value).ok()?;
+        rest = &rest[len..];
+        parts += 1;
+    }
+    (1..=4).contains(&parts).then_some(total)
+}
+
+/// A route's status for one parent it attaches to, as Gateway API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    pub route: String,
+    /// The parent Service (`namespace/name`).
+    pub parent: String,
+    /// `Accepted`: True with reason `Accepted`, or False with `UnsupportedValue` when no rule
+    /// could be compiled.
+    pub accepted: bool,
+    pub accepted_reason: &'static str,
+    /// `ResolvedRefs`: True with `ResolvedRefs`, or False with `BackendNotFound`.
+    pub resolved_refs: bool,
+    pub resolved_refs_reason: &'static str,
+    pub message: String,
+}
+
+fn status_of(registry: &Registry, route: &Route, parent: &str, problems: usize) -> RouteStatus {
+    let missing: Vec<String> = route
+        .spec
+        .rules
+        .iter()
+        .flat_map(|r| &r.backend_refs)
+        .filter(|b| b.kind.as_deref().is_none_or(|k| k == "Service"))
+        .map(|b| {
+            (
+                b.namespace
+                    .clone()
+                    .unwrap_or_else(|| route.namespace.clone()),
+                b.name.clone(),
+            )
+        })
+        .filter(|(ns, name)| registry.service(ns, name).is_none())
+        .map(|(ns, name)| format!("{ns}/{name}"))
+        .collect();
+    let accepted = problems < route.spec.rules.len() || route.spec.rules.is_empty();
+    RouteStatus {
+        route: format!("{}/{}", route.namespace, route.name),
+        parent: parent.to_owned(),
+        accepted,
+        accepted_reason: if accepted {
+            "Accepted"
+        } else {
+            "UnsupportedValue"
+        },
+        resolved_refs: missing.is_empty(),
+        resolved_refs_reason: if missing.is_empty() {
+            "ResolvedRefs"
+        } else {
+            "BackendNotFound"
+        },
+        message: if missing.is_empty() {
+            String::new()
+        } else {
+            format!("backend Services not found: {}", missing.join(", "))
+        },
+    }
+}
+
 impl Rule {
+    /// The shorter of the rule's timeouts, if it sets one above 0.
+    pub fn deadline(&self) -> Option<std::time::Duration> {
+        [self.request_timeout, self.backend_timeout]
+            .into_iter()
+            .flatten()
+            .filter(|t| !t.is_zero())
+            .min()
+    }
+
     /// The `PathPrefix` values of this rule's matches.
     pub fn prefixes(&self) -> impl Iterator<Item = &str> {
         self.matches.iter().filter_map(|m| match &m.path {
@@ -220,31 +369,22 @@ impl Table {
                 let id = format!("{}/{}", route.namespace, route.name);
                 let consumer =
                     (route.namespace != service.namespace).then(|| route.namespace.clone());
+                let mut problems = 0;
                 for (index, rule) in route.spec.rules.iter().enumerate() {
-                    let matches: Result<Vec<Match>, String> = if rule.matches.is_empty() {
-                        compile_match(&RouteMatch::default()).map(|m| vec![m])
-                    } else {
-                        rule.matches.iter().map(compile_match).collect()
-                    };
-                    match matches {
-                        Ok(matches) => rules.push(Rule {
-                            route: id.clone(),
-                            index,
-                            matches,
-                            filters: rule.filters.clone(),
-                            backends: rule
-                                .backend_refs
-                                .iter()
-                                .map(|b| backend(route, b))
-                                .collect(),
-                            consumer_namespace: consumer.clone(),
-                        }),
-                        Err(problem) => table.problems.push(RouteProblem {
-                            route: id.clone(),
-                            problem: format!("rule {index}: {problem}"),
-                        }),
+                    match compile_rule(route, &id, index, rule, consumer.clone()) {
+                        Ok(rule) => rules.push(rule),
+                        Err(problem) => {
+                            problems += 1;
+                            table.problems.push(RouteProblem {
+                                route: id.clone(),
+                                problem: format!("rule {index}: {problem}"),
+                            });
+                        }
                     }
                 }
+                table
+                    .statuses
+                    .push(status_of(registry, route, &key, problems));
             }
             table.rules.insert(key, rules);
         }
@@ -438,6 +578,35 @@ mod tests {
             .choose("demo/echo", Some("demo"), &request("GET", "/", &[]))
             .expect("the second rule");
         assert_eq!(chosen.rule.index, 1);
+    }
+
+    #[test]
+    fn durations_follow_the_gateway_api_format() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_mins(90)));
+        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+        for bad in ["", "10", "s", "1d", "123456s", "1h1m1s1ms1h", "-1s"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_missing_backend_is_reported_as_backend_not_found() {
+        let routes = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: a\n  namespace: demo\nspec:\n  parentRefs:\n  - {kind: Service, name: echo}\n  rules:\n  - backendRefs: [{name: nowhere, port: 80}]\n    timeouts: {request: 2s}\n";
+        let registry = registry(&format!("{BASE}---\n{routes}"));
+        let table = Table::build(&registry, "demo", "waypoint");
+        assert_eq!(table.statuses.len(), 1);
+        let status = &table.statuses[0];
+        assert!(status.accepted);
+        assert!(!status.resolved_refs);
+        assert_eq!(status.resolved_refs_reason, "BackendNotFound");
+        assert!(status.message.contains("demo/nowhere"), "{status:?}");
+        assert_eq!(
+            table.rules_of("demo/echo")[0].request_timeout,
+            Some(std::time::Duration::from_secs(2))
+        );
     }
 
     #[test]

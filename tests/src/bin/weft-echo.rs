@@ -1,5 +1,6 @@
 //! The playground's echo server: HTTP/1.1 and HTTP/2 (prior knowledge) on one port, answering
-//! with the peer address it saw, its own name and the request's headers.
+//! with the peer address it saw, its own name and the request's headers (after `x-delay-ms`
+//! milliseconds when the request asks).
 #![forbid(unsafe_code)]
 
 use std::{convert::Infallible, fmt::Write as _, net::SocketAddr};
@@ -31,7 +32,19 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let name = name.clone();
-                async move { Ok::<_, Infallible>(answer(&name, peer, &req)) }
+                async move {
+                    // `x-delay-ms` holds the answer back, for timeout tests (at most 60 s).
+                    let delay = req
+                        .headers()
+                        .get("x-delay-ms")
+                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                        .unwrap_or(0)
+                        .min(60_000);
+                    if delay > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                    }
+                    Ok::<_, Infallible>(answer(&name, peer, &req))
+                }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
