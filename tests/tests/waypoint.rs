@@ -17,6 +17,7 @@ const ECHO: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const ECHO_V1: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 21);
 const ECHO_V2: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 22);
 const DIRECT: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 23);
+const MIRROR: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 24);
 
 struct Mesh {
     cluster: Cluster,
@@ -74,6 +75,13 @@ spec:
     backendRefs: [{name: echo-v1, port: 80}]
     timeouts: {request: 400ms}
   - matches:
+    - path: {type: PathPrefix, value: /mirrored}
+    backendRefs: [{name: echo-v1, port: 80}]
+    filters:
+    - type: RequestMirror
+      requestMirror:
+        backendRef: {name: echo-mirror, port: 80}
+  - matches:
     - path: {type: PathPrefix, value: /old}
     filters:
     - type: RequestRedirect
@@ -95,6 +103,7 @@ fn start() -> Mesh {
             PodSpec::new("demo", "echo-v2", "node0"),
             PodSpec::new("demo", "echo-v1", "node1"),
             PodSpec::new("demo", "waypoint", "node1"),
+            PodSpec::new("demo", "mirror", "node0"),
         ],
     };
     let cluster = Cluster::start(&spec).expect("cluster");
@@ -127,6 +136,12 @@ fn start() -> Mesh {
         labelled_service("echo-v1", ECHO_V1, &[v1], false),
         labelled_service("echo-v2", ECHO_V2, &[v2], false),
         labelled_service("direct", DIRECT, &[v1], false),
+        labelled_service(
+            "echo-mirror",
+            MIRROR,
+            &[cluster.pod("demo", "mirror").ip],
+            false,
+        ),
     ]
     .join("---\n");
     manifests
@@ -146,28 +161,8 @@ fn start() -> Mesh {
             .start_agent(&node, &bin("weft-agent"), &manifests.dir, &logs)
             .expect("agent");
     }
+    spawn_mirror_and_waypoint(&cluster, &echo, &manifests.dir, &logs);
     let waypoint = cluster.pod("demo", "waypoint").clone();
-    let manifests_dir = manifests.dir.to_str().expect("path").to_owned();
-    let ca_dir = logs.join("ca");
-    let log = std::fs::File::create(logs.join("waypoint.log")).expect("waypoint log");
-    cluster
-        .spawn_in_pod_logged(
-            &waypoint,
-            bin("weft-waypoint").to_str().expect("path"),
-            &[
-                "--manifests",
-                &manifests_dir,
-                "--namespace",
-                "demo",
-                "--name",
-                "waypoint",
-                "--ca-dir",
-                ca_dir.to_str().expect("path"),
-            ],
-            &[("RUST_LOG", "info,weft_waypoint=debug")],
-            log,
-        )
-        .expect("waypoint");
     let mesh = Mesh {
         cluster,
         _manifests: manifests,
@@ -187,6 +182,49 @@ fn start() -> Mesh {
         .is_ok()
     });
     mesh
+}
+
+/// The mirror's echo server (its requests counted in `mirror.log`) and the waypoint (its log
+/// in `waypoint.log`), from the same manifest folder and CA as the agents.
+fn spawn_mirror_and_waypoint(
+    cluster: &Cluster,
+    echo: &std::path::Path,
+    manifests: &std::path::Path,
+    logs: &std::path::Path,
+) {
+    let mirror = cluster.pod("demo", "mirror").clone();
+    std::fs::create_dir_all(logs).expect("logs");
+    cluster
+        .spawn_in_pod_logged(
+            &mirror,
+            echo.to_str().expect("path"),
+            &["0.0.0.0:8080", "mirror"],
+            &[],
+            std::fs::File::create(logs.join("mirror.log")).expect("mirror log"),
+        )
+        .expect("mirror echo");
+    let waypoint = cluster.pod("demo", "waypoint").clone();
+    let manifests_dir = manifests.to_str().expect("path");
+    let ca_dir = logs.join("ca");
+    let log = std::fs::File::create(logs.join("waypoint.log")).expect("waypoint log");
+    cluster
+        .spawn_in_pod_logged(
+            &waypoint,
+            bin("weft-waypoint").to_str().expect("path"),
+            &[
+                "--manifests",
+                manifests_dir,
+                "--namespace",
+                "demo",
+                "--name",
+                "waypoint",
+                "--ca-dir",
+                ca_dir.to_str().expect("path"),
+            ],
+            &[("RUST_LOG", "info,weft_waypoint=debug")],
+            log,
+        )
+        .expect("waypoint");
 }
 
 impl Mesh {
@@ -259,28 +297,6 @@ fn a_service_that_uses_the_waypoint_is_routed_by_its_httproute() {
             .contains("location: http://example.com/old/page?q=1"),
         "{head}"
     );
-    // A rule's timeout answers 504 within 10% of it (the backend holds its answer 2 s).
-    let timed = mesh.curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code} %{time_total}",
-        "-H",
-        "x-delay-ms: 2000",
-        &format!("http://{ECHO}/slow"),
-    ]);
-    let (code, seconds) = timed.split_once(' ').expect("code and time");
-    assert_eq!(code, "504", "{timed}");
-    let seconds: f64 = seconds.trim().parse().expect("seconds");
-    assert!(
-        (0.36..=0.44).contains(&seconds),
-        "504 after {seconds} s; the route's timeout is 400 ms"
-    );
-    let fast = mesh.curl(&["-H", "x-delay-ms: 50", &format!("http://{ECHO}/slow")]);
-    assert!(
-        fast.contains("server=echo-v1"),
-        "within its timeout a request is answered: {fast}"
-    );
     // The client's agent says the connection went through the waypoint.
     let node0 = mesh.cluster.node("node0").clone();
     let flows = mesh.cluster.admin(&node0, "/flows").expect("flows");
@@ -329,5 +345,55 @@ fn a_service_without_the_label_stays_l4() {
     assert!(
         direct.iter().all(|f| f.get("waypoint").is_none()),
         "{flows}"
+    );
+}
+
+#[test]
+fn a_rules_timeout_answers_504_and_a_mirror_gets_a_copy_the_client_never_sees() {
+    if !require_privileges() {
+        return;
+    }
+    let mesh = start();
+    // A rule's timeout answers 504 within 10% of it (the backend holds its answer 2 s).
+    let timed = mesh.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{time_total}",
+        "-H",
+        "x-delay-ms: 2000",
+        &format!("http://{ECHO}/slow"),
+    ]);
+    let (code, seconds) = timed.split_once(' ').expect("code and time");
+    assert_eq!(code, "504", "{timed}");
+    let seconds: f64 = seconds.trim().parse().expect("seconds");
+    assert!(
+        (0.36..=0.44).contains(&seconds),
+        "504 after {seconds} s; the route's timeout is 400 ms"
+    );
+    let fast = mesh.curl(&["-H", "x-delay-ms: 50", &format!("http://{ECHO}/slow")]);
+    assert!(
+        fast.contains("server=echo-v1"),
+        "within its timeout a request is answered: {fast}"
+    );
+    // A mirrored rule: the client sees only the primary's answer, the mirror gets a copy.
+    for _ in 0..5 {
+        let body = mesh.curl(&["-d", "copied body", &format!("http://{ECHO}/mirrored")]);
+        assert!(
+            body.contains("server=echo-v1"),
+            "the primary answers: {body}"
+        );
+    }
+    eventually(
+        Duration::from_secs(5),
+        "the mirror received every copy",
+        || {
+            std::fs::read_to_string(mesh.logs.join("mirror.log"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| *l == "request POST /mirrored")
+                .count()
+                == 5
+        },
     );
 }

@@ -59,6 +59,8 @@ pub struct Waypoint {
     pub requests: Requests,
     pub limits: Arc<Limits>,
     pub ready: AtomicBool,
+    /// Mirror copies in flight (see [`crate::mirror`]).
+    pub mirrors: Arc<tokio::sync::Semaphore>,
 }
 
 async fn start_source(config: &Config) -> Result<watch::Receiver<Arc<Registry>>, AppError> {
@@ -146,6 +148,9 @@ pub async fn run(
         requests: Requests::default(),
         limits: limits.clone(),
         ready: AtomicBool::new(false),
+        mirrors: Arc::new(tokio::sync::Semaphore::new(
+            crate::mirror::MAX_MIRRORS_IN_FLIGHT,
+        )),
     });
     tokio::spawn(follow_routes(waypoint.clone(), registry));
     let listener = tokio::net::TcpListener::bind(config.hbone_addr)

@@ -63,6 +63,8 @@ pub enum Reason {
     BackendNotFound,
     NoReadyEndpoints,
     UpstreamFailed,
+    /// A mirrored request's body was over the mirror cap.
+    MirrorBodyTooLarge,
     /// The rule's `timeouts.request` or `timeouts.backendRequest` passed first.
     Timeout,
 }
@@ -76,6 +78,7 @@ impl Reason {
             Self::BackendNotFound => "backend_not_found",
             Self::NoReadyEndpoints => "no_ready_endpoints",
             Self::UpstreamFailed => "upstream_failed",
+            Self::MirrorBodyTooLarge => "mirror_body_too_large",
             Self::Timeout => "timeout",
         }
     }
@@ -123,6 +126,19 @@ struct Outcome {
     reason: Reason,
 }
 
+impl Outcome {
+    /// The waypoint's own answer, with its reason recorded.
+    fn answer(
+        mut self,
+        status: StatusCode,
+        reason: Reason,
+        detail: &str,
+    ) -> (Response<Body>, Self) {
+        self.reason = reason;
+        (own(status, reason, detail), self)
+    }
+}
+
 /// Serves one request that arrived on `tunnel`.
 pub async fn handle(
     waypoint: Arc<Waypoint>,
@@ -134,9 +150,13 @@ pub async fn handle(
     let path = request.uri().path().to_owned();
     let (response, outcome) = route(&waypoint, &tunnel, request).await;
     let status = response.status().as_u16();
-    waypoint
-        .requests
-        .record(&tunnel.service, &outcome.route, status, outcome.reason);
+    waypoint.requests.record(
+        &tunnel.service,
+        &outcome.route,
+        status,
+        outcome.reason,
+        started.elapsed().as_secs_f64(),
+    );
     tracing::info!(
         target: "weft_waypoint::access",
         service = %tunnel.service,
@@ -156,8 +176,8 @@ pub async fn handle(
 }
 
 async fn route(
-    waypoint: &Waypoint,
-    tunnel: &Tunnel,
+    waypoint: &Arc<Waypoint>,
+    tunnel: &Arc<Tunnel>,
     request: Request<hyper::body::Incoming>,
 ) -> (Response<Body>, Outcome) {
     let started = Instant::now();
@@ -216,18 +236,27 @@ async fn route(
         }
     };
     outcome.upstream = Some(endpoint);
+    let Ok(body) =
+        crate::mirror::prepare(waypoint, tunnel, chosen.map(|c| c.rule), &parts, body).await
+    else {
+        let detail = format!(
+            "a mirrored request's body may be at most {} bytes",
+            crate::mirror::MIRROR_BODY_CAP
+        );
+        return outcome.answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Reason::MirrorBodyTooLarge,
+            &detail,
+        );
+    };
     // The response head must come within the rule's timeouts (0s: none); the body streams.
     let sending = send_upstream(waypoint, tunnel, parts, body, endpoint, identity);
     let sent = if let Some(limit) = chosen.and_then(|c| c.rule.deadline()) {
         let left = limit.saturating_sub(started.elapsed());
         let Ok(sent) = tokio::time::timeout(left, sending).await else {
-            outcome.reason = Reason::Timeout;
             let detail =
                 format!("no response from {endpoint} within the route's timeout of {limit:?}");
-            return (
-                own(StatusCode::GATEWAY_TIMEOUT, Reason::Timeout, &detail),
-                outcome,
-            );
+            return outcome.answer(StatusCode::GATEWAY_TIMEOUT, Reason::Timeout, &detail);
         };
         sent
     } else {
@@ -242,15 +271,11 @@ async fn route(
             (Response::from_parts(parts, body.boxed()), outcome)
         }
         Err(e) => {
-            outcome.reason = Reason::UpstreamFailed;
             tracing::warn!(error = %e, service = %tunnel.service, "upstream request failed");
-            (
-                own(
-                    StatusCode::BAD_GATEWAY,
-                    Reason::UpstreamFailed,
-                    &e.to_string(),
-                ),
-                outcome,
+            outcome.answer(
+                StatusCode::BAD_GATEWAY,
+                Reason::UpstreamFailed,
+                &e.to_string(),
             )
         }
     }
@@ -263,7 +288,11 @@ type Refusal = (StatusCode, Reason, String);
 
 /// A backend of `backends` by weight, and one of its ready endpoints with the identity it must
 /// prove; or the answer the waypoint makes when there is none.
-fn pick(waypoint: &Waypoint, backends: &[Backend], default_port: u16) -> Result<Picked, Refusal> {
+pub(crate) fn pick(
+    waypoint: &Waypoint,
+    backends: &[Backend],
+    default_port: u16,
+) -> Result<Picked, Refusal> {
     let backend = routing::pick_backend(backends).ok_or_else(|| {
         (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -290,11 +319,11 @@ fn pick(waypoint: &Waypoint, backends: &[Backend], default_port: u16) -> Result<
 
 /// Sends the request to `endpoint` (as HTTP/1.1 or HTTP/2, as it came), with the client in
 /// `X-Forwarded-For`.
-async fn send_upstream(
+pub(crate) async fn send_upstream(
     waypoint: &Waypoint,
     tunnel: &Tunnel,
     mut parts: http::request::Parts,
-    body: hyper::body::Incoming,
+    body: upstream::UpstreamBody,
     endpoint: SocketAddr,
     identity: Option<SpiffeId>,
 ) -> Result<Response<hyper::body::Incoming>, upstream::UpstreamError> {
@@ -314,7 +343,7 @@ async fn send_upstream(
         .await?;
     waypoint
         .upstreams
-        .send(checked, Request::from_parts(parts, body.boxed()))
+        .send(checked, Request::from_parts(parts, body))
         .await
 }
 

@@ -9,6 +9,7 @@ pub mod app;
 pub mod config;
 pub mod forward;
 pub mod metrics;
+pub mod mirror;
 pub mod rewrite;
 pub mod routing;
 pub mod tunnels;

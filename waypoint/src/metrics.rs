@@ -9,7 +9,11 @@ use std::{
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        histogram::{exponential_buckets, Histogram},
+    },
     registry::Registry,
 };
 
@@ -24,10 +28,23 @@ pub struct RequestLabels {
     pub reason: String,
 }
 
+/// The duration histogram's labels: fewer than the counter's, so its series stay few.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    pub service: String,
+    pub route: String,
+}
+
+fn duration_histogram() -> Histogram {
+    // 0.25 ms to about 16 s: a mesh hop to a slow backend.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
+}
+
 /// Requests by Service, route, status and reason.
 pub struct Requests {
     registry: Registry,
     total: Family<RequestLabels, Counter>,
+    duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
     stats: Mutex<BTreeMap<RequestLabels, u64>>,
 }
 
@@ -46,16 +63,38 @@ impl Default for Requests {
             "Requests the waypoint answered, by Service, route rule, status code and reason",
             total.clone(),
         );
+        let duration: Family<DurationLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "request_duration",
+            "Time from a request's arrival to its response head, by Service and route rule",
+            prometheus_client::registry::Unit::Seconds,
+            duration.clone(),
+        );
         Self {
             registry,
             total,
+            duration,
             stats: Mutex::default(),
         }
     }
 }
 
 impl Requests {
-    pub fn record(&self, service: &str, route: &str, code: u16, reason: crate::forward::Reason) {
+    pub fn record(
+        &self,
+        service: &str,
+        route: &str,
+        code: u16,
+        reason: crate::forward::Reason,
+        seconds: f64,
+    ) {
+        self.duration
+            .get_or_create(&DurationLabels {
+                service: service.to_owned(),
+                route: route.to_owned(),
+            })
+            .observe(seconds);
         let labels = RequestLabels {
             service: service.to_owned(),
             route: route.to_owned(),

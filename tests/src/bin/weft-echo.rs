@@ -43,6 +43,8 @@ async fn main() -> anyhow::Result<()> {
                     if delay > 0 {
                         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
                     }
+                    // One line per request, for tests that count what reached this server.
+                    println!("request {} {}", req.method(), req.uri().path());
                     Ok::<_, Infallible>(answer(&name, peer, &req))
                 }
             });
