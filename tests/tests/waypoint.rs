@@ -254,7 +254,8 @@ fn a_service_that_uses_the_waypoint_is_routed_by_its_httproute() {
     }
     let mesh = start();
     let client_ip = mesh.cluster.pod("demo", "client").ip.to_string();
-    let url = format!("http://{ECHO}/");
+    // A deep path: the catch-all rule takes every path, not only "/".
+    let url = format!("http://{ECHO}/catalog/items");
     // The 90/10 split over 100 requests: within the binomial 99.9% interval [1, 22].
     let mut v2 = 0;
     for _ in 0..100 {
@@ -296,6 +297,41 @@ fn a_service_that_uses_the_waypoint_is_routed_by_its_httproute() {
         head.to_ascii_lowercase()
             .contains("location: http://example.com/old/page?q=1"),
         "{head}"
+    );
+    // route-check explains the choice without sending anything, from the waypoint's admin.
+    let waypoint = mesh.cluster.pod("demo", "waypoint").clone();
+    let out = mesh
+        .cluster
+        .run_in_netns_only(
+            &waypoint,
+            bin("weftctl").to_str().expect("path"),
+            &[
+                "route-check",
+                "GET",
+                &format!("http://{ECHO}/old/x"),
+                "-H",
+                "x-version: v1",
+            ],
+        )
+        .expect("weftctl");
+    let explained = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{explained} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        explained.contains("chosen: demo/echo rule 3"),
+        "{explained}"
+    );
+    assert!(explained.contains("RequestRedirect"), "{explained}");
+    assert!(
+        explained.contains(r#"header x-version is "v1" (wants "v2")"#),
+        "{explained}"
+    );
+    assert!(
+        explained.contains("matches, but a more specific or earlier rule ranks first"),
+        "the catch-all matched too: {explained}"
     );
     // The client's agent says the connection went through the waypoint.
     let node0 = mesh.cluster.node("node0").clone();

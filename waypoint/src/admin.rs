@@ -81,7 +81,7 @@ fn get(waypoint: &Waypoint, path: &str) -> (StatusCode, serde_json::Value) {
         "/certs" => (StatusCode::OK, json!(waypoint.certs.certs())),
         _ => (
             StatusCode::NOT_FOUND,
-            json!({"error": "try /status, /routes, /stats or /certs"}),
+            json!({"error": "try /status, /routes, /route-check, /stats or /certs"}),
         ),
     }
 }
@@ -111,6 +111,9 @@ pub async fn start(
         Arc::new(
             move |method: &http::Method, path: &str, query: Option<&str>| {
                 match weft_mesh::admin::endpoint(method, path, query) {
+                    Endpoint::Get("/route-check") => {
+                        json_reply(crate::route_check::answer(&state, query))
+                    }
                     Endpoint::Get(path) => json_reply(get(&state, path)),
                     Endpoint::SetLogLevel(level) => {
                         json_reply(weft_mesh::admin::set_log_level(log_filter.as_ref(), level))

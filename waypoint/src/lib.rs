@@ -11,6 +11,7 @@ pub mod forward;
 pub mod metrics;
 pub mod mirror;
 pub mod rewrite;
+pub mod route_check;
 pub mod routing;
 pub mod tunnels;
 pub mod upstream;

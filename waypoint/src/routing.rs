@@ -103,7 +103,8 @@ fn compile_value(v: &ValueMatch) -> Result<Value, String> {
 
 fn compile_path(p: Option<&PathMatch>) -> Result<Path, String> {
     let Some(p) = p else {
-        return Ok(Path::Prefix("/".into()));
+        // Trailing slashes are trimmed: "/" is the empty prefix, which every path has.
+        return Ok(Path::Prefix(String::new()));
     };
     match p.kind.as_str() {
         "Exact" => Ok(Path::Exact(p.value.clone())),
@@ -504,6 +505,135 @@ impl Match {
     }
 }
 
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact(p) => write!(f, "Exact {p}"),
+            Self::Prefix(p) if p.is_empty() => write!(f, "PathPrefix /"),
+            Self::Prefix(p) => write!(f, "PathPrefix {p}"),
+            Self::Regex(re) => write!(f, "RegularExpression {}", re.as_str()),
+        }
+    }
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact(v) => write!(f, "{v:?}"),
+            Self::Regex(re) => write!(f, "/{}/", re.as_str()),
+        }
+    }
+}
+
+impl Match {
+    /// Why `request` misses this match, in words; only asked when [`Match::rank`] is `None`
+    /// (route-check), so the request path allocates nothing for misses.
+    fn why_not(&self, request: &http::request::Parts) -> String {
+        let path = request.uri.path();
+        let path_only = Self {
+            path: match &self.path {
+                Path::Exact(p) => Path::Exact(p.clone()),
+                Path::Prefix(p) => Path::Prefix(p.clone()),
+                Path::Regex(re) => Path::Regex(re.clone()),
+            },
+            method: None,
+            headers: Vec::new(),
+            query: Vec::new(),
+        };
+        if path_only.rank(request).is_none() {
+            return format!("path {path} does not match {}", self.path);
+        }
+        if let Some(method) = self.method.as_ref().filter(|m| **m != request.method) {
+            return format!("method {} is not {method}", request.method);
+        }
+        for (name, value) in &self.headers {
+            match request.headers.get(name).and_then(|v| v.to_str().ok()) {
+                None => return format!("header {name} is absent (wants {value})"),
+                Some(actual) if !value.matches(actual) => {
+                    return format!("header {name} is {actual:?} (wants {value})");
+                }
+                Some(_) => {}
+            }
+        }
+        for (name, value) in &self.query {
+            match query_value(request.uri.query(), name) {
+                None => return format!("query parameter {name} is absent (wants {value})"),
+                Some(actual) if !value.matches(actual) => {
+                    return format!("query parameter {name} is {actual:?} (wants {value})");
+                }
+                Some(_) => {}
+            }
+        }
+        "matches".into()
+    }
+}
+
+/// What route-check says of one rule for one request.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleVerdict {
+    pub route: String,
+    pub rule: usize,
+    /// The rule is the one the request takes.
+    pub chosen: bool,
+    /// It matches (but may rank below the chosen one).
+    pub matches: bool,
+    /// Why it matched or did not, or why a match ranked lower.
+    pub why: String,
+}
+
+impl Table {
+    /// Every rule of `service` weighed for `request`, as [`Table::choose`] weighs them, with
+    /// why each one was or was not taken.
+    pub fn explain(
+        &self,
+        service: &str,
+        caller_namespace: Option<&str>,
+        request: &http::request::Parts,
+    ) -> Vec<RuleVerdict> {
+        let chosen = self
+            .choose(service, caller_namespace, request)
+            .map(|c| (c.rule.route.clone(), c.rule.index));
+        let consumers_present = self.rules_of(service).iter().any(|r| {
+            r.consumer_namespace.is_some() && r.consumer_namespace.as_deref() == caller_namespace
+        });
+        self.rules_of(service)
+            .iter()
+            .map(|rule| {
+                let is_chosen = chosen.as_ref() == Some(&(rule.route.clone(), rule.index));
+                let hidden = match &rule.consumer_namespace {
+                    Some(ns) => (Some(ns.as_str()) != caller_namespace)
+                        .then(|| format!("a consumer route of namespace {ns}, not the caller's")),
+                    None => consumers_present.then(|| {
+                        "a producer route, replaced by the caller namespace's own routes".to_owned()
+                    }),
+                };
+                let matched = rule.matches.iter().any(|m| m.rank(request).is_some());
+                let why = if let Some(hidden) = hidden {
+                    hidden
+                } else if is_chosen {
+                    "matches, and ranks first".into()
+                } else if matched {
+                    "matches, but a more specific or earlier rule ranks first".into()
+                } else {
+                    rule.matches
+                        .iter()
+                        .map(|m| m.why_not(request))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                RuleVerdict {
+                    route: rule.route.clone(),
+                    rule: rule.index,
+                    chosen: is_chosen,
+                    matches: matched,
+                    why,
+                }
+            })
+            .collect()
+    }
+}
+
 /// Picks one backend of `backends` by weight (`None` when every weight is 0 or there are
 /// none).
 pub fn pick_backend(backends: &[Backend]) -> Option<&Backend> {
@@ -566,6 +696,31 @@ mod tests {
         );
         // A prefix matches whole segments only.
         assert_eq!(pick("/apiary", &[]), None);
+    }
+
+    #[test]
+    fn route_check_says_why_each_rule_was_or_was_not_taken() {
+        let routes = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: a\n  namespace: demo\nspec:\n  parentRefs:\n  - {kind: Service, name: echo}\n  rules:\n  - matches: [{headers: [{name: x-version, value: v2}]}]\n    backendRefs: [{name: v2, port: 80}]\n  - matches: [{path: {type: PathPrefix, value: /api}, method: POST}]\n    backendRefs: [{name: api, port: 80}]\n  - backendRefs: [{name: v1, port: 80}]\n";
+        let registry = registry(&format!("{BASE}---\n{routes}"));
+        let table = Table::build(&registry, "demo", "waypoint");
+        let verdicts = table.explain(
+            "demo/echo",
+            Some("demo"),
+            &request("GET", "/api/x", &[("x-version", "v1")]),
+        );
+        assert_eq!(verdicts.len(), 3);
+        assert!(
+            verdicts[0]
+                .why
+                .contains("header x-version is \"v1\" (wants \"v2\")"),
+            "{verdicts:?}"
+        );
+        assert!(
+            verdicts[1].why.contains("method GET is not POST"),
+            "{verdicts:?}"
+        );
+        assert!(verdicts[2].chosen, "{verdicts:?}");
+        assert_eq!(verdicts.iter().filter(|v| v.chosen).count(), 1);
     }
 
     #[test]

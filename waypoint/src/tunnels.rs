@@ -104,7 +104,7 @@ impl Tunnels for Waypoint {
 
 impl Waypoint {
     /// The Service (`namespace/name`) and port at `vip`, if this waypoint serves it.
-    fn served_service(&self, vip: SocketAddrV4) -> Option<(String, u16)> {
+    pub(crate) fn served_service(&self, vip: SocketAddrV4) -> Option<(String, u16)> {
         let registry = self.registry.borrow();
         let (service, port) = registry.service_by_vip(vip)?;
         let waypoint = registry.waypoint_for(service)?;

@@ -109,6 +109,19 @@ pub enum Cmd {
         level: String,
     },
     Version,
+    /// At a waypoint (`--admin` its admin address): which route rule `METHOD URL` would take,
+    /// why every other rule did not, and what the chosen one would do. Nothing is sent to a
+    /// backend. URL's host is a Service VIP or `name.namespace`.
+    RouteCheck {
+        method: String,
+        url: String,
+        /// A request header, `name: value` (repeat for more).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// The caller's namespace, for its consumer routes.
+        #[arg(long)]
+        caller_namespace: Option<String>,
+    },
     /// Waypoints: `generate` prints the objects one needs in Kubernetes (what the controller
     /// creates for a Gateway of class `weft-waypoint`).
     Waypoint {

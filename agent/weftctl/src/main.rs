@@ -138,6 +138,37 @@ async fn command(client: Client, output: Output, command: Cmd) -> anyhow::Result
                     .to_owned()
             })?
         }
+        command @ (Cmd::RouteCheck { .. } | Cmd::Waypoint { .. }) => {
+            waypoint_command(&client, output, command).await?
+        }
+        Cmd::Logging { level } => {
+            let path = format!("/logging?level={}", encode_level(&level));
+            let set = client.post::<weft_api::LogLevel>(&path).await?;
+            show(output, &set, |s| format!("log filter is now {}", s.level))?
+        }
+    };
+    print(&text).await
+}
+
+/// The waypoint commands: `route-check` asks the waypoint at `client`; `waypoint generate`
+/// only prints.
+async fn waypoint_command(client: &Client, output: Output, command: Cmd) -> anyhow::Result<String> {
+    Ok(match command {
+        Cmd::RouteCheck {
+            method,
+            url,
+            headers,
+            caller_namespace,
+        } => {
+            let path = weftctl::waypoint::route_check_path(
+                &method,
+                &url,
+                &headers,
+                caller_namespace.as_deref(),
+            );
+            let answer = client.get::<serde_json::Value>(&path).await?;
+            show(output, &answer, weftctl::waypoint::render_route_check)?
+        }
         // Printed, not asked of an agent.
         Cmd::Waypoint {
             command:
@@ -149,13 +180,8 @@ async fn command(client: Client, output: Output, command: Cmd) -> anyhow::Result
         } => weftctl::waypoint::generate(&namespace, &name, &image)?
             .trim_end()
             .to_owned(),
-        Cmd::Logging { level } => {
-            let path = format!("/logging?level={}", encode_level(&level));
-            let set = client.post::<weft_api::LogLevel>(&path).await?;
-            show(output, &set, |s| format!("log filter is now {}", s.level))?
-        }
-    };
-    print(&text).await
+        _ => unreachable!("only waypoint commands come here"),
+    })
 }
 
 /// An EnvFilter's text in a query value: `,` `=` and `_` may stay, the rest is escaped.

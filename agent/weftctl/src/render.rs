@@ -42,7 +42,10 @@ pub fn show<T: Serialize + ?Sized>(
 }
 
 /// A table with a header row and one row per item.
-fn table<S: Into<Cell>>(header: &[&str], rows: impl IntoIterator<Item = Vec<S>>) -> String {
+pub(crate) fn table<S: Into<Cell>>(
+    header: &[&str],
+    rows: impl IntoIterator<Item = Vec<S>>,
+) -> String {
     let mut t = Table::new();
     t.load_style(TableStyle::new());
     t.set_header(header.to_vec());

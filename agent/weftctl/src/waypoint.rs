@@ -1,7 +1,10 @@
-//! `weftctl waypoint generate`: the objects a waypoint needs in Kubernetes, as Weft's
-//! controller would create them for a Gateway of class `weft-waypoint` (SPEC, Waypoints), for
-//! people who prefer to apply them themselves: the Gateway, a ServiceAccount named after it
-//! (its identity), a Deployment running `weft-waypoint`, and a Service for its HBONE port.
+//! What weftctl does with waypoints: `waypoint generate` prints the objects a waypoint needs in
+//! Kubernetes, as Weft's controller would create them for a Gateway of class `weft-waypoint`
+//! (SPEC, Waypoints): the Gateway, a ServiceAccount named after it (its identity), a Deployment
+//! running `weft-waypoint`, and a Service for its HBONE port; `route-check` asks a waypoint
+//! which rule a request would take, and shows why.
+
+use std::fmt::Write as _;
 
 use serde_json::json;
 
@@ -88,6 +91,82 @@ pub fn generate(namespace: &str, name: &str, image: &str) -> anyhow::Result<Stri
         text.push_str(&serde_yaml::to_string(&object)?);
     }
     Ok(text)
+}
+
+/// The admin path of a route-check for `method url` with `headers` (`name: value`).
+pub fn route_check_path(
+    method: &str,
+    url: &str,
+    headers: &[String],
+    caller_namespace: Option<&str>,
+) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("method", method).append_pair("url", url);
+    for header in headers {
+        query.append_pair("header", header);
+    }
+    if let Some(ns) = caller_namespace {
+        query.append_pair("caller-namespace", ns);
+    }
+    format!("/route-check?{}", query.finish())
+}
+
+/// A route-check answer for people: the outcome, the chosen rule's backends and filters, and
+/// one line per rule with why it was or was not taken.
+pub fn render_route_check(answer: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+    let mut out = format!(
+        "{} {} to {} port {}: {}\n",
+        text(&answer["method"]),
+        text(&answer["path"]),
+        text(&answer["service"]),
+        answer["port"],
+        text(&answer["outcome"]),
+    );
+    if let Some(chosen) = answer["chosen"].as_object() {
+        let backends: Vec<String> = chosen["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|b| {
+                format!(
+                    "{}:{} weight {}",
+                    text(&b["service"]),
+                    b["port"],
+                    b["weight"]
+                )
+            })
+            .collect();
+        let _ = write!(
+            out,
+            "chosen: {} rule {}; backends {}; filters {}\n\n",
+            text(&chosen["route"]),
+            chosen["rule"],
+            if backends.is_empty() {
+                "none".into()
+            } else {
+                backends.join(", ")
+            },
+            chosen["filters"]
+                .as_array()
+                .map(|f| f.iter().map(text).collect::<Vec<_>>().join(", "))
+                .filter(|f| !f.is_empty())
+                .unwrap_or_else(|| "none".into()),
+        );
+    }
+    let rows = answer["rules"].as_array().into_iter().flatten().map(|r| {
+        vec![
+            text(&r["route"]),
+            r["rule"].to_string(),
+            if r["chosen"] == true { "yes" } else { "" }.to_owned(),
+            text(&r["why"]),
+        ]
+    });
+    out.push_str(&crate::render::table(
+        &["ROUTE", "RULE", "CHOSEN", "WHY"],
+        rows,
+    ));
+    out
 }
 
 #[cfg(test)]
