@@ -30,8 +30,14 @@ pub enum Denied {
     NoToken,
     #[error("the token was not accepted by the API server{0}")]
     Unauthenticated(String),
-    #[error("{0} is not the Weft agent's service account ({1})")]
+    #[error("{0} is not the Weft agent's service account ({1}), nor a waypoint's asking for its own identity")]
     NotAgent(String, String),
+    #[error("no waypoint pod of service account {namespace}/{service_account} (label gateway.networking.k8s.io/gateway-name: {service_account}) runs on node {node}")]
+    NotWaypoint {
+        node: String,
+        namespace: String,
+        service_account: String,
+    },
     #[error("the token names no node (needs a pod-bound projected token, Kubernetes 1.30+)")]
     NoNode,
     #[error("trust domain of {0} is not {1}")]
@@ -48,10 +54,20 @@ pub enum Denied {
     NotSynced,
 }
 
-/// Pods by node: (namespace, service account) → how many pods. Only these fields are kept.
+/// What the index keeps of one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PodEntry {
+    node: String,
+    namespace: String,
+    service_account: String,
+    /// A waypoint's pod: labelled with its Gateway's name, which is its service account.
+    waypoint: bool,
+}
+
+/// Pods by name, with only the fields authorization reads.
 #[derive(Debug, Default)]
 pub struct PodIndex {
-    by_pod: HashMap<String, (String, String, String)>,
+    by_pod: HashMap<String, PodEntry>,
     synced: bool,
 }
 
@@ -62,9 +78,19 @@ impl PodIndex {
     }
 
     pub fn has(&self, node: &str, namespace: &str, service_account: &str) -> bool {
-        self.by_pod
-            .values()
-            .any(|(n, ns, sa)| n == node && ns == namespace && sa == service_account)
+        self.by_pod.values().any(|p| {
+            p.node == node && p.namespace == namespace && p.service_account == service_account
+        })
+    }
+
+    /// Whether a waypoint pod of `namespace/service_account` runs on `node`.
+    pub fn has_waypoint(&self, node: &str, namespace: &str, service_account: &str) -> bool {
+        self.by_pod.values().any(|p| {
+            p.waypoint
+                && p.node == node
+                && p.namespace == namespace
+                && p.service_account == service_account
+        })
     }
 
     fn key(pod: &Pod) -> String {
@@ -74,7 +100,7 @@ impl PodIndex {
     /// What the index keeps of a pod; `None` for a pod that gives no right to an identity:
     /// not scheduled yet, or finished (a completed Job's service account is not on the node
     /// any more).
-    fn entry(pod: &Pod) -> Option<(String, (String, String, String))> {
+    fn entry(pod: &Pod) -> Option<(String, PodEntry)> {
         let finished = pod
             .status
             .as_ref()
@@ -90,7 +116,21 @@ impl PodIndex {
             .service_account_name
             .clone()
             .unwrap_or_else(|| "default".into());
-        Some((Self::key(pod), (node, namespace, service_account)))
+        let waypoint = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(weft_mesh::registry::waypoints::GATEWAY_NAME))
+            .is_some_and(|gateway| *gateway == service_account);
+        Some((
+            Self::key(pod),
+            PodEntry {
+                node,
+                namespace,
+                service_account,
+                waypoint,
+            },
+        ))
     }
 }
 
@@ -104,7 +144,7 @@ pub fn watch_pods(client: Client, index: Arc<Mutex<PodIndex>>) {
         let mut events = watcher(Api::<Pod>::all(client), config)
             .default_backoff()
             .boxed();
-        let mut relist: HashMap<String, (String, String, String)> = HashMap::new();
+        let mut relist: HashMap<String, PodEntry> = HashMap::new();
         while let Some(event) = events.next().await {
             let mut index = index.lock().unwrap_or_else(PoisonError::into_inner);
             match event {
@@ -187,7 +227,15 @@ impl Authorizer {
             .agent_service_account
             .split_once('/')
             .unwrap_or(("weft-system", "weft-agent"));
-        if username != format!("system:serviceaccount:{ns}:{name}") {
+        // An agent asks for the pods of its node; a waypoint (its own pod-bound token) only
+        // for its own identity, checked below against the waypoint pods on its node.
+        let is_agent = username == format!("system:serviceaccount:{ns}:{name}");
+        let is_own = username
+            == format!(
+                "system:serviceaccount:{}:{}",
+                requested.namespace, requested.service_account
+            );
+        if !is_agent && !is_own {
             return Err(Denied::NotAgent(
                 username,
                 self.agent_service_account.clone(),
@@ -203,6 +251,16 @@ impl Authorizer {
         let pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
         if !pods.synced {
             return Err(Denied::NotSynced);
+        }
+        if !is_agent {
+            if !pods.has_waypoint(&node, &requested.namespace, &requested.service_account) {
+                return Err(Denied::NotWaypoint {
+                    node,
+                    namespace: requested.namespace.clone(),
+                    service_account: requested.service_account.clone(),
+                });
+            }
+            return Ok(node);
         }
         if !pods.has(&node, &requested.namespace, &requested.service_account) {
             return Err(Denied::NoPodOnNode {

@@ -130,6 +130,12 @@ async fn signs_only_service_accounts_with_a_pod_on_the_callers_node() {
         pod("shop", "web-1", "web", "node-a"),
         pod("shop", "db-1", "db", "node-b"),
         {
+            let mut waypoint = pod("shop", "wp-1", "wp", "node-a");
+            waypoint["metadata"]["labels"] =
+                json!({"gateway.networking.k8s.io/gateway-name": "wp"});
+            waypoint
+        },
+        {
             let mut done = pod("shop", "report-1", "batch", "node-a");
             done["status"] = json!({"phase": "Succeeded"});
             done
@@ -197,19 +203,6 @@ async fn signs_only_service_accounts_with_a_pod_on_the_callers_node() {
     assert_eq!(review.body["spec"]["audiences"], json!(["weft-ca"]));
     assert_eq!(review.body["spec"]["token"], "agent-token-node-a");
 
-    // A token of any other service account is refused, whatever pods run where.
-    fake.set_token_review(json!({
-        "authenticated": true,
-        "user": {"username": "system:serviceaccount:shop:web", "extra": {NODE_NAME_EXTRA: ["node-a"]}},
-    }));
-    let refused = remote
-        .sign(&web, &key, Duration::from_hours(1))
-        .await
-        .expect_err("not the agent");
-    assert!(
-        refused.to_string().contains("not the Weft agent"),
-        "{refused}"
-    );
     fake.set_token_review(json!({"authenticated": false, "error": "token expired"}));
     let refused = remote
         .sign(&web, &key, Duration::from_hours(1))
@@ -259,4 +252,73 @@ async fn the_ca_is_ready_only_once_its_pod_watch_has_listed() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(after.contains("200"), "{after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waypoint_gets_only_its_own_identity_and_a_workloads_own_token_nothing() {
+    let (remote, fake, _dir) = serving_ca(vec![pod("shop", "web-1", "web", "node-a"), {
+        let mut waypoint = pod("shop", "wp-1", "wp", "node-a");
+        waypoint["metadata"]["labels"] = json!({"gateway.networking.k8s.io/gateway-name": "wp"});
+        waypoint
+    }])
+    .await;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let web = SpiffeId::new("cluster.local", "shop", "web");
+    let db = SpiffeId::new("cluster.local", "shop", "db");
+    // Signed as the agent of node-a once the pod watch has listed.
+    let mut ready = remote.sign(&web, &key, Duration::from_hours(1)).await;
+    for _ in 0..100 {
+        if ready.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ready = remote.sign(&web, &key, Duration::from_hours(1)).await;
+    }
+    ready.expect("the CA serves the agent");
+    // A workload's own token gets nothing: only a waypoint's pod may ask for its identity.
+    fake.set_token_review(json!({
+        "authenticated": true,
+        "user": {"username": "system:serviceaccount:shop:web", "extra": {NODE_NAME_EXTRA: ["node-a"]}},
+    }));
+    let refused = remote
+        .sign(&web, &key, Duration::from_hours(1))
+        .await
+        .expect_err("web is not a waypoint");
+    assert!(
+        refused
+            .to_string()
+            .contains("no waypoint pod of service account shop/web"),
+        "{refused}"
+    );
+    // Nor may it ask for another identity, whatever pods run where.
+    let refused = remote
+        .sign(&db, &key, Duration::from_hours(1))
+        .await
+        .expect_err("not the agent");
+    assert!(
+        refused.to_string().contains("not the Weft agent"),
+        "{refused}"
+    );
+    // A waypoint's own pod-bound token gets its own identity, on the node its pod runs on.
+    fake.set_token_review(json!({
+        "authenticated": true,
+        "user": {"username": "system:serviceaccount:shop:wp", "extra": {NODE_NAME_EXTRA: ["node-a"]}},
+    }));
+    let waypoint = SpiffeId::new("cluster.local", "shop", "wp");
+    let issued = remote
+        .sign(&waypoint, &key, Duration::from_hours(1))
+        .await
+        .expect("the waypoint's own identity");
+    assert_eq!(
+        weft_mesh::identity::peer_identity(&issued.chain[0]),
+        Some(waypoint)
+    );
+    let refused = remote
+        .sign(&web, &key, Duration::from_hours(1))
+        .await
+        .expect_err("a waypoint gets only its own identity");
+    assert!(
+        refused.to_string().contains("not the Weft agent"),
+        "{refused}"
+    );
 }

@@ -46,12 +46,25 @@ pub fn generate(namespace: &str, name: &str, image: &str) -> anyhow::Result<Stri
                     "spec": {
                         "serviceAccountName": name,
                         "terminationGracePeriodSeconds": 30,
+                        // The waypoint's own pod-bound token gets it its own SVID from the CA;
+                        // the root bundle is the weft-ca-root ConfigMap, copied into this
+                        // namespace (deploy/README.md).
+                        "volumes": [
+                            {"name": "ca-token", "projected": {"sources": [{"serviceAccountToken": {
+                                "audience": "weft-ca", "expirationSeconds": 3600, "path": "token"}}]}},
+                            {"name": "ca-root", "configMap": {"name": "weft-ca-root"}},
+                        ],
                         "containers": [{
                             "name": "waypoint",
                             "image": image,
                             "args": ["--kube", "--namespace", namespace, "--name", name,
                                      "--ca-url", "https://weft-ca.weft-system.svc:15012",
-                                     "--ca-root", "/var/run/secrets/weft/ca/root.pem"],
+                                     "--ca-root", "/etc/weft/ca-root/ca.pem",
+                                     "--token-file", "/var/run/secrets/weft/token"],
+                            "volumeMounts": [
+                                {"name": "ca-token", "mountPath": "/var/run/secrets/weft", "readOnly": true},
+                                {"name": "ca-root", "mountPath": "/etc/weft/ca-root", "readOnly": true},
+                            ],
                             "ports": [
                                 {"name": "hbone", "containerPort": 15008},
                                 {"name": "metrics", "containerPort": 15020},
