@@ -106,30 +106,6 @@ enum Cmd {
     },
 }
 
-/// Logs to stdout (JSON lines with --log-json), with a filter the admin API can change.
-fn init_logging(json: bool) -> weft_mesh::admin::SetLogFilter {
-    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let registry = tracing_subscriber::registry().with(filter);
-    if json {
-        registry
-            .with(tracing_subscriber::fmt::layer().json())
-            .init();
-    } else {
-        registry
-            .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
-            .init();
-    }
-    weft_mesh::admin::SetLogFilter::new(move |text: &str| {
-        let filter = tracing_subscriber::EnvFilter::try_new(text)
-            .map_err(|e| format!("bad filter {text:?}: {e}"))?;
-        handle.reload(filter).map_err(|e| e.to_string())
-    })
-}
-
 /// `weft-agent ca`: the cluster CA service, configured from the shared CA and identity flags.
 fn run_ca(
     args: &Args,
@@ -180,7 +156,7 @@ fn run_ca(
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let log_filter = init_logging(args.log_json);
+    let log_filter = weft_mesh::admin::SetLogFilter::init(args.log_json);
     if let Some(Cmd::Ca {
         listen,
         agent_service_account,

@@ -90,17 +90,15 @@ async fn follow_routes(waypoint: Arc<Waypoint>, mut updates: watch::Receiver<Arc
             &waypoint.gateway.namespace,
             &waypoint.gateway.name,
         );
-        for problem in &table.problems {
-            let line = format!("{}: {}", problem.route, problem.problem);
-            if !reported.contains(&line) {
-                tracing::warn!(route = %problem.route, problem = %problem.problem, "route rule not usable; the route's other rules still apply");
-            }
-        }
-        reported = table
+        let problems: Vec<String> = table
             .problems
             .iter()
             .map(|p| format!("{}: {}", p.route, p.problem))
             .collect();
+        for problem in problems.iter().filter(|p| !reported.contains(p)) {
+            tracing::warn!(%problem, "route rule not usable; the route's other rules still apply");
+        }
+        reported = problems;
         let services: Vec<&str> = table.services().collect();
         tracing::debug!(?services, "route table rebuilt");
         waypoint.table.store(Arc::new(table));

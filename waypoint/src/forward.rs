@@ -84,11 +84,13 @@ impl Reason {
     }
 }
 
+/// A whole body in the type both the waypoint's answers and upstream requests use.
+pub(crate) fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
 fn own(status: StatusCode, reason: Reason, detail: &str) -> Response<Body> {
-    let body = Full::new(Bytes::from(format!("{detail}\n")))
-        .map_err(|never| match never {})
-        .boxed();
-    let mut response = Response::new(body);
+    let mut response = Response::new(full(Bytes::from(format!("{detail}\n"))));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -61,33 +61,9 @@ struct Args {
     log_json: bool,
 }
 
-/// Logs to stdout (JSON lines with --log-json), with a filter the admin API can change.
-fn init_logging(json: bool) -> weft_mesh::admin::SetLogFilter {
-    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let registry = tracing_subscriber::registry().with(filter);
-    if json {
-        registry
-            .with(tracing_subscriber::fmt::layer().json())
-            .init();
-    } else {
-        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-        registry
-            .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
-            .init();
-    }
-    weft_mesh::admin::SetLogFilter::new(move |text: &str| {
-        let filter = tracing_subscriber::EnvFilter::try_new(text)
-            .map_err(|e| format!("bad filter {text:?}: {e}"))?;
-        handle.reload(filter).map_err(|e| e.to_string())
-    })
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let log_filter = init_logging(args.log_json);
+    let log_filter = weft_mesh::admin::SetLogFilter::init(args.log_json);
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),

@@ -7,12 +7,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Limited};
 use weft_mesh::registry::routes::{BackendRef, Filter};
 
 use crate::{
     app::Waypoint,
-    forward::{self, Tunnel},
+    forward::{self, full, Tunnel},
     routing::Backend,
     upstream::UpstreamBody,
 };
@@ -111,8 +111,4 @@ pub async fn copy(
         });
     }
     Ok(full(bytes))
-}
-
-fn full(bytes: Bytes) -> UpstreamBody {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
 }

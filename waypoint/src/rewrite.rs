@@ -4,7 +4,6 @@
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full};
 use weft_mesh::registry::routes::{PathModifier, Redirect, Rewrite};
 
 use crate::{forward::Body, routing::Rule};
@@ -83,11 +82,7 @@ pub fn redirect(request: &http::request::Parts, redirect: &Redirect) -> Response
         Some(301) => StatusCode::MOVED_PERMANENTLY,
         _ => StatusCode::FOUND,
     };
-    let mut response = Response::new(
-        Full::new(Bytes::new())
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut response = Response::new(crate::forward::full(Bytes::new()));
     *response.status_mut() = status;
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);

@@ -25,12 +25,7 @@ impl Tunnels for Waypoint {
     }
 
     fn target(&self, method: &http::Method, uri: &http::Uri) -> Result<SocketAddr, &'static str> {
-        if method != http::Method::CONNECT {
-            return Err("not a CONNECT");
-        }
-        uri.authority()
-            .and_then(|a| a.as_str().parse().ok())
-            .ok_or("the authority is not IP:port")
+        weft_mesh::hbone::server::connect_authority(method, uri)
     }
 
     fn refused(&self, peer: SocketAddr, _local: SocketAddr, reason: String) {
@@ -52,11 +47,7 @@ impl Tunnels for Waypoint {
         };
         let Some((service, service_port)) = service else {
             tracing::info!(%peer, %client, %target, "CONNECT to an address this waypoint does not serve");
-            let answer = http::Response::builder()
-                .status(http::StatusCode::BAD_REQUEST)
-                .body(())
-                .unwrap_or_default();
-            let _ = respond.send_response(answer, true);
+            weft_mesh::hbone::server::reply(&mut respond, http::StatusCode::BAD_REQUEST);
             return;
         };
         let ok = http::Response::builder()

@@ -164,6 +164,34 @@ impl SetLogFilter {
     }
 }
 
+impl SetLogFilter {
+    /// Installs the process's subscriber: stdout, JSON lines when `json`, filtered by
+    /// `RUST_LOG` (default `info`), and returns the setter `POST /logging` changes it with.
+    /// Both binaries' `main` call it once.
+    pub fn init(json: bool) -> Self {
+        use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
+        let filter =
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+        let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+        let registry = tracing_subscriber::registry().with(filter);
+        if json {
+            registry
+                .with(tracing_subscriber::fmt::layer().json())
+                .init();
+        } else {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            registry
+                .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
+                .init();
+        }
+        Self::new(move |text: &str| {
+            let filter = tracing_subscriber::EnvFilter::try_new(text)
+                .map_err(|e| format!("bad filter {text:?}: {e}"))?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        })
+    }
+}
+
 impl std::fmt::Debug for SetLogFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SetLogFilter")

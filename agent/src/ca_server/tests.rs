@@ -124,17 +124,28 @@ async fn serving_ca(pods: Vec<serde_json::Value>) -> (Signer, FakeApi, TempDir) 
     (remote, fake, dir)
 }
 
+/// Signs `id`, trying again while the CA answers 503: its pod watch may still be listing.
+async fn sign_once_listed(
+    remote: &Signer,
+    id: &SpiffeId,
+    key: &rcgen::KeyPair,
+) -> Result<weft_mesh::identity::Issued, CaError> {
+    let mut issued = remote.sign(id, key, Duration::from_hours(1)).await;
+    for _ in 0..100 {
+        if !matches!(&issued, Err(CaError::Remote { reason, .. }) if reason.contains("503")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        issued = remote.sign(id, key, Duration::from_hours(1)).await;
+    }
+    issued
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signs_only_service_accounts_with_a_pod_on_the_callers_node() {
     let (remote, fake, _dir) = serving_ca(vec![
         pod("shop", "web-1", "web", "node-a"),
         pod("shop", "db-1", "db", "node-b"),
-        {
-            let mut waypoint = pod("shop", "wp-1", "wp", "node-a");
-            waypoint["metadata"]["labels"] =
-                json!({"gateway.networking.k8s.io/gateway-name": "wp"});
-            waypoint
-        },
         {
             let mut done = pod("shop", "report-1", "batch", "node-a");
             done["status"] = json!({"phase": "Succeeded"});
@@ -144,16 +155,9 @@ async fn signs_only_service_accounts_with_a_pod_on_the_callers_node() {
     .await;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
     let web = SpiffeId::new("cluster.local", "shop", "web");
-    // The pod watch may still be listing: the CA says so (503) until it has.
-    let mut issued = remote.sign(&web, &key, Duration::from_hours(1)).await;
-    for _ in 0..100 {
-        if !matches!(&issued, Err(CaError::Remote { reason, .. }) if reason.contains("503")) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        issued = remote.sign(&web, &key, Duration::from_hours(1)).await;
-    }
-    let issued = issued.expect("web has a pod on node-a: signed");
+    let issued = sign_once_listed(&remote, &web, &key)
+        .await
+        .expect("web has a pod on node-a: signed");
     assert_eq!(issued.chain.len(), 2, "leaf and the user's intermediate");
     let (_, leaf) = x509_parser::parse_x509_certificate(&issued.chain[0]).expect("leaf");
     assert_eq!(
@@ -265,16 +269,9 @@ async fn a_waypoint_gets_only_its_own_identity_and_a_workloads_own_token_nothing
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
     let web = SpiffeId::new("cluster.local", "shop", "web");
     let db = SpiffeId::new("cluster.local", "shop", "db");
-    // Signed as the agent of node-a once the pod watch has listed.
-    let mut ready = remote.sign(&web, &key, Duration::from_hours(1)).await;
-    for _ in 0..100 {
-        if ready.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        ready = remote.sign(&web, &key, Duration::from_hours(1)).await;
-    }
-    ready.expect("the CA serves the agent");
+    sign_once_listed(&remote, &web, &key)
+        .await
+        .expect("signed as the agent of node-a");
     // A workload's own token gets nothing: only a waypoint's pod may ask for its identity.
     fake.set_token_review(json!({
         "authenticated": true,

@@ -11,11 +11,13 @@ use std::{
     path::Path,
     process::Stdio,
     sync::{mpsc, Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
+
+use weft_mesh::connections::now_unix_ms;
 
 use crate::{
     agent::Source,
@@ -80,12 +82,6 @@ pub struct DisruptionReport {
     pub connections_lost_in_crash: u64,
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn one_request(target: SocketAddr) -> anyhow::Result<()> {
     let mut stream = TcpStream::connect_timeout(&target, REQUEST_TIMEOUT)?;
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
@@ -125,7 +121,7 @@ pub fn churn(target: SocketAddr, rate: u32, length: Duration) -> Vec<Sample> {
         .collect();
     drop(done);
     let start = Instant::now();
-    let start_unix = unix_ms();
+    let start_unix = now_unix_ms();
     for i in 0..total {
         let offset = Duration::from_nanos(i * 1_000_000_000 / u64::from(rate));
         let due = start + offset;
@@ -242,7 +238,7 @@ pub fn measure(agent: &Path, work: &Path, scenario: Scenario) -> anyhow::Result<
     let generation = |s: &serde_json::Value| s["captureGeneration"].as_u64().unwrap_or(0);
     let before = generation(&cluster.admin(&node0, "/status")?);
     let began = Instant::now();
-    let began_unix = unix_ms();
+    let began_unix = now_unix_ms();
     match scenario {
         Scenario::Upgrade => {
             cluster.spawn_agent_from(

@@ -220,12 +220,6 @@ fn echo(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn unix_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
-}
-
 /// Bounded in time by `max_seconds` and by the stop file, in count by the pace.
 fn request_loop(
     addr: SocketAddr,
@@ -248,15 +242,22 @@ fn request_loop(
                 ok += 1;
                 longest_gap = longest_gap.max(last_success.elapsed());
                 last_success = std::time::Instant::now();
-                writeln!(out, "success_at_ms={}", unix_ms())?;
+                writeln!(
+                    out,
+                    "success_at_ms={}",
+                    weft_mesh::connections::now_unix_ms()
+                )?;
             }
             Ok(report) => {
                 failed += 1;
-                eprintln!("{} short answer: {report}", unix_ms());
+                eprintln!(
+                    "{} short answer: {report}",
+                    weft_mesh::connections::now_unix_ms()
+                );
             }
             Err(e) => {
                 failed += 1;
-                eprintln!("{} failed: {e:#}", unix_ms());
+                eprintln!("{} failed: {e:#}", weft_mesh::connections::now_unix_ms());
             }
         }
         std::thread::sleep(every.saturating_sub(began.elapsed()));

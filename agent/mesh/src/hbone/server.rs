@@ -206,20 +206,28 @@ pub fn reply(respond: &mut SendResponse<Bytes>, status: StatusCode) {
     let _ = respond.send_response(response, true);
 }
 
+/// The IP:port a CONNECT names, or why it is not one.
+pub fn connect_authority(
+    method: &http::Method,
+    uri: &http::Uri,
+) -> Result<SocketAddr, &'static str> {
+    if method != http::Method::CONNECT {
+        return Err("method is not CONNECT");
+    }
+    let authority = uri.authority().ok_or("no :authority")?;
+    authority
+        .as_str()
+        .parse()
+        .map_err(|_| ":authority is not IP:port")
+}
+
 /// The target of a CONNECT: an IP:port that must be `pod_ip`, and not an agent port.
 pub fn connect_target(
     method: &http::Method,
     uri: &http::Uri,
     pod_ip: std::net::Ipv4Addr,
 ) -> Result<SocketAddr, &'static str> {
-    if method != http::Method::CONNECT {
-        return Err("method is not CONNECT");
-    }
-    let authority = uri.authority().ok_or("no :authority")?;
-    let target: SocketAddr = authority
-        .as_str()
-        .parse()
-        .map_err(|_| ":authority is not IP:port")?;
+    let target = connect_authority(method, uri)?;
     if target.ip() != pod_ip {
         return Err(":authority is not a workload of this pod");
     }
