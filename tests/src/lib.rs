@@ -15,6 +15,7 @@ pub mod manifests;
 pub mod netns;
 pub mod privileges;
 pub mod run;
+pub mod waypoint_mesh;
 
 pub use cluster::{Cluster, ClusterSpec, NodeHandle, PodHandle, PodSpec};
 pub use privileges::require_privileges;

@@ -5,246 +5,18 @@
 //! curl is the client, over HTTP/1.1 and HTTP/2 prior knowledge; a Service without the label
 //! stays L4.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{path::Path, time::Duration};
 
 use weft_harness::{
-    eventually,
-    manifests::{self, Manifests},
-    require_privileges, Cluster, ClusterSpec, PodSpec,
+    eventually, require_privileges,
+    waypoint_mesh::{Mesh, DIRECT, ECHO},
 };
 
-const ECHO: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
-const ECHO_V1: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 21);
-const ECHO_V2: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 22);
-const DIRECT: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 23);
-const MIRROR: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 24);
-
-struct Mesh {
-    cluster: Cluster,
-    _manifests: Manifests,
-    logs: PathBuf,
-}
-
-fn bin(name: &str) -> PathBuf {
-    let path = std::path::Path::new(env!("CARGO_BIN_EXE_weft-testpod")).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo xtask test` (it builds every binary first)",
-        path.display()
-    );
-    path
-}
-
-fn labelled_service(name: &str, vip: Ipv4Addr, backends: &[Ipv4Addr], waypoint: bool) -> String {
-    let yaml = manifests::service("demo", name, vip, 80, 8080, backends);
-    if waypoint {
-        yaml.replacen(
-            &format!("  name: {name}\n  namespace: demo\nspec:"),
-            &format!("  name: {name}\n  namespace: demo\n  labels:\n    weft.io/use-waypoint: waypoint\nspec:"),
-            1,
-        )
-    } else {
-        yaml
-    }
-}
-
-const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: waypoint
-  namespace: demo
-spec:
-  gatewayClassName: weft-waypoint
-  listeners:
-  - {name: mesh, port: 15008, protocol: HBONE}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata:
-  name: echo
-  namespace: demo
-spec:
-  parentRefs:
-  - {group: '', kind: Service, name: echo, port: 80}
-  rules:
-  - matches:
-    - headers: [{name: x-version, value: v2}]
-    backendRefs: [{name: echo-v2, port: 80}]
-  - matches:
-    - path: {type: PathPrefix, value: /slow}
-    backendRefs: [{name: echo-v1, port: 80}]
-    timeouts: {request: 400ms}
-  - matches:
-    - path: {type: PathPrefix, value: /mirrored}
-    backendRefs: [{name: echo-v1, port: 80}]
-    filters:
-    - type: RequestMirror
-      requestMirror:
-        backendRef: {name: echo-mirror, port: 80}
-  - matches:
-    - path: {type: PathPrefix, value: /old}
-    filters:
-    - type: RequestRedirect
-      requestRedirect: {hostname: example.com, statusCode: 301}
-  - backendRefs:
-    - {name: echo-v1, port: 80, weight: 90}
-    - {name: echo-v2, port: 80, weight: 10}
-    filters:
-    - type: RequestHeaderModifier
-      requestHeaderModifier:
-        add: [{name: x-weft-route, value: split}]
-";
-
 fn start() -> Mesh {
-    let spec = ClusterSpec {
-        nodes: vec!["node0".into(), "node1".into()],
-        pods: vec![
-            PodSpec::new("demo", "client", "node0"),
-            PodSpec::new("demo", "echo-v2", "node0"),
-            PodSpec::new("demo", "echo-v1", "node1"),
-            PodSpec::new("demo", "waypoint", "node1"),
-            PodSpec::new("demo", "mirror", "node0"),
-        ],
-    };
-    let cluster = Cluster::start(&spec).expect("cluster");
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(cluster.run_id().root_name());
-    let manifests = Manifests::create(&base.join("manifests")).expect("manifests");
-    let logs = base.join("logs");
-    manifests
-        .write("namespaces.yaml", &manifests::namespace("demo", true))
-        .expect("namespace");
-    let pods: Vec<String> = cluster
-        .pods
-        .iter()
-        .map(|p| {
-            if p.name == "waypoint" {
-                manifests::pod(p, &[("gateway.networking.k8s.io/gateway-name", "waypoint")])
-            } else {
-                manifests::pod(p, &[])
-            }
-        })
-        .collect();
-    manifests
-        .write("pods.yaml", &pods.join("---\n"))
-        .expect("pods");
-    let (v1, v2) = (
-        cluster.pod("demo", "echo-v1").ip,
-        cluster.pod("demo", "echo-v2").ip,
-    );
-    let services = [
-        labelled_service("echo", ECHO, &[v1, v2], true),
-        labelled_service("echo-v1", ECHO_V1, &[v1], false),
-        labelled_service("echo-v2", ECHO_V2, &[v2], false),
-        labelled_service("direct", DIRECT, &[v1], false),
-        labelled_service(
-            "echo-mirror",
-            MIRROR,
-            &[cluster.pod("demo", "mirror").ip],
-            false,
-        ),
-    ]
-    .join("---\n");
-    manifests
-        .write("services.yaml", &services)
-        .expect("services");
-    manifests.write("routes.yaml", ROUTE).expect("routes");
-    let echo = bin("weft-echo");
-    for name in ["echo-v1", "echo-v2"] {
-        let pod = cluster.pod("demo", name).clone();
-        cluster
-            .spawn_in_pod(&pod, echo.to_str().expect("path"), &["0.0.0.0:8080", name])
-            .expect("echo");
-    }
-    for node in ["node0", "node1"] {
-        let node = cluster.node(node).clone();
-        cluster
-            .start_agent(&node, &bin("weft-agent"), &manifests.dir, &logs)
-            .expect("agent");
-    }
-    spawn_mirror_and_waypoint(&cluster, &echo, &manifests.dir, &logs);
-    let waypoint = cluster.pod("demo", "waypoint").clone();
-    let mesh = Mesh {
-        cluster,
-        _manifests: manifests,
-        logs,
-    };
-    eventually(Duration::from_secs(10), "the waypoint is ready", || {
-        weft_harness::netns::exec(
-            &waypoint.netns,
-            &[
-                "curl",
-                "-sf",
-                "--max-time",
-                "1",
-                "http://127.0.0.1:15021/healthz/ready",
-            ],
-        )
-        .is_ok()
-    });
-    mesh
-}
-
-/// The mirror's echo server (its requests counted in `mirror.log`) and the waypoint (its log
-/// in `waypoint.log`), from the same manifest folder and CA as the agents.
-fn spawn_mirror_and_waypoint(
-    cluster: &Cluster,
-    echo: &std::path::Path,
-    manifests: &std::path::Path,
-    logs: &std::path::Path,
-) {
-    let mirror = cluster.pod("demo", "mirror").clone();
-    std::fs::create_dir_all(logs).expect("logs");
-    cluster
-        .spawn_in_pod_logged(
-            &mirror,
-            echo.to_str().expect("path"),
-            &["0.0.0.0:8080", "mirror"],
-            &[],
-            std::fs::File::create(logs.join("mirror.log")).expect("mirror log"),
-        )
-        .expect("mirror echo");
-    let waypoint = cluster.pod("demo", "waypoint").clone();
-    let manifests_dir = manifests.to_str().expect("path");
-    let ca_dir = logs.join("ca");
-    let log = std::fs::File::create(logs.join("waypoint.log")).expect("waypoint log");
-    cluster
-        .spawn_in_pod_logged(
-            &waypoint,
-            bin("weft-waypoint").to_str().expect("path"),
-            &[
-                "--manifests",
-                manifests_dir,
-                "--namespace",
-                "demo",
-                "--name",
-                "waypoint",
-                "--ca-dir",
-                ca_dir.to_str().expect("path"),
-            ],
-            &[("RUST_LOG", "info,weft_waypoint=debug")],
-            log,
-        )
-        .expect("waypoint");
-}
-
-impl Mesh {
-    /// `curl` from demo/client; returns the body (and the status line with `-i`).
-    fn curl(&self, args: &[&str]) -> String {
-        let client = self.cluster.pod("demo", "client").clone();
-        let mut full = vec!["-s", "--max-time", "5"];
-        full.extend_from_slice(args);
-        let out = self
-            .cluster
-            .run_in_pod(&client, "curl", &full)
-            .expect("curl");
-        assert!(
-            out.status.success(),
-            "curl {args:?}: {}\nwaypoint log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(self.logs.join("waypoint.log")).unwrap_or_default()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
+    let bins = Path::new(env!("CARGO_BIN_EXE_weft-testpod"))
+        .parent()
+        .expect("the target folder");
+    Mesh::start(bins, Path::new(env!("CARGO_TARGET_TMPDIR"))).expect("the waypoint mesh")
 }
 
 #[test]
@@ -253,7 +25,7 @@ fn a_service_that_uses_the_waypoint_is_routed_by_its_httproute() {
         return;
     }
     let mesh = start();
-    let client_ip = mesh.cluster.pod("demo", "client").ip.to_string();
+    let client_ip = mesh.pod("client").ip.to_string();
     // A deep path: the catch-all rule takes every path, not only "/".
     let url = format!("http://{ECHO}/catalog/items");
     // The 90/10 split over 100 requests: within the binomial 99.9% interval [1, 22].
@@ -299,27 +71,14 @@ fn a_service_that_uses_the_waypoint_is_routed_by_its_httproute() {
         "{head}"
     );
     // route-check explains the choice without sending anything, from the waypoint's admin.
-    let waypoint = mesh.cluster.pod("demo", "waypoint").clone();
-    let out = mesh
-        .cluster
-        .run_in_netns_only(
-            &waypoint,
-            bin("weftctl").to_str().expect("path"),
-            &[
-                "route-check",
-                "GET",
-                &format!("http://{ECHO}/old/x"),
-                "-H",
-                "x-version: v1",
-            ],
-        )
-        .expect("weftctl");
-    let explained = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{explained} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, explained) = mesh.weftctl(&[
+        "route-check",
+        "GET",
+        &format!("http://{ECHO}/old/x"),
+        "-H",
+        "x-version: v1",
+    ]);
+    assert!(ok, "{explained}");
     assert!(
         explained.contains("chosen: demo/echo rule 3"),
         "{explained}"

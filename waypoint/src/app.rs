@@ -61,6 +61,8 @@ pub struct Waypoint {
     pub ready: AtomicBool,
     /// Mirror copies in flight (see [`crate::mirror`]).
     pub mirrors: Arc<tokio::sync::Semaphore>,
+    /// Upgraded (WebSocket) connections open (see [`crate::upgrade`]).
+    pub upgrades: Arc<tokio::sync::Semaphore>,
 }
 
 async fn start_source(config: &Config) -> Result<watch::Receiver<Arc<Registry>>, AppError> {
@@ -149,6 +151,7 @@ pub async fn run(
         mirrors: Arc::new(tokio::sync::Semaphore::new(
             crate::mirror::MAX_MIRRORS_IN_FLIGHT,
         )),
+        upgrades: Arc::new(tokio::sync::Semaphore::new(crate::upgrade::MAX_UPGRADED)),
     });
     tokio::spawn(follow_routes(waypoint.clone(), registry));
     let listener = tokio::net::TcpListener::bind(config.hbone_addr)

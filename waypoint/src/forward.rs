@@ -40,7 +40,7 @@ pub struct Tunnel {
 
 impl Tunnel {
     /// The Service the client dialed, as the backend of a Service with no route.
-    fn service_itself(&self) -> Backend {
+    pub(crate) fn service_itself(&self) -> Backend {
         let (namespace, name) = self
             .service
             .split_once('/')
@@ -63,8 +63,10 @@ pub enum Reason {
     BackendNotFound,
     NoReadyEndpoints,
     UpstreamFailed,
-    /// A mirrored request's body was over the mirror cap.
-    MirrorBodyTooLarge,
+    /// A body the rule must read whole (to mirror or retry it) was over its cap.
+    BodyTooLarge,
+    /// A waypoint limit was reached (see the limits table).
+    Overloaded,
     /// The rule's `timeouts.request` or `timeouts.backendRequest` passed first.
     Timeout,
 }
@@ -78,7 +80,8 @@ impl Reason {
             Self::BackendNotFound => "backend_not_found",
             Self::NoReadyEndpoints => "no_ready_endpoints",
             Self::UpstreamFailed => "upstream_failed",
-            Self::MirrorBodyTooLarge => "mirror_body_too_large",
+            Self::BodyTooLarge => "body_too_large",
+            Self::Overloaded => "overloaded",
             Self::Timeout => "timeout",
         }
     }
@@ -126,6 +129,8 @@ struct Outcome {
     backend: String,
     upstream: Option<SocketAddr>,
     reason: Reason,
+    /// Attempts made to backends (0: the waypoint answered itself).
+    attempts: u32,
 }
 
 impl Outcome {
@@ -171,6 +176,7 @@ pub async fn handle(
         client = %tunnel.client,
         client_ip = %tunnel.client_ip,
         reason = outcome.reason.as_str(),
+        attempts = outcome.attempts,
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
@@ -185,11 +191,13 @@ async fn route(
     let started = Instant::now();
     let table = waypoint.table.load_full();
     let (mut parts, body) = request.into_parts();
+    let client_upgrade = crate::upgrade::take(&mut parts);
     let mut outcome = Outcome {
         route: "-".into(),
         backend: "-".into(),
         upstream: None,
         reason: Reason::Routed,
+        attempts: 0,
     };
     let default_backend = [tunnel.service_itself()];
     let chosen = table.choose(
@@ -197,90 +205,75 @@ async fn route(
         Some(tunnel.client.namespace.as_str()),
         &parts,
     );
-    let (backends, filters): (&[Backend], &[weft_mesh::registry::routes::Filter]) = match chosen {
-        Some(chosen) => {
-            outcome.route = format!("{} rule {}", chosen.rule.route, chosen.rule.index);
-            (
-                chosen.rule.backends.as_slice(),
-                chosen.rule.filters.as_slice(),
-            )
+    let rule = chosen.map(|c| c.rule);
+    let (backends, filters): (&[Backend], &[weft_mesh::registry::routes::Filter]) = match rule {
+        Some(rule) => {
+            outcome.route = format!("{} rule {}", rule.route, rule.index);
+            (rule.backends.as_slice(), rule.filters.as_slice())
         }
         None if table.has_routes(&tunnel.service) => {
-            outcome.reason = Reason::NoRoute;
             let detail = format!(
                 "no route of {} matches {} {}",
                 tunnel.service,
                 parts.method,
                 parts.uri.path()
             );
-            return (
-                own(StatusCode::NOT_FOUND, Reason::NoRoute, &detail),
-                outcome,
-            );
+            return outcome.answer(StatusCode::NOT_FOUND, Reason::NoRoute, &detail);
         }
         None => (default_backend.as_slice(), &[]),
     };
-    let response_modifier = match apply_filters(filters, &mut parts, chosen.map(|c| c.rule)) {
+    let response_modifier = match apply_filters(filters, &mut parts, rule) {
         Ok(modifier) => modifier,
         Err(redirect) => {
             outcome.reason = Reason::Redirected;
             return (*redirect, outcome);
         }
     };
-    let (endpoint, identity) = match pick(waypoint, backends, tunnel.service_port) {
-        Ok((backend, endpoint, identity)) => {
-            outcome.backend = backend;
-            (endpoint, identity)
-        }
-        Err((status, reason, detail)) => {
-            outcome.reason = reason;
-            return (own(status, reason, &detail), outcome);
+    let body = match crate::attempts::prepare(waypoint, tunnel, rule, &parts, body).await {
+        Ok(body) => body,
+        Err(too_large) => {
+            let detail = format!(
+                "this route reads request bodies whole (to mirror or retry them), up to {} bytes",
+                too_large.cap
+            );
+            return outcome.answer(StatusCode::PAYLOAD_TOO_LARGE, Reason::BodyTooLarge, &detail);
         }
     };
-    outcome.upstream = Some(endpoint);
-    let Ok(body) =
-        crate::mirror::prepare(waypoint, tunnel, chosen.map(|c| c.rule), &parts, body).await
-    else {
-        let detail = format!(
-            "a mirrored request's body may be at most {} bytes",
-            crate::mirror::MIRROR_BODY_CAP
-        );
-        return outcome.answer(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Reason::MirrorBodyTooLarge,
-            &detail,
-        );
-    };
-    // The response head must come within the rule's timeouts (0s: none); the body streams.
-    let sending = send_upstream(waypoint, tunnel, parts, body, endpoint, identity);
-    let sent = if let Some(limit) = chosen.and_then(|c| c.rule.deadline()) {
-        let left = limit.saturating_sub(started.elapsed());
-        let Ok(sent) = tokio::time::timeout(left, sending).await else {
-            let detail =
-                format!("no response from {endpoint} within the route's timeout of {limit:?}");
-            return outcome.answer(StatusCode::GATEWAY_TIMEOUT, Reason::Timeout, &detail);
-        };
-        sent
-    } else {
-        sending.await
-    };
-    match sent {
-        Ok(response) => {
-            let (mut parts, body) = response.into_parts();
-            if let Some(m) = response_modifier {
-                modify(&mut parts.headers, m);
-            }
-            (Response::from_parts(parts, body.boxed()), outcome)
+    let sent = crate::attempts::run(waypoint, tunnel, rule, backends, parts, body, started).await;
+    let mut sent = match sent {
+        Ok(sent) => sent,
+        Err(failed) => {
+            outcome.attempts = failed.attempts;
+            outcome.backend = failed.backend.unwrap_or_else(|| "-".into());
+            outcome.upstream = failed.endpoint;
+            return outcome.answer(failed.status, failed.reason, &failed.detail);
         }
-        Err(e) => {
-            tracing::warn!(error = %e, service = %tunnel.service, "upstream request failed");
-            outcome.answer(
-                StatusCode::BAD_GATEWAY,
-                Reason::UpstreamFailed,
-                &e.to_string(),
+    };
+    outcome.attempts = sent.attempts;
+    outcome.backend = sent.backend;
+    outcome.upstream = Some(sent.endpoint);
+    if let Some(client) = client_upgrade {
+        if sent.response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && !crate::upgrade::join(
+                client,
+                &mut sent.response,
+                &waypoint.upgrades,
+                &waypoint.limits,
+                &tunnel.service,
             )
+        {
+            let detail = format!(
+                "{} upgraded connections are open",
+                crate::upgrade::MAX_UPGRADED
+            );
+            return outcome.answer(StatusCode::SERVICE_UNAVAILABLE, Reason::Overloaded, &detail);
         }
     }
+    let (mut parts, body) = sent.response.into_parts();
+    if let Some(m) = response_modifier {
+        modify(&mut parts.headers, m);
+    }
+    (Response::from_parts(parts, body.boxed()), outcome)
 }
 
 /// The backend (`namespace/name`), endpoint and identity a request goes to.

@@ -6,12 +6,15 @@
 
 pub mod admin;
 pub mod app;
+pub mod attempts;
 pub mod config;
 pub mod forward;
 pub mod metrics;
 pub mod mirror;
+pub mod protocol;
 pub mod rewrite;
 pub mod route_check;
 pub mod routing;
 pub mod tunnels;
+pub mod upgrade;
 pub mod upstream;

@@ -40,10 +40,18 @@ fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
 }
 
+/// An L4 connection's labels: a TCP port, or bytes that were not HTTP.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct L4Labels {
+    pub service: String,
+    pub reason: String,
+}
+
 /// Requests by Service, route, status and reason.
 pub struct Requests {
     registry: Registry,
     total: Family<RequestLabels, Counter>,
+    l4: Family<L4Labels, Counter>,
     duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
     stats: Mutex<BTreeMap<RequestLabels, u64>>,
 }
@@ -71,9 +79,16 @@ impl Default for Requests {
             prometheus_client::registry::Unit::Seconds,
             duration.clone(),
         );
+        let l4 = Family::<L4Labels, Counter>::default();
+        registry.register(
+            "waypoint_l4_connections",
+            "Connections the waypoint carried at L4 (a TCP port, or bytes that were not HTTP), by Service and reason",
+            l4.clone(),
+        );
         Self {
             registry,
             total,
+            l4,
             duration,
             stats: Mutex::default(),
         }
@@ -106,6 +121,16 @@ impl Requests {
         if stats.len() < MAX_STATS_KEYS || stats.contains_key(&labels) {
             *stats.entry(labels).or_insert(0) += 1;
         }
+    }
+
+    /// Counts one connection carried (or refused) at L4.
+    pub fn passed_through(&self, service: &str, reason: crate::forward::Reason) {
+        self.l4
+            .get_or_create(&L4Labels {
+                service: service.to_owned(),
+                reason: reason.as_str().to_owned(),
+            })
+            .inc();
     }
 
     /// The counts as JSON rows.

@@ -7,18 +7,17 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Limited};
+use http_body_util::BodyExt as _;
 use weft_mesh::registry::routes::{BackendRef, Filter};
 
 use crate::{
     app::Waypoint,
     forward::{self, full, Tunnel},
     routing::Backend,
-    upstream::UpstreamBody,
 };
 
 /// The largest request body a mirrored rule reads before sending.
-pub const MIRROR_BODY_CAP: usize = 1024 * 1024;
+pub const MIRROR_BODY_CAP: u64 = 1024 * 1024;
 /// Mirror copies in flight at once, over all requests.
 pub const MAX_MIRRORS_IN_FLIGHT: usize = 256;
 
@@ -44,40 +43,15 @@ pub fn backends(filters: &[Filter], route: &str) -> Vec<Backend> {
         .collect()
 }
 
-/// The body to send the primary: `body` as it streams when `rule` mirrors nothing, else read
-/// whole and copied to each mirror (see [`copy`]).
-pub async fn prepare(
-    waypoint: &Arc<Waypoint>,
-    tunnel: &Arc<Tunnel>,
-    rule: Option<&crate::routing::Rule>,
-    parts: &http::request::Parts,
-    body: hyper::body::Incoming,
-) -> Result<UpstreamBody, TooLarge> {
-    let mirrors = rule.map_or_else(Vec::new, |r| backends(&r.filters, &r.route));
-    if mirrors.is_empty() {
-        return Ok(body.boxed());
-    }
-    copy(waypoint, tunnel, parts, body, &mirrors).await
-}
-
-/// The request body was larger than [`MIRROR_BODY_CAP`].
-#[derive(Debug)]
-pub struct TooLarge;
-
-/// Reads `body` whole (within the cap), starts a copy of the request to each of `mirrors`,
-/// and returns the body for the primary.
-pub async fn copy(
+/// Starts a copy of the request (its `bytes` read whole within [`MIRROR_BODY_CAP`] by
+/// [`crate::attempts::prepare`]) to each of `mirrors`.
+pub fn copy(
     waypoint: &Arc<Waypoint>,
     tunnel: &Arc<Tunnel>,
     parts: &http::request::Parts,
-    body: hyper::body::Incoming,
+    bytes: &Bytes,
     mirrors: &[Backend],
-) -> Result<UpstreamBody, TooLarge> {
-    let bytes: Bytes = Limited::new(body, MIRROR_BODY_CAP)
-        .collect()
-        .await
-        .map_err(|_| TooLarge)?
-        .to_bytes();
+) {
     for mirror in mirrors {
         let Ok(permit) = waypoint.mirrors.clone().try_acquire_owned() else {
             waypoint.limits.hit(
@@ -93,11 +67,7 @@ pub async fn copy(
             tracing::debug!(mirror = %mirror.name, "mirror backend has no ready endpoint; copy skipped");
             continue;
         };
-        let (mut copy, ()) = http::Request::new(()).into_parts();
-        copy.method = parts.method.clone();
-        copy.uri = parts.uri.clone();
-        copy.version = parts.version;
-        copy.headers = parts.headers.clone();
+        let copy = crate::attempts::head_of(parts);
         let (waypoint, tunnel) = (waypoint.clone(), tunnel.clone());
         let body = full(bytes.clone());
         tokio::spawn(async move {
@@ -110,5 +80,4 @@ pub async fn copy(
             drop(permit);
         });
     }
-    Ok(full(bytes))
 }

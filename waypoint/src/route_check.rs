@@ -22,7 +22,10 @@ fn bad(message: impl std::fmt::Display) -> (StatusCode, serde_json::Value) {
 }
 
 /// The Service (`namespace/name`) and port a URL's authority names, if this waypoint serves it.
-fn service_of(waypoint: &Waypoint, uri: &http::Uri) -> Option<(String, u16)> {
+fn service_of(
+    waypoint: &Waypoint,
+    uri: &http::Uri,
+) -> Option<(String, u16, weft_mesh::registry::AppProtocol)> {
     let host = uri.host()?;
     let port = uri.port_u16().unwrap_or(80);
     if let Ok(ip) = host.parse::<Ipv4Addr>() {
@@ -76,7 +79,7 @@ pub fn answer(waypoint: &Waypoint, query: Option<&str>) -> (StatusCode, serde_js
         return bad("a header name or value is not valid HTTP");
     };
     let (parts, ()) = request.into_parts();
-    let Some((service, port)) = service_of(waypoint, &uri) else {
+    let Some((service, port, protocol)) = service_of(waypoint, &uri) else {
         return (
             StatusCode::NOT_FOUND,
             json!({"error": format!("{} names no Service this waypoint ({}) serves", uri.authority().map_or("", |a| a.as_str()), waypoint.gateway)}),
@@ -99,6 +102,9 @@ pub fn answer(waypoint: &Waypoint, query: Option<&str>) -> (StatusCode, serde_js
         })
     });
     let outcome = match (&chosen, table.has_routes(&service)) {
+        _ if protocol == weft_mesh::registry::AppProtocol::Tcp => {
+            "the port is TCP: connections pass through at L4, routes do not apply"
+        }
         (Some(_), _) => "routed by the chosen rule",
         (None, true) => "404: no rule matches",
         (None, false) => "no route attaches to the Service: it goes to the Service itself",
@@ -108,6 +114,7 @@ pub fn answer(waypoint: &Waypoint, query: Option<&str>) -> (StatusCode, serde_js
         json!({
             "service": service,
             "port": port,
+            "protocol": protocol.as_str(),
             "method": parts.method.as_str(),
             "path": parts.uri.path(),
             "outcome": outcome,

@@ -66,8 +66,41 @@ pub struct Rule {
     consumer_namespace: Option<String>,
     /// `timeouts.request`: until the response head, from when the waypoint has the request.
     pub request_timeout: Option<std::time::Duration>,
-    /// `timeouts.backendRequest`: the same, for the attempt to the backend.
+    /// `timeouts.backendRequest`: the same, for each attempt to a backend.
     pub backend_timeout: Option<std::time::Duration>,
+    /// The `retry` field, compiled.
+    pub retry: Option<RetryPolicy>,
+}
+
+/// Most retries after the first attempt a rule may ask for; more are cut to this.
+pub const MAX_RETRY_ATTEMPTS: u32 = 5;
+/// The pause between attempts when a rule's `retry` names none.
+pub const DEFAULT_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// A rule's `retry`: after a response with one of `codes`, a failed connection, or (when 504
+/// is among the codes) an attempt's `backendRequest` timeout, the request is sent again, to a
+/// backend and endpoint chosen afresh, up to `attempts` more times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub codes: Vec<u16>,
+    pub backoff: std::time::Duration,
+}
+
+fn compile_retry(retry: &weft_mesh::registry::routes::Retry) -> Result<RetryPolicy, String> {
+    let backoff = match &retry.backoff {
+        Some(text) => parse_duration(text)
+            .ok_or_else(|| format!("retry.backoff {text:?} is not a Gateway API duration"))?,
+        None => DEFAULT_RETRY_BACKOFF,
+    };
+    if let Some(bad) = retry.codes.iter().find(|c| !(400..600).contains(*c)) {
+        return Err(format!("retry.codes: {bad} is not a 4xx or 5xx status"));
+    }
+    Ok(RetryPolicy {
+        attempts: retry.attempts.unwrap_or(1).min(MAX_RETRY_ATTEMPTS),
+        codes: retry.codes.clone(),
+        backoff,
+    })
 }
 
 /// What one request matched, and why it ranks where it does.
@@ -230,6 +263,7 @@ fn compile_rule(
             timeouts.and_then(|t| t.backend_request.as_ref()),
             "backendRequest",
         )?,
+        retry: rule.retry.as_ref().map(compile_retry).transpose()?,
     })
 }
 
@@ -324,13 +358,24 @@ fn status_of(registry: &Registry, route: &Route, parent: &str, problems: usize) 
 }
 
 impl Rule {
-    /// The shorter of the rule's timeouts, if it sets one above 0.
+    /// The shorter of the rule's timeouts, if it sets one above 0: the longest one attempt
+    /// may wait for its response head.
     pub fn deadline(&self) -> Option<std::time::Duration> {
         [self.request_timeout, self.backend_timeout]
             .into_iter()
             .flatten()
             .filter(|t| !t.is_zero())
             .min()
+    }
+
+    /// `timeouts.request` above 0: the whole request's budget, over every attempt.
+    pub fn request_budget(&self) -> Option<std::time::Duration> {
+        self.request_timeout.filter(|t| !t.is_zero())
+    }
+
+    /// `timeouts.backendRequest` above 0: one attempt's budget.
+    pub fn attempt_budget(&self) -> Option<std::time::Duration> {
+        self.backend_timeout.filter(|t| !t.is_zero())
     }
 
     /// The `PathPrefix` values of this rule's matches.
@@ -404,7 +449,7 @@ impl Table {
 
     /// The rule a request to `service` from a caller in `caller_namespace` takes, by the
     /// Gateway API's precedence: consumer routes before producer routes, then an exact path,
-    /// the longest prefix, a method, the most header matches, the most query matches, and
+    /// a regular expression, the longest prefix, a method, the most header matches, the most query matches, and
     /// the earliest route and rule. `None`: no rule matches (404), or the Service has no route
     /// at all (the caller then gets the Service itself).
     pub fn choose<'a>(
@@ -448,6 +493,9 @@ impl Table {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Rank {
     exact: bool,
+    /// A regular expression ranks below an exact path and above every prefix, as Envoy
+    /// Gateway and Istio order them (the Gateway API leaves it to implementations).
+    regex: bool,
     prefix_len: usize,
     method: bool,
     headers: usize,
@@ -474,6 +522,7 @@ impl Match {
             }
             Path::Regex(re) => (false, if re.is_match(path) { 0 } else { usize::MAX }),
         };
+        let regex = matches!(self.path, Path::Regex(_));
         let path_hit = match &self.path {
             Path::Exact(_) => exact,
             _ => prefix_len != usize::MAX,
@@ -497,7 +546,8 @@ impl Match {
         }
         Some(Rank {
             exact,
-            prefix_len: if exact { 0 } else { prefix_len },
+            regex,
+            prefix_len: if exact || regex { 0 } else { prefix_len },
             method: self.method.is_some(),
             headers: self.headers.len(),
             query: self.query.len(),
@@ -733,6 +783,37 @@ mod tests {
             .choose("demo/echo", Some("demo"), &request("GET", "/", &[]))
             .expect("the second rule");
         assert_eq!(chosen.rule.index, 1);
+    }
+
+    #[test]
+    fn a_regex_ranks_below_an_exact_path_and_above_any_prefix_and_retry_compiles() {
+        let routes = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: a\n  namespace: demo\nspec:\n  parentRefs:\n  - {kind: Service, name: echo}\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /re/1}}]\n    backendRefs: [{name: prefix, port: 80}]\n  - matches: [{path: {type: RegularExpression, value: '/re/[0-9]+'}}]\n    backendRefs: [{name: regex, port: 80}]\n    retry: {codes: [503], attempts: 9, backoff: 5ms}\n  - matches: [{path: {type: Exact, value: /re/12}}]\n    backendRefs: [{name: exact, port: 80}]\n  - matches: [{path: {type: PathPrefix, value: /x}}]\n    retry: {codes: [200]}\n";
+        let registry = registry(&format!("{BASE}---\n{routes}"));
+        let table = Table::build(&registry, "demo", "waypoint");
+        let pick = |uri: &str| {
+            table
+                .choose("demo/echo", Some("demo"), &request("GET", uri, &[]))
+                .map(|c| c.rule.backends[0].name.clone())
+        };
+        assert_eq!(pick("/re/12").as_deref(), Some("exact"));
+        assert_eq!(pick("/re/1").as_deref(), Some("regex"));
+        let regex = &table.rules_of("demo/echo")[1];
+        assert_eq!(
+            regex.retry,
+            Some(RetryPolicy {
+                attempts: MAX_RETRY_ATTEMPTS,
+                codes: vec![503],
+                backoff: std::time::Duration::from_millis(5),
+            })
+        );
+        assert_eq!(table.problems.len(), 1, "{:?}", table.problems);
+        assert!(
+            table.problems[0]
+                .problem
+                .contains("200 is not a 4xx or 5xx"),
+            "{:?}",
+            table.problems
+        );
     }
 
     #[test]

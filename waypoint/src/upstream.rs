@@ -134,11 +134,7 @@ impl Upstreams {
                 }
             }
         }
-        let endpoint = key.endpoint;
-        let opened =
-            tokio::time::timeout(CONNECT_TIMEOUT, self.open(pool, waypoint, identity, &key))
-                .await
-                .map_err(|_| UpstreamError::TimedOut { endpoint })??;
+        let opened = self.open(pool, waypoint, identity, &key).await?;
         if let Sender::Shared(sender) = &opened {
             let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
             if shared.len() >= MAX_KEYS {
@@ -161,57 +157,21 @@ impl Upstreams {
     ) -> Result<Sender, UpstreamError> {
         let endpoint = key.endpoint;
         let http = |source| UpstreamError::Http { endpoint, source };
-        macro_rules! handshake {
-            ($io:expr) => {{
-                let io = TokioIo::new($io);
-                if key.http2 {
-                    let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
-                        .await
-                        .map_err(http)?;
-                    tokio::spawn(async move {
-                        let _ = connection.await;
-                    });
-                    Sender::Shared(sender)
-                } else {
-                    let (sender, connection) = http1::handshake(io).await.map_err(http)?;
-                    tokio::spawn(async move {
-                        let _ = connection.with_upgrades().await;
-                    });
-                    Sender::One(sender)
-                }
-            }};
-        }
-        if let Some(identity) = identity {
-            let source = Source {
-                name: "waypoint",
-                identity: waypoint,
-                ip: key.client,
-                sockets: &Plain,
-            };
-            let hbone = SocketAddr::new(endpoint.ip(), weft_mesh::ports::HBONE_PORT);
-            let tunnel = pool
-                .open(
-                    source,
-                    identity,
-                    hbone,
-                    endpoint,
-                    CONNECT_TIMEOUT,
-                    Bytes::new,
-                )
+        let io = TokioIo::new(connect(pool, waypoint, identity, key).await?);
+        if key.http2 {
+            let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
                 .await
-                .map_err(|source| UpstreamError::Tunnel { endpoint, source })?;
-            // The stream's slot counts against its pooled HTTP/2 connection while it lives.
-            let weft_mesh::hbone::client::Tunnel { send, recv, slot } = tunnel;
-            let io = SlotHeld {
-                io: TunnelIo::new(send, recv),
-                _slot: slot,
-            };
-            Ok(handshake!(io))
+                .map_err(http)?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Ok(Sender::Shared(sender))
         } else {
-            let tcp = weft_mesh::socket::connect(&Plain, endpoint, CONNECT_TIMEOUT)
-                .await
-                .map_err(|source| UpstreamError::Connect { endpoint, source })?;
-            Ok(handshake!(tcp))
+            let (sender, connection) = http1::handshake(io).await.map_err(http)?;
+            tokio::spawn(async move {
+                let _ = connection.with_upgrades().await;
+            });
+            Ok(Sender::One(sender))
         }
     }
 
@@ -242,41 +202,104 @@ impl Upstreams {
     }
 }
 
-/// A tunnel stream that keeps its pool slot for as long as hyper holds it.
-struct SlotHeld {
-    io: TunnelIo,
-    _slot: weft_mesh::hbone::client::StreamSlot,
+/// A byte stream to one endpoint: an HBONE tunnel through its agent (holding its pool slot
+/// for as long as it lives), or plain TCP to an endpoint outside the mesh.
+#[derive(Debug)]
+pub enum UpstreamIo {
+    Tunnel {
+        io: TunnelIo,
+        _slot: weft_mesh::hbone::client::StreamSlot,
+    },
+    Tcp(tokio::net::TcpStream),
 }
 
-impl tokio::io::AsyncRead for SlotHeld {
+/// Opens a byte stream to `key.endpoint` on behalf of `key.client`: through the endpoint's
+/// agent under the waypoint's identity when `identity` is the endpoint's, else plain TCP.
+pub async fn connect(
+    pool: &Pool,
+    waypoint: &SpiffeId,
+    identity: Option<&SpiffeId>,
+    key: &Key,
+) -> Result<UpstreamIo, UpstreamError> {
+    let endpoint = key.endpoint;
+    let opening = async {
+        if let Some(identity) = identity {
+            let source = Source {
+                name: "waypoint",
+                identity: waypoint,
+                ip: key.client,
+                sockets: &Plain,
+            };
+            let hbone = SocketAddr::new(endpoint.ip(), weft_mesh::ports::HBONE_PORT);
+            let tunnel = pool
+                .open(
+                    source,
+                    identity,
+                    hbone,
+                    endpoint,
+                    CONNECT_TIMEOUT,
+                    Bytes::new,
+                )
+                .await
+                .map_err(|source| UpstreamError::Tunnel { endpoint, source })?;
+            let weft_mesh::hbone::client::Tunnel { send, recv, slot } = tunnel;
+            Ok(UpstreamIo::Tunnel {
+                io: TunnelIo::new(send, recv),
+                _slot: slot,
+            })
+        } else {
+            weft_mesh::socket::connect(&Plain, endpoint, CONNECT_TIMEOUT)
+                .await
+                .map(UpstreamIo::Tcp)
+                .map_err(|source| UpstreamError::Connect { endpoint, source })
+        }
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, opening)
+        .await
+        .map_err(|_| UpstreamError::TimedOut { endpoint })?
+}
+
+impl tokio::io::AsyncRead for UpstreamIo {
     fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+        match self.get_mut() {
+            Self::Tunnel { io, .. } => std::pin::Pin::new(io).poll_read(cx, buf),
+            Self::Tcp(tcp) => std::pin::Pin::new(tcp).poll_read(cx, buf),
+        }
     }
 }
 
-impl tokio::io::AsyncWrite for SlotHeld {
+impl tokio::io::AsyncWrite for UpstreamIo {
     fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+        match self.get_mut() {
+            Self::Tunnel { io, .. } => std::pin::Pin::new(io).poll_write(cx, buf),
+            Self::Tcp(tcp) => std::pin::Pin::new(tcp).poll_write(cx, buf),
+        }
     }
     fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+        match self.get_mut() {
+            Self::Tunnel { io, .. } => std::pin::Pin::new(io).poll_flush(cx),
+            Self::Tcp(tcp) => std::pin::Pin::new(tcp).poll_flush(cx),
+        }
     }
     fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+        match self.get_mut() {
+            Self::Tunnel { io, .. } => std::pin::Pin::new(io).poll_shutdown(cx),
+            Self::Tcp(tcp) => std::pin::Pin::new(tcp).poll_shutdown(cx),
+        }
     }
 }
 

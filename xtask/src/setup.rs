@@ -31,6 +31,7 @@ pub fn run() -> anyhow::Result<()> {
     ensure_cargo_fuzz()?;
     ensure_packages()?;
     ensure_kube_tools()?;
+    ensure_python_clients()?;
     weft_harness::cluster::ensure_bpffs()?;
     eprintln!("setup: this machine can build and test Weft");
     Ok(())
@@ -218,6 +219,19 @@ fn ensure_kube_tools() -> anyhow::Result<()> {
     // cel-python evaluates deploy/'s admission policy expressions (check-admission.py).
     if !shell::succeeds(Command::new("python3").args(["-c", "import celpy"])) {
         pip_install("cel-python", "a CEL evaluator")?;
+    }
+    Ok(())
+}
+
+/// The Python clients and servers the waypoint tests drive: grpcio (gRPC unary and streaming,
+/// with status and trailers) and websockets (an Upgrade through the waypoint).
+const PYTHON_CLIENTS: &[(&str, &str)] = &[("grpc", "grpcio"), ("websockets", "websockets")];
+
+fn ensure_python_clients() -> anyhow::Result<()> {
+    for (module, package) in PYTHON_CLIENTS {
+        if !shell::succeeds(Command::new("python3").args(["-c", &format!("import {module}")])) {
+            pip_install(package, package)?;
+        }
     }
     Ok(())
 }

@@ -1,14 +1,20 @@
 //! The playground's echo server: HTTP/1.1 and HTTP/2 (prior knowledge) on one port, answering
-//! with the peer address it saw, its own name and the request's headers (after `x-delay-ms`
-//! milliseconds when the request asks).
+//! with the peer address it saw, its own name, the request's headers and how many body bytes
+//! it read (after `x-delay-ms` milliseconds when the request asks). `GET /bytes/<n>` streams
+//! `n` bytes back instead. A third argument is the status every answer carries (a broken
+//! backend, for retry tests).
 #![forbid(unsafe_code)]
 
 use std::{convert::Infallible, fmt::Write as _, net::SocketAddr};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{body::Incoming, service::service_fn, Request, Response};
+use http_body_util::{combinators::BoxBody, BodyExt as _, Full, StreamBody};
+use hyper::{
+    body::{Frame, Incoming},
+    service::service_fn,
+    Request, Response, StatusCode,
+};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
@@ -23,6 +29,10 @@ async fn main() -> anyhow::Result<()> {
         .parse()
         .context("listen address")?;
     let name = args.next().unwrap_or_else(|| "echo".into());
+    let status = match args.next() {
+        Some(code) => StatusCode::from_bytes(code.as_bytes()).context("status")?,
+        None => StatusCode::OK,
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("bind {listen}"))?;
@@ -45,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                     // One line per request, for tests that count what reached this server.
                     println!("request {} {}", req.method(), req.uri().path());
-                    Ok::<_, Infallible>(answer(&name, peer, &req))
+                    Ok::<_, Infallible>(answer(&name, peer, status, req).await)
                 }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
@@ -55,19 +65,74 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn answer(name: &str, peer: SocketAddr, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// The largest download `GET /bytes/<n>` serves.
+const MAX_DOWNLOAD: u64 = 1 << 30;
+const CHUNK: usize = 64 * 1024;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+async fn answer(
+    name: &str,
+    peer: SocketAddr,
+    status: StatusCode,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    if let Some(n) = req.uri().path().strip_prefix("/bytes/") {
+        let total = n.parse::<u64>().unwrap_or(0).min(MAX_DOWNLOAD);
+        return download(total);
+    }
+    let (parts, mut incoming) = req.into_parts();
+    // Read as it streams, so a large upload costs no memory here.
+    let mut read: u64 = 0;
+    while let Some(frame) = incoming.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    read += data.len() as u64;
+                }
+            }
+            Err(_) => break,
+        }
+    }
     let mut body = format!(
-        "server={name}\npeer={peer}\nmethod={}\npath={}\nversion={:?}\n",
-        req.method(),
-        req.uri().path(),
-        req.version()
+        "server={name}\npeer={peer}\nmethod={}\npath={}\nversion={:?}\nbody-bytes={read}\n",
+        parts.method,
+        parts.uri.path(),
+        parts.version
     );
-    for (key, value) in req.headers() {
+    for (key, value) in &parts.headers {
         let _ = writeln!(
             body,
             "header {key}: {}",
             value.to_str().unwrap_or("<binary>")
         );
     }
-    Response::new(Full::new(Bytes::from(body)))
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
+    *response.status_mut() = status;
+    response
+}
+
+/// `total` bytes, streamed in chunks as the client reads them.
+fn download(total: u64) -> Response<Body> {
+    let chunk = Bytes::from(vec![b'x'; CHUNK]);
+    let frames = futures_util::stream::unfold(total, move |left| {
+        let chunk = chunk.clone();
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let n = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+            Some((
+                Ok::<_, Infallible>(Frame::data(chunk.slice(..n))),
+                left - n as u64,
+            ))
+        }
+    });
+    let mut response = Response::new(StreamBody::new(frames).boxed());
+    if let Ok(length) = hyper::header::HeaderValue::from_str(&total.to_string()) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_LENGTH, length);
+    }
+    response
 }

@@ -25,7 +25,8 @@ use std::{
 };
 
 pub use objects::{
-    Endpoint, EndpointSlice, Labels, Namespace, Pod, Rejection, Route, Service, ServicePort,
+    AppProtocol, Endpoint, EndpointSlice, Labels, Namespace, Pod, Rejection, Route, Service,
+    ServicePort,
 };
 use serde::Serialize;
 

@@ -71,6 +71,56 @@ pub struct ServicePort {
     pub port: u16,
     /// Numeric targetPort; a named one is resolved through the EndpointSlice.
     pub target_port: Option<u16>,
+    /// `appProtocol`, which with the name decides how a waypoint speaks on this port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+}
+
+/// How a waypoint carries a Service port's traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppProtocol {
+    /// HTTP/1.1 (`appProtocol: http`, a name `http-…` or `http`).
+    Http1,
+    /// HTTP/2 with prior knowledge (`kubernetes.io/h2c`, `http2-…`).
+    Http2,
+    /// gRPC, which is HTTP/2 (`grpc`, `grpc-…`).
+    Grpc,
+    /// Bytes, passed through at L4 (`tcp`, `tcp-…`, or any other declared protocol).
+    Tcp,
+    /// Nothing declared: the waypoint sniffs the first bytes.
+    Unknown,
+}
+
+impl AppProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http",
+            Self::Http2 => "http2",
+            Self::Grpc => "grpc",
+            Self::Tcp => "tcp",
+            Self::Unknown => "sniffed",
+        }
+    }
+}
+
+impl ServicePort {
+    /// `appProtocol` first, then the name's prefix (`http-`, `http2-`, `grpc-`, `tcp-`), as
+    /// Istio reads them; anything else is sniffed.
+    pub fn protocol(&self) -> AppProtocol {
+        let classify = |word: &str| match word.to_ascii_lowercase().as_str() {
+            "http" | "kubernetes.io/http" => Some(AppProtocol::Http1),
+            "http2" | "h2c" | "kubernetes.io/h2c" => Some(AppProtocol::Http2),
+            "grpc" | "grpc-web" => Some(AppProtocol::Grpc),
+            "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" | "kubernetes.io/ws"
+            | "kubernetes.io/wss" => Some(AppProtocol::Tcp),
+            _ => None,
+        };
+        if let Some(declared) = self.app_protocol.as_deref() {
+            return classify(declared).unwrap_or(AppProtocol::Tcp);
+        }
+        let prefix = self.name.split('-').next().unwrap_or_default();
+        classify(prefix).unwrap_or(AppProtocol::Unknown)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]

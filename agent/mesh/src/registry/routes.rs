@@ -54,6 +54,9 @@ pub struct RouteRule {
     pub backend_refs: Vec<BackendRef>,
     #[serde(default)]
     pub timeouts: Option<Timeouts>,
+    /// The experimental `retry` field (GEP-1731).
+    #[serde(default)]
+    pub retry: Option<Retry>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -150,6 +153,21 @@ pub struct Timeouts {
     pub request: Option<String>,
     #[serde(default)]
     pub backend_request: Option<String>,
+}
+
+/// When a request is sent again: on which response codes, how many more times, and after how
+/// long a pause.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    #[serde(default)]
+    pub codes: Vec<u16>,
+    /// Retries after the first attempt.
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// Gateway API duration between attempts.
+    #[serde(default)]
+    pub backoff: Option<String>,
 }
 
 /// A rule's or backend's filter.

@@ -256,3 +256,31 @@ fn a_pod_reached_through_another_path_to_the_same_netns_is_the_same_placement() 
     moved.ip = Ipv4Addr::new(10, 0, 0, 2);
     assert!(!by_process.same_as(&moved));
 }
+
+#[test]
+fn a_ports_protocol_comes_from_app_protocol_then_its_name() {
+    let port = |name: &str, app_protocol: Option<&str>| ServicePort {
+        name: name.into(),
+        port: 80,
+        target_port: None,
+        app_protocol: app_protocol.map(Into::into),
+    };
+    assert_eq!(port("web", Some("http")).protocol(), AppProtocol::Http1);
+    assert_eq!(
+        port("web", Some("kubernetes.io/h2c")).protocol(),
+        AppProtocol::Http2
+    );
+    assert_eq!(port("http", Some("grpc")).protocol(), AppProtocol::Grpc);
+    // appProtocol wins over the name; an unknown declared protocol is bytes.
+    assert_eq!(port("http-web", Some("tcp")).protocol(), AppProtocol::Tcp);
+    assert_eq!(
+        port("http", Some("example.com/x")).protocol(),
+        AppProtocol::Tcp
+    );
+    assert_eq!(port("http-web", None).protocol(), AppProtocol::Http1);
+    assert_eq!(port("http2-api", None).protocol(), AppProtocol::Http2);
+    assert_eq!(port("grpc", None).protocol(), AppProtocol::Grpc);
+    assert_eq!(port("tcp-db", None).protocol(), AppProtocol::Tcp);
+    assert_eq!(port("main", None).protocol(), AppProtocol::Unknown);
+    assert_eq!(port("", None).protocol(), AppProtocol::Unknown);
+}

@@ -258,6 +258,7 @@ pub struct ServicePortIn {
     pub name: Option<String>,
     pub port: u16,
     pub target_port: Option<IntOrString>,
+    pub app_protocol: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -306,6 +307,7 @@ impl Settle for ServiceObject {
                         name: p.name.unwrap_or_default(),
                         port: p.port,
                         target_port,
+                        app_protocol: p.app_protocol,
                     })
                 })
                 .collect::<Result<_, Rejection>>()?;
