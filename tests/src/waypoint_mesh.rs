@@ -274,6 +274,11 @@ impl Mesh {
 
     /// A path of the waypoint's admin port, fetched with curl in its netns.
     pub fn waypoint_admin(&self, path: &str) -> String {
+        self.waypoint_admin_at(15000, path)
+    }
+
+    /// A path of one of the waypoint's ports (admin 15000, metrics 15020, readiness 15021).
+    pub fn waypoint_admin_at(&self, port: u16, path: &str) -> String {
         let out = self
             .cluster
             .run_in_netns_only(
@@ -283,7 +288,7 @@ impl Mesh {
                     "-s",
                     "--max-time",
                     "5",
-                    &format!("http://127.0.0.1:15000{path}"),
+                    &format!("http://127.0.0.1:{port}{path}"),
                 ],
             )
             .expect("curl");

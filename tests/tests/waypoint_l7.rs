@@ -136,6 +136,65 @@ fn retries_resend_a_failed_attempt_and_a_missing_backend_is_reported() {
     assert_eq!(status["resolvedRefs"], false, "{status}");
     assert_eq!(status["resolvedRefsReason"], "BackendNotFound", "{status}");
     assert_eq!(status["accepted"], true, "{status}");
+    // weftctl shows the same status, and the requests with the route and backend each took.
+    let (ok, routes) = mesh.weftctl(&["routes"]);
+    assert!(ok, "{routes}");
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.contains("demo/missing") && l.contains("False/BackendNotFound")),
+        "{routes}"
+    );
+    let (ok, listed) = mesh.weftctl(&["-o", "json", "requests", "--route", "demo/retried"]);
+    assert!(ok, "{listed}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&listed).expect("requests JSON");
+    assert_eq!(listed.len(), 20, "{listed:?}");
+    for record in &listed {
+        assert_eq!(record["status"], 200, "{record}");
+        assert_eq!(record["route"], "demo/retried rule 0", "{record}");
+        assert_eq!(record["backend"], "demo/retried", "{record}");
+        assert_eq!(record["upstreamPod"], "demo/echo-v1", "{record}");
+        assert_eq!(
+            record["client"], "spiffe://cluster.local/ns/demo/sa/client",
+            "{record}"
+        );
+        assert!(record["responseBytes"].as_u64() > Some(100), "{record}");
+    }
+    assert!(listed.iter().any(|r| r["attempts"] == 2), "{listed:?}");
+    let (ok, failed) = mesh.weftctl(&["requests", "--status", "5xx"]);
+    assert!(ok, "{failed}");
+    assert!(
+        failed.contains("backend_not_found") && !failed.contains("demo/retried"),
+        "{failed}"
+    );
+    // The metrics carry both ends and the route; sizes are histograms.
+    let metrics = mesh.waypoint_admin_at(15020, "/metrics");
+    let routed = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("weft_requests_total{") && l.contains(r#"route="demo/retried rule 0""#)
+        })
+        .unwrap_or_else(|| panic!("a retried request's counter:\n{metrics}"));
+    for label in [
+        r#"source_workload="client""#,
+        r#"source_namespace="demo""#,
+        r#"source_principal="spiffe://cluster.local/ns/demo/sa/client""#,
+        r#"destination_workload="echo-v1""#,
+        r#"destination_service="demo/retried""#,
+        r#"method="GET""#,
+        r#"code="200""#,
+        r#"reason="routed""#,
+    ] {
+        assert!(routed.contains(label), "{label} in {routed}");
+    }
+    assert!(routed.ends_with(" 20"), "{routed}");
+    for histogram in [
+        "weft_request_size_bytes_bucket",
+        "weft_response_size_bytes_bucket",
+        "weft_request_duration_seconds_bucket",
+    ] {
+        assert!(metrics.contains(histogram), "{histogram}:\n{metrics}");
+    }
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! The waypoint's admin API (127.0.0.1:15000: `/status`, `/routes`, `/stats`, `/certs`,
-//! `POST /logging`), metrics (15020) and readiness (15021), on the mesh core's bounded HTTP/1
+//! The waypoint's admin API (127.0.0.1:15000: `/status`, `/routes`, `/requests`, `/stats`,
+//! `/certs`, `/config_dump`, `/route-check`, `POST /logging`), metrics (15020) and readiness (15021), on the mesh core's bounded HTTP/1
 //! server, answering through the drain as the agent's do.
 
 use std::{
@@ -12,6 +12,53 @@ use serde_json::json;
 use weft_mesh::admin::{bind, json_reply, serve, Endpoint, Reply};
 
 use crate::{app::Waypoint, config::Config};
+
+/// Every path the waypoint's admin port answers.
+pub const ENDPOINTS: &[&str] = &[
+    "/status",
+    "/routes",
+    "/requests?route=&status=&follow=1",
+    "/route-check?method=&url=&header=",
+    "/stats",
+    "/certs",
+    "/config_dump",
+    "POST /logging?level=",
+];
+
+/// `GET /requests?route=&status=&follow=`: the kept request records the query selects, or,
+/// with `follow`, those and then new ones as JSON lines.
+fn requests(waypoint: &Waypoint, query: Option<&str>) -> Reply {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let parsed = weft_api::requests::RequestQuery::from_pairs(
+        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    match parsed {
+        Ok(query) => {
+            let selected: Vec<_> = waypoint
+                .recent
+                .recent()
+                .into_iter()
+                .filter(|r| query.matches(r))
+                .collect();
+            if query.follow {
+                weft_mesh::admin::follow_lines(&waypoint.recent, selected, move |r| {
+                    query.matches(r)
+                })
+            } else {
+                json_reply((StatusCode::OK, json!(selected)))
+            }
+        }
+        Err(e) => json_reply((
+            StatusCode::BAD_REQUEST,
+            json!(weft_api::ErrorBody {
+                error: e.to_string(),
+                valid: e.valid(),
+            }),
+        )),
+    }
+}
 
 fn get(waypoint: &Waypoint, path: &str) -> (StatusCode, serde_json::Value) {
     match path {
@@ -79,9 +126,13 @@ fn get(waypoint: &Waypoint, path: &str) -> (StatusCode, serde_json::Value) {
             }),
         ),
         "/certs" => (StatusCode::OK, json!(waypoint.certs.certs())),
+        "/config_dump" => (
+            StatusCode::OK,
+            json!({"registry": *waypoint.registry.borrow().clone()}),
+        ),
         _ => (
             StatusCode::NOT_FOUND,
-            json!({"error": "try /status, /routes, /route-check, /stats or /certs"}),
+            json!({"error": "unknown path", "valid": ENDPOINTS}),
         ),
     }
 }
@@ -114,13 +165,14 @@ pub async fn start(
                     Endpoint::Get("/route-check") => {
                         json_reply(crate::route_check::answer(&state, query))
                     }
+                    Endpoint::Get("/requests") => requests(&state, query),
                     Endpoint::Get(path) => json_reply(get(&state, path)),
                     Endpoint::SetLogLevel(level) => {
                         json_reply(weft_mesh::admin::set_log_level(log_filter.as_ref(), level))
                     }
                     Endpoint::Flows(_) => json_reply((
                         StatusCode::NOT_FOUND,
-                        json!({"error": "the waypoint keeps no flow ring yet: see its access log"}),
+                        json!({"error": "a waypoint keeps requests, not connection flows: GET /requests"}),
                     )),
                     Endpoint::NotAllowed => json_reply((
                         StatusCode::METHOD_NOT_ALLOWED,

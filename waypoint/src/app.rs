@@ -61,6 +61,8 @@ pub struct Waypoint {
     pub ready: AtomicBool,
     /// Mirror copies in flight (see [`crate::mirror`]).
     pub mirrors: Arc<tokio::sync::Semaphore>,
+    /// Recent requests, for `/requests` (see [`crate::telemetry`]).
+    pub recent: weft_mesh::ring::Ring<weft_api::requests::RequestRecord>,
     /// Upgraded (WebSocket) connections open (see [`crate::upgrade`]).
     pub upgrades: Arc<tokio::sync::Semaphore>,
 }
@@ -152,6 +154,7 @@ pub async fn run(
             crate::mirror::MAX_MIRRORS_IN_FLIGHT,
         )),
         upgrades: Arc::new(tokio::sync::Semaphore::new(crate::upgrade::MAX_UPGRADED)),
+        recent: weft_mesh::ring::Ring::default(),
     });
     tokio::spawn(follow_routes(waypoint.clone(), registry));
     let listener = tokio::net::TcpListener::bind(config.hbone_addr)

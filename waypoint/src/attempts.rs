@@ -24,8 +24,8 @@ pub const RETRY_BODY_CAP: u64 = 64 * 1024;
 /// A request's body, as its attempts need it.
 #[derive(Debug)]
 pub enum RequestBody {
-    /// Sent as it arrives, so only once.
-    Streaming(Option<hyper::body::Incoming>),
+    /// Sent as it arrives (counted as it goes), so only once.
+    Streaming(Option<UpstreamBody>),
     /// Read whole (for a mirror or a retry), so sent as often as needed.
     Whole(Bytes),
 }
@@ -34,7 +34,7 @@ impl RequestBody {
     /// The body for the next attempt, if there can be one.
     fn for_attempt(&mut self) -> Option<UpstreamBody> {
         match self {
-            Self::Streaming(body) => body.take().map(BodyExt::boxed),
+            Self::Streaming(body) => body.take(),
             Self::Whole(bytes) => Some(full(bytes.clone())),
         }
     }
@@ -54,6 +54,7 @@ pub async fn prepare(
     rule: Option<&Rule>,
     parts: &http::request::Parts,
     body: hyper::body::Incoming,
+    request_bytes: &Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<RequestBody, TooLarge> {
     let mirrors = rule.map_or_else(Vec::new, |r| crate::mirror::backends(&r.filters, &r.route));
     let cap = if !mirrors.is_empty() {
@@ -61,9 +62,11 @@ pub async fn prepare(
     } else if rule.is_some_and(|r| r.retry.is_some()) && replayable(parts, &body) {
         RETRY_BODY_CAP
     } else {
-        return Ok(RequestBody::Streaming(Some(body)));
+        let counted = crate::telemetry::Counted::new(body, request_bytes.clone());
+        return Ok(RequestBody::Streaming(Some(counted.boxed())));
     };
     let bytes = read_whole(body, cap).await?;
+    request_bytes.store(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
     if !mirrors.is_empty() {
         crate::mirror::copy(waypoint, tunnel, parts, &bytes, &mirrors);
     }

@@ -7,7 +7,7 @@
 use std::{
     convert::Infallible,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{atomic::AtomicU64, Arc},
     time::Instant,
 };
 
@@ -124,13 +124,14 @@ fn modify(headers: &mut http::HeaderMap, modifier: &HeaderModifier) {
 }
 
 /// What one request came to, for the log and the counters.
-struct Outcome {
-    route: String,
-    backend: String,
-    upstream: Option<SocketAddr>,
-    reason: Reason,
+#[derive(Debug)]
+pub struct Outcome {
+    pub route: String,
+    pub backend: String,
+    pub upstream: Option<SocketAddr>,
+    pub reason: Reason,
     /// Attempts made to backends (0: the waypoint answered itself).
-    attempts: u32,
+    pub attempts: u32,
 }
 
 impl Outcome {
@@ -146,47 +147,38 @@ impl Outcome {
     }
 }
 
-/// Serves one request that arrived on `tunnel`.
+/// Serves one request that arrived on `tunnel`; its telemetry is finished when the response
+/// body has been sent ([`crate::telemetry`]).
 pub async fn handle(
     waypoint: Arc<Waypoint>,
     tunnel: Arc<Tunnel>,
     request: Request<hyper::body::Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<crate::telemetry::Recorded>, Infallible> {
     let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let (response, outcome) = route(&waypoint, &tunnel, request).await;
-    let status = response.status().as_u16();
-    waypoint.requests.record(
-        &tunnel.service,
-        &outcome.route,
-        status,
-        outcome.reason,
-        started.elapsed().as_secs_f64(),
+    let head = crate::telemetry::Head::of(&request);
+    let request_bytes = Arc::new(AtomicU64::new(0));
+    let (response, outcome) = route(&waypoint, &tunnel, request, &request_bytes).await;
+    let (parts, body) = response.into_parts();
+    let pending = crate::telemetry::Pending::new(
+        waypoint,
+        tunnel,
+        head,
+        parts.status.as_u16(),
+        outcome,
+        request_bytes,
+        started,
     );
-    tracing::info!(
-        target: "weft_waypoint::access",
-        service = %tunnel.service,
-        %method,
-        %path,
-        status,
-        route = %outcome.route,
-        backend = %outcome.backend,
-        upstream = ?outcome.upstream,
-        client = %tunnel.client,
-        client_ip = %tunnel.client_ip,
-        reason = outcome.reason.as_str(),
-        attempts = outcome.attempts,
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
-    Ok(response)
+    Ok(Response::from_parts(
+        parts,
+        crate::telemetry::Recorded::new(body, pending),
+    ))
 }
 
 async fn route(
     waypoint: &Arc<Waypoint>,
     tunnel: &Arc<Tunnel>,
     request: Request<hyper::body::Incoming>,
+    request_bytes: &Arc<AtomicU64>,
 ) -> (Response<Body>, Outcome) {
     let started = Instant::now();
     let table = waypoint.table.load_full();
@@ -229,7 +221,9 @@ async fn route(
             return (*redirect, outcome);
         }
     };
-    let body = match crate::attempts::prepare(waypoint, tunnel, rule, &parts, body).await {
+    let body = match crate::attempts::prepare(waypoint, tunnel, rule, &parts, body, request_bytes)
+        .await
+    {
         Ok(body) => body,
         Err(too_large) => {
             let detail = format!(

@@ -15,6 +15,7 @@ pub mod protocol;
 pub mod rewrite;
 pub mod route_check;
 pub mod routing;
+pub mod telemetry;
 pub mod tunnels;
 pub mod upgrade;
 pub mod upstream;

@@ -1,6 +1,8 @@
-//! The waypoint's request metrics (`weft_requests_total`, `weft_request_duration_seconds`) in
-//! a `weft`-prefixed registry, and the same counts for `/stats`. Labels are bounded: the
-//! Service, the route rule, the status code and the reason; never a path, address or id.
+//! The waypoint's request metrics (`weft_requests_total`, `weft_request_duration_seconds`,
+//! `weft_request_size_bytes`, `weft_response_size_bytes`) in a `weft`-prefixed registry, and
+//! the same counts for `/stats`. Labels are bounded: workloads, namespaces and identities of
+//! the registry's pods, the Service, the route rule, a known method, the status code and the
+//! reason; never a path, address or id.
 
 use std::{
     collections::BTreeMap,
@@ -22,22 +24,45 @@ pub const MAX_STATS_KEYS: usize = 10_000;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub service: String,
+    pub source_workload: String,
+    pub source_namespace: String,
+    pub source_principal: String,
+    pub destination_workload: String,
+    pub destination_namespace: String,
+    pub destination_principal: String,
+    pub destination_service: String,
     pub route: String,
+    pub method: &'static str,
     pub code: String,
-    pub reason: String,
+    pub reason: &'static str,
 }
 
-/// The duration histogram's labels: fewer than the counter's, so its series stay few.
+/// The histograms' labels: fewer than the counter's, so their series stay few.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DurationLabels {
-    pub service: String,
+    pub destination_service: String,
     pub route: String,
+}
+
+/// A method as a label: the standard ones by name, anything else `other`.
+pub fn method_label(method: &http::Method) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|m| *m == method.as_str())
+        .unwrap_or("other")
 }
 
 fn duration_histogram() -> Histogram {
     // 0.25 ms to about 16 s: a mesh hop to a slow backend.
     Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
+}
+
+fn size_histogram() -> Histogram {
+    // 64 B to 1 GiB, by factors of 4.
+    Histogram::new(exponential_buckets(64.0, 4.0, 13))
 }
 
 /// An L4 connection's labels: a TCP port, or bytes that were not HTTP.
@@ -53,6 +78,8 @@ pub struct Requests {
     total: Family<RequestLabels, Counter>,
     l4: Family<L4Labels, Counter>,
     duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
+    request_size: Family<DurationLabels, Histogram, fn() -> Histogram>,
+    response_size: Family<DurationLabels, Histogram, fn() -> Histogram>,
     stats: Mutex<BTreeMap<RequestLabels, u64>>,
 }
 
@@ -75,9 +102,25 @@ impl Default for Requests {
             Family::new_with_constructor(duration_histogram);
         registry.register_with_unit(
             "request_duration",
-            "Time from a request's arrival to its response head, by Service and route rule",
+            "Time from a request's arrival to the end of its response, by Service and route rule",
             prometheus_client::registry::Unit::Seconds,
             duration.clone(),
+        );
+        let request_size: Family<DurationLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(size_histogram);
+        registry.register_with_unit(
+            "request_size",
+            "Request body bytes, by Service and route rule",
+            prometheus_client::registry::Unit::Bytes,
+            request_size.clone(),
+        );
+        let response_size: Family<DurationLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(size_histogram);
+        registry.register_with_unit(
+            "response_size",
+            "Response body bytes sent to the client, by Service and route rule",
+            prometheus_client::registry::Unit::Bytes,
+            response_size.clone(),
         );
         let l4 = Family::<L4Labels, Counter>::default();
         registry.register(
@@ -90,32 +133,28 @@ impl Default for Requests {
             total,
             l4,
             duration,
+            request_size,
+            response_size,
             stats: Mutex::default(),
         }
     }
 }
 
 impl Requests {
-    pub fn record(
-        &self,
-        service: &str,
-        route: &str,
-        code: u16,
-        reason: crate::forward::Reason,
-        seconds: f64,
-    ) {
-        self.duration
-            .get_or_create(&DurationLabels {
-                service: service.to_owned(),
-                route: route.to_owned(),
-            })
-            .observe(seconds);
-        let labels = RequestLabels {
-            service: service.to_owned(),
-            route: route.to_owned(),
-            code: code.to_string(),
-            reason: reason.as_str().to_owned(),
+    /// Counts one finished request.
+    pub fn record(&self, labels: RequestLabels, seconds: f64, sizes: (u64, u64)) {
+        let series = DurationLabels {
+            destination_service: labels.destination_service.clone(),
+            route: labels.route.clone(),
         };
+        self.duration.get_or_create(&series).observe(seconds);
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "a histogram bucket needs no byte-exact count"
+        )]
+        let (request, response) = (sizes.0 as f64, sizes.1 as f64);
+        self.request_size.get_or_create(&series).observe(request);
+        self.response_size.get_or_create(&series).observe(response);
         self.total.get_or_create(&labels).inc();
         let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
         if stats.len() < MAX_STATS_KEYS || stats.contains_key(&labels) {
@@ -141,8 +180,9 @@ impl Requests {
             .iter()
             .map(|(l, n)| {
                 serde_json::json!({
-                    "service": l.service, "route": l.route, "code": l.code,
-                    "reason": l.reason, "requests": n,
+                    "service": l.destination_service, "route": l.route, "method": l.method,
+                    "code": l.code, "reason": l.reason, "source": format!("{}/{}", l.source_namespace, l.source_workload),
+                    "requests": n,
                 })
             })
             .collect()

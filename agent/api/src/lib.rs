@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod flows;
+pub mod requests;
 pub mod status;
 pub mod traffic;
 

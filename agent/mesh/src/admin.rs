@@ -113,28 +113,35 @@ pub fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
 /// Streams the kept flows `filter` selects, then new ones, as JSON lines until the client goes
 /// away.
 pub fn follow_flows(flows: &Flows, filter: FlowFilter) -> Reply {
-    let (tx, rx) = mpsc::channel(256);
-    let mut live = flows.follow();
     let backlog = filter.apply(flows.recent());
+    follow_lines(flows, backlog, move |flow| filter.matches(flow))
+}
+
+/// Streams `backlog`, then each new record of `ring` that `matches`, as JSON lines until the
+/// client goes away; a follower that falls behind gets a `{"event":"lagged"}` line instead of
+/// what it missed.
+pub fn follow_lines<T>(
+    ring: &crate::ring::Ring<T>,
+    backlog: Vec<T>,
+    matches: impl Fn(&T) -> bool + Send + 'static,
+) -> Reply
+where
+    T: serde::Serialize + Clone + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(256);
+    let mut live = ring.follow();
+    let as_line = |record: &T| Bytes::from(format!("{}\n", json!(record)));
     tokio::spawn(async move {
-        for flow in backlog {
-            if tx
-                .send(Bytes::from(format!("{}\n", json!(flow))))
-                .await
-                .is_err()
-            {
+        for record in backlog {
+            if tx.send(as_line(&record)).await.is_err() {
                 return;
             }
         }
         loop {
             match live.recv().await {
-                Ok(flow) if !filter.matches(&flow) => {}
-                Ok(flow) => {
-                    if tx
-                        .send(Bytes::from(format!("{}\n", json!(flow))))
-                        .await
-                        .is_err()
-                    {
+                Ok(record) if !matches(&record) => {}
+                Ok(record) => {
+                    if tx.send(as_line(&record)).await.is_err() {
                         return;
                     }
                 }

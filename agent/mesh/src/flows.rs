@@ -2,62 +2,12 @@
 //! each with its reason, a broadcast of new ones for `weftctl flows --follow`, and the
 //! server-side selection `/flows?from=&to=&verdict=&since=&port=` applies.
 
-use std::{
-    collections::VecDeque,
-    sync::{Mutex, PoisonError},
-};
-
-use tokio::sync::broadcast;
-
 pub use weft_api::flows::{Flow, FlowEvent, FlowQuery, QueryError, Verdict};
 
-/// Events kept for late readers.
-pub const RING: usize = 4096;
+pub use crate::ring::RING;
 
-#[derive(Debug)]
-pub struct Flows {
-    ring: Mutex<VecDeque<Flow>>,
-    live: broadcast::Sender<Flow>,
-}
-
-impl Default for Flows {
-    fn default() -> Self {
-        Self {
-            ring: Mutex::new(VecDeque::with_capacity(RING)),
-            live: broadcast::channel(1024).0,
-        }
-    }
-}
-
-impl Flows {
-    pub fn record(&self, flow: Flow) {
-        {
-            let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
-            if ring.len() == RING {
-                ring.pop_front();
-            }
-            ring.push_back(flow.clone());
-        }
-        // Nobody following is fine.
-        let _ = self.live.send(flow);
-    }
-
-    /// The kept events, oldest first.
-    pub fn recent(&self) -> Vec<Flow> {
-        self.ring
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect()
-    }
-
-    /// New events from now on. A slow follower skips what it missed rather than slowing the
-    /// data path.
-    pub fn follow(&self) -> broadcast::Receiver<Flow> {
-        self.live.subscribe()
-    }
-}
+/// The agent's recent flow records and their followers.
+pub type Flows = crate::ring::Ring<Flow>;
 
 /// A [`FlowQuery`] fixed at the moment of the request: `since` becomes a point in time, so a
 /// follower keeps the same cut-off while it streams.

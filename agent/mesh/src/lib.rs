@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod policy;
 pub mod ports;
 pub mod registry;
+pub mod ring;
 pub mod route;
 pub mod serve;
 pub mod socket;

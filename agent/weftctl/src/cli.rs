@@ -18,8 +18,12 @@ pub struct Args {
     pub admin: SocketAddr,
     /// A playground node (`cargo xtask demo up`): its netns and admin address come from the
     /// playground file. Needs root to enter the node's network namespace.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, conflicts_with = "waypoint")]
     pub node: Option<String>,
+    /// A playground waypoint `NAMESPACE/NAME`: its netns and admin address come from the
+    /// playground file (in Kubernetes, port-forward its 15000 and give `--admin`). Needs root.
+    #[arg(long, global = true)]
+    pub waypoint: Option<String>,
     /// The playground file; default: target/weft-demo/playground.json here or in a parent.
     #[arg(long, global = true, env = "WEFT_PLAYGROUND")]
     pub playground: Option<PathBuf>,
@@ -109,7 +113,22 @@ pub enum Cmd {
         level: String,
     },
     Version,
-    /// At a waypoint (`--admin` its admin address): which route rule `METHOD URL` would take,
+    /// At a waypoint: each route with its status (Accepted, ResolvedRefs) and its rules.
+    Routes,
+    /// At a waypoint: recent requests with the route and backend each took. The waypoint
+    /// selects them.
+    Requests {
+        /// Keep streaming new requests.
+        #[arg(long)]
+        follow: bool,
+        /// A route `namespace/name`, or one rule of it: `namespace/name rule N`.
+        #[arg(long)]
+        route: Option<String>,
+        /// A status code (`503`) or class (`5xx`).
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// At a waypoint (`--waypoint NS/NAME`, or `--admin` its admin address): which route rule `METHOD URL` would take,
     /// why every other rule did not, and what the chosen one would do. Nothing is sent to a
     /// backend. URL's host is a Service VIP or `name.namespace`.
     RouteCheck {

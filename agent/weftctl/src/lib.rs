@@ -10,3 +10,4 @@ pub mod client;
 pub mod playground;
 pub mod render;
 pub mod waypoint;
+pub mod waypoint_render;

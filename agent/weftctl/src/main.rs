@@ -10,13 +10,17 @@ use std::{
 use anyhow::Context as _;
 use clap::Parser as _;
 use tokio::io::AsyncWriteExt as _;
-use weft_api::{Cert, Connection, Flow, Service, Stats, Status, Workload};
+use weft_api::{
+    requests::{RequestQuery, RequestRecord},
+    Cert, Connection, Flow, Service, Stats, Status, Workload,
+};
 use weftctl::{
     cli::{Args, Cmd, Output, WaypointCmd},
     cli_parse::FlowFlags,
     client::{Client, ClientError},
     playground,
     render::{self, show, Policies},
+    waypoint_render,
 };
 
 fn main() -> ExitCode {
@@ -30,9 +34,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let admin = match &args.node {
-        Some(node) => playground::enter_node(node, args.playground.as_deref())?,
-        None => args.admin,
+    let admin = match (&args.node, &args.waypoint) {
+        (_, Some(waypoint)) => playground::enter_waypoint(waypoint, args.playground.as_deref())?,
+        (Some(node), None) => playground::enter_node(node, args.playground.as_deref())?,
+        (None, None) => args.admin,
     };
     // Built after `--node` entered the node's netns: a current-thread runtime runs every task
     // on this thread, the one inside it.
@@ -66,11 +71,7 @@ async fn command(client: Client, output: Output, command: Cmd) -> anyhow::Result
             };
             format!("weftctl {}\n{agent}", env!("CARGO_PKG_VERSION"))
         }
-        Cmd::Status => show(
-            output,
-            &client.get::<Status>("/status").await?,
-            render::status,
-        )?,
+        Cmd::Status => status(&client, output).await?,
         Cmd::Workloads => show(
             output,
             &client.get::<Vec<Workload>>("/workloads").await?,
@@ -127,7 +128,7 @@ async fn command(client: Client, output: Output, command: Cmd) -> anyhow::Result
             interval_secs,
             iterations,
         } => return top(&client, interval_secs.max(1), iterations).await,
-        Cmd::Stats => show(output, &client.get::<Stats>("/stats").await?, render::stats)?,
+        Cmd::Stats => stats(&client, output).await?,
         Cmd::ConfigDump => {
             // The registry as the agent holds it: untyped by design, YAML for people.
             let dump = client.get::<serde_json::Value>("/config_dump").await?;
@@ -138,9 +139,10 @@ async fn command(client: Client, output: Output, command: Cmd) -> anyhow::Result
                     .to_owned()
             })?
         }
-        command @ (Cmd::RouteCheck { .. } | Cmd::Waypoint { .. }) => {
-            waypoint_command(&client, output, command).await?
-        }
+        command @ (Cmd::RouteCheck { .. }
+        | Cmd::Waypoint { .. }
+        | Cmd::Routes
+        | Cmd::Requests { .. }) => waypoint_command(&client, output, command).await?,
         Cmd::Logging { level } => {
             let path = format!("/logging?level={}", encode_level(&level));
             let set = client.post::<weft_api::LogLevel>(&path).await?;
@@ -148,6 +150,28 @@ async fn command(client: Client, output: Output, command: Cmd) -> anyhow::Result
         }
     };
     print(&text).await
+}
+
+/// `status` of an agent or a waypoint: a waypoint's names its Gateway, an agent's its node.
+async fn status(client: &Client, output: Output) -> anyhow::Result<String> {
+    let status = client.get::<serde_json::Value>("/status").await?;
+    if waypoint_render::is_waypoint_status(&status) {
+        return Ok(show(output, &status, waypoint_render::status)?);
+    }
+    let status: Status = serde_json::from_value(status)
+        .context("the agent's /status is not what this weftctl reads")?;
+    Ok(show(output, &status, render::status)?)
+}
+
+/// `stats` of an agent or a waypoint (whose counts are requests).
+async fn stats(client: &Client, output: Output) -> anyhow::Result<String> {
+    let stats = client.get::<serde_json::Value>("/stats").await?;
+    if stats.get("requests").is_some() {
+        return Ok(show(output, &stats, waypoint_render::stats)?);
+    }
+    let stats: Stats = serde_json::from_value(stats)
+        .context("the agent's /stats is not what this weftctl reads")?;
+    Ok(show(output, &stats, render::stats)?)
 }
 
 /// The waypoint commands: `route-check` asks the waypoint at `client`; `waypoint generate`
@@ -168,6 +192,41 @@ async fn waypoint_command(client: &Client, output: Output, command: Cmd) -> anyh
             );
             let answer = client.get::<serde_json::Value>(&path).await?;
             show(output, &answer, weftctl::waypoint::render_route_check)?
+        }
+        Cmd::Routes => show(
+            output,
+            &client.get::<serde_json::Value>("/routes").await?,
+            waypoint_render::routes,
+        )?,
+        Cmd::Requests {
+            follow,
+            route,
+            status,
+        } => {
+            let query = RequestQuery {
+                route,
+                status: status.map(|s| s.parse()).transpose().context("--status")?,
+                follow,
+            };
+            let pairs = query.to_query();
+            let path = if pairs.is_empty() {
+                "/requests".to_owned()
+            } else {
+                let mut encoded = form_urlencoded::Serializer::new(String::new());
+                for (key, value) in &pairs {
+                    encoded.append_pair(key, value);
+                }
+                format!("/requests?{}", encoded.finish())
+            };
+            if follow {
+                follow_requests(client, output, &path).await?;
+                return Ok(String::new());
+            }
+            show(
+                output,
+                &client.get::<Vec<RequestRecord>>(&path).await?,
+                |r| waypoint_render::requests(r),
+            )?
         }
         // Printed, not asked of an agent.
         Cmd::Waypoint {
@@ -210,6 +269,24 @@ async fn follow_flows(client: &Client, output: Output, path: &str) -> anyhow::Re
         let text = match output {
             Output::Table => render::flow_line(&flow),
             Output::Json | Output::Yaml => serde_json::to_string(&flow)?,
+        };
+        print(&text).await?;
+    }
+    Ok(())
+}
+
+async fn follow_requests(client: &Client, output: Output, path: &str) -> anyhow::Result<()> {
+    let mut lines = client.lines(path).await?;
+    while let Some(record) = lines.next::<RequestRecord>().await {
+        let record = match record {
+            Ok(record) => record,
+            // `lagged` notes are not requests.
+            Err(ClientError::Json { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let text = match output {
+            Output::Table => waypoint_render::request_line(&record),
+            Output::Json | Output::Yaml => serde_json::to_string(&record)?,
         };
         print(&text).await?;
     }

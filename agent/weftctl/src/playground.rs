@@ -1,5 +1,6 @@
-//! `--node NAME`: finds a playground node (`cargo xtask demo up`) in the playground file,
-//! enters its network namespace and returns the admin address there.
+//! `--node NAME` and `--waypoint NS/NAME`: finds a playground node or waypoint (`cargo xtask
+//! demo up`) in the playground file, enters its network namespace and returns the admin
+//! address there.
 
 use std::{
     net::SocketAddr,
@@ -23,6 +24,12 @@ pub enum PlaygroundError {
         path: PathBuf,
         #[source]
         source: serde_json::Error,
+    },
+    #[error("no waypoint {waypoint} in {path}: the waypoints are {names}")]
+    NoWaypoint {
+        waypoint: String,
+        path: PathBuf,
+        names: String,
     },
     #[error("no node {node} in {path}: the nodes are {names}")]
     NoNode {
@@ -49,6 +56,16 @@ pub enum PlaygroundError {
 struct Playground {
     #[serde(default)]
     nodes: Vec<Node>,
+    #[serde(default)]
+    waypoints: Vec<WaypointEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WaypointEntry {
+    namespace: String,
+    name: String,
+    netns: String,
+    admin: SocketAddr,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,11 +77,29 @@ struct Node {
 
 /// Enters the node's netns (this thread only, so before any runtime thread is started) and
 /// returns its admin address.
+pub fn enter_node(node: &str, playground: Option<&Path>) -> Result<SocketAddr, PlaygroundError> {
+    let (text, path) = read(playground)?;
+    let entry = find_node(&text, &path, node)?;
+    enter(&entry.netns)?;
+    Ok(entry.admin)
+}
+
+/// Enters the netns of waypoint `namespace/name` and returns its admin address.
+pub fn enter_waypoint(
+    waypoint: &str,
+    playground: Option<&Path>,
+) -> Result<SocketAddr, PlaygroundError> {
+    let (text, path) = read(playground)?;
+    let entry = find_waypoint(&text, &path, waypoint)?;
+    enter(&entry.netns)?;
+    Ok(entry.admin)
+}
+
 #[expect(
     clippy::disallowed_methods,
     reason = "runs before weftctl starts its runtime, on the only thread"
 )]
-pub fn enter_node(node: &str, playground: Option<&Path>) -> Result<SocketAddr, PlaygroundError> {
+fn read(playground: Option<&Path>) -> Result<(String, PathBuf), PlaygroundError> {
     let path = match playground {
         Some(path) => path.to_owned(),
         None => find_playground().ok_or(PlaygroundError::NotFound)?,
@@ -73,22 +108,58 @@ pub fn enter_node(node: &str, playground: Option<&Path>) -> Result<SocketAddr, P
         path: path.clone(),
         source,
     })?;
-    let entry = find_node(&text, &path, node)?;
-    let netns = format!("/run/netns/{}", entry.netns);
+    Ok((text, path))
+}
+
+#[expect(
+    clippy::disallowed_methods,
+    reason = "runs before weftctl starts its runtime, on the only thread"
+)]
+fn enter(netns: &str) -> Result<(), PlaygroundError> {
+    let netns = format!("/run/netns/{netns}");
     let file = std::fs::File::open(&netns).map_err(|source| PlaygroundError::Netns {
         netns: netns.clone(),
         source,
     })?;
     nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|source| PlaygroundError::Setns { netns, source })?;
-    Ok(entry.admin)
+        .map_err(|source| PlaygroundError::Setns { netns, source })
+}
+
+fn parse(text: &str, path: &Path) -> Result<Playground, PlaygroundError> {
+    serde_json::from_str(text).map_err(|source| PlaygroundError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn find_waypoint(
+    text: &str,
+    path: &Path,
+    waypoint: &str,
+) -> Result<WaypointEntry, PlaygroundError> {
+    let doc = parse(text, path)?;
+    let names = doc
+        .waypoints
+        .iter()
+        .map(|w| format!("{}/{}", w.namespace, w.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    doc.waypoints
+        .into_iter()
+        .find(|w| format!("{}/{}", w.namespace, w.name) == waypoint)
+        .ok_or_else(|| PlaygroundError::NoWaypoint {
+            waypoint: waypoint.to_owned(),
+            path: path.to_owned(),
+            names: if names.is_empty() {
+                "none".into()
+            } else {
+                names
+            },
+        })
 }
 
 fn find_node(text: &str, path: &Path, node: &str) -> Result<Node, PlaygroundError> {
-    let doc: Playground = serde_json::from_str(text).map_err(|source| PlaygroundError::Parse {
-        path: path.to_owned(),
-        source,
-    })?;
+    let doc = parse(text, path)?;
     let names = doc
         .nodes
         .iter()
@@ -131,6 +202,21 @@ mod tests {
         let error = find_node(text, path, "node-z").expect_err("no node-z");
         assert!(
             error.to_string().contains("the nodes are node-a"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn waypoints_are_found_by_namespace_and_name() {
+        let text = r#"{"nodes": [], "waypoints": [{"namespace": "demo", "name": "waypoint", "netns": "weft-demo-waypoint", "admin": "127.0.0.1:15000"}]}"#;
+        let path = Path::new("playground.json");
+        let found = find_waypoint(text, path, "demo/waypoint").expect("demo/waypoint");
+        assert_eq!(found.netns, "weft-demo-waypoint");
+        let error = find_waypoint(text, path, "demo/other").expect_err("no demo/other");
+        assert!(
+            error
+                .to_string()
+                .contains("the waypoints are demo/waypoint"),
             "{error}"
         );
     }

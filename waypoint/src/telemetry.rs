@@ -1,0 +1,292 @@
+//! One request's telemetry, finished when its response body has been sent (or the client went
+//! away): the access-log line (`weft_waypoint::access`, JSON with `--log-json`), the request
+//! record in the ring `/requests` and `weftctl requests` read, and the metrics. Bodies are
+//! counted as they stream, so nothing is buffered to measure them.
+
+use std::{
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use hyper::body::{Frame, SizeHint};
+use weft_api::requests::RequestRecord;
+
+use crate::{
+    app::Waypoint,
+    forward::{Body, Outcome, Tunnel},
+    metrics::{method_label, RequestLabels},
+};
+
+fn pod_at(
+    registry: &weft_mesh::registry::Registry,
+    ip: std::net::IpAddr,
+) -> Option<&weft_mesh::registry::Pod> {
+    match ip {
+        std::net::IpAddr::V4(ip) => registry.pod_by_ip(ip),
+        std::net::IpAddr::V6(_) => None,
+    }
+}
+
+/// What is known of a request when its response head is ready.
+#[derive(Debug)]
+pub struct Pending {
+    waypoint: Arc<Waypoint>,
+    tunnel: Arc<Tunnel>,
+    method: http::Method,
+    authority: String,
+    path: String,
+    status: u16,
+    outcome: Outcome,
+    request_bytes: Arc<AtomicU64>,
+    started: Instant,
+}
+
+/// The request's method, authority and path, taken before it is routed.
+#[derive(Debug)]
+pub struct Head {
+    pub method: http::Method,
+    pub authority: String,
+    pub path: String,
+}
+
+impl Head {
+    pub fn of<B>(request: &http::Request<B>) -> Self {
+        let authority = request
+            .uri()
+            .authority()
+            .map(ToString::to_string)
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        Self {
+            method: request.method().clone(),
+            authority,
+            path: request.uri().path().to_owned(),
+        }
+    }
+}
+
+impl Pending {
+    pub fn new(
+        waypoint: Arc<Waypoint>,
+        tunnel: Arc<Tunnel>,
+        head: Head,
+        status: u16,
+        outcome: Outcome,
+        request_bytes: Arc<AtomicU64>,
+        started: Instant,
+    ) -> Self {
+        Self {
+            waypoint,
+            tunnel,
+            method: head.method,
+            authority: head.authority,
+            path: head.path,
+            status,
+            outcome,
+            request_bytes,
+            started,
+        }
+    }
+
+    fn finish(self, response_bytes: u64) {
+        let elapsed = self.started.elapsed();
+        let request_bytes = self.request_bytes.load(Ordering::Relaxed);
+        let registry = self.waypoint.registry.borrow().clone();
+        let unknown = || "unknown".to_owned();
+        let source = pod_at(&registry, self.tunnel.client_ip);
+        let upstream_pod = self
+            .outcome
+            .upstream
+            .and_then(|e| pod_at(&registry, e.ip()));
+        let principal_of = |pod: Option<&weft_mesh::registry::Pod>| {
+            pod.filter(|p| registry.is_enrolled(p))
+                .map_or_else(unknown, |p| {
+                    weft_mesh::identity::SpiffeId::new(
+                        &self.waypoint.identity_domain,
+                        &p.namespace,
+                        &p.service_account,
+                    )
+                    .to_string()
+                })
+        };
+        let labels = RequestLabels {
+            source_workload: source.map_or_else(unknown, |p| p.name.clone()),
+            source_namespace: source.map_or_else(unknown, |p| p.namespace.clone()),
+            source_principal: self.tunnel.client.to_string(),
+            destination_workload: upstream_pod.map_or_else(unknown, |p| p.name.clone()),
+            destination_namespace: upstream_pod.map_or_else(unknown, |p| p.namespace.clone()),
+            destination_principal: principal_of(upstream_pod),
+            destination_service: self.tunnel.service.clone(),
+            route: self.outcome.route.clone(),
+            method: method_label(&self.method),
+            code: self.status.to_string(),
+            reason: self.outcome.reason.as_str(),
+        };
+        self.waypoint.requests.record(
+            labels,
+            elapsed.as_secs_f64(),
+            (request_bytes, response_bytes),
+        );
+        let record = RequestRecord {
+            at_unix_ms: weft_mesh::connections::now_unix_ms(),
+            service: self.tunnel.service.clone(),
+            method: self.method.to_string(),
+            authority: self.authority,
+            path: self.path,
+            status: self.status,
+            route: self.outcome.route,
+            backend: self.outcome.backend,
+            upstream: self.outcome.upstream.map(|e| e.to_string()),
+            upstream_pod: upstream_pod.map(|p| format!("{}/{}", p.namespace, p.name)),
+            client: self.tunnel.client.to_string(),
+            client_ip: self.tunnel.client_ip.to_string(),
+            request_bytes,
+            response_bytes,
+            duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            reason: self.outcome.reason.as_str().to_owned(),
+            attempts: self.outcome.attempts,
+        };
+        tracing::info!(
+            target: "weft_waypoint::access",
+            service = %record.service,
+            method = %record.method,
+            authority = %record.authority,
+            path = %record.path,
+            status = record.status,
+            route = %record.route,
+            backend = %record.backend,
+            upstream = record.upstream.as_deref().unwrap_or("-"),
+            upstream_pod = record.upstream_pod.as_deref().unwrap_or("-"),
+            client = %record.client,
+            client_ip = %record.client_ip,
+            request_bytes,
+            response_bytes,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            reason = %record.reason,
+            attempts = record.attempts,
+            "request"
+        );
+        self.waypoint.recent.record(record);
+    }
+}
+
+/// The response body the client gets: the backend's (or the waypoint's own), counted as it
+/// streams; the request's telemetry is finished when it is dropped.
+pub struct Recorded {
+    inner: Body,
+    bytes: u64,
+    pending: Option<Pending>,
+}
+
+impl std::fmt::Debug for Recorded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorded")
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Recorded {
+    pub fn new(inner: Body, pending: Pending) -> Self {
+        Self {
+            inner,
+            bytes: 0,
+            pending: Some(pending),
+        }
+    }
+}
+
+impl hyper::body::Body for Recorded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            pending.finish(self.bytes);
+        }
+    }
+}
+
+/// A request body counted as it streams upstream.
+pub struct Counted<B> {
+    inner: B,
+    bytes: Arc<AtomicU64>,
+}
+
+impl<B> std::fmt::Debug for Counted<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counted").finish_non_exhaustive()
+    }
+}
+
+impl<B> Counted<B> {
+    pub fn new(inner: B, bytes: Arc<AtomicU64>) -> Self {
+        Self { inner, bytes }
+    }
+}
+
+impl<B> hyper::body::Body for Counted<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
