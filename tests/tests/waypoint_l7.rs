@@ -78,6 +78,14 @@ fn every_match_type_and_filter_and_the_precedence_between_routes() {
     assert!(body.contains("header host: rewritten.example"), "{body}");
     let body = mesh.curl(&[&url("/rewrite-full/a/b")]);
     assert!(body.contains("path=/full\n"), "{body}");
+    // RequestRedirect with a scheme, a port and the matched prefix replaced (302 by default).
+    let head = mesh.curl(&["-i", &url("/moved/a?b=1")]);
+    assert!(head.starts_with("HTTP/1.1 302"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("location: https://{ECHO}:8443/here/a?b=1")),
+        "{head}"
+    );
     // Precedence: the longest prefix wins across routes (echo-matches' /catalog/special over
     // echo's catch-all); for the same match the earlier route (echo, by name) wins.
     let body = mesh.curl(&[&url("/catalog/special/1")]);
@@ -169,7 +177,7 @@ fn retries_resend_a_failed_attempt_and_a_missing_backend_is_reported() {
     );
     // The metrics carry both ends and the route; sizes are histograms.
     let metrics = mesh.waypoint_admin_at(15020, "/metrics");
-    let routed = metrics
+    let counter_line = metrics
         .lines()
         .find(|l| {
             l.starts_with("weft_requests_total{") && l.contains(r#"route="demo/retried rule 0""#)
@@ -185,9 +193,9 @@ fn retries_resend_a_failed_attempt_and_a_missing_backend_is_reported() {
         r#"code="200""#,
         r#"reason="routed""#,
     ] {
-        assert!(routed.contains(label), "{label} in {routed}");
+        assert!(counter_line.contains(label), "{label} in {counter_line}");
     }
-    assert!(routed.ends_with(" 20"), "{routed}");
+    assert!(counter_line.ends_with(" 20"), "{counter_line}");
     for histogram in [
         "weft_request_size_bytes_bucket",
         "weft_response_size_bytes_bucket",

@@ -356,7 +356,7 @@ fn apply_filters<'a>(
             }
             "RequestRedirect" => {
                 if let Some(redirect) = &filter.request_redirect {
-                    return Err(Box::new(crate::rewrite::redirect(parts, redirect)));
+                    return Err(Box::new(crate::rewrite::redirect(parts, redirect, rule)));
                 }
             }
             "URLRewrite" => {

@@ -47,8 +47,13 @@ fn matched_prefix<'a>(rule: Option<&'a Rule>, path: &str) -> Option<&'a str> {
         .max_by_key(|p| p.len())
 }
 
-/// Answers `request` with the redirect `redirect` describes (302 unless it says 301).
-pub fn redirect(request: &http::request::Parts, redirect: &Redirect) -> Response<Body> {
+/// Answers `request` with the redirect `redirect` describes (302 unless it says 301);
+/// `ReplacePrefixMatch` replaces the prefix of `rule` the path matched.
+pub fn redirect(
+    request: &http::request::Parts,
+    redirect: &Redirect,
+    rule: Option<&Rule>,
+) -> Response<Body> {
     let host = request
         .headers
         .get(header::HOST)
@@ -67,7 +72,10 @@ pub fn redirect(request: &http::request::Parts, redirect: &Redirect) -> Response
         .filter(|p| !((scheme == "http" && p == "80") || (scheme == "https" && p == "443")));
     let path = redirect.path.as_ref().map_or_else(
         || request.uri.path().to_owned(),
-        |m| modified_path(request.uri.path(), m, None),
+        |m| {
+            let path = request.uri.path();
+            modified_path(path, m, matched_prefix(rule, path))
+        },
     );
     let query = request
         .uri

@@ -1,6 +1,8 @@
 //! `cargo xtask demo`: the SPEC playground. Two nodes, each with a `weft-agent`; an enrolled
-//! `demo` namespace and a plain `legacy` one; echo servers behind Service `demo/echo`. A scripted
-//! tour, then teardown (`up` leaves it running, `down` removes it).
+//! `demo` namespace and a plain `legacy` one; echo servers behind Service `demo/echo` (and
+//! `demo/echo-v1`, `demo/echo-v2` for route backends); the waypoint `demo/waypoint`, running
+//! from the start and used once the tour labels `demo/echo`. A scripted tour, then teardown
+//! (`up` leaves it running, `down` removes it).
 
 use std::{
     net::Ipv4Addr,
@@ -29,7 +31,9 @@ pub enum Action {
     Down,
 }
 
-const ECHO_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+pub(crate) const ECHO_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const ECHO_V1_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const ECHO_V2_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
 
 fn spec() -> ClusterSpec {
     ClusterSpec {
@@ -39,6 +43,7 @@ fn spec() -> ClusterSpec {
             PodSpec::new("demo", "echo-v1", "node-b"),
             PodSpec::new("demo", "echo-v2", "node-a"),
             PodSpec::new("legacy", "plain", "node-b"),
+            PodSpec::new("demo", "waypoint", "node-b"),
         ],
     }
 }
@@ -59,6 +64,7 @@ pub fn run(action: Action) -> anyhow::Result<()> {
     let cluster = Cluster::start_demo(&spec())?;
     let manifests = Manifests::create(&state_dir().join("manifests"))?;
     write_manifests(&cluster, &manifests, false)?;
+    manifests.write("waypoint.yaml", GATEWAY)?;
     for pod in cluster.pods.iter().filter(|p| p.name.starts_with("echo")) {
         let echo = bin.join("weft-echo");
         cluster.spawn_in_pod(pod, &echo.to_string_lossy(), &["0.0.0.0:8080", &pod.name])?;
@@ -81,7 +87,8 @@ pub fn run(action: Action) -> anyhow::Result<()> {
             })?;
         agents.push((node.name.clone(), pid));
     }
-    write_playground(&cluster, &manifests, &agents)?;
+    let waypoint = crate::demo_waypoint::start(&cluster, &bin, &manifests.dir, &state_dir())?;
+    write_playground(&cluster, &manifests, &agents, waypoint)?;
     if let Action::Up = action {
         let client = cluster.pod("demo", "client").netns.clone();
         cluster.keep_running();
@@ -91,6 +98,7 @@ pub fn run(action: Action) -> anyhow::Result<()> {
         );
         println!("  try:     ip netns exec {client} curl -s http://{ECHO_VIP}/");
         println!("  agents:  ip netns exec weft-node-a curl -s 127.0.0.1:15000/stats");
+        println!("  waypoint: sudo target/debug/weftctl --waypoint demo/waypoint routes (label a Service weft.io/use-waypoint: waypoint to use it)");
         println!(
             "  edit:    {} (changes apply live)",
             manifests.dir.display()
@@ -105,7 +113,7 @@ pub fn run(action: Action) -> anyhow::Result<()> {
     result
 }
 
-fn banner(text: &str) {
+pub(crate) fn banner(text: &str) {
     println!("\n=== {text}");
 }
 
@@ -132,14 +140,14 @@ fn curl(cluster: &Cluster, namespace: &str, pod: &str, url: &str) -> anyhow::Res
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn answer_line<'a>(body: &'a str, key: &str) -> &'a str {
+pub(crate) fn answer_line<'a>(body: &'a str, key: &str) -> &'a str {
     body.lines()
         .find_map(|l| l.strip_prefix(key))
         .unwrap_or("?")
 }
 
 /// Runs weftctl against the playground and prints its output, indented.
-fn weftctl(args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn weftctl(args: &[&str]) -> anyhow::Result<()> {
     let binary = shell::root().join("target/debug/weftctl");
     let out = Command::new(&binary)
         .arg("--playground")
@@ -295,14 +303,29 @@ fn tour_policy_and_enrollment(cluster: &Cluster, manifests: &Manifests) -> anyho
     write_manifests(cluster, manifests, false)?;
     banner("weftctl --node node-a top --iterations 1: the busiest workload pairs");
     weftctl(&["--node", "node-a", "top", "--iterations", "1"])?;
+    crate::demo_waypoint::tour(cluster, manifests)?;
     println!("\ndemo: tour complete");
     Ok(())
 }
 
-fn write_manifests(
+/// The waypoint the playground runs from the start.
+const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: demo}\nspec:\n  gatewayClassName: weft-waypoint\n  listeners:\n  - {name: mesh, port: 15008, protocol: HBONE}\n";
+
+pub(crate) fn write_manifests(
     cluster: &Cluster,
     manifests: &Manifests,
     legacy_enrolled: bool,
+) -> anyhow::Result<()> {
+    write_manifests_with(cluster, manifests, legacy_enrolled, false)
+}
+
+/// The namespaces, pods and Services; `demo/echo` labelled to use the waypoint when
+/// `through_waypoint`.
+pub(crate) fn write_manifests_with(
+    cluster: &Cluster,
+    manifests: &Manifests,
+    legacy_enrolled: bool,
+    through_waypoint: bool,
 ) -> anyhow::Result<()> {
     let namespaces = [
         manifests::namespace("demo", true),
@@ -313,24 +336,56 @@ fn write_manifests(
     let pods: Vec<String> = cluster
         .pods
         .iter()
-        .map(|p| manifests::pod(p, &[("app", &p.name)]))
+        .map(|p| {
+            if p.name == "waypoint" {
+                manifests::pod(
+                    p,
+                    &[
+                        ("app", &p.name),
+                        ("gateway.networking.k8s.io/gateway-name", "waypoint"),
+                    ],
+                )
+            } else {
+                manifests::pod(p, &[("app", &p.name)])
+            }
+        })
         .collect();
     manifests.write("pods.yaml", &pods.join("---\n"))?;
-    let backends = [
+    let (v1, v2) = (
         cluster.pod("demo", "echo-v1").ip,
         cluster.pod("demo", "echo-v2").ip,
+    );
+    let http = |name: &str, vip: Ipv4Addr, backends: &[Ipv4Addr]| {
+        manifests::service("demo", name, vip, 80, 8080, backends).replacen(
+            "  - name: main\n",
+            "  - name: http\n    appProtocol: http\n",
+            1,
+        )
+    };
+    let mut echo = http("echo", ECHO_VIP, &[v1, v2]);
+    if through_waypoint {
+        echo = echo.replacen(
+            "  name: echo\n  namespace: demo\nspec:",
+            "  name: echo\n  namespace: demo\n  labels:\n    weft.io/use-waypoint: waypoint\nspec:",
+            1,
+        );
+    }
+    let services = [
+        echo,
+        http("echo-v1", ECHO_V1_VIP, &[v1]),
+        http("echo-v2", ECHO_V2_VIP, &[v2]),
     ];
-    manifests.write(
-        "services.yaml",
-        &manifests::service("demo", "echo", ECHO_VIP, 80, 8080, &backends),
-    )
+    manifests.write("services.yaml", &services.join("---\n"))
 }
 
 fn write_playground(
     cluster: &Cluster,
     manifests: &Manifests,
     agents: &[(String, u32)],
+    waypoint_pid: u32,
 ) -> anyhow::Result<()> {
+    let waypoint = cluster.pod("demo", "waypoint");
+    let service = |name: &str, vip: Ipv4Addr| json!({"namespace": "demo", "name": name, "vip": vip, "ports": [{"name": "http", "port": 80, "targetPort": 8080, "appProtocol": "http"}]});
     let doc = json!({
         "manifests": manifests.dir,
         "nodes": cluster.nodes.iter().map(|n| json!({
@@ -340,7 +395,12 @@ fn write_playground(
             "pins": pin_dir(cluster, n),
         })).collect::<Vec<_>>(),
         "pods": cluster.pods.iter().map(|p| json!({"namespace": p.namespace, "name": p.name, "node": p.node, "netns": p.netns, "ip": p.ip, "cgroup": p.cgroup})).collect::<Vec<_>>(),
-        "services": [{"namespace": "demo", "name": "echo", "vip": ECHO_VIP, "ports": [{"port": 80, "targetPort": 8080}]}],
+        "waypoints": [{
+            "namespace": "demo", "name": "waypoint", "netns": waypoint.netns, "ip": waypoint.ip,
+            "node": waypoint.node, "admin": "127.0.0.1:15000", "pid": waypoint_pid,
+        }],
+        "services": [service("echo", ECHO_VIP), service("echo-v1", ECHO_V1_VIP), service("echo-v2", ECHO_V2_VIP)],
+        "ca": state_dir().join("logs").join("ca"),
     });
     let path = state_dir().join("playground.json");
     std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
@@ -359,6 +419,14 @@ fn down() {
                 .as_i64()
                 .and_then(|p| i32::try_from(p).ok())
             {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        for waypoint in doc["waypoints"].as_array().into_iter().flatten() {
+            if let Some(pid) = waypoint["pid"].as_i64().and_then(|p| i32::try_from(p).ok()) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGTERM,

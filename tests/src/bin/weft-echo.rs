@@ -1,8 +1,10 @@
 //! The playground's echo server: HTTP/1.1 and HTTP/2 (prior knowledge) on one port, answering
 //! with the peer address it saw, its own name, the request's headers and how many body bytes
 //! it read (after `x-delay-ms` milliseconds when the request asks). `GET /bytes/<n>` streams
-//! `n` bytes back instead. A third argument is the status every answer carries (a broken
-//! backend, for retry tests).
+//! `n` bytes back instead, `/status/<code>` answers that status, `/delay/<ms>ms` (or `<s>s`)
+//! answers after that long, and a request carrying `x-echo-fail-on: <this server's name>`
+//! gets 503. A third argument is the status every answer carries (a broken backend, for retry
+//! tests).
 #![forbid(unsafe_code)]
 
 use std::{convert::Infallible, fmt::Write as _, net::SocketAddr};
@@ -81,6 +83,20 @@ async fn answer(
         let total = n.parse::<u64>().unwrap_or(0).min(MAX_DOWNLOAD);
         return download(total);
     }
+    let mut status = status;
+    if let Some(code) = req.uri().path().strip_prefix("/status/") {
+        status = StatusCode::from_bytes(code.as_bytes()).unwrap_or(StatusCode::BAD_REQUEST);
+    }
+    if let Some(wait) = req.uri().path().strip_prefix("/delay/") {
+        tokio::time::sleep(delay_of(wait)).await;
+    }
+    if req
+        .headers()
+        .get("x-echo-fail-on")
+        .is_some_and(|v| v.as_bytes() == name.as_bytes())
+    {
+        status = StatusCode::SERVICE_UNAVAILABLE;
+    }
     let (parts, mut incoming) = req.into_parts();
     // Read as it streams, so a large upload costs no memory here.
     let mut read: u64 = 0;
@@ -110,6 +126,16 @@ async fn answer(
     let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
     *response.status_mut() = status;
     response
+}
+
+/// `/delay/<n>ms` or `/delay/<n>s`, at most 60 s.
+fn delay_of(text: &str) -> std::time::Duration {
+    let (number, unit) = match text.strip_suffix("ms") {
+        Some(n) => (n, 1),
+        None => (text.strip_suffix('s').unwrap_or(text), 1000),
+    };
+    let ms = number.parse::<u64>().unwrap_or(0).saturating_mul(unit);
+    std::time::Duration::from_millis(ms.min(60_000))
 }
 
 /// `total` bytes, streamed in chunks as the client reads them.
