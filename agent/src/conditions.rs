@@ -17,9 +17,7 @@ use crate::enrollment::PodCondition;
 
 /// The status patch for one condition (strategic merge: conditions merge by `type`).
 pub fn patch_for(condition: &PodCondition) -> serde_json::Value {
-    let now = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
+    let now = weft_mesh::registry::now_rfc3339();
     json!({
         "status": {
             "conditions": [{

@@ -14,3 +14,6 @@ pub mod enrollment;
 pub mod netns;
 pub mod podns;
 pub mod proxy;
+pub mod waypoint_controller;
+#[cfg(test)]
+mod waypoint_controller_tests;

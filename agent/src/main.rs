@@ -103,6 +103,10 @@ enum Cmd {
         /// The audience agents' projected tokens are issued for.
         #[arg(long, env = "WEFT_TOKEN_AUDIENCE", default_value = "weft-ca")]
         token_audience: String,
+        /// The image of the waypoint Deployments the waypoint controller creates for Gateways
+        /// of class `weft-waypoint`; `none` turns the controller off.
+        #[arg(long, env = "WEFT_WAYPOINT_IMAGE", default_value = weft_api::waypoint::DEFAULT_IMAGE)]
+        waypoint_image: String,
     },
 }
 
@@ -110,8 +114,8 @@ enum Cmd {
 fn run_ca(
     args: &Args,
     listen: std::net::SocketAddr,
-    agent_service_account: &str,
-    token_audience: &str,
+    (agent_service_account, token_audience): (&str, &str),
+    waypoint_image: Option<String>,
 ) -> anyhow::Result<()> {
     let (Some(cert), Some(key)) = (args.ca_cert.clone(), args.ca_key.clone()) else {
         anyhow::bail!("weft-agent ca signs with --ca-cert and --ca-key (WEFT_CA_CERT, WEFT_CA_KEY): mount the weft-ca Secret");
@@ -146,6 +150,7 @@ fn run_ca(
         ]
         .map(String::from)
         .to_vec(),
+        waypoint_image,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -161,9 +166,16 @@ fn main() -> anyhow::Result<()> {
         listen,
         agent_service_account,
         token_audience,
+        waypoint_image,
     }) = &args.command
     {
-        return run_ca(&args, *listen, agent_service_account, token_audience);
+        let waypoint_image = (waypoint_image != "none").then(|| waypoint_image.clone());
+        return run_ca(
+            &args,
+            *listen,
+            (agent_service_account, token_audience),
+            waypoint_image,
+        );
     }
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,

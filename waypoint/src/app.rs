@@ -67,25 +67,33 @@ pub struct Waypoint {
     pub upgrades: Arc<tokio::sync::Semaphore>,
 }
 
-async fn start_source(config: &Config) -> Result<watch::Receiver<Arc<Registry>>, AppError> {
+/// The registry's updates, and in Kubernetes mode the client route status is written with.
+async fn start_source(
+    config: &Config,
+) -> Result<(watch::Receiver<Arc<Registry>>, Option<kube::Client>), AppError> {
     match &config.source {
         Source::Local { dir } => {
             let (folder, first) = local::first_read(dir.clone()).await;
             let (tx, rx) = watch::channel(Arc::new(first));
             tokio::spawn(local::watch(folder, tx));
-            Ok(rx)
+            Ok((rx, None))
         }
         Source::Kube => {
             let client = kube::Client::try_default().await?;
             let (tx, rx) = watch::channel(Arc::new(Registry::default()));
             let _status = weft_mesh::registry::watch::spawn(&client, tx);
-            Ok(rx)
+            Ok((rx, Some(client)))
         }
     }
 }
 
-/// Rebuilds the route table on every registry change, and logs what it could not use.
-async fn follow_routes(waypoint: Arc<Waypoint>, mut updates: watch::Receiver<Arc<Registry>>) {
+/// Rebuilds the route table on every registry change, logs what it could not use, and hands
+/// the routes' statuses to `statuses` (Kubernetes mode writes them to the API).
+async fn follow_routes(
+    waypoint: Arc<Waypoint>,
+    mut updates: watch::Receiver<Arc<Registry>>,
+    statuses: Option<watch::Sender<Vec<crate::routing::RouteStatus>>>,
+) {
     let mut reported: Vec<String> = Vec::new();
     loop {
         let registry = updates.borrow_and_update().clone();
@@ -105,6 +113,15 @@ async fn follow_routes(waypoint: Arc<Waypoint>, mut updates: watch::Receiver<Arc
         reported = problems;
         let services: Vec<&str> = table.services().collect();
         tracing::debug!(?services, "route table rebuilt");
+        if let Some(statuses) = &statuses {
+            statuses.send_if_modified(|current| {
+                let changed = *current != table.statuses;
+                if changed {
+                    current.clone_from(&table.statuses);
+                }
+                changed
+            });
+        }
         waypoint.table.store(Arc::new(table));
         if updates.changed().await.is_err() {
             return;
@@ -131,7 +148,7 @@ pub async fn run(
     let identity = SpiffeId::new(&config.trust_domain, &config.namespace, &config.name);
     // Issued before the listener opens, so the first tunnel finds it.
     certs.get_async(&identity).await?;
-    let registry = start_source(&config).await?;
+    let (registry, client) = start_source(&config).await?;
     let limits = Arc::new(Limits::default());
     let (drain, draining) = weft_mesh::drain::channel();
     let waypoint = Arc::new(Waypoint {
@@ -156,7 +173,12 @@ pub async fn run(
         upgrades: Arc::new(tokio::sync::Semaphore::new(crate::upgrade::MAX_UPGRADED)),
         recent: weft_mesh::ring::Ring::default(),
     });
-    tokio::spawn(follow_routes(waypoint.clone(), registry));
+    let statuses = client.map(|client| {
+        let (tx, rx) = watch::channel(Vec::new());
+        tokio::spawn(crate::route_status::follow(client, rx));
+        tx
+    });
+    tokio::spawn(follow_routes(waypoint.clone(), registry, statuses));
     let listener = tokio::net::TcpListener::bind(config.hbone_addr)
         .await
         .map_err(|source| AppError::Bind {

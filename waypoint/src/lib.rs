@@ -14,6 +14,7 @@ pub mod mirror;
 pub mod protocol;
 pub mod rewrite;
 pub mod route_check;
+pub mod route_status;
 pub mod routing;
 pub mod telemetry;
 pub mod tunnels;

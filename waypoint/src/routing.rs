@@ -302,6 +302,8 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteStatus {
+    /// `HTTPRoute` or `GRPCRoute`.
+    pub kind: String,
     pub route: String,
     /// The parent Service (`namespace/name`).
     pub parent: String,
@@ -335,6 +337,7 @@ fn status_of(registry: &Registry, route: &Route, parent: &str, problems: usize) 
         .collect();
     let accepted = problems < route.spec.rules.len() || route.spec.rules.is_empty();
     RouteStatus {
+        kind: route.kind.clone(),
         route: format!("{}/{}", route.namespace, route.name),
         parent: parent.to_owned(),
         accepted,

@@ -9,6 +9,7 @@ pub mod flows;
 pub mod requests;
 pub mod status;
 pub mod traffic;
+pub mod waypoint;
 
 pub use config::{AuthorizationPolicy, Cert, Service, ServicePort, TrafficPolicy};
 pub use flows::{Flow, FlowEvent, FlowQuery, QueryError, Verdict};

@@ -38,6 +38,8 @@ pub struct CaConfig {
     pub svid_lifetime: Duration,
     /// DNS names of the CA's own serving certificate.
     pub dns_names: Vec<String>,
+    /// The waypoint controller's Deployment image; `None`: no controller runs here.
+    pub waypoint_image: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +133,9 @@ pub async fn run(config: CaConfig) -> Result<(), CaServerError> {
     let client = kube::Client::try_default().await?;
     let pods = Arc::new(Mutex::new(authz::PodIndex::default()));
     authz::watch_pods(client.clone(), pods.clone());
+    if let Some(image) = config.waypoint_image.clone() {
+        tokio::spawn(crate::waypoint_controller::run(client.clone(), image));
+    }
     let ready = TcpListener::bind(config.readiness)
         .await
         .map_err(|e| CaServerError::Bind(config.readiness, e))?;

@@ -104,6 +104,7 @@ async fn serving_ca(pods: Vec<serde_json::Value>) -> (Signer, FakeApi, TempDir) 
         audience: "weft-ca".into(),
         svid_lifetime: Duration::from_hours(1),
         dns_names: vec!["localhost".into()],
+        waypoint_image: None,
     };
     let pods = Arc::new(Mutex::new(PodIndex::default()));
     watch_pods(client.clone(), pods.clone());

@@ -6,98 +6,13 @@
 
 use std::fmt::Write as _;
 
-use serde_json::json;
-
 /// The image the generated Deployment runs when none is given.
-pub const DEFAULT_IMAGE: &str = concat!(
-    "ghcr.io/weft-mesh/weft-waypoint:",
-    env!("CARGO_PKG_VERSION")
-);
+pub use weft_api::waypoint::DEFAULT_IMAGE;
 
 /// The four objects, as one YAML stream.
 pub fn generate(namespace: &str, name: &str, image: &str) -> anyhow::Result<String> {
-    let labels = json!({
-        "gateway.networking.k8s.io/gateway-name": name,
-        "app.kubernetes.io/name": "weft-waypoint",
-        "app.kubernetes.io/instance": name,
-    });
-    let metadata = json!({"name": name, "namespace": namespace, "labels": labels});
-    let probe = |path: &str| json!({"httpGet": {"path": path, "port": 15021}, "periodSeconds": 5});
-    let objects = [
-        json!({
-            "apiVersion": "gateway.networking.k8s.io/v1",
-            "kind": "Gateway",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "gatewayClassName": "weft-waypoint",
-                "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
-            },
-        }),
-        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata}),
-        json!({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": metadata,
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"gateway.networking.k8s.io/gateway-name": name}},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "serviceAccountName": name,
-                        "terminationGracePeriodSeconds": 30,
-                        // The waypoint's own pod-bound token gets it its own SVID from the CA;
-                        // the root bundle is the weft-ca-root ConfigMap, copied into this
-                        // namespace (deploy/README.md).
-                        "volumes": [
-                            {"name": "ca-token", "projected": {"sources": [{"serviceAccountToken": {
-                                "audience": "weft-ca", "expirationSeconds": 3600, "path": "token"}}]}},
-                            {"name": "ca-root", "configMap": {"name": "weft-ca-root"}},
-                        ],
-                        "containers": [{
-                            "name": "waypoint",
-                            "image": image,
-                            "args": ["--kube", "--namespace", namespace, "--name", name,
-                                     "--ca-url", "https://weft-ca.weft-system.svc:15012",
-                                     "--ca-root", "/etc/weft/ca-root/ca.pem",
-                                     "--token-file", "/var/run/secrets/weft/token"],
-                            "volumeMounts": [
-                                {"name": "ca-token", "mountPath": "/var/run/secrets/weft", "readOnly": true},
-                                {"name": "ca-root", "mountPath": "/etc/weft/ca-root", "readOnly": true},
-                            ],
-                            "ports": [
-                                {"name": "hbone", "containerPort": 15008},
-                                {"name": "metrics", "containerPort": 15020},
-                                {"name": "readiness", "containerPort": 15021},
-                            ],
-                            "readinessProbe": probe("/healthz/ready"),
-                            "livenessProbe": probe("/healthz/live"),
-                            "resources": {
-                                "requests": {"cpu": "100m", "memory": "32Mi"},
-                                "limits": {"memory": "128Mi"},
-                            },
-                            "securityContext": {
-                                "runAsNonRoot": true,
-                                "runAsUser": 1337,
-                                "allowPrivilegeEscalation": false,
-                                "readOnlyRootFilesystem": true,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
-                        }],
-                    },
-                },
-            },
-        }),
-        json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": metadata,
-            "spec": {
-                "selector": {"gateway.networking.k8s.io/gateway-name": name},
-                "ports": [{"name": "mesh", "port": 15008, "targetPort": 15008, "appProtocol": "hbone"}],
-            },
-        }),
-    ];
+    let objects = std::iter::once(weft_api::waypoint::gateway(namespace, name))
+        .chain(weft_api::waypoint::objects(namespace, name, image));
     let mut text = String::new();
     for object in objects {
         text.push_str("---\n");

@@ -30,6 +30,13 @@ pub use objects::{
 };
 use serde::Serialize;
 
+/// Now, as a Kubernetes condition's `lastTransitionTime` (RFC 3339).
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 /// Label that opts a namespace in (`enabled`) or a pod out (`disabled`).
 pub const MESH_LABEL: &str = "weft.io/mesh";
 /// Local mode: the pod's network namespace file.
