@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod cluster;
 pub mod hbone_client;
 pub mod load;
+pub mod load_http;
 pub mod manifests;
 pub mod netns;
 pub mod privileges;

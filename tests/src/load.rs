@@ -102,6 +102,35 @@ fn exchange(stream: &mut TcpStream, request: &[u8], response: &mut [u8]) -> std:
     stream.read_exact(response)
 }
 
+/// One client connection the load loops drive: each call makes one request and reads its
+/// whole response. The loops own the schedule, the timing and the error counts.
+pub trait Exchanger {
+    fn exchange(&mut self) -> std::io::Result<()>;
+}
+
+/// The fixed-size echo exchange over plain TCP ([`serve`] is its server).
+struct TcpEcho {
+    stream: TcpStream,
+    request: Vec<u8>,
+    response: Vec<u8>,
+}
+
+impl TcpEcho {
+    fn connect(target: SocketAddr, size: usize) -> std::io::Result<Self> {
+        Ok(Self {
+            stream: connect(target)?,
+            request: vec![b'q'; size],
+            response: vec![0; size],
+        })
+    }
+}
+
+impl Exchanger for TcpEcho {
+    fn exchange(&mut self) -> std::io::Result<()> {
+        exchange(&mut self.stream, &self.request, &mut self.response)
+    }
+}
+
 fn precise_timers() {
     // Best effort: without it sleeps overshoot by the default 50 µs slack, equally on both paths.
     let _ = nix::sys::prctl::set_timerslack(1);
@@ -176,6 +205,17 @@ fn report(
 /// request at a time, and records latency from each request's scheduled send time. Stops at the
 /// end of the schedule, or [`IO_TIMEOUT`] after it with the rest of a backlog counted as errors.
 pub fn open_loop(spec: &OpenLoop) -> LoadReport {
+    let (target, size) = (spec.target, spec.size);
+    open_loop_with(spec, move || TcpEcho::connect(target, size))
+}
+
+/// [`open_loop`] over connections `connect` opens (any protocol); `spec.target` and
+/// `spec.size` are the connector's business.
+pub fn open_loop_with<E, F>(spec: &OpenLoop, connect: F) -> LoadReport
+where
+    E: Exchanger,
+    F: Fn() -> std::io::Result<E> + Send + Sync + 'static,
+{
     #[expect(clippy::cast_precision_loss, reason = "connection counts are small")]
     let interval = Duration::from_secs_f64(spec.connections as f64 / spec.rate.max(1e-3));
     let begin = Instant::now() + Duration::from_millis(100);
@@ -189,8 +229,6 @@ pub fn open_loop(spec: &OpenLoop) -> LoadReport {
     let last = Arc::clone(&last_response);
     let (histogram, completed, sent, errors) =
         run_workers(connections, move |index, histogram, errors| {
-            let request = vec![b'q'; spec.size];
-            let mut response = vec![0; spec.size];
             // Stagger the connections over one interval so the aggregate rate is smooth.
             #[expect(
                 clippy::cast_possible_truncation,
@@ -199,7 +237,7 @@ pub fn open_loop(spec: &OpenLoop) -> LoadReport {
             let offset = interval / connections as u32 * index as u32;
             let scheduled = |k: u32| begin + offset + interval * k;
             let (mut done, mut sent) = (0, 0);
-            let mut stream = connect(spec.target).ok();
+            let mut stream = connect().ok();
             let mut k = 0_u32;
             while scheduled(k) < end && u64::from(k) < MAX_EXCHANGES_PER_WORKER {
                 let intended = scheduled(k);
@@ -212,12 +250,12 @@ pub fn open_loop(spec: &OpenLoop) -> LoadReport {
                 k += 1;
                 let Some(open) = stream.as_mut() else {
                     errors.fetch_add(1, Ordering::Relaxed);
-                    stream = connect(spec.target).ok();
+                    stream = connect().ok();
                     continue;
                 };
-                if exchange(open, &request, &mut response).is_err() {
+                if open.exchange().is_err() {
                     errors.fetch_add(1, Ordering::Relaxed);
-                    stream = connect(spec.target).ok();
+                    stream = connect().ok();
                     continue;
                 }
                 sent += 1;
@@ -256,20 +294,29 @@ pub fn closed_loop(
     size: usize,
     duration: Duration,
 ) -> LoadReport {
+    closed_loop_with(connections, duration, move || {
+        TcpEcho::connect(target, size)
+    })
+}
+
+/// [`closed_loop`] over connections `connect` opens (any protocol).
+pub fn closed_loop_with<E, F>(connections: usize, duration: Duration, connect: F) -> LoadReport
+where
+    E: Exchanger,
+    F: Fn() -> std::io::Result<E> + Send + Sync + 'static,
+{
     let begin = Instant::now();
     let end = begin + duration;
     let (histogram, completed, sent, errors) =
         run_workers(connections, move |_, histogram, errors| {
-            let request = vec![b'q'; size];
-            let mut response = vec![0; size];
-            let Ok(mut stream) = connect(target) else {
+            let Ok(mut stream) = connect() else {
                 errors.fetch_add(1, Ordering::Relaxed);
                 return (0, 0);
             };
             let mut done = 0;
             while Instant::now() < end && done < MAX_EXCHANGES_PER_WORKER {
                 let sent = Instant::now();
-                if exchange(&mut stream, &request, &mut response).is_err() {
+                if stream.exchange().is_err() {
                     errors.fetch_add(1, Ordering::Relaxed);
                     break;
                 }

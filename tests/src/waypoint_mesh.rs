@@ -35,6 +35,12 @@ pub const TCP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 28);
 pub const RAW: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 29);
 /// `demo/missing`: routed to a backend Service that does not exist.
 pub const MISSING: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
+/// `demo/bench`: echo-v1 through the waypoint with no route (the bench's waypoint path).
+pub const BENCH: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 31);
+/// `demo/refusing`: an endpoint where nothing listens (the waypoint answers 502).
+pub const REFUSING: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 32);
+/// `demo/empty`: no ready endpoint (the waypoint answers 503).
+pub const EMPTY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 33);
 
 /// The Gateway and every route of the fixture.
 pub const ROUTES: &str = include_str!("waypoint_routes.yaml");
@@ -118,13 +124,29 @@ fn services(cluster: &Cluster) -> String {
         ),
         service("raw", RAW, (9000, 9000), &[v1], true, None),
         service("missing", MISSING, (80, 8080), &[v1], true, None),
+        service("bench", BENCH, (80, 8080), &[v1], true, Some("name: http")),
+        service(
+            "refusing",
+            REFUSING,
+            (80, 9999),
+            &[v1],
+            true,
+            Some("name: http"),
+        ),
+        service("empty", EMPTY, (80, 8080), &[], true, Some("name: http")),
     ]
     .join("---\n")
 }
 
 impl Mesh {
-    /// Starts the fixture with the binaries in `bins` (the test target folder).
+    /// Starts the fixture with the binaries in `bins` (the test target folder); the waypoint
+    /// logs at debug, for tests to read.
     pub fn start(bins: &Path, tmp: &Path) -> anyhow::Result<Self> {
+        Self::start_logging(bins, tmp, "info,weft_waypoint=debug")
+    }
+
+    /// [`Mesh::start`] with the waypoint's `RUST_LOG` (the bench runs it at the default, `info`).
+    pub fn start_logging(bins: &Path, tmp: &Path, rust_log: &str) -> anyhow::Result<Self> {
         let spec = ClusterSpec {
             nodes: vec!["node0".into(), "node1".into()],
             pods: vec![
@@ -134,6 +156,9 @@ impl Mesh {
                 PodSpec::new("demo", "waypoint", "node1"),
                 PodSpec::new("demo", "mirror", "node0"),
                 PodSpec::new("demo", "flaky", "node1"),
+                // Outside the mesh: the bench's no-mesh baseline.
+                PodSpec::new("legacy", "plain-client", "node0"),
+                PodSpec::new("legacy", "plain-echo", "node1"),
             ],
         };
         let cluster = Cluster::start(&spec)?;
@@ -141,7 +166,14 @@ impl Mesh {
         let manifests = Manifests::create(&base.join("manifests"))?;
         let logs = base.join("logs");
         std::fs::create_dir_all(&logs)?;
-        manifests.write("namespaces.yaml", &manifests::namespace("demo", true))?;
+        manifests.write(
+            "namespaces.yaml",
+            &[
+                manifests::namespace("demo", true),
+                manifests::namespace("legacy", false),
+            ]
+            .join("---\n"),
+        )?;
         let pods: Vec<String> = cluster
             .pods
             .iter()
@@ -175,7 +207,7 @@ impl Mesh {
                 &mesh.logs,
             )?;
         }
-        mesh.waypoint_pid = mesh.spawn_waypoint()?;
+        mesh.waypoint_pid = mesh.spawn_waypoint(rust_log)?;
         let waypoint = mesh.pod("waypoint");
         eventually(Duration::from_secs(10), "the waypoint is ready", || {
             crate::netns::exec(
@@ -208,6 +240,11 @@ impl Mesh {
         self.cluster.pod("demo", name).clone()
     }
 
+    /// A pod of namespace `legacy`, outside the mesh.
+    pub fn plain_pod(&self, name: &str) -> PodHandle {
+        self.cluster.pod("legacy", name).clone()
+    }
+
     /// The echo servers (echo-v1, echo-v2, flaky answering 503, the mirror counted in
     /// `mirror.log`) and echo-v1's byte server on 9000.
     fn spawn_backends(&self) -> anyhow::Result<()> {
@@ -222,6 +259,11 @@ impl Mesh {
             self.cluster
                 .spawn_in_pod_logged(&self.pod(pod), echo, args, &[], log)?;
         }
+        self.cluster.spawn_in_pod(
+            &self.plain_pod("plain-echo"),
+            echo,
+            &["0.0.0.0:8080", "plain-echo"],
+        )?;
         let log = std::fs::File::create(self.logs.join("mirror.log"))?;
         self.cluster.spawn_in_pod_logged(
             &self.pod("mirror"),
@@ -241,7 +283,7 @@ impl Mesh {
 
     /// The waypoint (its log in `waypoint.log`), from the same manifest folder and CA as the
     /// agents.
-    fn spawn_waypoint(&self) -> anyhow::Result<u32> {
+    fn spawn_waypoint(&self, rust_log: &str) -> anyhow::Result<u32> {
         let ca_dir = self.logs.join("ca");
         let log = std::fs::File::create(self.logs.join("waypoint.log"))?;
         self.cluster.spawn_in_pod_logged(
@@ -257,7 +299,7 @@ impl Mesh {
                 "--ca-dir",
                 ca_dir.to_str().context("path")?,
             ],
-            &[("RUST_LOG", "info,weft_waypoint=debug")],
+            &[("RUST_LOG", rust_log)],
             log,
         )
     }

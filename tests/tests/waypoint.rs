@@ -111,8 +111,11 @@ fn a_service_that_uses_the_waypoint_is_routed_by_its_httproute() {
             .as_array()
             .into_iter()
             .flatten()
-            .any(|f| f["peerIdentity"] == "spiffe://cluster.local/ns/demo/sa/waypoint"),
-        "node1 recorded the waypoint as the peer: {flows}"
+            .any(
+                |f| f["peerIdentity"] == "spiffe://cluster.local/ns/demo/sa/waypoint"
+                    && f["carriedIdentity"] == "spiffe://cluster.local/ns/demo/sa/client"
+            ),
+        "node1 recorded the waypoint as the peer and the client as carried: {flows}"
     );
 }
 

@@ -9,7 +9,7 @@ use std::{path::Path, time::Duration};
 
 use weft_harness::{
     eventually, require_privileges,
-    waypoint_mesh::{Mesh, ECHO, GRPC, MISSING, RAW, RETRIED, TCP, WS},
+    waypoint_mesh::{Mesh, ECHO, EMPTY, GRPC, MISSING, RAW, REFUSING, RETRIED, TCP, WS},
 };
 
 /// The body each way in the streaming test.
@@ -129,6 +129,15 @@ fn retries_resend_a_failed_attempt_and_a_missing_backend_is_reported() {
         mesh.waypoint_log().contains("attempts=2"),
         "the access log counts the attempts"
     );
+    // The waypoint's own answers: 502 when the endpoint refuses, 503 with no ready endpoint.
+    for (vip, code, reason) in [
+        (REFUSING, "502", "upstream_failed"),
+        (EMPTY, "503", "no_ready_endpoints"),
+    ] {
+        let head = mesh.curl(&["-i", &format!("http://{vip}/")]);
+        assert!(head.starts_with(&format!("HTTP/1.1 {code}")), "{head}");
+        assert!(head.contains(&format!("x-weft-reason: {reason}")), "{head}");
+    }
     // A route whose backend does not exist: 500 with the reason, and its status says so.
     let head = mesh.curl(&["-i", &format!("http://{MISSING}/")]);
     assert!(head.starts_with("HTTP/1.1 500"), "{head}");
@@ -270,8 +279,44 @@ fn grpc_websocket_and_tcp_pass_through_the_waypoint() {
         out.status.success()
     });
     assert_eq!(echoed, "echo:one\necho:two\necho:three\n");
-    // A TCP port (appProtocol: tcp) and an undeclared one whose bytes are not HTTP both pass
-    // through at L4, every byte intact.
+    h2load_through(&mesh);
+    l4_ports_through(&mesh);
+    let log = mesh.waypoint_log();
+    for service in ["demo/tcp", "demo/raw"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("L4 connection") && l.contains(service)),
+            "{service} went through the waypoint at L4:\n{log}"
+        );
+    }
+}
+
+/// h2load through the waypoint, HTTP/2 prior knowledge and HTTP/1.1, several streams per
+/// connection: every request succeeds.
+fn h2load_through(mesh: &Mesh) {
+    let client = mesh.pod("client");
+    for protocol in [&[][..], &["--h1"][..]] {
+        let mut args = vec!["-n", "400", "-c", "4", "-m", "4"];
+        args.extend_from_slice(protocol);
+        let url = format!("http://{ECHO}/tie");
+        args.push(&url);
+        let out = mesh
+            .cluster
+            .run_in_pod(&client, "h2load", &args)
+            .expect("h2load");
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{report}");
+        assert!(
+            report.contains("400 succeeded, 0 failed, 0 errored"),
+            "h2load {protocol:?}: {report}"
+        );
+    }
+}
+
+/// A TCP port (appProtocol: tcp) and an undeclared one whose bytes are not HTTP both pass
+/// through at L4, every byte intact.
+fn l4_ports_through(mesh: &Mesh) {
+    let client = mesh.pod("client");
     let testpod = mesh.bin("weft-testpod").expect("testpod");
     for vip in [TCP, RAW] {
         let out = mesh
@@ -298,14 +343,6 @@ fn grpc_websocket_and_tcp_pass_through_the_waypoint() {
         };
         assert_eq!(field("sent="), field("echoed="), "{report}");
         assert_eq!(field("sent_sum="), field("echoed_sum="), "{report}");
-    }
-    let log = mesh.waypoint_log();
-    for service in ["demo/tcp", "demo/raw"] {
-        assert!(
-            log.lines()
-                .any(|l| l.contains("L4 connection") && l.contains(service)),
-            "{service} went through the waypoint at L4:\n{log}"
-        );
     }
 }
 

@@ -325,7 +325,7 @@ pub(crate) async fn send_upstream(
         }
         parts.version = http::Version::HTTP_11;
     }
-    let key = upstream::key(endpoint, tunnel.client_ip, http2);
+    let key = upstream::key(endpoint, (tunnel.client_ip, &tunnel.client), http2);
     let checked = waypoint
         .upstreams
         .checkout(&waypoint.pool, &waypoint.identity, identity.as_ref(), key)

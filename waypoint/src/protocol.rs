@@ -160,7 +160,7 @@ where
             return;
         }
     };
-    let key = crate::upstream::key(endpoint, tunnel.client_ip, false);
+    let key = crate::upstream::key(endpoint, (tunnel.client_ip, &tunnel.client), false);
     let mut upstream = match crate::upstream::connect(
         &waypoint.pool,
         &waypoint.identity,

@@ -62,6 +62,8 @@ pub struct Key {
     pub endpoint: SocketAddr,
     pub client: IpAddr,
     pub http2: bool,
+    /// The client's identity, carried to the endpoint's agent in `baggage`.
+    pub carried: Option<SpiffeId>,
 }
 
 enum Sender {
@@ -229,6 +231,7 @@ pub async fn connect(
                 identity: waypoint,
                 ip: key.client,
                 sockets: &Plain,
+                carried: key.carried.as_ref(),
             };
             let hbone = SocketAddr::new(endpoint.ip(), weft_mesh::ports::HBONE_PORT);
             let tunnel = pool
@@ -303,12 +306,13 @@ impl tokio::io::AsyncWrite for UpstreamIo {
     }
 }
 
-/// The key for a request to `endpoint` on behalf of `client`.
-pub fn key(endpoint: SocketAddr, client: IpAddr, http2: bool) -> Key {
+/// The key for a request to `endpoint` on behalf of `client` (address and identity).
+pub fn key(endpoint: SocketAddr, (client, carried): (IpAddr, &SpiffeId), http2: bool) -> Key {
     Key {
         endpoint,
         client,
         http2,
+        carried: Some(carried.clone()),
     }
 }
 

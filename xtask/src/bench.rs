@@ -8,7 +8,7 @@
 use std::{fmt::Write as _, process::Command};
 
 use anyhow::Context as _;
-use weft_harness::bench::{EnrollmentBurst, Report, Row};
+use weft_harness::bench::{waypoint::WaypointReport, EnrollmentBurst, Report, Row};
 
 use crate::{build, plot, setup, shell};
 
@@ -32,7 +32,10 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let date = shell::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?;
     date.trim().clone_into(&mut report.date);
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-    let markdown = markdown(&report);
+    let mut markdown = markdown(&report);
+    let waypoint = run_waypoint(&bins, &out, quick)?;
+    markdown.push('\n');
+    markdown.push_str(&waypoint_markdown(&waypoint));
     std::fs::write(out.join("report.md"), &markdown)?;
     let plots = plot::all(&report, &out)?;
     println!("{markdown}");
@@ -61,6 +64,43 @@ pub fn profile(scenario: &str, quick: bool) -> anyhow::Result<()> {
     shell::run(&mut cmd)
 }
 
+/// The waypoint scenarios on a cluster of their own (`target/bench/waypoint.json`).
+fn run_waypoint(
+    bins: &std::path::Path,
+    out: &std::path::Path,
+    quick: bool,
+) -> anyhow::Result<WaypointReport> {
+    let mut cmd = Command::new(bins.join("weft-bench"));
+    cmd.args(["waypoint", "--out"])
+        .arg(out.join("work-waypoint"))
+        .stderr(std::process::Stdio::inherit());
+    if quick {
+        cmd.arg("--quick");
+    }
+    let stdout = shell::output(&mut cmd)?;
+    let report: WaypointReport =
+        serde_json::from_str(stdout.trim()).context("parsing weft-bench waypoint")?;
+    std::fs::write(
+        out.join("waypoint.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    Ok(report)
+}
+
+/// The waypoint section: each path's latency against the no-mesh baseline, then its cost.
+fn waypoint_markdown(report: &WaypointReport) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "## The waypoint (L7){}
+
+- Paths, measured in the same run on the waypoint fixture: baseline = a pod outside the mesh to a pod outside the mesh (no agent, no waypoint); L4 = an enrolled client to a Service without a waypoint (both agents, HBONE); waypoint = an enrolled client to a Service that uses the waypoint (client's agent, HBONE to the waypoint, HTTP routed there, HBONE to the backend's agent).\n- Load: `weft-bench http-load`, open-loop HTTP GETs on keep-alive connections (hyper), latency from each request's intended send time.\n- Near saturation: 70% of what the waypoint path sustained closed-loop over 64 connections.\n",
+        if report.quick { " (quick smoke run)" } else { "" }
+    );
+    table(&mut md, &report.rows());
+    md
+}
+
 /// One measurement that `--only` runs by itself.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Only {
@@ -70,6 +110,8 @@ pub enum Only {
     Upgrade,
     /// `kill -9` and a restart of an agent under the same load.
     Crash,
+    /// The waypoint's latency beside L4 and the no-mesh baseline, its CPU and memory.
+    Waypoint,
 }
 
 pub fn run_only(only: Only) -> anyhow::Result<()> {
@@ -78,6 +120,16 @@ pub fn run_only(only: Only) -> anyhow::Result<()> {
     let out = shell::root().join("target/bench");
     std::fs::create_dir_all(&out)?;
     match only {
+        Only::Waypoint => {
+            let report = run_waypoint(&bins, &out, false)?;
+            let md = waypoint_markdown(&report);
+            std::fs::write(out.join("waypoint.md"), &md)?;
+            println!("{md}");
+            println!(
+                "bench: wrote {}/waypoint.json and waypoint.md",
+                out.display()
+            );
+        }
         Only::Enroll => {
             let stdout = shell::output(
                 Command::new(bins.join("weft-bench"))

@@ -125,6 +125,11 @@ pub fn bench() -> anyhow::Result<PathBuf> {
         "weft-tests",
         "--bin",
         "weft-bench",
+        // The waypoint scenarios' backends (the fixture's echo and byte servers).
+        "--bin",
+        "weft-echo",
+        "--bin",
+        "weft-testpod",
     ]))?;
     shipped_agent("release")?;
     Ok(shell::root().join("target/release"))

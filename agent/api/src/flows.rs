@@ -96,6 +96,10 @@ pub struct Flow {
     /// The waypoint the connection went through (`namespace/name`), when its Service uses one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waypoint: Option<String>,
+    /// Inbound from a waypoint: the original client's identity the waypoint carried (its
+    /// `baggage`), beside the waypoint's own proven one in `peer_identity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carried_identity: Option<String>,
     pub peer_identity: Option<String>,
     /// Serial of the certificate the peer proved its identity with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -325,6 +329,7 @@ mod tests {
             service: None,
             peer_workload: Some("demo/client".into()),
             waypoint: None,
+            carried_identity: None,
             peer_identity: Some("spiffe://cluster.local/ns/demo/sa/client".into()),
             peer_certificate_serial: None,
             workload_identity: None,

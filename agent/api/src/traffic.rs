@@ -85,6 +85,10 @@ pub struct Connection {
     /// The waypoint the connection went through (`namespace/name`), when its Service uses one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waypoint: Option<String>,
+    /// Inbound from a waypoint: the original client's identity the waypoint carried (its
+    /// `baggage`), beside the waypoint's own proven one in `peer_identity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carried_identity: Option<String>,
     /// The authorization decision (inbound connections).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,

@@ -48,6 +48,8 @@ pub struct Connection {
     pub peer_workload: Option<String>,
     /// The waypoint the connection went through (`namespace/name`), when its Service uses one.
     pub waypoint: Option<String>,
+    /// Inbound from a waypoint: the original client's identity it carried.
+    pub carried_identity: Option<String>,
     /// Why the agent could not carry it, for failed connections.
     pub failure: Option<Failure>,
     /// The authorization decision (inbound connections).
@@ -224,6 +226,7 @@ fn flow(connection: &Connection, event: FlowEvent, bytes: (u64, u64), ended_unix
         service: connection.service.clone(),
         peer_workload: connection.peer_workload.clone(),
         waypoint: connection.waypoint.clone(),
+        carried_identity: connection.carried_identity.clone(),
         peer_identity: connection.peer_identity.clone(),
         peer_certificate_serial: connection.peer_certificate_serial.clone(),
         workload_identity: connection.workload_identity.clone(),
@@ -527,6 +530,7 @@ impl From<LiveView> for weft_api::Connection {
             workload_identity: c.workload_identity,
             peer_workload: c.peer_workload,
             waypoint: c.waypoint,
+            carried_identity: c.carried_identity,
             decision: c.decision.as_ref().map(Into::into),
             started_unix_ms: c.started_unix_ms,
             bytes_from_client: view.bytes_from_client,

@@ -85,6 +85,7 @@ mod tests {
             service: None,
             peer_workload: Some(peer.into()),
             waypoint: None,
+            carried_identity: None,
             peer_identity: None,
             peer_certificate_serial: None,
             workload_identity: None,

@@ -28,6 +28,7 @@ fn connection(address: SocketAddr) -> Connection {
         workload_identity: None,
         peer_workload: None,
         waypoint: None,
+        carried_identity: None,
         failure: None,
         decision: None,
         started_unix_ms: 0,

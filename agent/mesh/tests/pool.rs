@@ -59,6 +59,7 @@ async fn tunnels_of_different_source_identities_never_share_a_connection() {
                 identity: &other,
                 ip: std::net::Ipv4Addr::LOCALHOST.into(),
                 sockets: &Plain,
+                carried: None,
             },
             &mesh.tunnels.identity,
             mesh.server,

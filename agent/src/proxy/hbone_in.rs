@@ -50,6 +50,7 @@ fn record(
         peer_certificate_serial: client.and_then(|(_, serial)| serial),
         peer_workload: registry.workload_at(peer.ip()),
         waypoint: None,
+        carried_identity: None,
         failure: None,
     }
 }
@@ -82,12 +83,14 @@ impl Tunnels for PodTunnels {
             client,
             serial,
             target,
+            carried,
             body,
             mut respond,
         } = tunnel;
         let (pod, ctx) = (&self.pod, &self.ctx);
         let registry = ctx.registry.borrow().clone();
-        let connection = record(&registry, pod, peer, target, Some((&client, serial)));
+        let mut connection = record(&registry, pod, peer, target, Some((&client, serial)));
+        connection.carried_identity = carried.map(|c| c.to_string());
         let Some(guard) = authorize(ctx, &registry, pod, connection, Some(&client)) else {
             reply(&mut respond, StatusCode::UNAUTHORIZED);
             return;

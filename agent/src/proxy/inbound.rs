@@ -48,6 +48,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         peer_certificate_serial: None,
         peer_workload: registry.workload_at(peer.ip()),
         waypoint: None,
+        carried_identity: None,
         failure: None,
         decision: None,
         started_unix_ms: 0,

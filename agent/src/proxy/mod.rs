@@ -89,6 +89,7 @@ impl PodContext {
             identity: &self.identity,
             ip: self.placement.ip.into(),
             sockets: self,
+            carried: None,
         }
     }
 }

@@ -55,6 +55,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         peer_certificate_serial: None,
         peer_workload: None,
         waypoint: None,
+        carried_identity: None,
         failure: None,
         decision: None,
         started_unix_ms: 0,

@@ -341,7 +341,7 @@ pub fn flows(f: &[Flow]) -> String {
                 flow.security.as_str().to_owned(),
                 flow.verdict.as_str().to_owned(),
                 flow.reason.clone(),
-                or_dash(flow.peer_identity.as_deref()),
+                peer_cell(flow),
                 moved(flow).unwrap_or_else(|| "-".into()),
                 if flow.detail.is_empty() {
                     "-".into()
@@ -351,6 +351,14 @@ pub fn flows(f: &[Flow]) -> String {
             ]
         }),
     )
+}
+
+/// The peer's proven identity, and the client a waypoint peer carried for.
+fn peer_cell(flow: &Flow) -> String {
+    match (&flow.peer_identity, &flow.carried_identity) {
+        (Some(peer), Some(carried)) => format!("{peer} for {carried}"),
+        (peer, _) => or_dash(peer.as_deref()),
+    }
 }
 
 /// One followed flow on one line: a stream cannot be laid out as a table.
@@ -367,6 +375,9 @@ pub fn flow_line(flow: &Flow) -> String {
     );
     if let Some(peer) = &flow.peer_identity {
         let _ = write!(line, "  peer={peer}");
+    }
+    if let Some(carried) = &flow.carried_identity {
+        let _ = write!(line, "  for={carried}");
     }
     if let Some(moved) = moved(flow) {
         let _ = write!(line, "  {moved}");
@@ -475,6 +486,7 @@ mod tests {
             service: None,
             peer_workload: Some("demo/server-b".into()),
             waypoint: None,
+            carried_identity: None,
             peer_identity: Some("spiffe://cluster.local/ns/demo/sa/server-b".into()),
             peer_certificate_serial: None,
             workload_identity: None,

@@ -7,6 +7,7 @@ pub mod kube_memory;
 mod process;
 pub mod profile;
 mod run;
+pub mod waypoint;
 
 use serde::{Deserialize, Serialize};
 
@@ -359,7 +360,7 @@ pub struct Row {
 }
 
 impl Row {
-    fn lower(section: &str, name: &str, baseline: f64, weft: f64, unit: &str) -> Self {
+    pub(crate) fn lower(section: &str, name: &str, baseline: f64, weft: f64, unit: &str) -> Self {
         Self {
             section: section.into(),
             name: name.into(),
@@ -370,7 +371,7 @@ impl Row {
         }
     }
 
-    fn higher(section: &str, name: &str, baseline: f64, weft: f64, unit: &str) -> Self {
+    pub(crate) fn higher(section: &str, name: &str, baseline: f64, weft: f64, unit: &str) -> Self {
         Self {
             lower_is_better: false,
             ..Self::lower(section, name, baseline, weft, unit)
@@ -378,7 +379,7 @@ impl Row {
     }
 
     /// A figure without the mesh has no counterpart: its baseline is NaN, shown as n/a.
-    fn alone(section: &str, name: &str, weft: f64, unit: &str) -> Self {
+    pub(crate) fn alone(section: &str, name: &str, weft: f64, unit: &str) -> Self {
         Self {
             lower_is_better: false,
             ..Self::lower(section, name, f64::NAN, weft, unit)

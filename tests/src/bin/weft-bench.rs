@@ -116,6 +116,17 @@ enum Command {
         #[arg(long)]
         seconds: f64,
     },
+    /// HTTP GETs to TARGET at RATE per second over CONNECTIONS keep-alive connections (RATE
+    /// 0: back to back), HTTP/1.1 or HTTP/2 prior knowledge; prints a JSON report.
+    HttpLoad(HttpLoad),
+    /// The waypoint scenarios on the waypoint fixture (the binaries beside this one); prints a
+    /// JSON report. --out receives the manifests and logs.
+    Waypoint {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        quick: bool,
+    },
     /// Echo server: answers every SIZE bytes with SIZE bytes.
     Serve { listen: SocketAddr, size: usize },
     /// Fixed-rate load; prints a JSON report.
@@ -170,6 +181,23 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct HttpLoad {
+    target: SocketAddr,
+    #[arg(long)]
+    rate: f64,
+    #[arg(long)]
+    connections: usize,
+    #[arg(long)]
+    seconds: f64,
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    #[arg(long)]
+    http2: bool,
+    #[arg(long, default_value = "/bench")]
+    path: String,
+}
+
 /// Load loops are bounded in time: no run may ask for more than ten minutes.
 fn bounded(seconds: f64) -> anyhow::Result<Duration> {
     anyhow::ensure!(
@@ -190,6 +218,49 @@ fn workers(connections: usize) -> anyhow::Result<usize> {
 
 fn print(report: &load::LoadReport) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(report)?);
+    Ok(())
+}
+
+/// `http-load`: open loop at `rate` (or closed loop when it is 0) over HTTP connections.
+fn http_load(spec: HttpLoad) -> anyhow::Result<()> {
+    let HttpLoad {
+        target,
+        rate,
+        connections,
+        seconds,
+        warmup,
+        http2,
+        path,
+    } = spec;
+    let duration = bounded(seconds)?;
+    let connections = workers(connections)?;
+    let connect = move || weft_harness::load_http::HttpExchange::connect(target, http2, &path);
+    let report = if rate > 0.0 {
+        let spec = load::OpenLoop {
+            target,
+            rate,
+            connections,
+            size: 0,
+            duration,
+            warmup: bounded(warmup)?,
+        };
+        load::open_loop_with(&spec, connect)
+    } else {
+        load::closed_loop_with(connections, duration, connect)
+    };
+    print(&report)
+}
+
+/// The waypoint scenarios with the binaries beside this one.
+fn waypoint(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
+    let bins = std::env::current_exe()
+        .context("locating weft-bench")?
+        .parent()
+        .context("weft-bench's folder")?
+        .to_owned();
+    std::fs::create_dir_all(out)?;
+    let report = bench::waypoint::run(&bins, out, quick)?;
+    println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
 
@@ -259,6 +330,8 @@ fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Run { quick, out, commit } => run(quick, &out, commit)?,
         Command::Enroll { out } => enroll(&out)?,
+        Command::HttpLoad(spec) => http_load(spec)?,
+        Command::Waypoint { out, quick } => waypoint(&out, quick)?,
         Command::Disruption { scenario, out } => disruption(scenario, &out)?,
         Command::Churn {
             target,

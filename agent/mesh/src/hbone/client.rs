@@ -31,6 +31,9 @@ pub struct Source<'a> {
     pub identity: &'a SpiffeId,
     pub ip: std::net::IpAddr,
     pub sockets: &'a dyn SocketFactory,
+    /// A waypoint tunnelling on a client's behalf: that client's identity, sent as
+    /// `baggage: source.principal=<id>` for the destination's records.
+    pub carried: Option<&'a SpiffeId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -174,10 +177,17 @@ impl Pool {
         target: SocketAddr,
     ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), HboneError> {
         let mut send = connection.send.clone().ready().await?;
-        let request = http::Request::builder()
+        let mut request = http::Request::builder()
             .method(http::Method::CONNECT)
             .uri(target.to_string())
-            .header("forwarded", format!("for={}", pod.ip))
+            .header("forwarded", format!("for={}", pod.ip));
+        if let Some(carried) = pod.carried {
+            request = request.header(
+                "baggage",
+                format!("{}={carried}", crate::hbone::server::CARRIED_IDENTITY_KEY),
+            );
+        }
+        let request = request
             .body(())
             .map_err(|e| HboneError::Authority(e.to_string()))?;
         Ok(send.send_request(request, false)?)

@@ -44,8 +44,31 @@ pub struct Inbound {
     /// Serial of the client's certificate, for the flow record.
     pub serial: Option<String>,
     pub target: SocketAddr,
+    /// The original client's identity a waypoint carried in `baggage` (see
+    /// [`carried_identity`]); the peer's own is `client`.
+    pub carried: Option<SpiffeId>,
     pub body: h2::RecvStream,
     pub respond: SendResponse<Bytes>,
+}
+
+/// The `baggage` member naming the original client when a waypoint tunnels on its behalf.
+pub const CARRIED_IDENTITY_KEY: &str = "source.principal";
+/// The longest `baggage` header read for it; longer ones carry nothing.
+pub const MAX_BAGGAGE: usize = 1024;
+
+/// The SPIFFE identity in a request's `baggage: source.principal=<id>`, if one parses. It is
+/// the peer's claim, recorded beside the peer's proven identity, never used in its place.
+pub fn carried_identity(headers: &http::HeaderMap) -> Option<SpiffeId> {
+    let baggage = headers.get("baggage")?.to_str().ok()?;
+    if baggage.len() > MAX_BAGGAGE {
+        return None;
+    }
+    baggage.split(',').find_map(|member| {
+        let (key, value) = member.split_once('=')?;
+        (key.trim() == CARRIED_IDENTITY_KEY)
+            .then(|| SpiffeId::parse(value.split(';').next().unwrap_or_default().trim()))
+            .flatten()
+    })
 }
 
 /// What every HBONE listener of a process shares.
@@ -252,11 +275,13 @@ async fn accept_stream<T: Tunnels>(
             return;
         }
     };
+    let carried = carried_identity(request.headers());
     let inbound = Inbound {
         peer,
         client,
         serial,
         target,
+        carried,
         body: request.into_body(),
         respond,
     };
@@ -271,6 +296,33 @@ mod tests {
     use crate::ports::AGENT_PORTS;
 
     const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
+
+    #[test]
+    fn a_carried_identity_is_read_from_baggage_and_nothing_else_is() {
+        let headers = |value: &str| {
+            let mut map = http::HeaderMap::new();
+            map.insert("baggage", value.parse().expect("header"));
+            map
+        };
+        let carried = super::carried_identity(&headers(
+            "k8s.namespace.name=demo, source.principal=spiffe://cluster.local/ns/demo/sa/client;p=1",
+        ))
+        .expect("carried");
+        assert_eq!(
+            carried.to_string(),
+            "spiffe://cluster.local/ns/demo/sa/client"
+        );
+        assert!(super::carried_identity(&headers("source.principal=not-spiffe")).is_none());
+        assert!(super::carried_identity(&http::HeaderMap::new()).is_none());
+        let long = format!(
+            "x={},source.principal=spiffe://cluster.local/ns/a/sa/b",
+            "y".repeat(2000)
+        );
+        assert!(
+            super::carried_identity(&headers(&long)).is_none(),
+            "an oversized header carries nothing"
+        );
+    }
 
     fn decide(
         method: &http::Method,

@@ -200,6 +200,7 @@ impl Mesh {
             identity: &self.client,
             ip: Ipv4Addr::LOCALHOST.into(),
             sockets: &Plain,
+            carried: None,
         }
     }
 
