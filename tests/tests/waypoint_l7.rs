@@ -364,6 +364,20 @@ fn a_hundred_mib_streams_each_way_and_the_waypoint_stays_small() {
         &format!("http://{ECHO}/tie"),
     ]);
     assert!(body.contains(&format!("body-bytes={SIZE}\n")), "{body}");
+    // The same body chunked (no Content-Length), streamed through as well.
+    let body = mesh.curl(&[
+        "--max-time",
+        "120",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "-T",
+        upload.to_str().expect("path"),
+        &format!("http://{ECHO}/tie"),
+    ]);
+    assert!(
+        body.contains(&format!("body-bytes={SIZE}\n")),
+        "chunked: {body}"
+    );
     // Download, over HTTP/1.1 and HTTP/2.
     for version in ["--http1.1", "--http2-prior-knowledge"] {
         let got = mesh.curl(&[
