@@ -3,8 +3,11 @@
 //! and Service (server-side apply, owned by the Gateway, so deleting the Gateway deletes
 //! them), keeps one ClusterRoleBinding (`weft-waypoints`) giving every waypoint's
 //! ServiceAccount the `weft-waypoint` ClusterRole (read the registry, write route status), and
-//! sets the Gateway's `Accepted` condition. kube-runtime's `Controller` drives it: a watch of
-//! Gateways, retries with backoff on failure, and a resync every five minutes.
+//! sets the Gateway's `Accepted` condition, written only when it changes (a status write is an
+//! event of the watched Gateway: writing it every time would reconcile without end).
+//! kube-runtime's `Controller` drives it: a watch of Gateways, retries with backoff on
+//! failure, and a resync every five minutes, which also rebuilds the binding from the
+//! Gateways that still exist (a deleted Gateway triggers no reconcile).
 
 use std::{sync::Arc, time::Duration};
 
@@ -61,10 +64,12 @@ pub async fn run(client: Client, image: String) {
     let gateway = resource("gateway.networking.k8s.io", "v1", "Gateway");
     let gateways: Api<DynamicObject> = Api::all_with(client.clone(), &gateway);
     let controller = Controller::new_with(gateways, watcher::Config::default(), gateway);
+    let store = controller.store();
+    tokio::spawn(resync_binding(client.clone(), store.clone()));
     let context = Arc::new(Context {
         client,
         image,
-        gateways: controller.store(),
+        gateways: store,
     });
     controller
         .run(reconcile, error_policy, context)
@@ -75,6 +80,23 @@ pub async fn run(client: Client, image: String) {
             }
         })
         .await;
+}
+
+/// Rebuilds the reader binding from the Gateways that exist, every [`RESYNC`]: a deleted
+/// waypoint's ServiceAccount leaves it within that time even when no waypoint is left.
+async fn resync_binding(client: Client, gateways: Store<DynamicObject>) {
+    if gateways.wait_until_ready().await.is_err() {
+        return;
+    }
+    loop {
+        let every = gateways.state();
+        let binding = binding(&every);
+        let rbac = ("rbac.authorization.k8s.io", "v1");
+        if let Err(e) = apply(&client, &binding, "ClusterRoleBinding", rbac).await {
+            tracing::warn!(error = %e, "rebuilding the waypoints' reader binding");
+        }
+        tokio::time::sleep(RESYNC).await;
+    }
 }
 
 #[expect(
@@ -118,8 +140,9 @@ pub fn owned_objects(namespace: &str, name: &str, uid: &str, image: &str) -> Vec
         "kind": "Gateway",
         "name": name,
         "uid": uid,
+        // No blockOwnerDeletion: it would need `update` on gateways/finalizers where owner
+        // references are enforced, and nothing here must outlive a foreground deletion.
         "controller": true,
-        "blockOwnerDeletion": true,
     }]);
     weft_api::waypoint::objects(namespace, name, image)
         .into_iter()
@@ -147,6 +170,20 @@ pub fn binding(gateways: &[Arc<DynamicObject>]) -> Value {
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": READER_ROLE},
         "subjects": subjects,
     })
+}
+
+/// Whether the Gateway's status already says Accepted for `generation` (then it is not
+/// written again).
+pub fn accepted_for(gateway: &DynamicObject, generation: i64) -> bool {
+    gateway.data["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c["type"] == "Accepted"
+                && c["status"] == "True"
+                && c["observedGeneration"] == generation
+        })
 }
 
 async fn reconcile(
@@ -178,6 +215,9 @@ async fn reconcile(
     )
     .await?;
     let generation = gateway.metadata.generation.unwrap_or_default();
+    if accepted_for(&gateway, generation) {
+        return Ok(Action::requeue(RESYNC));
+    }
     let now = weft_mesh::registry::now_rfc3339();
     let status = json!({
         "apiVersion": "gateway.networking.k8s.io/v1",

@@ -103,4 +103,26 @@ async fn a_weft_waypoint_gateway_gets_its_objects_and_another_class_nothing() {
             .any(|s| s.method == http::Method::PATCH && s.path.contains("/edge")),
         "a Gateway of another class is left alone"
     );
+    assert!(
+        deployment.body["metadata"]["ownerReferences"][0]
+            .get("blockOwnerDeletion")
+            .is_none(),
+        "no blockOwnerDeletion (it would need gateways/finalizers)"
+    );
+}
+
+#[test]
+fn a_gateway_already_accepted_for_its_generation_is_not_written_again() {
+    let mut accepted: kube::api::DynamicObject =
+        serde_json::from_value(gateway("demo", "waypoint", "weft-waypoint", "uid-1"))
+            .expect("gateway");
+    assert!(!crate::waypoint_controller::accepted_for(&accepted, 2));
+    accepted.data["status"] = json!({"conditions": [
+        {"type": "Accepted", "status": "True", "observedGeneration": 2},
+    ]});
+    assert!(crate::waypoint_controller::accepted_for(&accepted, 2));
+    assert!(
+        !crate::waypoint_controller::accepted_for(&accepted, 3),
+        "a new generation is written"
+    );
 }

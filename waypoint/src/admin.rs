@@ -36,19 +36,16 @@ fn requests(waypoint: &Waypoint, query: Option<&str>) -> Reply {
     );
     match parsed {
         Ok(query) => {
+            if query.follow {
+                return weft_mesh::admin::follow_lines(&waypoint.recent, move |r| query.matches(r));
+            }
             let selected: Vec<_> = waypoint
                 .recent
                 .recent()
                 .into_iter()
                 .filter(|r| query.matches(r))
                 .collect();
-            if query.follow {
-                weft_mesh::admin::follow_lines(&waypoint.recent, selected, move |r| {
-                    query.matches(r)
-                })
-            } else {
-                json_reply((StatusCode::OK, json!(selected)))
-            }
+            json_reply((StatusCode::OK, json!(selected)))
         }
         Err(e) => json_reply((
             StatusCode::BAD_REQUEST,

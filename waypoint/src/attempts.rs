@@ -40,10 +40,13 @@ impl RequestBody {
     }
 }
 
-/// The request body was larger than the cap it had to be read within.
+/// Why a body that had to be read whole was not.
 #[derive(Debug)]
-pub struct TooLarge {
-    pub cap: u64,
+pub enum BodyError {
+    /// It was larger than the cap it had to be read within.
+    TooLarge { cap: u64 },
+    /// The client reset or broke it on the way.
+    Failed(String),
 }
 
 /// The body the attempts send: read whole when the rule mirrors (copies start here) or
@@ -55,7 +58,7 @@ pub async fn prepare(
     parts: &http::request::Parts,
     body: hyper::body::Incoming,
     request_bytes: &Arc<std::sync::atomic::AtomicU64>,
-) -> Result<RequestBody, TooLarge> {
+) -> Result<RequestBody, BodyError> {
     let mirrors = rule.map_or_else(Vec::new, |r| crate::mirror::backends(&r.filters, &r.route));
     let cap = if !mirrors.is_empty() {
         crate::mirror::MIRROR_BODY_CAP
@@ -84,12 +87,18 @@ fn replayable(parts: &http::request::Parts, body: &hyper::body::Incoming) -> boo
             .is_some_and(|n| n <= RETRY_BODY_CAP)
 }
 
-async fn read_whole(body: hyper::body::Incoming, cap: u64) -> Result<Bytes, TooLarge> {
+async fn read_whole(body: hyper::body::Incoming, cap: u64) -> Result<Bytes, BodyError> {
     let limit = usize::try_from(cap).unwrap_or(usize::MAX);
     Ok(Limited::new(body, limit)
         .collect()
         .await
-        .map_err(|_| TooLarge { cap })?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                BodyError::TooLarge { cap }
+            } else {
+                BodyError::Failed(e.to_string())
+            }
+        })?
         .to_bytes())
 }
 
@@ -135,7 +144,8 @@ struct Plan<'a> {
 /// Where one attempt leaves the request.
 enum Step {
     Done(Box<Result<Sent, Failed>>),
-    Again,
+    /// Send again; a retryable answer is kept, the client's if no attempt is left in time.
+    Again(Option<Box<Sent>>),
 }
 
 impl Plan<'_> {
@@ -171,7 +181,12 @@ impl Plan<'_> {
         match sent {
             Some(Ok(response)) if !last && self.retries(response.status().as_u16()) => {
                 tracing::debug!(status = %response.status(), attempt, %endpoint, "retrying after a retryable status");
-                Step::Again
+                Step::Again(Some(Box::new(Sent {
+                    response,
+                    backend,
+                    endpoint,
+                    attempts: attempt,
+                })))
             }
             Some(Ok(response)) => Step::Done(Box::new(Ok(Sent {
                 response,
@@ -181,7 +196,7 @@ impl Plan<'_> {
             }))),
             Some(Err(e)) if !last => {
                 tracing::debug!(error = %e, attempt, %endpoint, "retrying after an upstream failure");
-                Step::Again
+                Step::Again(None)
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, %service, "upstream request failed");
@@ -193,7 +208,7 @@ impl Plan<'_> {
             }
             None if !last && self.left().is_none_or(|l| !l.is_zero()) && self.retries(504) => {
                 tracing::debug!(attempt, %endpoint, "retrying after the attempt's timeout");
-                Step::Again
+                Step::Again(None)
             }
             None => {
                 let limit = [self.budget, self.per_attempt].into_iter().flatten().min();
@@ -267,11 +282,16 @@ pub async fn run(
             None => Some(sending.await),
         };
         let at = (backend, endpoint);
-        if let Step::Done(done) = plan.judge(attempt, at.clone(), sent, &tunnel.service) {
-            return *done;
-        }
+        let kept = match plan.judge(attempt, at.clone(), sent, &tunnel.service) {
+            Step::Done(done) => return *done,
+            Step::Again(kept) => kept,
+        };
         let backoff = retry.map(|p| p.backoff).unwrap_or_default();
         if plan.left().is_some_and(|l| l <= backoff) {
+            // No time for another attempt: the backend's own answer beats a made-up 504.
+            if let Some(kept) = kept {
+                return Ok(*kept);
+            }
             let budget = plan.budget.unwrap_or_default();
             return Err(Failed {
                 status: StatusCode::GATEWAY_TIMEOUT,

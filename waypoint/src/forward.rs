@@ -67,6 +67,10 @@ pub enum Reason {
     BodyTooLarge,
     /// A waypoint limit was reached (see the limits table).
     Overloaded,
+    /// The client went away before the response head.
+    ClientClosed,
+    /// Reading the request body failed (the client reset it).
+    RequestBodyFailed,
     /// The rule's `timeouts.request` or `timeouts.backendRequest` passed first.
     Timeout,
 }
@@ -82,6 +86,8 @@ impl Reason {
             Self::UpstreamFailed => "upstream_failed",
             Self::BodyTooLarge => "body_too_large",
             Self::Overloaded => "overloaded",
+            Self::ClientClosed => "client_closed",
+            Self::RequestBodyFailed => "request_body_failed",
             Self::Timeout => "timeout",
         }
     }
@@ -157,17 +163,16 @@ pub async fn handle(
     let started = Instant::now();
     let head = crate::telemetry::Head::of(&request);
     let request_bytes = Arc::new(AtomicU64::new(0));
-    let (response, outcome) = route(&waypoint, &tunnel, request, &request_bytes).await;
-    let (parts, body) = response.into_parts();
-    let pending = crate::telemetry::Pending::new(
-        waypoint,
-        tunnel,
+    let routing = crate::telemetry::Routing::new(
+        waypoint.clone(),
+        tunnel.clone(),
         head,
-        parts.status.as_u16(),
-        outcome,
-        request_bytes,
+        request_bytes.clone(),
         started,
     );
+    let (response, outcome) = route(&waypoint, &tunnel, request, &request_bytes).await;
+    let (parts, body) = response.into_parts();
+    let pending = routing.answered(parts.status.as_u16(), outcome);
     Ok(Response::from_parts(
         parts,
         crate::telemetry::Recorded::new(body, pending),
@@ -225,12 +230,15 @@ async fn route(
         .await
     {
         Ok(body) => body,
-        Err(too_large) => {
+        Err(crate::attempts::BodyError::TooLarge { cap }) => {
             let detail = format!(
-                "this route reads request bodies whole (to mirror or retry them), up to {} bytes",
-                too_large.cap
+                "this route reads request bodies whole (to mirror or retry them), up to {cap} bytes"
             );
             return outcome.answer(StatusCode::PAYLOAD_TOO_LARGE, Reason::BodyTooLarge, &detail);
+        }
+        Err(crate::attempts::BodyError::Failed(detail)) => {
+            let detail = format!("reading the request body failed: {detail}");
+            return outcome.answer(StatusCode::BAD_REQUEST, Reason::RequestBodyFailed, &detail);
         }
     };
     let sent = crate::attempts::run(waypoint, tunnel, rule, backends, parts, body, started).await;

@@ -36,17 +36,28 @@ pub enum Sniffed {
     Undecided,
 }
 
-/// Classifies the first bytes: an HTTP method (or the HTTP/2 preface) and a space is HTTP;
-/// anything else, or [`SNIFF_BYTES`] bytes without a verdict, is opaque.
+/// Classifies the first bytes: an HTTP method (or the HTTP/2 preface) and a space is HTTP, and
+/// so is any other upper-case token followed by ` /` or ` *` (an extension method such as
+/// `PROPFIND`); empty lines before the request line are skipped, as HTTP servers skip them.
+/// Anything else, or [`SNIFF_BYTES`] bytes without a verdict, is opaque: a client must not
+/// get past the routes by sending what a backend would still read as HTTP.
 pub fn classify(first: &[u8]) -> Sniffed {
-    let token_end = first.iter().position(|b| !b.is_ascii_uppercase());
+    let start = first
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(first.len());
+    let line = first.get(start..).unwrap_or_default();
+    let token_end = line.iter().position(|b| !b.is_ascii_uppercase());
     match token_end {
-        Some(end) if first[end] == b' ' => {
-            let token = std::str::from_utf8(&first[..end]).unwrap_or_default();
-            if METHODS.contains(&token) {
-                Sniffed::Http
-            } else {
-                Sniffed::Opaque
+        Some(0) => Sniffed::Opaque,
+        Some(end) if line[end] == b' ' => {
+            let token = std::str::from_utf8(&line[..end]).unwrap_or_default();
+            match line.get(end + 1) {
+                _ if METHODS.contains(&token) => Sniffed::Http,
+                Some(b'/' | b'*') => Sniffed::Http,
+                Some(_) => Sniffed::Opaque,
+                None if first.len() >= SNIFF_BYTES => Sniffed::Opaque,
+                None => Sniffed::Undecided,
             }
         }
         Some(_) => Sniffed::Opaque,
@@ -207,6 +218,18 @@ mod tests {
         assert_eq!(classify(b"\x16\x03\x01"), Sniffed::Opaque, "a TLS hello");
         assert_eq!(classify(b"get / HTTP/1.1"), Sniffed::Opaque);
         assert_eq!(classify(&[b'A'; SNIFF_BYTES]), Sniffed::Opaque);
+        assert_eq!(
+            classify(b"\r\nGET / HTTP/1.1"),
+            Sniffed::Http,
+            "a leading empty line"
+        );
+        assert_eq!(
+            classify(b"PROPFIND /x HTTP/1.1"),
+            Sniffed::Http,
+            "an extension method"
+        );
+        assert_eq!(classify(b"HELLO"), Sniffed::Undecided);
+        assert_eq!(classify(b"\r\n"), Sniffed::Undecided);
     }
 
     #[tokio::test]

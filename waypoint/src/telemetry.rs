@@ -182,6 +182,72 @@ impl Pending {
     }
 }
 
+/// A request being routed: if the client goes away before its response head (hyper drops
+/// the request's future), dropping this records it as `499 client_closed`, so an abandoned
+/// request is still logged, counted and kept.
+#[derive(Debug)]
+pub struct Routing {
+    started: Option<Started>,
+}
+
+/// What a request's record needs from before it was routed.
+type Started = (Arc<Waypoint>, Arc<Tunnel>, Head, Arc<AtomicU64>, Instant);
+
+/// The status recorded for a request its client abandoned (nginx's convention).
+pub const CLIENT_CLOSED: u16 = 499;
+
+impl Routing {
+    pub fn new(
+        waypoint: Arc<Waypoint>,
+        tunnel: Arc<Tunnel>,
+        head: Head,
+        request_bytes: Arc<AtomicU64>,
+        started: Instant,
+    ) -> Self {
+        Self {
+            started: Some((waypoint, tunnel, head, request_bytes, started)),
+        }
+    }
+
+    /// The response head is ready: what is left to record waits for its body.
+    pub fn answered(mut self, status: u16, outcome: Outcome) -> Option<Pending> {
+        let (waypoint, tunnel, head, request_bytes, started) = self.started.take()?;
+        Some(Pending::new(
+            waypoint,
+            tunnel,
+            head,
+            status,
+            outcome,
+            request_bytes,
+            started,
+        ))
+    }
+}
+
+impl Drop for Routing {
+    fn drop(&mut self) {
+        if let Some((waypoint, tunnel, head, request_bytes, started)) = self.started.take() {
+            let outcome = Outcome {
+                route: "-".into(),
+                backend: "-".into(),
+                upstream: None,
+                reason: crate::forward::Reason::ClientClosed,
+                attempts: 0,
+            };
+            Pending::new(
+                waypoint,
+                tunnel,
+                head,
+                CLIENT_CLOSED,
+                outcome,
+                request_bytes,
+                started,
+            )
+            .finish(0);
+        }
+    }
+}
+
 /// The response body the client gets: the backend's (or the waypoint's own), counted as it
 /// streams; the request's telemetry is finished when it is dropped.
 pub struct Recorded {
@@ -199,11 +265,11 @@ impl std::fmt::Debug for Recorded {
 }
 
 impl Recorded {
-    pub fn new(inner: Body, pending: Pending) -> Self {
+    pub fn new(inner: Body, pending: Option<Pending>) -> Self {
         Self {
             inner,
             bytes: 0,
-            pending: Some(pending),
+            pending,
         }
     }
 }

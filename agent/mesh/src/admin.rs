@@ -113,16 +113,15 @@ pub fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
 /// Streams the kept flows `filter` selects, then new ones, as JSON lines until the client goes
 /// away.
 pub fn follow_flows(flows: &Flows, filter: FlowFilter) -> Reply {
-    let backlog = filter.apply(flows.recent());
-    follow_lines(flows, backlog, move |flow| filter.matches(flow))
+    follow_lines(flows, move |flow| filter.matches(flow))
 }
 
-/// Streams `backlog`, then each new record of `ring` that `matches`, as JSON lines until the
-/// client goes away; a follower that falls behind gets a `{"event":"lagged"}` line instead of
-/// what it missed.
+/// Streams the kept records of `ring` that `matches`, then each new one, as JSON lines until
+/// the client goes away. It subscribes before it reads the kept ones, so nothing recorded in
+/// between is missed (a record may then come twice, never not at all); a follower that falls
+/// behind gets a `{"event":"lagged"}` line instead of what it missed.
 pub fn follow_lines<T>(
     ring: &crate::ring::Ring<T>,
-    backlog: Vec<T>,
     matches: impl Fn(&T) -> bool + Send + 'static,
 ) -> Reply
 where
@@ -130,6 +129,7 @@ where
 {
     let (tx, rx) = mpsc::channel(256);
     let mut live = ring.follow();
+    let backlog: Vec<T> = ring.recent().into_iter().filter(|r| matches(r)).collect();
     let as_line = |record: &T| Bytes::from(format!("{}\n", json!(record)));
     tokio::spawn(async move {
         for record in backlog {
@@ -138,7 +138,12 @@ where
             }
         }
         loop {
-            match live.recv().await {
+            // A follower whose filter matches nothing still ends when its client goes away.
+            let received = tokio::select! {
+                () = tx.closed() => return,
+                received = live.recv() => received,
+            };
+            match received {
                 Ok(record) if !matches(&record) => {}
                 Ok(record) => {
                     if tx.send(as_line(&record)).await.is_err() {

@@ -90,7 +90,14 @@ impl Tunnels for PodTunnels {
         let (pod, ctx) = (&self.pod, &self.ctx);
         let registry = ctx.registry.borrow().clone();
         let mut connection = record(&registry, pod, peer, target, Some((&client, serial)));
-        connection.carried_identity = carried.map(|c| c.to_string());
+        // Only a waypoint tunnels for someone else: any other peer's claim is not recorded.
+        let from_waypoint = match peer.ip() {
+            std::net::IpAddr::V4(ip) => registry
+                .pod_by_ip(ip)
+                .is_some_and(weft_mesh::registry::waypoints::is_waypoint_pod),
+            std::net::IpAddr::V6(_) => false,
+        };
+        connection.carried_identity = carried.filter(|_| from_waypoint).map(|c| c.to_string());
         let Some(guard) = authorize(ctx, &registry, pod, connection, Some(&client)) else {
             reply(&mut respond, StatusCode::UNAUTHORIZED);
             return;

@@ -44,6 +44,8 @@ pub struct Seen {
 #[derive(Default)]
 struct State {
     lists: HashMap<String, Vec<Value>>,
+    /// Single objects a `GET` of their exact path answers.
+    objects: HashMap<String, Value>,
     watches: HashMap<String, Vec<Reply>>,
     seen: Vec<Seen>,
     version: u64,
@@ -176,7 +178,10 @@ impl FakeApi {
             body: body.clone(),
             at: std::time::Instant::now(),
         });
-        if method == Method::POST && path.ends_with("/tokenreviews") {
+        if method == Method::GET && state.objects.contains_key(&path) {
+            let object = state.objects[&path].clone();
+            reply.send_response(json_response(StatusCode::OK, &object));
+        } else if method == Method::POST && path.ends_with("/tokenreviews") {
             let mut review = body;
             review["status"] = state.token_review.clone();
             reply.send_response(json_response(StatusCode::CREATED, &review));
@@ -207,6 +212,11 @@ impl FakeApi {
     /// Sets what a list of `path` returns (the next relist sees it).
     pub fn set_list(&self, path: &str, items: Vec<Value>) {
         self.lock().lists.insert(path.into(), items);
+    }
+
+    /// What a `GET` of exactly `path` answers (one object, not a list).
+    pub fn set_object(&self, path: &str, object: Value) {
+        self.lock().objects.insert(path.into(), object);
     }
 
     /// What TokenReviews answer (`status`).

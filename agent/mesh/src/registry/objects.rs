@@ -108,9 +108,10 @@ impl ServicePort {
     /// Istio reads them; anything else is sniffed.
     pub fn protocol(&self) -> AppProtocol {
         let classify = |word: &str| match word.to_ascii_lowercase().as_str() {
-            "http" | "kubernetes.io/http" => Some(AppProtocol::Http1),
+            // gRPC-Web is carried over HTTP/1.1 by browsers and their proxies.
+            "http" | "kubernetes.io/http" | "grpc-web" => Some(AppProtocol::Http1),
             "http2" | "h2c" | "kubernetes.io/h2c" => Some(AppProtocol::Http2),
-            "grpc" | "grpc-web" => Some(AppProtocol::Grpc),
+            "grpc" => Some(AppProtocol::Grpc),
             "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" | "kubernetes.io/ws"
             | "kubernetes.io/wss" => Some(AppProtocol::Tcp),
             _ => None,
