@@ -258,34 +258,33 @@ fn encode_level(level: &str) -> String {
 }
 
 async fn follow_flows(client: &Client, output: Output, path: &str) -> anyhow::Result<()> {
-    let mut lines = client.lines(path).await?;
-    while let Some(flow) = lines.next::<Flow>().await {
-        let flow = match flow {
-            Ok(flow) => flow,
-            // The agent's `lagged` notes are not flows: skipped, as before.
-            Err(ClientError::Json { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let text = match output {
-            Output::Table => render::flow_line(&flow),
-            Output::Json | Output::Yaml => serde_json::to_string(&flow)?,
-        };
-        print(&text).await?;
-    }
-    Ok(())
+    follow::<Flow>(client, output, path, render::flow_line).await
 }
 
 async fn follow_requests(client: &Client, output: Output, path: &str) -> anyhow::Result<()> {
+    follow::<RequestRecord>(client, output, path, waypoint_render::request_line).await
+}
+
+/// Prints each JSON line of `path` as it comes, one line per record (`table`: `line`).
+async fn follow<T>(
+    client: &Client,
+    output: Output,
+    path: &str,
+    line: fn(&T) -> String,
+) -> anyhow::Result<()>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+{
     let mut lines = client.lines(path).await?;
-    while let Some(record) = lines.next::<RequestRecord>().await {
+    while let Some(record) = lines.next::<T>().await {
         let record = match record {
             Ok(record) => record,
-            // `lagged` notes are not requests.
+            // The server's `lagged` notes are not records: skipped, as before.
             Err(ClientError::Json { .. }) => continue,
             Err(e) => return Err(e.into()),
         };
         let text = match output {
-            Output::Table => waypoint_render::request_line(&record),
+            Output::Table => line(&record),
             Output::Json | Output::Yaml => serde_json::to_string(&record)?,
         };
         print(&text).await?;
