@@ -201,12 +201,24 @@ impl AdminState {
                 ok(json!(policies))
             }
             "/trafficpolicies" => {
-                let policies: Vec<weft_api::TrafficPolicy> = self
-                    .registry
-                    .borrow()
+                let registry = self.registry.borrow().clone();
+                let policies: Vec<weft_api::TrafficPolicy> = registry
                     .traffic_policies
                     .iter()
-                    .map(Into::into)
+                    .map(|t| {
+                        let mut policy = weft_api::TrafficPolicy::from(t);
+                        let mut waypoints: Vec<String> = t
+                            .services
+                            .iter()
+                            .filter_map(|name| registry.service(&t.namespace, name))
+                            .filter_map(|s| registry.waypoint_for(s))
+                            .map(|w| w.to_string())
+                            .collect();
+                        waypoints.sort();
+                        waypoints.dedup();
+                        policy.applied_by = waypoints;
+                        policy
+                    })
                     .collect();
                 ok(json!(policies))
             }

@@ -42,6 +42,13 @@ pub const REFUSING: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 32);
 /// `demo/empty`: no ready endpoint (the waypoint answers 503).
 pub const EMPTY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 33);
 
+/// `demo/resilient`: echo-v1 and echo-v2 through the waypoint with no route, for the
+/// resilience tests' TrafficPolicies.
+pub const RESILIENT: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 34);
+/// `demo/hashed`: echo-v1, echo-v2 and echo-v3 through the waypoint (in `hashed.yaml`, so a
+/// test can take an endpoint away).
+pub const HASHED: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 35);
+
 /// The Gateway and every route of the fixture.
 pub const ROUTES: &str = include_str!("waypoint_routes.yaml");
 
@@ -58,7 +65,7 @@ pub struct Mesh {
 
 /// A Service in `demo` with one port, to `backends`, labelled to use the waypoint if asked.
 /// `port_line` replaces the port's `name: main` (for `appProtocol` or another name).
-fn service(
+pub fn service(
     name: &str,
     vip: Ipv4Addr,
     (port, target): (u16, u16),
@@ -134,8 +141,28 @@ fn services(cluster: &Cluster) -> String {
             Some("name: http"),
         ),
         service("empty", EMPTY, (80, 8080), &[], true, Some("name: http")),
+        service(
+            "resilient",
+            RESILIENT,
+            (80, 8080),
+            &[v1, v2],
+            true,
+            Some("name: http"),
+        ),
     ]
     .join("---\n")
+}
+
+/// `demo/hashed` with `endpoints`.
+pub fn hashed_service(endpoints: &[Ipv4Addr]) -> String {
+    service(
+        "hashed",
+        HASHED,
+        (80, 8080),
+        endpoints,
+        true,
+        Some("name: http"),
+    )
 }
 
 impl Mesh {
@@ -153,6 +180,7 @@ impl Mesh {
                 PodSpec::new("demo", "client", "node0"),
                 PodSpec::new("demo", "echo-v2", "node0"),
                 PodSpec::new("demo", "echo-v1", "node1"),
+                PodSpec::new("demo", "echo-v3", "node0"),
                 PodSpec::new("demo", "waypoint", "node1"),
                 PodSpec::new("demo", "mirror", "node0"),
                 PodSpec::new("demo", "flaky", "node1"),
@@ -189,6 +217,9 @@ impl Mesh {
         manifests.write("pods.yaml", &pods.join("---\n"))?;
         let services = services(&cluster);
         manifests.write("services.yaml", &services)?;
+        let ip = |name: &str| cluster.pod("demo", name).ip;
+        let hashed = [ip("echo-v1"), ip("echo-v2"), ip("echo-v3")];
+        manifests.write("hashed.yaml", &hashed_service(&hashed))?;
         manifests.write("routes.yaml", ROUTES)?;
         let mut mesh = Self {
             cluster,
@@ -253,6 +284,7 @@ impl Mesh {
         for (pod, args) in [
             ("echo-v1", &["0.0.0.0:8080", "echo-v1"][..]),
             ("echo-v2", &["0.0.0.0:8080", "echo-v2"]),
+            ("echo-v3", &["0.0.0.0:8080", "echo-v3"]),
             ("flaky", &["0.0.0.0:8080", "flaky", "503"]),
         ] {
             let log = std::fs::File::create(self.logs.join(format!("{pod}.log")))?;

@@ -1,4 +1,4 @@
-//! The waypoint's admin API (127.0.0.1:15000: `/status`, `/routes`, `/requests`, `/stats`,
+//! The waypoint's admin API (127.0.0.1:15000: `/status`, `/routes`, `/requests`, `/endpoints`, `/stats`,
 //! `/certs`, `/config_dump`, `/route-check`, `POST /logging`), metrics (15020) and readiness (15021), on the mesh core's bounded HTTP/1
 //! server, answering through the drain as the agent's do.
 
@@ -19,6 +19,7 @@ pub const ENDPOINTS: &[&str] = &[
     "/routes",
     "/requests?route=&status=&follow=1",
     "/route-check?method=&url=&header=",
+    "/endpoints?service=",
     "/stats",
     "/certs",
     "/config_dump",
@@ -163,6 +164,18 @@ pub async fn start(
                         json_reply(crate::route_check::answer(&state, query))
                     }
                     Endpoint::Get("/requests") => requests(&state, query),
+                    Endpoint::Get("/endpoints") => {
+                        let service = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                            .find(|(k, _)| k == "service")
+                            .map(|(_, v)| v.into_owned());
+                        json_reply((
+                            StatusCode::OK,
+                            json!(crate::resilience::report::endpoints(
+                                &state,
+                                service.as_deref()
+                            )),
+                        ))
+                    }
                     Endpoint::Get(path) => json_reply(get(&state, path)),
                     Endpoint::SetLogLevel(level) => {
                         json_reply(weft_mesh::admin::set_log_level(log_filter.as_ref(), level))
@@ -186,11 +199,14 @@ pub async fn start(
         kept(weft_mesh::limits::METRICS),
         Arc::new(
             move |_: &http::Method, path: &str, _: Option<&str>| match path {
-                "/metrics" => Reply::Whole(
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    state.requests.encode(),
-                ),
+                "/metrics" => {
+                    state.requests.refresh(&state.resilience);
+                    Reply::Whole(
+                        StatusCode::OK,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        state.requests.encode(),
+                    )
+                }
                 _ => json_reply((StatusCode::NOT_FOUND, json!({"error": "try /metrics"}))),
             },
         ),

@@ -65,6 +65,8 @@ pub struct Waypoint {
     pub recent: weft_mesh::ring::Ring<weft_api::requests::RequestRecord>,
     /// Upgraded (WebSocket) connections open (see [`crate::upgrade`]).
     pub upgrades: Arc<tokio::sync::Semaphore>,
+    /// Breakers, endpoint records, rate-limit buckets and retry budgets.
+    pub resilience: crate::resilience::State,
 }
 
 /// The registry's updates, and in Kubernetes mode the client route status is written with.
@@ -123,6 +125,7 @@ async fn follow_routes(
             });
         }
         waypoint.table.store(Arc::new(table));
+        waypoint.resilience.retain(&registry);
         if updates.changed().await.is_err() {
             return;
         }
@@ -172,6 +175,7 @@ pub async fn run(
         )),
         upgrades: Arc::new(tokio::sync::Semaphore::new(crate::upgrade::MAX_UPGRADED)),
         recent: weft_mesh::ring::Ring::default(),
+        resilience: crate::resilience::State::default(),
     });
     let statuses = client.map(|client| {
         let (tx, rx) = watch::channel(Vec::new());
@@ -179,6 +183,7 @@ pub async fn run(
         tx
     });
     tokio::spawn(follow_routes(waypoint.clone(), registry, statuses));
+    tokio::spawn(crate::resilience::health::run(waypoint.clone()));
     let listener = tokio::net::TcpListener::bind(config.hbone_addr)
         .await
         .map_err(|source| AppError::Bind {

@@ -4,17 +4,28 @@
 //! body can be: empty, or declared by `Content-Length` within [`RETRY_BODY_CAP`] and read
 //! whole first; any other body streams once.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body as _;
 
+use weft_mesh::{
+    identity::SpiffeId,
+    policy::{resilience::RetryRule, TrafficSettings},
+    registry::Registry,
+};
+
 use crate::{
     app::Waypoint,
     forward::{self, full, Reason, Tunnel},
-    routing::{Backend, Rule},
+    resilience::{balance, BackendState, Held},
+    routing::{Backend, RetryPolicy, Rule},
     upstream::UpstreamBody,
 };
 
@@ -49,12 +60,32 @@ pub enum BodyError {
     Failed(String),
 }
 
+impl BodyError {
+    /// The waypoint's answer: status, reason and what to tell the client.
+    pub fn answer(self) -> (StatusCode, Reason, String) {
+        match self {
+            Self::TooLarge { cap } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Reason::BodyTooLarge,
+                format!(
+                    "this route reads request bodies whole (to mirror or retry them), up to {cap} bytes"
+                ),
+            ),
+            Self::Failed(detail) => (
+                StatusCode::BAD_REQUEST,
+                Reason::RequestBodyFailed,
+                format!("reading the request body failed: {detail}"),
+            ),
+        }
+    }
+}
+
 /// The body the attempts send: read whole when the rule mirrors (copies start here) or
 /// retries a body small enough to keep, else streamed.
 pub async fn prepare(
     waypoint: &Arc<Waypoint>,
     tunnel: &Arc<Tunnel>,
-    rule: Option<&Rule>,
+    (rule, retried): (Option<&Rule>, bool),
     parts: &http::request::Parts,
     body: hyper::body::Incoming,
     request_bytes: &Arc<std::sync::atomic::AtomicU64>,
@@ -62,7 +93,7 @@ pub async fn prepare(
     let mirrors = rule.map_or_else(Vec::new, |r| crate::mirror::backends(&r.filters, &r.route));
     let cap = if !mirrors.is_empty() {
         crate::mirror::MIRROR_BODY_CAP
-    } else if rule.is_some_and(|r| r.retry.is_some()) && replayable(parts, &body) {
+    } else if retried && replayable(parts, &body) {
         RETRY_BODY_CAP
     } else {
         let counted = crate::telemetry::Counted::new(body, request_bytes.clone());
@@ -109,6 +140,9 @@ pub struct Sent {
     pub backend: String,
     pub endpoint: SocketAddr,
     pub attempts: u32,
+    /// A reason beyond `routed`: retried, an ejection this answer caused, a refused retry.
+    pub note: Option<Reason>,
+    pub held: Option<Held>,
 }
 
 /// Why no attempt gave a response the client should see, and the answer the waypoint gives.
@@ -132,12 +166,106 @@ pub fn head_of(parts: &http::request::Parts) -> http::request::Parts {
     head
 }
 
+/// What a request's attempts need to know.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub rule: Option<&'a Rule>,
+    pub backends: &'a [Backend],
+    /// The request's TrafficPolicy ([`crate::resilience::request_policy`]).
+    pub policy: Option<&'a TrafficSettings>,
+    pub registry: &'a Registry,
+    pub started: Instant,
+}
+
+/// When a request is sent again: its rule's `retry` wins; else its TrafficPolicy's.
+#[derive(Debug, Clone, Copy)]
+pub enum Retrying<'a> {
+    Never,
+    Route(&'a RetryPolicy),
+    Policy(&'a RetryRule),
+}
+
+impl<'a> Retrying<'a> {
+    pub fn of(rule: Option<&'a Rule>, policy: Option<&'a TrafficSettings>) -> Self {
+        if let Some(route) = rule.and_then(|r| r.retry.as_ref()) {
+            return Self::Route(route);
+        }
+        policy
+            .and_then(|p| p.resilience.retry.as_ref())
+            .map_or(Self::Never, Self::Policy)
+    }
+
+    /// Whether a request may be sent more than once.
+    pub fn retries(self) -> bool {
+        self.attempts() > 0
+    }
+
+    fn attempts(self) -> u32 {
+        match self {
+            Self::Never => 0,
+            Self::Route(r) => r.attempts,
+            Self::Policy(p) => p.attempts,
+        }
+    }
+
+    fn on_response(self, response: &Response<hyper::body::Incoming>) -> bool {
+        let code = response.status().as_u16();
+        match self {
+            Self::Never => false,
+            Self::Route(r) => r.codes.contains(&code),
+            Self::Policy(p) => {
+                p.retries_status(code)
+                    || response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                        .is_some_and(|status| p.retries_grpc(status))
+            }
+        }
+    }
+
+    fn on_failure(self) -> bool {
+        match self {
+            Self::Never => false,
+            Self::Route(_) => true,
+            Self::Policy(p) => p.retries_connect_failure(),
+        }
+    }
+
+    fn on_timeout(self) -> bool {
+        match self {
+            Self::Never => false,
+            Self::Route(r) => r.codes.contains(&504),
+            Self::Policy(p) => p.retries_status(504),
+        }
+    }
+
+    /// The wait before retry `retry` (1-based).
+    fn backoff(self, retry: u32) -> Duration {
+        match self {
+            Self::Never => Duration::ZERO,
+            Self::Route(r) => r.backoff,
+            Self::Policy(p) => {
+                let cap = p.backoff_cap(retry);
+                cap.mul_f64(rand::random::<f64>())
+            }
+        }
+    }
+
+    fn per_try(self) -> Option<Duration> {
+        match self {
+            Self::Policy(p) => p.per_try,
+            _ => None,
+        }
+    }
+}
+
 /// How many attempts a request gets and how long each may wait.
 struct Plan<'a> {
-    retry: Option<&'a crate::routing::RetryPolicy>,
+    retrying: Retrying<'a>,
     allowed: u32,
-    budget: Option<std::time::Duration>,
-    per_attempt: Option<std::time::Duration>,
+    budget: Option<Duration>,
+    per_attempt: Option<Duration>,
     started: Instant,
 }
 
@@ -148,14 +276,40 @@ enum Step {
     Again(Option<Box<Sent>>),
 }
 
-impl Plan<'_> {
-    fn left(&self) -> Option<std::time::Duration> {
-        self.budget
-            .map(|b| b.saturating_sub(self.started.elapsed()))
+impl<'a> Plan<'a> {
+    fn new(request: &Request<'a>, body: &RequestBody) -> Self {
+        let retrying = Retrying::of(request.rule, request.policy);
+        Plan {
+            retrying,
+            // Only a body read whole can be sent again.
+            allowed: match body {
+                RequestBody::Whole(_) => 1 + retrying.attempts(),
+                RequestBody::Streaming(_) => 1,
+            },
+            budget: request.rule.and_then(Rule::request_budget),
+            per_attempt: request
+                .rule
+                .and_then(Rule::attempt_budget)
+                .or(retrying.per_try()),
+            started: request.started,
+        }
     }
 
-    fn retries(&self, code: u16) -> bool {
-        self.retry.is_some_and(|p| p.codes.contains(&code))
+    fn out_of_time(&self, at: (String, SocketAddr), attempts: u32) -> Failed {
+        let budget = self.budget.unwrap_or_default();
+        Failed {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            reason: Reason::Timeout,
+            detail: format!("the route's request timeout of {budget:?} passed while retrying"),
+            backend: Some(at.0),
+            endpoint: Some(at.1),
+            attempts,
+        }
+    }
+
+    fn left(&self) -> Option<Duration> {
+        self.budget
+            .map(|b| b.saturating_sub(self.started.elapsed()))
     }
 
     /// Judges what attempt `attempt` (to `at`) came to: `None` is its timeout.
@@ -178,23 +332,21 @@ impl Plan<'_> {
                 attempts: attempt,
             })))
         };
+        let sent_ok = |response| Sent {
+            response,
+            backend: backend.clone(),
+            endpoint,
+            attempts: attempt,
+            note: None,
+            held: None,
+        };
         match sent {
-            Some(Ok(response)) if !last && self.retries(response.status().as_u16()) => {
-                tracing::debug!(status = %response.status(), attempt, %endpoint, "retrying after a retryable status");
-                Step::Again(Some(Box::new(Sent {
-                    response,
-                    backend,
-                    endpoint,
-                    attempts: attempt,
-                })))
+            Some(Ok(response)) if !last && self.retrying.on_response(&response) => {
+                tracing::debug!(status = %response.status(), attempt, %endpoint, "retrying after a retryable answer");
+                Step::Again(Some(Box::new(sent_ok(response))))
             }
-            Some(Ok(response)) => Step::Done(Box::new(Ok(Sent {
-                response,
-                backend,
-                endpoint,
-                attempts: attempt,
-            }))),
-            Some(Err(e)) if !last => {
+            Some(Ok(response)) => Step::Done(Box::new(Ok(sent_ok(response)))),
+            Some(Err(e)) if !last && self.retrying.on_failure() => {
                 tracing::debug!(error = %e, attempt, %endpoint, "retrying after an upstream failure");
                 Step::Again(None)
             }
@@ -206,7 +358,10 @@ impl Plan<'_> {
                     e.to_string(),
                 )
             }
-            None if !last && self.left().is_none_or(|l| !l.is_zero()) && self.retries(504) => {
+            None if !last
+                && self.left().is_none_or(|l| !l.is_zero())
+                && self.retrying.on_timeout() =>
+            {
                 tracing::debug!(attempt, %endpoint, "retrying after the attempt's timeout");
                 Step::Again(None)
             }
@@ -222,41 +377,173 @@ impl Plan<'_> {
     }
 }
 
-/// Sends the request to `backends` until an attempt's answer is final.
+/// Where one attempt goes.
+struct Target<'r> {
+    backend: String,
+    endpoint: SocketAddr,
+    identity: Option<SpiffeId>,
+    state: Arc<BackendState>,
+    policy: Option<&'r TrafficSettings>,
+}
+
+/// A backend by weight and one of its endpoints by the backend's algorithm, avoiding `tried`
+/// and ejected or unhealthy endpoints.
+fn choose<'r>(
+    waypoint: &Waypoint,
+    tunnel: &Tunnel,
+    request: &Request<'r>,
+    parts: Option<&http::request::Parts>,
+    tried: &[SocketAddr],
+) -> Result<Target<'r>, (StatusCode, Reason, String)> {
+    let backend = crate::routing::pick_backend(request.backends).ok_or_else(|| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Reason::BackendNotFound,
+            "the rule has no backend with a weight above 0".to_owned(),
+        )
+    })?;
+    let resolved = forward::resolve(request.registry, backend, tunnel.service_port)
+        .map_err(|(reason, detail)| (StatusCode::INTERNAL_SERVER_ERROR, reason, detail))?;
+    let policy = crate::resilience::backend_policy(request.registry, backend);
+    let algorithm = policy.map(|p| p.algorithm).unwrap_or_default();
+    let key = parts.and_then(|p| crate::resilience::hash_key(policy, p, tunnel.client_ip));
+    let state = waypoint.resilience.backend(&resolved.key, &waypoint.limits);
+    let picked = state
+        .endpoints()
+        .pick(algorithm, &resolved.endpoints, key, tried);
+    let endpoint = picked.map_err(|none| match none {
+        balance::NoPick::NoEndpoints => {
+            let (reason, detail) = resolved.none_ready();
+            (StatusCode::SERVICE_UNAVAILABLE, reason, detail)
+        }
+        balance::NoPick::NoHealthy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::NoHealthyEndpoint,
+            format!(
+                "every endpoint of {} is ejected or failing its health check",
+                resolved.key
+            ),
+        ),
+    })?;
+    Ok(Target {
+        backend: format!("{}/{}", backend.namespace, backend.name),
+        endpoint,
+        identity: forward::identity_of(waypoint, request.registry, endpoint),
+        state,
+        policy,
+    })
+}
+
+/// Whether another attempt may go: the policy's retry budget and the backend's `maxRetries`.
+/// Returns the slot the retry holds, or why it may not go.
+fn may_retry(
+    waypoint: &Waypoint,
+    request: &Request<'_>,
+    state: &Arc<BackendState>,
+    backend_policy: Option<&TrafficSettings>,
+) -> Result<crate::resilience::breaker::RetrySlot, (Reason, String)> {
+    if let Some(policy) = request.policy {
+        if let Some(budget) = &policy.resilience.budget {
+            let policy_state = waypoint.resilience.policy(&policy.id(), &waypoint.limits);
+            if !policy_state.budget.retry(budget) {
+                waypoint.requests.retry(&state.name, "budget_exhausted");
+                return Err((
+                    Reason::RetryBudgetExhausted,
+                    format!(
+                        "the retry budget of TrafficPolicy {} ({}% of requests plus {} per second) is spent",
+                        policy.id(),
+                        budget.percent,
+                        budget.min_per_second
+                    ),
+                ));
+            }
+        }
+    }
+    let limits = backend_policy.and_then(|p| p.resilience.breaker.as_ref());
+    let slot = state.breaker.retry(limits).map_err(|open| {
+        waypoint.requests.retry(&state.name, "overflow");
+        (Reason::CircuitOpen, format!("{}: {open}", state.name))
+    })?;
+    waypoint.requests.retry(&state.name, "sent");
+    Ok(slot)
+}
+
+/// The backend's circuit breaker admits the attempt, or says why not.
+async fn admit(
+    target: &Target<'_>,
+    http1: bool,
+    left: Option<Duration>,
+) -> Result<Option<crate::resilience::breaker::Admission>, String> {
+    let Some(limits) = target.policy.and_then(|p| p.resilience.breaker.as_ref()) else {
+        return Ok(None);
+    };
+    target
+        .state
+        .breaker
+        .admit(limits, http1, left)
+        .await
+        .map(Some)
+        .map_err(|open| format!("circuit breaker of {}: {open}", target.state.name))
+}
+
+/// Tells outlier detection what an attempt came to; whether that ejected the endpoint.
+fn report(
+    waypoint: &Waypoint,
+    target: &Target<'_>,
+    result: balance::Result,
+    latency: Duration,
+) -> bool {
+    let outlier = target.policy.and_then(|p| p.resilience.outlier.as_ref());
+    let ejected = target
+        .state
+        .endpoints()
+        .report(target.endpoint, result, latency, outlier);
+    let Some(ejected) = ejected else {
+        return false;
+    };
+    tracing::warn!(backend = %target.state.name, endpoint = %ejected.endpoint, duration = ?ejected.duration, after = ejected.after, errors = ejected.errors, "endpoint ejected (outlier detection)");
+    waypoint.requests.ejected(&target.state.name);
+    true
+}
+
+/// Sends the request to its backends until an attempt's answer is final.
 pub async fn run(
     waypoint: &Arc<Waypoint>,
     tunnel: &Arc<Tunnel>,
-    rule: Option<&Rule>,
-    backends: &[Backend],
+    request: &Request<'_>,
     parts: http::request::Parts,
     mut body: RequestBody,
-    started: Instant,
 ) -> Result<Sent, Failed> {
-    let retry = rule.and_then(|r| r.retry.as_ref());
-    let plan = Plan {
-        retry,
-        // Only a body read whole can be sent again.
-        allowed: match (&body, retry) {
-            (RequestBody::Whole(_), Some(policy)) => 1 + policy.attempts,
-            _ => 1,
-        },
-        budget: rule.and_then(Rule::request_budget),
-        per_attempt: rule.and_then(Rule::attempt_budget),
-        started,
-    };
+    let plan = Plan::new(request, &body);
+    let retrying = plan.retrying;
+    let http1 = parts.version != http::Version::HTTP_2;
     let mut parts = Some(parts);
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut note = None;
+    let mut _retry_slot = None;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (backend, endpoint, identity) = forward::pick(waypoint, backends, tunnel.service_port)
-            .map_err(|(status, reason, detail)| Failed {
-                status,
-                reason,
+        let failed = |status, reason, detail, at: Option<(String, SocketAddr)>| Failed {
+            status,
+            reason,
+            detail,
+            backend: at.as_ref().map(|a| a.0.clone()),
+            endpoint: at.map(|a| a.1),
+            attempts: attempt,
+        };
+        let target = choose(waypoint, tunnel, request, parts.as_ref(), &tried)
+            .map_err(|(status, reason, detail)| failed(status, reason, detail, None))?;
+        let at = (target.backend.clone(), target.endpoint);
+        let admission = admit(&target, http1, plan.left()).await.map_err(|detail| {
+            failed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Reason::CircuitOpen,
                 detail,
-                backend: None,
-                endpoint: None,
-                attempts: attempt,
-            })?;
+                Some(at.clone()),
+            )
+        })?;
+        let in_flight = Held::new(target.state.clone(), target.endpoint, admission);
         // The last attempt takes the head itself; only earlier ones pay for a copy.
         let head = if attempt >= plan.allowed {
             parts.take()
@@ -265,43 +552,64 @@ pub async fn run(
         };
         let (Some(head), Some(attempt_body)) = (head, body.for_attempt()) else {
             // Unreachable: a head and a body are kept for every allowed attempt.
-            return Err(Failed {
-                status: StatusCode::BAD_GATEWAY,
-                reason: Reason::UpstreamFailed,
-                detail: "no attempt is left".into(),
-                backend: Some(backend),
-                endpoint: Some(endpoint),
-                attempts: attempt,
-            });
+            let detail = "no attempt is left".into();
+            return Err(failed(
+                StatusCode::BAD_GATEWAY,
+                Reason::UpstreamFailed,
+                detail,
+                Some(at),
+            ));
         };
         let wait = [plan.left(), plan.per_attempt].into_iter().flatten().min();
-        let sending =
-            forward::send_upstream(waypoint, tunnel, head, attempt_body, endpoint, identity);
+        let sending = forward::send_upstream(
+            waypoint,
+            tunnel,
+            head,
+            attempt_body,
+            target.endpoint,
+            target.identity.clone(),
+        );
+        let sent_at = Instant::now();
         let sent = match wait {
             Some(wait) => tokio::time::timeout(wait, sending).await.ok(),
             None => Some(sending.await),
         };
-        let at = (backend, endpoint);
-        let kept = match plan.judge(attempt, at.clone(), sent, &tunnel.service) {
-            Step::Done(done) => return *done,
-            Step::Again(kept) => kept,
+        let result = match &sent {
+            Some(Ok(response)) => balance::Result::Status(response.status().as_u16()),
+            _ => balance::Result::Failed,
         };
-        let backoff = retry.map(|p| p.backoff).unwrap_or_default();
+        if report(waypoint, &target, result, sent_at.elapsed()) {
+            note = Some(Reason::EndpointEjected);
+        }
+        tried.push(target.endpoint);
+        let with_note = |mut sent: Sent, note: Option<Reason>| {
+            sent.note = note.or((sent.attempts > 1).then_some(Reason::Retried));
+            sent.held = Some(in_flight);
+            sent
+        };
+        let kept = match plan.judge(attempt, at.clone(), sent, &tunnel.service) {
+            Step::Done(done) => return done.map(|sent| with_note(sent, note)),
+            Step::Again(kept) => kept.map(|k| with_note(*k, note)),
+        };
+        match may_retry(waypoint, request, &target.state, target.policy) {
+            Ok(slot) => _retry_slot = Some(slot),
+            Err((reason, detail)) => {
+                tracing::debug!(%detail, "retry refused");
+                return match kept {
+                    Some(mut kept) => {
+                        kept.note = Some(note.unwrap_or(reason));
+                        Ok(kept)
+                    }
+                    None => Err(failed(StatusCode::BAD_GATEWAY, reason, detail, Some(at))),
+                };
+            }
+        }
+        let backoff = retrying.backoff(attempt);
         if plan.left().is_some_and(|l| l <= backoff) {
             // No time for another attempt: the backend's own answer beats a made-up 504.
-            if let Some(kept) = kept {
-                return Ok(*kept);
-            }
-            let budget = plan.budget.unwrap_or_default();
-            return Err(Failed {
-                status: StatusCode::GATEWAY_TIMEOUT,
-                reason: Reason::Timeout,
-                detail: format!("the route's request timeout of {budget:?} passed while retrying"),
-                backend: Some(at.0),
-                endpoint: Some(at.1),
-                attempts: attempt,
-            });
+            return kept.ok_or_else(|| plan.out_of_time(at, attempt));
         }
+        drop(kept);
         tokio::time::sleep(backoff).await;
     }
 }

@@ -73,6 +73,20 @@ pub enum Reason {
     RequestBodyFailed,
     /// The rule's `timeouts.request` or `timeouts.backendRequest` passed first.
     Timeout,
+    /// Answered after more than one attempt.
+    Retried,
+    /// A retry was due but the retry budget had none left: the last answer stands.
+    RetryBudgetExhausted,
+    /// A circuit-breaker limit of the backend Service was reached: 503 at once.
+    CircuitOpen,
+    /// This request's answer ejected its endpoint (outlier detection).
+    EndpointEjected,
+    /// Over the local rate limit: 429.
+    RateLimited,
+    /// Fault injection delayed or aborted the request.
+    FaultInjected,
+    /// Every endpoint of the backend is ejected or failing its health check.
+    NoHealthyEndpoint,
 }
 
 impl Reason {
@@ -89,6 +103,13 @@ impl Reason {
             Self::ClientClosed => "client_closed",
             Self::RequestBodyFailed => "request_body_failed",
             Self::Timeout => "timeout",
+            Self::Retried => "retried",
+            Self::RetryBudgetExhausted => "retry_budget_exhausted",
+            Self::CircuitOpen => "circuit_open",
+            Self::EndpointEjected => "endpoint_ejected",
+            Self::RateLimited => "rate_limited",
+            Self::FaultInjected => "fault_injected",
+            Self::NoHealthyEndpoint => "no_healthy_endpoint",
         }
     }
 }
@@ -98,7 +119,7 @@ pub(crate) fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
-fn own(status: StatusCode, reason: Reason, detail: &str) -> Response<Body> {
+pub(crate) fn own(status: StatusCode, reason: Reason, detail: &str) -> Response<Body> {
     let mut response = Response::new(full(Bytes::from(format!("{detail}\n"))));
     *response.status_mut() = status;
     response
@@ -138,9 +159,24 @@ pub struct Outcome {
     pub reason: Reason,
     /// Attempts made to backends (0: the waypoint answered itself).
     pub attempts: u32,
+    /// The endpoint's active request and breaker slot, freed when the response body ends.
+    pub held: Option<crate::resilience::Held>,
 }
 
 impl Outcome {
+    /// Records where the request went and what the waypoint did on the way.
+    fn took(&mut self, sent: &mut crate::attempts::Sent, faulted: bool) {
+        self.attempts = sent.attempts;
+        self.backend = std::mem::take(&mut sent.backend);
+        self.upstream = Some(sent.endpoint);
+        self.held = sent.held.take();
+        if let Some(note) = sent.note {
+            self.reason = note;
+        } else if faulted {
+            self.reason = Reason::FaultInjected;
+        }
+    }
+
     /// The waypoint's own answer, with its reason recorded.
     fn answer(
         mut self,
@@ -195,6 +231,7 @@ async fn route(
         upstream: None,
         reason: Reason::Routed,
         attempts: 0,
+        held: None,
     };
     let default_backend = [tunnel.service_itself()];
     let chosen = table.choose(
@@ -226,22 +263,39 @@ async fn route(
             return (*redirect, outcome);
         }
     };
-    let body = match crate::attempts::prepare(waypoint, tunnel, rule, &parts, body, request_bytes)
-        .await
-    {
-        Ok(body) => body,
-        Err(crate::attempts::BodyError::TooLarge { cap }) => {
-            let detail = format!(
-                "this route reads request bodies whole (to mirror or retry them), up to {cap} bytes"
-            );
-            return outcome.answer(StatusCode::PAYLOAD_TOO_LARGE, Reason::BodyTooLarge, &detail);
-        }
-        Err(crate::attempts::BodyError::Failed(detail)) => {
-            let detail = format!("reading the request body failed: {detail}");
-            return outcome.answer(StatusCode::BAD_REQUEST, Reason::RequestBodyFailed, &detail);
+    let registry = waypoint.registry.borrow().clone();
+    let policy = crate::resilience::request_policy(&registry, rule, &tunnel.service);
+    let faulted = match gate(waypoint, policy, &parts).await {
+        Ok(faulted) => faulted,
+        Err(refused) => {
+            outcome.reason = refused.1;
+            return (*refused.0, outcome);
         }
     };
-    let sent = crate::attempts::run(waypoint, tunnel, rule, backends, parts, body, started).await;
+    let body = match crate::attempts::prepare(
+        waypoint,
+        tunnel,
+        (rule, crate::attempts::Retrying::of(rule, policy).retries()),
+        &parts,
+        body,
+        request_bytes,
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err(error) => {
+            let (status, reason, detail) = error.answer();
+            return outcome.answer(status, reason, &detail);
+        }
+    };
+    let request = crate::attempts::Request {
+        rule,
+        backends,
+        policy,
+        registry: &registry,
+        started,
+    };
+    let sent = crate::attempts::run(waypoint, tunnel, &request, parts, body).await;
     let mut sent = match sent {
         Ok(sent) => sent,
         Err(failed) => {
@@ -251,31 +305,136 @@ async fn route(
             return outcome.answer(failed.status, failed.reason, &failed.detail);
         }
     };
-    outcome.attempts = sent.attempts;
-    outcome.backend = sent.backend;
-    outcome.upstream = Some(sent.endpoint);
-    if let Some(client) = client_upgrade {
-        if sent.response.status() == StatusCode::SWITCHING_PROTOCOLS
-            && !crate::upgrade::join(
+    outcome.took(&mut sent, faulted);
+    if !join_upgrade(waypoint, tunnel, client_upgrade, &mut sent.response) {
+        let detail = format!(
+            "{} upgraded connections are open",
+            crate::upgrade::MAX_UPGRADED
+        );
+        return outcome.answer(StatusCode::SERVICE_UNAVAILABLE, Reason::Overloaded, &detail);
+    }
+    let (mut parts, body) = sent.response.into_parts();
+    finish_head(&mut parts.headers, response_modifier, outcome.reason);
+    (Response::from_parts(parts, body.boxed()), outcome)
+}
+
+/// Joins the client's upgraded connection to the backend's when the backend switched
+/// protocols; false when no more upgraded connections may open.
+fn join_upgrade(
+    waypoint: &Waypoint,
+    tunnel: &Tunnel,
+    client: Option<hyper::upgrade::OnUpgrade>,
+    response: &mut Response<hyper::body::Incoming>,
+) -> bool {
+    match client {
+        Some(client) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            crate::upgrade::join(
                 client,
-                &mut sent.response,
+                response,
                 &waypoint.upgrades,
                 &waypoint.limits,
                 &tunnel.service,
             )
-        {
+        }
+        _ => true,
+    }
+}
+
+/// The response head's last touches: the rule's response header filter, and the reason when
+/// the waypoint did more than route (retried, ejected...), so the client sees it.
+fn finish_head(headers: &mut http::HeaderMap, modifier: Option<&HeaderModifier>, reason: Reason) {
+    if let Some(m) = modifier {
+        modify(headers, m);
+    }
+    if reason != Reason::Routed {
+        headers.insert("x-weft-reason", HeaderValue::from_static(reason.as_str()));
+    }
+}
+
+/// The request policy's rate limit and faults: whether the request was delayed, or the
+/// answer it gets instead of being sent.
+async fn gate(
+    waypoint: &Waypoint,
+    policy: Option<&weft_mesh::policy::TrafficSettings>,
+    parts: &http::request::Parts,
+) -> Result<bool, (Box<Response<Body>>, Reason)> {
+    let Some(policy) = policy else {
+        return Ok(false);
+    };
+    let settings = &policy.resilience;
+    if settings.rate_limit.is_none() && settings.fault.is_none() && settings.budget.is_none() {
+        return Ok(false);
+    }
+    let state = waypoint.resilience.policy(&policy.id(), &waypoint.limits);
+    if let Some(limit) = &settings.rate_limit {
+        let taken = state
+            .bucket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(limit);
+        if let Err(limited) = taken {
             let detail = format!(
-                "{} upgraded connections are open",
-                crate::upgrade::MAX_UPGRADED
+                "over the local rate limit of TrafficPolicy {}: {} requests per {:?}, burst {}",
+                policy.id(),
+                limit.requests,
+                limit.per,
+                limit.burst
             );
-            return outcome.answer(StatusCode::SERVICE_UNAVAILABLE, Reason::Overloaded, &detail);
+            let mut response = own(StatusCode::TOO_MANY_REQUESTS, Reason::RateLimited, &detail);
+            let headers = response.headers_mut();
+            let seconds =
+                limited.retry_after.as_secs() + u64::from(limited.retry_after.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+            for (name, value) in [
+                ("ratelimit-policy", limited.policy),
+                ("ratelimit", limited.state),
+            ] {
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.insert(name, value);
+                }
+            }
+            return Err((Box::new(response), Reason::RateLimited));
         }
     }
-    let (mut parts, body) = sent.response.into_parts();
-    if let Some(m) = response_modifier {
-        modify(&mut parts.headers, m);
+    if settings.budget.is_some() {
+        state.budget.request();
     }
-    (Response::from_parts(parts, body.boxed()), outcome)
+    let Some(fault) = &settings.fault else {
+        return Ok(false);
+    };
+    let drawn = crate::resilience::limit::faults(fault, &parts.headers);
+    if let Some(delay) = drawn.delay {
+        tokio::time::sleep(delay).await;
+    }
+    match drawn.abort {
+        Some(weft_mesh::policy::resilience::Abort::Http(status)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let detail = format!(
+                "aborted by the fault injection of TrafficPolicy {}",
+                policy.id()
+            );
+            Err((
+                Box::new(own(status, Reason::FaultInjected, &detail)),
+                Reason::FaultInjected,
+            ))
+        }
+        Some(weft_mesh::policy::resilience::Abort::Grpc(code)) => {
+            let mut response = Response::new(full(Bytes::new()));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            headers.insert("grpc-status", HeaderValue::from(code));
+            headers.insert("grpc-message", HeaderValue::from_static("fault%20injected"));
+            headers.insert(
+                "x-weft-reason",
+                HeaderValue::from_static(Reason::FaultInjected.as_str()),
+            );
+            Err((Box::new(response), Reason::FaultInjected))
+        }
+        None => Ok(drawn.delay.is_some()),
+    }
 }
 
 /// The backend (`namespace/name`), endpoint and identity a request goes to.
@@ -389,13 +548,45 @@ fn forwarded_for(headers: &mut http::HeaderMap, client: IpAddr) {
     }
 }
 
-/// One ready endpoint of `backend` and the identity it must prove (none outside the mesh).
+/// One ready endpoint of `backend` (in turn) and the identity it must prove (none outside
+/// the mesh).
 fn endpoint_of(
     waypoint: &Waypoint,
     registry: &Registry,
     backend: &Backend,
     default_port: u16,
 ) -> Result<(SocketAddr, Option<SpiffeId>), (Reason, String)> {
+    let resolved = resolve(registry, backend, default_port)?;
+    let endpoint = waypoint
+        .rotation
+        .next_of(&resolved.key, &resolved.endpoints)
+        .ok_or_else(|| resolved.none_ready())?;
+    Ok((endpoint, identity_of(waypoint, registry, endpoint)))
+}
+
+/// A backend Service port and its ready endpoints.
+#[derive(Debug)]
+pub(crate) struct Resolved {
+    /// `namespace/name:port`.
+    pub key: String,
+    pub endpoints: Vec<SocketAddr>,
+}
+
+impl Resolved {
+    pub(crate) fn none_ready(&self) -> (Reason, String) {
+        (
+            Reason::NoReadyEndpoints,
+            format!("backend Service {} has no ready endpoints", self.key),
+        )
+    }
+}
+
+/// The ready endpoints of `backend`'s port (`default_port` when the backend names none).
+pub(crate) fn resolve(
+    registry: &Registry,
+    backend: &Backend,
+    default_port: u16,
+) -> Result<Resolved, (Reason, String)> {
     let name = format!("{}/{}", backend.namespace, backend.name);
     let service = registry
         .service(&backend.namespace, &backend.name)
@@ -416,22 +607,23 @@ fn endpoint_of(
                 format!("backend Service {name} has no port {port_number}"),
             )
         })?;
-    let endpoints = registry.endpoints(service, port);
-    let endpoint = waypoint
-        .rotation
-        .next_of(&format!("{name}:{port_number}"), &endpoints)
-        .ok_or_else(|| {
-            (
-                Reason::NoReadyEndpoints,
-                format!("backend Service {name} port {port_number} has no ready endpoints"),
-            )
-        })?;
-    let identity = match endpoint.ip() {
+    Ok(Resolved {
+        key: format!("{name}:{port_number}"),
+        endpoints: registry.endpoints(service, port),
+    })
+}
+
+/// The identity `endpoint` must prove: its pod's, when the pod is in the mesh.
+pub(crate) fn identity_of(
+    waypoint: &Waypoint,
+    registry: &Registry,
+    endpoint: SocketAddr,
+) -> Option<SpiffeId> {
+    match endpoint.ip() {
         IpAddr::V4(ip) => registry
             .pod_by_ip(ip)
             .filter(|p| registry.is_enrolled(p))
             .map(|p| SpiffeId::new(&waypoint.identity_domain, &p.namespace, &p.service_account)),
         IpAddr::V6(_) => None,
-    };
-    Ok((endpoint, identity))
+    }
 }

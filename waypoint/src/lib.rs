@@ -12,6 +12,7 @@ pub mod forward;
 pub mod metrics;
 pub mod mirror;
 pub mod protocol;
+pub mod resilience;
 pub mod rewrite;
 pub mod route_check;
 pub mod route_status;

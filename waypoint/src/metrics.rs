@@ -14,6 +14,7 @@ use prometheus_client::{
     metrics::{
         counter::Counter,
         family::Family,
+        gauge::Gauge,
         histogram::{exponential_buckets, Histogram},
     },
     registry::Registry,
@@ -72,9 +73,33 @@ pub struct L4Labels {
     pub reason: String,
 }
 
+/// A backend Service port (`namespace/name:port`) and what happened there.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub backend: String,
+    pub outcome: &'static str,
+}
+
+/// A backend Service port's gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GaugeLabels {
+    pub backend: String,
+}
+
+/// A backend's breaker occupancy by kind (`requests`, `connections`, `pending`, `retries`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OccupancyLabels {
+    pub backend: String,
+    pub kind: &'static str,
+}
+
 /// Requests by Service, route, status and reason.
 pub struct Requests {
     registry: Registry,
+    retries: Family<BackendLabels, Counter>,
+    ejections: Family<GaugeLabels, Counter>,
+    ejected: Family<GaugeLabels, Gauge>,
+    occupancy: Family<OccupancyLabels, Gauge>,
     total: Family<RequestLabels, Counter>,
     l4: Family<L4Labels, Counter>,
     duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
@@ -128,8 +153,36 @@ impl Default for Requests {
             "Connections the waypoint carried at L4 (a TCP port, or bytes that were not HTTP), by Service and reason",
             l4.clone(),
         );
+        let retries = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "waypoint_retries",
+            "Retries by backend Service port and outcome (sent, budget_exhausted, overflow: maxRetries reached)",
+            retries.clone(),
+        );
+        let ejections = Family::<GaugeLabels, Counter>::default();
+        registry.register(
+            "waypoint_outlier_ejections",
+            "Endpoints ejected by outlier detection, by backend Service port",
+            ejections.clone(),
+        );
+        let ejected = Family::<GaugeLabels, Gauge>::default();
+        registry.register(
+            "waypoint_ejected_endpoints",
+            "Endpoints ejected now, by backend Service port",
+            ejected.clone(),
+        );
+        let occupancy = Family::<OccupancyLabels, Gauge>::default();
+        registry.register(
+            "waypoint_circuit_breaker_occupancy",
+            "What a backend Service port's circuit breaker counts now: requests, HTTP/1.1 connections, pending requests, retries",
+            occupancy.clone(),
+        );
         Self {
             registry,
+            retries,
+            ejections,
+            ejected,
+            occupancy,
             total,
             l4,
             duration,
@@ -170,6 +223,51 @@ impl Requests {
                 reason: reason.as_str().to_owned(),
             })
             .inc();
+    }
+
+    /// Counts a retry of a request to `backend`: sent, or refused and why.
+    pub fn retry(&self, backend: &str, outcome: &'static str) {
+        self.retries
+            .get_or_create(&BackendLabels {
+                backend: backend.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub fn ejected(&self, backend: &str) {
+        self.ejections
+            .get_or_create(&GaugeLabels {
+                backend: backend.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets the gauges from the backends' state (before a scrape).
+    pub fn refresh(&self, state: &crate::resilience::State) {
+        self.ejected.clear();
+        self.occupancy.clear();
+        for backend in state.backends() {
+            let labels = GaugeLabels {
+                backend: backend.name.clone(),
+            };
+            let ejected = i64::try_from(backend.endpoints().ejected_count()).unwrap_or(i64::MAX);
+            self.ejected.get_or_create(&labels).set(ejected);
+            let occupancy = backend.breaker.occupancy();
+            for (kind, value) in [
+                ("requests", occupancy.requests),
+                ("connections", occupancy.connections),
+                ("pending", occupancy.pending),
+                ("retries", occupancy.retries),
+            ] {
+                self.occupancy
+                    .get_or_create(&OccupancyLabels {
+                        backend: backend.name.clone(),
+                        kind,
+                    })
+                    .set(i64::from(value));
+            }
+        }
     }
 
     /// The counts as JSON rows.

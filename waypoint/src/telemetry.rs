@@ -233,6 +233,7 @@ impl Drop for Routing {
                 upstream: None,
                 reason: crate::forward::Reason::ClientClosed,
                 attempts: 0,
+                held: None,
             };
             Pending::new(
                 waypoint,

@@ -57,6 +57,10 @@ pub struct TrafficPolicy {
     pub algorithm: String,
     /// Settings present in the spec that only a waypoint applies.
     pub waypoint_only: Vec<String>,
+    /// The waypoints (`namespace/name`) that serve its target Services and so apply those
+    /// settings; empty when none does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applied_by: Vec<String>,
 }
 
 /// `GET /certs`: one element per SVID the agent holds.

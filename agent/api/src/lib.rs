@@ -7,6 +7,7 @@
 pub mod config;
 pub mod flows;
 pub mod requests;
+pub mod resilience;
 pub mod status;
 pub mod traffic;
 pub mod waypoint;

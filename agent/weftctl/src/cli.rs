@@ -115,6 +115,11 @@ pub enum Cmd {
     Version,
     /// At a waypoint: each route with its status (Accepted, ResolvedRefs) and its rules.
     Routes,
+    /// At a waypoint: the endpoints of SERVICE (`namespace/name`) with their health,
+    /// ejection, active requests, latency average and locality, and its breaker's occupancy.
+    Endpoints {
+        service: String,
+    },
     /// At a waypoint: recent requests with the route and backend each took. The waypoint
     /// selects them.
     Requests {

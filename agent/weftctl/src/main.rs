@@ -142,6 +142,7 @@ async fn command(client: Client, output: Output, command: Cmd) -> anyhow::Result
         command @ (Cmd::RouteCheck { .. }
         | Cmd::Waypoint { .. }
         | Cmd::Routes
+        | Cmd::Endpoints { .. }
         | Cmd::Requests { .. }) => waypoint_command(&client, output, command).await?,
         Cmd::Logging { level } => {
             let path = format!("/logging?level={}", encode_level(&level));
@@ -198,6 +199,17 @@ async fn waypoint_command(client: &Client, output: Output, command: Cmd) -> anyh
             &client.get::<serde_json::Value>("/routes").await?,
             waypoint_render::routes,
         )?,
+        Cmd::Endpoints { service } => {
+            let mut path = String::from("/endpoints?");
+            form_urlencoded::Serializer::for_suffix(&mut path, 11).append_pair("service", &service);
+            show(
+                output,
+                &client
+                    .get::<Vec<weft_api::resilience::BackendReport>>(&path)
+                    .await?,
+                |b| waypoint_render::endpoints(b),
+            )?
+        }
         Cmd::Requests {
             follow,
             route,

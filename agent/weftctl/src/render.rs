@@ -237,7 +237,11 @@ pub fn policies(p: &Policies) -> String {
                     p.connect_timeout
                         .map_or_else(|| "default".into(), human_duration),
                     p.algorithm.clone(),
-                    list(p.waypoint_only.iter().cloned()),
+                    if p.applied_by.is_empty() || p.waypoint_only.is_empty() {
+                        list(p.waypoint_only.iter().cloned())
+                    } else {
+                        format!("none: waypoint {} applies them", p.applied_by.join(", "))
+                    },
                 ]
             }),
         )

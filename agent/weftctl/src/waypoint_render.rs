@@ -239,6 +239,52 @@ pub fn stats(answer: &serde_json::Value) -> String {
     out
 }
 
+/// `weftctl --waypoint NS/NAME endpoints SERVICE`: each backend port with its breaker's
+/// occupancy, then each endpoint's health, ejection, load, latency and locality.
+pub fn endpoints(backends: &[weft_api::resilience::BackendReport]) -> String {
+    if backends.is_empty() {
+        return "no such Service, or it has no port".into();
+    }
+    backends
+        .iter()
+        .map(|b| {
+            let head = format!(
+                "{}  policy {}  algorithm {}  in flight {} requests, {} connections, {} pending, {} retries",
+                b.backend,
+                b.policy.as_deref().unwrap_or("none"),
+                b.algorithm,
+                b.requests_in_flight,
+                b.connections_in_flight,
+                b.pending,
+                b.retries_in_flight,
+            );
+            let rows = table(
+                &[
+                    "ENDPOINT", "POD", "HEALTH", "EJECTED FOR", "EJECTIONS", "ACTIVE", "EWMA",
+                    "REQUESTS", "ERRORS", "LOCALITY",
+                ],
+                b.endpoints.iter().map(|e| {
+                    vec![
+                        e.address.clone(),
+                        e.pod.clone().unwrap_or_else(|| "-".into()),
+                        e.health.clone(),
+                        e.ejected_for_ms
+                            .map_or_else(|| "-".into(), |ms| format!("{}.{}s", ms / 1000, ms % 1000 / 100)),
+                        e.ejections.to_string(),
+                        e.active_requests.to_string(),
+                        format!("{:.2}ms", e.ewma_ms),
+                        e.requests.to_string(),
+                        e.errors.to_string(),
+                        e.locality.clone().unwrap_or_else(|| "-".into()),
+                    ]
+                }),
+            );
+            format!("{head}\n{rows}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,11 +3,21 @@
 //! it read (after `x-delay-ms` milliseconds when the request asks). `GET /bytes/<n>` streams
 //! `n` bytes back instead, `/status/<code>` answers that status, `/delay/<ms>ms` (or `<s>s`)
 //! answers after that long, and a request carrying `x-echo-fail-on: <this server's name>`
-//! gets 503. A third argument is the status every answer carries (a broken backend, for retry
+//! gets 503. `GET /_peak` answers the most requests this server has had in flight at once
+//! (for circuit-breaker tests). A third argument is the status every answer carries (a broken backend, for retry
 //! tests).
 #![forbid(unsafe_code)]
 
-use std::{convert::Infallible, fmt::Write as _, net::SocketAddr};
+use std::{
+    convert::Infallible,
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+/// Requests being answered now, and the most there have been at once.
+static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+static PEAK: AtomicU64 = AtomicU64::new(0);
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -45,19 +55,15 @@ async fn main() -> anyhow::Result<()> {
             let service = service_fn(move |req: Request<Incoming>| {
                 let name = name.clone();
                 async move {
-                    // `x-delay-ms` holds the answer back, for timeout tests (at most 60 s).
-                    let delay = req
-                        .headers()
-                        .get("x-delay-ms")
-                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                        .unwrap_or(0)
-                        .min(60_000);
-                    if delay > 0 {
-                        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                    if req.uri().path() == "/_peak" {
+                        let peak = PEAK.load(Ordering::Relaxed);
+                        return Ok(Response::new(full(format!("peak={peak}\n"))));
                     }
-                    // One line per request, for tests that count what reached this server.
-                    println!("request {} {}", req.method(), req.uri().path());
-                    Ok::<_, Infallible>(answer(&name, peer, status, req).await)
+                    let now = IN_FLIGHT.fetch_add(1, Ordering::Relaxed) + 1;
+                    PEAK.fetch_max(now, Ordering::Relaxed);
+                    let answered = answer_after_delay(&name, peer, status, req).await;
+                    IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+                    Ok::<_, Infallible>(answered)
                 }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
@@ -65,6 +71,27 @@ async fn main() -> anyhow::Result<()> {
                 .await;
         });
     }
+}
+
+async fn answer_after_delay(
+    name: &str,
+    peer: SocketAddr,
+    status: StatusCode,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    // `x-delay-ms` holds the answer back, for timeout tests (at most 60 s).
+    let delay = req
+        .headers()
+        .get("x-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(60_000);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    // One line per request, for tests that count what reached this server.
+    println!("request {} {}", req.method(), req.uri().path());
+    answer(name, peer, status, req).await
 }
 
 /// The largest download `GET /bytes/<n>` serves.
@@ -125,6 +152,10 @@ async fn answer(
     }
     let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
     *response.status_mut() = status;
+    // Names the server where a client sees only headers (`curl -w '%header{x-echo-server}'`).
+    if let Ok(value) = hyper::header::HeaderValue::from_str(name) {
+        response.headers_mut().insert("x-echo-server", value);
+    }
     response
 }
 
@@ -161,4 +192,8 @@ fn download(total: u64) -> Response<Body> {
             .insert(hyper::header::CONTENT_LENGTH, length);
     }
     response
+}
+
+fn full(text: String) -> Body {
+    Full::new(Bytes::from(text)).boxed()
 }

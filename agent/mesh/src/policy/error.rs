@@ -30,6 +30,11 @@ pub enum PolicyError {
     NotPercent { field: &'static str, value: u32 },
     #[error("faultInjection.abort.httpStatus is {0}: give an HTTP status from 200 to 599")]
     NotStatus(u16),
+    #[error("{field}: {problem}")]
+    BadValue {
+        field: &'static str,
+        problem: String,
+    },
     /// A problem inside a field (`rules[2]`, `connectTimeout`).
     #[error("{field}: {source}")]
     In {
@@ -62,6 +67,7 @@ impl PolicyError {
             | Self::ZeroLimit
             | Self::NotPercent { .. }
             | Self::NotStatus(_) => "out_of_range",
+            Self::BadValue { .. } => "bad_value",
             Self::In { source, .. } => source.reason(),
         }
     }

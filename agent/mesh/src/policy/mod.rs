@@ -5,6 +5,7 @@
 pub mod crd;
 mod error;
 mod eval;
+pub mod resilience;
 pub mod traffic;
 
 pub use error::PolicyError;
@@ -67,6 +68,7 @@ impl From<&TrafficSettings> for weft_api::TrafficPolicy {
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default(),
             waypoint_only: t.waypoint_only.iter().map(|s| (*s).to_owned()).collect(),
+            applied_by: Vec::new(),
         }
     }
 }

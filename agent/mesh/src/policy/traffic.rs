@@ -37,27 +37,108 @@ pub struct TrafficPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_budget: Option<RetryBudget>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_rate_limit: Option<LocalRateLimit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault_injection: Option<FaultInjection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancer {
     pub algorithm: Algorithm,
+    /// What `ConsistentHash` hashes: exactly one of a header, a cookie or the source IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHash>,
 }
 
-/// `RoundRobin` and `Random` pick per connection (node agent); `LeastRequest` needs requests
-/// (waypoint).
+/// `RoundRobin`, `Random` and `LeastRequest` (over active connections) pick per connection at
+/// the node agent and per request at a waypoint; `ConsistentHash` needs requests (waypoint).
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum Algorithm {
     #[default]
     RoundRobin,
     Random,
     LeastRequest,
+    ConsistentHash,
+}
+
+/// The key a `ConsistentHash` balancer keeps on one endpoint.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsistentHash {
+    /// A request header's value (a request without it goes to any endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A cookie's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// The client's address.
+    #[serde(
+        default,
+        rename = "sourceIP",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub source_ip: bool,
+}
+
+/// When and how often a request is sent again (at a waypoint). A route rule's own `retry`
+/// wins over this for that rule.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Retry {
+    /// Retries after the first attempt (1-10).
+    pub attempts: u32,
+    /// Time allowed for each attempt (a duration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<String>,
+    /// Any of `connect-failure`, `refused-stream`, `5xx`, `gateway-error` (502, 503, 504),
+    /// `retriable-status-codes`; default `connect-failure`, `refused-stream`, `gateway-error`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_on: Vec<String>,
+    /// The codes `retriable-status-codes` means.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retriable_status_codes: Vec<u16>,
+    /// gRPC statuses retried: `cancelled`, `deadline-exceeded`, `internal`,
+    /// `resource-exhausted`, `unavailable`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retriable_grpc_statuses: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+}
+
+/// Exponential backoff with full jitter: before retry n the wait is random in
+/// `[0, min(baseInterval * 2^(n-1), maxInterval)]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backoff {
+    /// A duration (default 25ms).
+    pub base_interval: String,
+    /// A duration (default 10 times the base).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_interval: Option<String>,
+}
+
+/// An HTTP probe of every endpoint (at a waypoint): an endpoint failing `unhealthyThreshold`
+/// probes in a row takes no requests until it passes `healthyThreshold` in a row.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheck {
+    /// The path probed with GET; a 2xx answer passes.
+    pub path: String,
+    /// A duration.
+    pub interval: String,
+    /// A duration.
+    pub timeout: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
 }
 
 /// Limits beyond which new connections or requests fail fast instead of queueing.
@@ -78,7 +159,12 @@ pub struct CircuitBreaker {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
-    pub consecutive_errors: u32,
+    /// Consecutive 5xx answers (or failed connects) that eject an endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_errors: Option<u32>,
+    /// Consecutive 502, 503 or 504 answers (or failed connects) that eject an endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_errors: Option<u32>,
     /// How often ejections are reconsidered (a duration).
     pub interval: String,
     /// The first ejection's length (a duration).
@@ -116,6 +202,16 @@ pub struct FaultInjection {
     pub delay: Option<FaultDelay>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort: Option<FaultAbort>,
+    /// Only requests carrying every one of these headers (exact values) get faults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    pub value: String,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -130,7 +226,12 @@ pub struct FaultDelay {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultAbort {
-    pub http_status: u16,
+    /// The status answered; exactly one of this and `grpcStatus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// A gRPC status code (1-16), answered as HTTP 200 with `grpc-status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
     /// Share of requests aborted, 0-100.
     pub percent: u32,
 }
@@ -145,11 +246,16 @@ pub struct TrafficSettings {
     pub spec: TrafficPolicySpec,
     /// Services (by name, in `namespace`) the policy applies to.
     pub services: Vec<String>,
+    /// HTTPRoutes (by name, in `namespace`) the policy applies to (at a waypoint).
+    pub routes: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none", with = "millis")]
     pub connect_timeout: Option<Duration>,
     pub algorithm: Algorithm,
     /// Settings present in the spec that need a waypoint; the agent does not apply them.
     pub waypoint_only: Vec<&'static str>,
+    /// What a waypoint applies per request, compiled.
+    #[serde(skip)]
+    pub resilience: super::resilience::Resilience,
 }
 
 impl TrafficSettings {
@@ -210,28 +316,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, PolicyError> {
     Ok(total)
 }
 
-fn percent(field: &'static str, value: u32) -> Result<(), PolicyError> {
-    if value > 100 {
-        return Err(PolicyError::NotPercent { field, value });
-    }
-    Ok(())
-}
-
-fn check_fault(fault: &FaultInjection) -> Result<(), PolicyError> {
-    if let Some(delay) = &fault.delay {
-        parse_duration(&delay.fixed_delay)
-            .map_err(|e| e.within("faultInjection.delay.fixedDelay"))?;
-        percent("faultInjection.delay.percent", delay.percent)?;
-    }
-    if let Some(abort) = &fault.abort {
-        if !(200..=599).contains(&abort.http_status) {
-            return Err(PolicyError::NotStatus(abort.http_status));
-        }
-        percent("faultInjection.abort.percent", abort.percent)?;
-    }
-    Ok(())
-}
-
 /// Validates a `TrafficPolicy`. Anything wrong rejects the whole object, so a half-applied
 /// policy never surprises anyone.
 pub fn compile(
@@ -243,10 +327,11 @@ pub fn compile(
         return Err(PolicyError::NoTargets);
     }
     let mut services = Vec::new();
+    let mut routes = Vec::new();
     for (i, target) in spec.target_refs.iter().enumerate() {
         match (target.group.as_str(), target.kind.as_str()) {
             ("" | "core", "Service") => services.push(target.name.clone()),
-            ("gateway.networking.k8s.io", "HTTPRoute") => {}
+            ("gateway.networking.k8s.io", "HTTPRoute") => routes.push(target.name.clone()),
             (group, kind) => {
                 return Err(PolicyError::BadTarget {
                     kind: kind.into(),
@@ -266,164 +351,51 @@ pub fn compile(
             field: "connectTimeout",
         });
     }
-    let mut waypoint_only = Vec::new();
+    let resilience = super::resilience::compile(&spec)?;
     let algorithm = spec
         .load_balancer
         .as_ref()
         .map_or_else(Algorithm::default, |lb| lb.algorithm);
-    if algorithm == Algorithm::LeastRequest {
-        waypoint_only.push("loadBalancer.algorithm LeastRequest");
-    }
-    if let Some(breaker) = &spec.circuit_breaker {
-        waypoint_only.push("circuitBreaker");
-        let limits = [
-            breaker.max_connections,
-            breaker.max_pending_requests,
-            breaker.max_requests,
-            breaker.max_retries,
-        ];
-        if limits.contains(&Some(0)) {
-            return Err(PolicyError::ZeroLimit);
-        }
-    }
-    if let Some(outlier) = &spec.outlier_detection {
-        waypoint_only.push("outlierDetection");
-        if outlier.consecutive_errors == 0 {
-            return Err(PolicyError::ZeroCount {
-                field: "outlierDetection.consecutiveErrors",
-            });
-        }
-        parse_duration(&outlier.interval).map_err(|e| e.within("outlierDetection.interval"))?;
-        parse_duration(&outlier.base_ejection_time)
-            .map_err(|e| e.within("outlierDetection.baseEjectionTime"))?;
-        percent(
-            "outlierDetection.maxEjectionPercent",
-            outlier.max_ejection_percent.unwrap_or(10),
-        )?;
-    }
-    if let Some(budget) = &spec.retry_budget {
-        waypoint_only.push("retryBudget");
-        percent("retryBudget.percent", budget.percent)?;
-    }
-    if let Some(limit) = &spec.local_rate_limit {
-        waypoint_only.push("localRateLimit");
-        if limit.requests == 0 {
-            return Err(PolicyError::ZeroCount {
-                field: "localRateLimit.requests",
-            });
-        }
-        let per = parse_duration(&limit.per).map_err(|e| e.within("localRateLimit.per"))?;
-        if per.is_zero() {
-            return Err(PolicyError::ZeroDuration {
-                field: "localRateLimit.per",
-            });
-        }
-    }
-    if let Some(fault) = &spec.fault_injection {
-        waypoint_only.push("faultInjection");
-        check_fault(fault)?;
-    }
+    let waypoint_only = waypoint_only(&spec, algorithm);
     Ok(TrafficSettings {
         namespace: namespace.into(),
         name: name.into(),
         spec,
         services,
+        routes,
         connect_timeout,
         algorithm,
         waypoint_only,
+        resilience,
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::{compile, parse_duration, Algorithm, TrafficPolicySpec};
-
-    fn spec(yaml: &str) -> Result<TrafficPolicySpec, serde_yaml::Error> {
-        serde_yaml::from_str(yaml)
+/// The settings of `spec` the node agent does not apply, by their field names.
+fn waypoint_only(spec: &TrafficPolicySpec, algorithm: Algorithm) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if matches!(
+        algorithm,
+        Algorithm::LeastRequest | Algorithm::ConsistentHash
+    ) {
+        out.push(if algorithm == Algorithm::LeastRequest {
+            "loadBalancer.algorithm LeastRequest"
+        } else {
+            "loadBalancer.algorithm ConsistentHash"
+        });
     }
-
-    #[test]
-    fn durations_follow_the_gateway_api_format() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(
-            parse_duration("1h0m0s500ms"),
-            Ok(Duration::from_millis(3_600_500))
-        );
-        for bad in [
-            "",
-            "5",
-            "s",
-            "1.5s",
-            "-1s",
-            "5sec",
-            "1h1m1s1ms1s",
-            "123456s",
-            "5 s",
-        ] {
-            let error = parse_duration(bad).expect_err(bad);
-            assert!(error.to_string().contains("e.g. 250ms"), "{bad}: {error}");
-            assert_eq!(error.reason(), "bad_duration");
-        }
-    }
-
-    #[test]
-    fn a_full_policy_compiles_and_says_what_needs_a_waypoint() {
-        let compiled = compile(
-            "demo",
-            "echo",
-            spec(
-                "targetRefs: [{kind: Service, name: echo}, {group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}]
-loadBalancer: {algorithm: Random}
-connectTimeout: 300ms
-circuitBreaker: {maxConnections: 100, maxRequests: 1000}
-outlierDetection: {consecutiveErrors: 5, interval: 10s, baseEjectionTime: 30s}
-retryBudget: {percent: 20, minRetriesPerSecond: 10}
-localRateLimit: {requests: 100, per: 1s, burst: 200}
-faultInjection: {delay: {fixedDelay: 1s, percent: 5}, abort: {httpStatus: 503, percent: 1}}",
-            )
-            .expect("spec"),
-        )
-        .expect("compiles");
-        assert_eq!(compiled.services, ["echo"]);
-        assert_eq!(compiled.connect_timeout, Some(Duration::from_millis(300)));
-        assert_eq!(compiled.algorithm, Algorithm::Random);
-        assert_eq!(
-            compiled.waypoint_only,
-            [
-                "circuitBreaker",
-                "outlierDetection",
-                "retryBudget",
-                "localRateLimit",
-                "faultInjection"
-            ]
-        );
-        let json = serde_json::to_value(&compiled).expect("json");
-        assert_eq!(json["connectTimeout"], 300);
-    }
-
-    #[test]
-    fn bad_policies_are_refused_with_the_field_named() {
-        let cases = [
-            ("targetRefs: []", "targetRefs is empty"),
-            ("targetRefs: [{kind: Deployment, name: x}]", "targetRefs[0]: Deployment"),
-            ("targetRefs: [{kind: Service, name: x}]\nconnectTimeout: 5 seconds", "connectTimeout:"),
-            ("targetRefs: [{kind: Service, name: x}]\nconnectTimeout: 0s", "connectTimeout is 0"),
-            ("targetRefs: [{kind: Service, name: x}]\ncircuitBreaker: {maxConnections: 0}", "circuitBreaker"),
-            ("targetRefs: [{kind: Service, name: x}]\nretryBudget: {percent: 101}", "retryBudget.percent is 101"),
-            ("targetRefs: [{kind: Service, name: x}]\nlocalRateLimit: {requests: 1, per: 0s}", "localRateLimit.per is 0"),
-            ("targetRefs: [{kind: Service, name: x}]\nfaultInjection: {abort: {httpStatus: 99, percent: 1}}", "httpStatus is 99"),
-            ("targetRefs: [{kind: Service, name: x}]\noutlierDetection: {consecutiveErrors: 1, interval: 1x, baseEjectionTime: 1s}", "outlierDetection.interval"),
-        ];
-        for (yaml, expected) in cases {
-            let error = compile("demo", "p", spec(yaml).expect(yaml)).expect_err(yaml);
-            assert!(error.to_string().contains(expected), "{yaml}: {error}");
-        }
-        // Unknown fields and unknown algorithms are refused at parse time.
-        assert!(spec("targetRefs: []\nretries: 3").is_err());
-        assert!(spec("targetRefs: []\nloadBalancer: {algorithm: Maglev}").is_err());
-    }
+    let present = [
+        (spec.circuit_breaker.is_some(), "circuitBreaker"),
+        (spec.outlier_detection.is_some(), "outlierDetection"),
+        (spec.retry.is_some(), "retry"),
+        (spec.retry_budget.is_some(), "retryBudget"),
+        (spec.local_rate_limit.is_some(), "localRateLimit"),
+        (spec.fault_injection.is_some(), "faultInjection"),
+        (spec.health_check.is_some(), "healthCheck"),
+    ];
+    out.extend(present.iter().filter(|(on, _)| *on).map(|(_, name)| *name));
+    out
 }
+
+#[cfg(test)]
+#[path = "traffic_tests.rs"]
+mod tests;

@@ -383,6 +383,17 @@ impl Registry {
             .map(Arc::as_ref)
     }
 
+    /// The `TrafficPolicy` that applies to an HTTPRoute: the first, by name, that targets it.
+    pub fn traffic_for_route(
+        &self,
+        namespace: &str,
+        route: &str,
+    ) -> Option<&crate::policy::TrafficSettings> {
+        self.traffic_policies
+            .iter()
+            .find(|t| t.namespace == namespace && t.routes.iter().any(|r| r == route))
+    }
+
     /// The `TrafficPolicy` that applies to a Service: the first, by name, that targets it.
     pub fn traffic_for(&self, service: &Service) -> Option<&crate::policy::TrafficSettings> {
         self.index
