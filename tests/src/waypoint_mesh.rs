@@ -49,6 +49,10 @@ pub const RESILIENT: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 34);
 /// test can take an endpoint away).
 pub const HASHED: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 35);
 
+/// `demo/l4-retry`: echo-v1 and `closed` (an enrolled pod where nothing listens) at L4, with
+/// no waypoint: the agent's connect retry and passive health.
+pub const L4_RETRY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 36);
+
 /// The Gateway and every route of the fixture.
 pub const ROUTES: &str = include_str!("waypoint_routes.yaml");
 
@@ -142,6 +146,14 @@ fn services(cluster: &Cluster) -> String {
         ),
         service("empty", EMPTY, (80, 8080), &[], true, Some("name: http")),
         service(
+            "l4-retry",
+            L4_RETRY,
+            (80, 8080),
+            &[v1, ip("closed")],
+            false,
+            Some("name: http"),
+        ),
+        service(
             "resilient",
             RESILIENT,
             (80, 8080),
@@ -184,6 +196,7 @@ impl Mesh {
                 PodSpec::new("demo", "waypoint", "node1"),
                 PodSpec::new("demo", "mirror", "node0"),
                 PodSpec::new("demo", "flaky", "node1"),
+                PodSpec::new("demo", "closed", "node1"),
                 // Outside the mesh: the bench's no-mesh baseline.
                 PodSpec::new("legacy", "plain-client", "node0"),
                 PodSpec::new("legacy", "plain-echo", "node1"),

@@ -8,7 +8,7 @@ use std::{collections::HashMap, fmt::Write as _, path::Path, time::Duration};
 
 use weft_harness::{
     eventually, require_privileges,
-    waypoint_mesh::{hashed_service, Mesh, HASHED, RESILIENT},
+    waypoint_mesh::{hashed_service, Mesh, HASHED, L4_RETRY, RESILIENT},
 };
 
 fn start() -> Mesh {
@@ -369,4 +369,54 @@ fn consistent_hashing_keeps_each_key_and_moves_only_the_removed_endpoints_keys()
     let after = owners(&mesh);
     let moved = (0..100).filter(|k| before[k] != after[k]).count();
     assert!(moved <= held + 5, "{moved} keys moved; echo-v3 held {held}");
+}
+
+#[test]
+fn at_l4_a_refusing_endpoint_is_retried_then_skipped_and_no_client_connection_fails() {
+    if !require_privileges() {
+        return;
+    }
+    let mesh = start();
+    // Each request on a connection of its own (the echo closes after it).
+    let answers = requests(
+        &mesh,
+        &format!("http://{L4_RETRY}/"),
+        30,
+        &["Connection: close"],
+        &[],
+    );
+    assert_eq!(answers.len(), 30);
+    assert_eq!(
+        by(&answers, |a| a.status == 200 && a.server == "echo-v1"),
+        30,
+        "{answers:?}"
+    );
+    let node0 = mesh.cluster.node("node0").clone();
+    let flows = mesh.cluster.admin(&node0, "/flows").expect("flows");
+    let to_service: Vec<&serde_json::Value> = flows
+        .as_array()
+        .expect("flows")
+        .iter()
+        .filter(|f| f["service"] == "demo/l4-retry" && f["event"] == "closed")
+        .collect();
+    assert_eq!(to_service.len(), 30, "{flows}");
+    // The first connections sent to `closed` were retried on echo-v1; after 3 failures in a
+    // row `closed` is skipped, so the rest went to echo-v1 at once.
+    let retried: Vec<_> = to_service
+        .iter()
+        .filter(|f| f["connectAttempts"] == 2)
+        .collect();
+    assert_eq!(retried.len(), 3, "{to_service:?}");
+    assert!(
+        retried.iter().all(|f| f["reason"] == "retried"),
+        "{retried:?}"
+    );
+    assert!(to_service.iter().all(|f| f["verdict"] == "allow"));
+    let failed = flows
+        .as_array()
+        .expect("flows")
+        .iter()
+        .filter(|f| f["event"] == "failed" && f["service"] == "demo/l4-retry")
+        .count();
+    assert_eq!(failed, 0, "no connection failed: {flows}");
 }

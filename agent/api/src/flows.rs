@@ -75,6 +75,14 @@ impl FromStr for Verdict {
     }
 }
 
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn at_most_one(attempts: &u32) -> bool {
+    *attempts <= 1
+}
+
 /// One event of one connection: an element of `GET /flows`, or one line of
 /// `GET /flows?follow=1`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +108,9 @@ pub struct Flow {
     /// `baggage`), beside the waypoint's own proven one in `peer_identity`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub carried_identity: Option<String>,
+    /// Endpoints tried to connect (shown when the connect was retried on another).
+    #[serde(default, skip_serializing_if = "at_most_one")]
+    pub connect_attempts: u32,
     pub peer_identity: Option<String>,
     /// Serial of the certificate the peer proved its identity with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -330,6 +341,7 @@ mod tests {
             peer_workload: Some("demo/client".into()),
             waypoint: None,
             carried_identity: None,
+            connect_attempts: 0,
             peer_identity: Some("spiffe://cluster.local/ns/demo/sa/client".into()),
             peer_certificate_serial: None,
             workload_identity: None,

@@ -50,6 +50,9 @@ pub struct Connection {
     pub waypoint: Option<String>,
     /// Inbound from a waypoint: the original client's identity it carried.
     pub carried_identity: Option<String>,
+    /// Outbound to a Service: the endpoints tried before one connected (or the last failed);
+    /// above 1 the connect was retried on another endpoint.
+    pub connect_attempts: u32,
     /// Why the agent could not carry it, for failed connections.
     pub failure: Option<Failure>,
     /// The authorization decision (inbound connections).
@@ -152,6 +155,7 @@ impl Connection {
         match (&self.decision, &self.failure) {
             (Some(d), _) => d.reason.as_str(),
             (None, Some(failure)) => failure.reason.as_str(),
+            (None, None) if self.connect_attempts > 1 => "retried",
             (None, None) => "none",
         }
     }
@@ -227,6 +231,7 @@ fn flow(connection: &Connection, event: FlowEvent, bytes: (u64, u64), ended_unix
         peer_workload: connection.peer_workload.clone(),
         waypoint: connection.waypoint.clone(),
         carried_identity: connection.carried_identity.clone(),
+        connect_attempts: connection.connect_attempts,
         peer_identity: connection.peer_identity.clone(),
         peer_certificate_serial: connection.peer_certificate_serial.clone(),
         workload_identity: connection.workload_identity.clone(),

@@ -86,6 +86,7 @@ mod tests {
             peer_workload: Some(peer.into()),
             waypoint: None,
             carried_identity: None,
+            connect_attempts: 0,
             peer_identity: None,
             peer_certificate_serial: None,
             workload_identity: None,

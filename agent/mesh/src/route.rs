@@ -35,6 +35,13 @@ pub struct Route {
     pub connect_timeout: Duration,
     /// The `TrafficPolicy` whose `connectTimeout` set `connect_timeout`, when one did.
     pub timeout_from: Option<String>,
+    /// Other endpoints of the Service to try, in order, when connecting to `destination`
+    /// fails ([`crate::balance`]).
+    pub alternatives: Vec<SocketAddr>,
+    /// Every ready endpoint of the Service port (empty for a direct destination).
+    pub endpoints: Vec<SocketAddr>,
+    /// When connect failures skip an endpoint.
+    pub skip_rule: crate::balance::SkipRule,
 }
 
 impl Route {
@@ -129,7 +136,7 @@ impl RoundRobin {
 
 /// Resolves an original destination under one registry snapshot.
 pub fn resolve(
-    rotation: &RoundRobin,
+    (rotation, health): (&RoundRobin, &crate::balance::EndpointHealth),
     registry: &Registry,
     original: SocketAddrV4,
 ) -> Result<Route, RouteError> {
@@ -153,13 +160,17 @@ pub fn resolve(
                 service: Some(name),
                 connect_timeout: CONNECT_TIMEOUT,
                 timeout_from: None,
+                alternatives: Vec::new(),
+                endpoints: Vec::new(),
+                skip_rule: crate::balance::SkipRule::default(),
             });
         }
         let endpoints = registry.endpoints(service, port);
         let traffic = registry.traffic_for(service);
-        let random = traffic.is_some_and(|t| t.algorithm == Algorithm::Random);
+        let algorithm = traffic.map(|t| t.algorithm).unwrap_or_default();
+        let random = algorithm == Algorithm::Random;
         let policy_timeout = traffic.and_then(|t| t.connect_timeout);
-        let destination = if random {
+        let first = if random {
             endpoints
                 .get(rand::random_range(0..endpoints.len().max(1)))
                 .copied()
@@ -170,12 +181,17 @@ pub fn resolve(
             service: name.clone(),
             port: port.port,
         })?;
+        let mut order = health.order(algorithm, first, &endpoints).into_iter();
+        let destination = order.next().unwrap_or(first);
         return Ok(Route {
             destination,
             via: None,
             service: Some(name),
             connect_timeout: policy_timeout.unwrap_or(CONNECT_TIMEOUT),
             timeout_from: policy_timeout.and(traffic.map(TrafficSettings::id)),
+            alternatives: order.collect(),
+            endpoints,
+            skip_rule: traffic.map_or_else(crate::balance::SkipRule::default, skip_rule),
         });
     }
     Ok(Route {
@@ -184,5 +200,29 @@ pub fn resolve(
         service: None,
         connect_timeout: CONNECT_TIMEOUT,
         timeout_from: None,
+        alternatives: Vec::new(),
+        endpoints: Vec::new(),
+        skip_rule: crate::balance::SkipRule::default(),
     })
+}
+
+/// A policy's `outlierDetection` as it applies at L4: its consecutive errors are connect
+/// failures.
+fn skip_rule(traffic: &TrafficSettings) -> crate::balance::SkipRule {
+    traffic
+        .resilience
+        .outlier
+        .as_ref()
+        .map_or_else(crate::balance::SkipRule::default, |o| {
+            crate::balance::SkipRule {
+                consecutive: o
+                    .consecutive_5xx
+                    .into_iter()
+                    .chain(o.consecutive_gateway)
+                    .min()
+                    .unwrap_or(crate::balance::DEFAULT_CONSECUTIVE_FAILURES),
+                base: o.base_ejection,
+                max_percent: o.max_percent,
+            }
+        })
 }

@@ -29,6 +29,7 @@ fn connection(address: SocketAddr) -> Connection {
         peer_workload: None,
         waypoint: None,
         carried_identity: None,
+        connect_attempts: 0,
         failure: None,
         decision: None,
         started_unix_ms: 0,

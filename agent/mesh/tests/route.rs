@@ -11,7 +11,7 @@ use std::{
 
 use weft_mesh::{
     registry::Registry,
-    route::{resolve, RoundRobin, RouteError, CONNECT_TIMEOUT},
+    route::{RoundRobin, Route, RouteError, CONNECT_TIMEOUT},
 };
 
 fn registry(yaml: &str) -> Registry {
@@ -54,6 +54,16 @@ fn vip(last: u8, port: u16) -> SocketAddrV4 {
 
 fn addr(text: &str) -> SocketAddr {
     text.parse().expect("address")
+}
+
+/// Resolves with fresh endpoint health (nothing skipped).
+fn resolve(
+    rotation: &RoundRobin,
+    registry: &weft_mesh::registry::Registry,
+    original: std::net::SocketAddrV4,
+) -> Result<Route, RouteError> {
+    let health = weft_mesh::balance::EndpointHealth::default();
+    weft_mesh::route::resolve((rotation, &health), registry, original)
 }
 
 #[test]

@@ -51,6 +51,7 @@ fn record(
         peer_workload: registry.workload_at(peer.ip()),
         waypoint: None,
         carried_identity: None,
+        connect_attempts: 0,
         failure: None,
     }
 }

@@ -49,6 +49,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         peer_workload: registry.workload_at(peer.ip()),
         waypoint: None,
         carried_identity: None,
+        connect_attempts: 0,
         failure: None,
         decision: None,
         started_unix_ms: 0,

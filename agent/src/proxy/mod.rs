@@ -55,6 +55,8 @@ pub struct ProxyContext {
     pub drain: weft_mesh::drain::Signal,
     /// Which endpoint of each Service port is next.
     pub rotation: weft_mesh::route::RoundRobin,
+    /// Connections open to each endpoint and its connect failures ([`weft_mesh::balance`]).
+    pub endpoints: weft_mesh::balance::EndpointHealth,
 }
 
 /// An enrolled pod as the proxy sees it.
@@ -115,6 +117,8 @@ impl ProxyContext {
     ) -> Self {
         let pool = Pool::new(certs.clone());
         let rotation = weft_mesh::route::RoundRobin::counted_by(connections.metrics.limits.clone());
+        let endpoints =
+            weft_mesh::balance::EndpointHealth::counted_by(connections.metrics.limits.clone());
         Self {
             registry,
             cert_worker: weft_mesh::identity::CertWorker::spawn(certs.clone()),
@@ -124,6 +128,7 @@ impl ProxyContext {
             connections,
             drain,
             rotation,
+            endpoints,
         }
     }
 

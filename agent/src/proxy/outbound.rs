@@ -56,6 +56,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         peer_workload: None,
         waypoint: None,
         carried_identity: None,
+        connect_attempts: 0,
         failure: None,
         decision: None,
         started_unix_ms: 0,
@@ -73,7 +74,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         return;
     }
     // One registry snapshot decides the whole connection: route, identity and names.
-    let route = match route::resolve(&ctx.rotation, &registry, original) {
+    let route = match route::resolve((&ctx.rotation, &ctx.endpoints), &registry, original) {
         Ok(route) => route,
         Err(e) => {
             tracing::warn!(pod = %pod.name(), %original, reason = e.reason(), error = %e, "outbound connection failed");
@@ -81,29 +82,128 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
             return;
         }
     };
-    connection.destination = route.destination;
     connection.service.clone_from(&route.service);
-    connection.peer_workload = registry.workload_at(route.destination.ip());
-    // An enrolled destination, or a waypoint, gets an HBONE tunnel; anything else plain TCP.
-    let (peer_identity, tunnel_target) = tunnel_peer(ctx, &registry, &route, original);
     connection.waypoint = route.via.as_ref().map(ToString::to_string);
+    // An enrolled destination, or a waypoint, gets an HBONE tunnel; anything else plain TCP.
+    let candidates: Vec<Candidate> = std::iter::once(route.destination)
+        .chain(route.alternatives.iter().copied())
+        .map(|destination| {
+            let (identity, target) = tunnel_peer(ctx, &registry, &route, original, destination);
+            Candidate {
+                destination,
+                identity,
+                target,
+                workload: registry.workload_at(destination.ip()),
+            }
+        })
+        .collect();
     // A long-lived connection must not keep the snapshot it began under alive.
     drop(registry);
-    if let Some(identity) = &peer_identity {
-        connection.security = Security::Mtls;
-        connection.peer_identity = Some(identity.to_string());
-    }
-    let failed = |connection: Connection, failure: Failure| {
+    connect_any(client, pod, ctx, &route, candidates, connection).await;
+}
+
+/// Connects to the first candidate that answers, within the route's connect timeout, and
+/// carries the connection; a refused or failed connect moves on to the next candidate.
+async fn connect_any(
+    client: TcpStream,
+    pod: &PodContext,
+    ctx: &ProxyContext,
+    route: &route::Route,
+    candidates: Vec<Candidate>,
+    mut connection: Connection,
+) {
+    let deadline = std::time::Instant::now() + route.connect_timeout;
+    // What the client sent before its tunnel opened: read once, sent with every attempt.
+    let mut early: Option<bytes::Bytes> = None;
+    let attempts = candidates.len();
+    for (tried, candidate) in candidates.into_iter().enumerate() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        connection.destination = candidate.destination;
+        connection.peer_workload.clone_from(&candidate.workload);
+        connection.connect_attempts = u32::try_from(tried + 1).unwrap_or(u32::MAX);
+        connection.security = Security::Plaintext;
+        connection.peer_identity = None;
+        if let Some(identity) = &candidate.identity {
+            connection.security = Security::Mtls;
+            connection.peer_identity = Some(identity.to_string());
+        }
+        let opened = open(&client, pod, ctx, route, &candidate, left, &mut early).await;
+        let failure = match opened {
+            Ok(Opened::Tunnel(tunnel, early_bytes)) => {
+                let _active = ctx.endpoints.connected(candidate.destination);
+                carry_tunnel(client, tunnel, ctx, connection, early_bytes).await;
+                return;
+            }
+            Ok(Opened::Direct(server)) => {
+                let _active = ctx.endpoints.connected(candidate.destination);
+                let guard = ctx.connections.open(connection);
+                splice(client, server, &guard).await;
+                return;
+            }
+            Err(failure) => failure,
+        };
+        let retryable = failure.endpoint_failed && route.service.is_some() && route.via.is_none();
+        if retryable {
+            if let Some(skipped) =
+                ctx.endpoints
+                    .failed(candidate.destination, &route.endpoints, route.skip_rule)
+            {
+                tracing::warn!(service = ?route.service, endpoint = %candidate.destination, failures = skipped.failures, skip = ?skipped.duration, "endpoint skipped after connect failures in a row");
+            }
+        }
+        let time_left = deadline > std::time::Instant::now();
+        if retryable && tried + 1 < attempts && time_left {
+            tracing::debug!(pod = %pod.name(), endpoint = %candidate.destination, detail = %failure.failure.detail, "connect failed; trying another endpoint");
+            continue;
+        }
         // The client learns of the failure by a reset, as from a rejecting firewall: a FIN
         // would read as a server that closed after an empty answer (the client's first bytes
         // may already have been taken to ride with the CONNECT).
         let _ = client.set_zero_linger();
-        tracing::warn!(pod = %pod.name(), %original, destination = %route.destination, reason = failure.reason.as_str(), detail = %failure.detail, "outbound connection failed");
+        let mut failure = failure.failure;
+        if tried > 0 {
+            failure.detail = format!("{} (after {} endpoints)", failure.detail, tried + 1);
+        }
+        tracing::warn!(pod = %pod.name(), original = %connection.original_destination, destination = %candidate.destination, reason = failure.reason.as_str(), detail = %failure.detail, "outbound connection failed");
         ctx.connections.failed(connection, failure);
-    };
-    match peer_identity {
+        return;
+    }
+}
+
+/// One endpoint a connection may go to, with the identity it must prove.
+struct Candidate {
+    destination: SocketAddr,
+    identity: Option<SpiffeId>,
+    target: SocketAddr,
+    workload: Option<String>,
+}
+
+/// A connection opened to a candidate.
+enum Opened {
+    Tunnel(weft_mesh::hbone::client::Tunnel, u64),
+    Direct(TcpStream),
+}
+
+/// Why a candidate could not be reached, and whether the endpoint is to blame (a refused or
+/// failed connect, not a timeout or a policy's refusal).
+struct NotOpened {
+    failure: Failure,
+    endpoint_failed: bool,
+}
+
+/// Opens a tunnel (or a direct connection) to `candidate` within `left`.
+async fn open(
+    client: &TcpStream,
+    pod: &PodContext,
+    ctx: &ProxyContext,
+    route: &route::Route,
+    candidate: &Candidate,
+    left: std::time::Duration,
+    early: &mut Option<bytes::Bytes>,
+) -> Result<Opened, NotOpened> {
+    match &candidate.identity {
         Some(identity) => {
-            let hbone = SocketAddr::new(route.destination.ip(), HBONE_PORT);
+            let hbone = SocketAddr::new(candidate.destination.ip(), HBONE_PORT);
             let started = std::time::Instant::now();
             let mut early_bytes = 0;
             // Boxed: opening a tunnel (a TLS and HTTP/2 handshake when no pooled connection
@@ -111,34 +211,46 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
             // would stay with every connection for as long as it is open.
             let opening = Box::pin(ctx.pool.open(
                 pod.source(),
-                &identity,
+                identity,
                 hbone,
-                tunnel_target,
-                route.connect_timeout,
+                candidate.target,
+                left,
                 || {
-                    let early = already_sent(&client);
-                    early_bytes = early.len() as u64;
-                    early
+                    let sent = early.get_or_insert_with(|| already_sent(client)).clone();
+                    early_bytes = sent.len() as u64;
+                    sent
                 },
             ));
-            match tokio::time::timeout(route.connect_timeout, opening)
+            match tokio::time::timeout(left, opening)
                 .await
                 .unwrap_or_else(|_| Err(HboneError::TimedOut))
             {
                 Ok(tunnel) => {
                     ctx.connections.metrics.tunnel_setup(started.elapsed());
-                    carry_tunnel(client, tunnel, ctx, connection, early_bytes).await;
+                    Ok(Opened::Tunnel(tunnel, early_bytes))
                 }
-                Err(e) => failed(connection, tunnel_failure(&e, hbone, &route)),
+                Err(e) => Err(NotOpened {
+                    endpoint_failed: endpoint_failed(&e),
+                    failure: tunnel_failure(&e, hbone, route),
+                }),
             }
         }
-        None => match socket::connect(pod, route.destination, route.connect_timeout).await {
-            Ok(server) => {
-                let guard = ctx.connections.open(connection);
-                splice(client, server, &guard).await;
-            }
-            Err(e) => failed(connection, connect_failure(&e, &route)),
+        None => match socket::connect(pod, candidate.destination, left).await {
+            Ok(server) => Ok(Opened::Direct(server)),
+            Err(e) => Err(NotOpened {
+                endpoint_failed: e.kind() != std::io::ErrorKind::TimedOut,
+                failure: connect_failure(&e, route),
+            }),
         },
+    }
+}
+
+/// Whether a tunnel failure is the endpoint's: its agent could not connect to it (502, 503,
+/// 504) or could not be reached; not a timeout, nor a refusal by policy (401, 403).
+fn endpoint_failed(error: &HboneError) -> bool {
+    match error {
+        HboneError::Status(status) => matches!(status.as_u16(), 502..=504),
+        other => !other.timed_out(),
     }
 }
 
@@ -215,6 +327,7 @@ fn tunnel_peer(
     registry: &Registry,
     route: &route::Route,
     original: std::net::SocketAddrV4,
+    destination: SocketAddr,
 ) -> (Option<SpiffeId>, SocketAddr) {
     match &route.via {
         Some(waypoint) => (
@@ -225,10 +338,7 @@ fn tunnel_peer(
             )),
             SocketAddr::V4(original),
         ),
-        None => (
-            hbone_identity(ctx, registry, route.destination),
-            route.destination,
-        ),
+        None => (hbone_identity(ctx, registry, destination), destination),
     }
 }
 

@@ -491,6 +491,7 @@ mod tests {
             peer_workload: Some("demo/server-b".into()),
             waypoint: None,
             carried_identity: None,
+            connect_attempts: 0,
             peer_identity: Some("spiffe://cluster.local/ns/demo/sa/server-b".into()),
             peer_certificate_serial: None,
             workload_identity: None,

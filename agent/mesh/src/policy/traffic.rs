@@ -373,15 +373,8 @@ pub fn compile(
 /// The settings of `spec` the node agent does not apply, by their field names.
 fn waypoint_only(spec: &TrafficPolicySpec, algorithm: Algorithm) -> Vec<&'static str> {
     let mut out = Vec::new();
-    if matches!(
-        algorithm,
-        Algorithm::LeastRequest | Algorithm::ConsistentHash
-    ) {
-        out.push(if algorithm == Algorithm::LeastRequest {
-            "loadBalancer.algorithm LeastRequest"
-        } else {
-            "loadBalancer.algorithm ConsistentHash"
-        });
+    if algorithm == Algorithm::ConsistentHash {
+        out.push("loadBalancer.algorithm ConsistentHash");
     }
     let present = [
         (spec.circuit_breaker.is_some(), "circuitBreaker"),
