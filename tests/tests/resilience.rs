@@ -420,3 +420,42 @@ fn at_l4_a_refusing_endpoint_is_retried_then_skipped_and_no_client_connection_fa
         .count();
     assert_eq!(failed, 0, "no connection failed: {flows}");
 }
+
+#[test]
+fn a_failing_health_check_takes_an_endpoint_out_until_it_passes_again() {
+    if !require_privileges() {
+        return;
+    }
+    let mesh = start();
+    let url = format!("http://{RESILIENT}/");
+    apply(
+        &mesh,
+        "tp-health-v1-fails",
+        "resilient",
+        "  healthCheck: {path: /fail-on/echo-v1, interval: 200ms, timeout: 150ms, unhealthyThreshold: 2, healthyThreshold: 2}\n",
+    );
+    eventually(
+        Duration::from_secs(5),
+        "echo-v1 fails its health check",
+        || {
+            let (_, text) = mesh.weftctl(&["endpoints", "demo/resilient"]);
+            text.lines()
+                .any(|l| l.contains("demo/echo-v1") && l.contains("unhealthy"))
+        },
+    );
+    let answers = requests(&mesh, &url, 20, &[], &[]);
+    assert_eq!(by(&answers, |a| a.server == "echo-v2"), 20, "{answers:?}");
+    apply(
+        &mesh,
+        "tp-health-all-pass",
+        "resilient",
+        "  healthCheck: {path: /status/200, interval: 200ms, timeout: 150ms, unhealthyThreshold: 2, healthyThreshold: 2}\n",
+    );
+    eventually(Duration::from_secs(5), "echo-v1 passes again", || {
+        let answers = requests(&mesh, &url, 4, &[], &[]);
+        by(&answers, |a| a.server == "echo-v1") == 2
+    });
+    assert!(mesh
+        .waypoint_log()
+        .contains("endpoint passes its health check again"));
+}

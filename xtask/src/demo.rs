@@ -48,7 +48,7 @@ fn spec() -> ClusterSpec {
     }
 }
 
-fn state_dir() -> PathBuf {
+pub(crate) fn state_dir() -> PathBuf {
     shell::root().join("target/weft-demo")
 }
 

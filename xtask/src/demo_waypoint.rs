@@ -1,7 +1,8 @@
 //! The playground's waypoint `demo/waypoint`: started with the agents (its pod on node-b), and
 //! the tour's L7 part: `demo/echo` is labelled to use it and given an HTTPRoute, then a 90/10
 //! split counted over 100 requests, a header route, a redirect, a header a filter added, the
-//! requests with the routes they took, and a route-check; finally the label comes off again.
+//! requests with the routes they took, and a route-check; then the resilience part
+//! (`demo_resilience`) on the Service itself; finally the label comes off again.
 
 use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
@@ -197,8 +198,12 @@ pub fn tour(cluster: &Cluster, manifests: &Manifests) -> anyhow::Result<()> {
         );
     }
 
-    demo::banner("The label and the route come off: demo/echo is L4 again");
+    // The resilience part runs on the Service itself, with no route.
     manifests.write("routes.yaml", "")?;
+    std::thread::sleep(Duration::from_millis(800));
+    crate::demo_resilience::tour(cluster, manifests)?;
+
+    demo::banner("The label comes off: demo/echo is L4 again");
     demo::write_manifests(cluster, manifests, false)?;
     Ok(())
 }

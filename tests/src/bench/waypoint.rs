@@ -42,6 +42,9 @@ pub struct WaypointReport {
     pub waypoint_cpu_s_per_1000_requests: f64,
     pub waypoint_idle_rss_mib: f64,
     pub waypoint_peak_rss_mib: f64,
+    /// One of two endpoints failing 10% of requests, by the policy in force.
+    #[serde(default)]
+    pub resilience: Vec<super::waypoint_resilience::ResilienceCase>,
 }
 
 /// How long each open-loop run measures, after its warm-up.
@@ -54,10 +57,10 @@ fn lengths(quick: bool) -> (f64, f64) {
 }
 
 /// Runs `weft-bench http-load` in a pod and reads its report.
-fn load(
+pub(crate) fn load(
     mesh: &Mesh,
     from: &crate::PodHandle,
-    target: SocketAddr,
+    (target, path): (SocketAddr, &str),
     http2: bool,
     (rate, connections, seconds, warmup): (f64, usize, f64, f64),
 ) -> anyhow::Result<LoadReport> {
@@ -73,6 +76,8 @@ fn load(
         seconds.to_string(),
         "--warmup".into(),
         warmup.to_string(),
+        "--path".into(),
+        path.to_owned(),
     ];
     if http2 {
         args.push("--http2".into());
@@ -113,7 +118,7 @@ pub fn run(bins: &Path, out: &Path, quick: bool) -> anyhow::Result<WaypointRepor
         let saturated = load(
             &mesh,
             &client,
-            waypoint_target,
+            (waypoint_target, "/bench"),
             http2,
             (0.0, 64, seconds.min(3.0), 0.0),
         )?;
@@ -125,10 +130,16 @@ pub fn run(bins: &Path, out: &Path, quick: bool) -> anyhow::Result<WaypointRepor
             [(1000.0, 4, false), (1000.0, 64, false), (near, 64, true)]
         {
             let shape = (rate, connections, seconds, warmup);
-            let baseline = load(&mesh, &plain_client, baseline_target, http2, shape)?;
-            let l4 = load(&mesh, &client, l4_target, http2, shape)?;
+            let baseline = load(
+                &mesh,
+                &plain_client,
+                (baseline_target, "/bench"),
+                http2,
+                shape,
+            )?;
+            let l4 = load(&mesh, &client, (l4_target, "/bench"), http2, shape)?;
             let before = cpu_seconds(waypoint);
-            let through = load(&mesh, &client, waypoint_target, http2, shape)?;
+            let through = load(&mesh, &client, (waypoint_target, "/bench"), http2, shape)?;
             let cpu = cpu_seconds(waypoint) - before;
             waypoint_cpu += cpu;
             waypoint_requests += through.sent;
@@ -155,6 +166,7 @@ pub fn run(bins: &Path, out: &Path, quick: bool) -> anyhow::Result<WaypointRepor
     let mib = |kib: u64| kib as f64 / 1024.0;
     report.waypoint_idle_rss_mib = mib(idle_rss);
     report.waypoint_peak_rss_mib = mib(peak_rss_kib(waypoint));
+    report.resilience = super::waypoint_resilience::run(&mesh, (seconds, warmup))?;
     Ok(report)
 }
 
@@ -228,6 +240,7 @@ impl WaypointReport {
                 ..super::Row::alone("waypoint cost", name, value, "MiB")
             });
         }
+        rows.extend(super::waypoint_resilience::rows(&self.resilience));
         rows
     }
 }

@@ -3,7 +3,8 @@
 //! it read (after `x-delay-ms` milliseconds when the request asks). `GET /bytes/<n>` streams
 //! `n` bytes back instead, `/status/<code>` answers that status, `/delay/<ms>ms` (or `<s>s`)
 //! answers after that long, and a request carrying `x-echo-fail-on: <this server's name>`
-//! gets 503. `GET /_peak` answers the most requests this server has had in flight at once
+//! gets 503, as does `/fail-on/<this server's name>`, and `/fail-sometimes/<name>/<percent>` fails that share at
+//! random. `GET /_peak` answers the most requests this server has had in flight at once
 //! (for circuit-breaker tests). A third argument is the status every answer carries (a broken backend, for retry
 //! tests).
 #![forbid(unsafe_code)]
@@ -113,6 +114,22 @@ async fn answer(
     let mut status = status;
     if let Some(code) = req.uri().path().strip_prefix("/status/") {
         status = StatusCode::from_bytes(code.as_bytes()).unwrap_or(StatusCode::BAD_REQUEST);
+    }
+    // `/fail-sometimes/<name>/<percent>`: that server fails that share of requests, at
+    // random (the bench's flaky endpoint).
+    if let Some(rest) = req.uri().path().strip_prefix("/fail-sometimes/") {
+        if let Some((failing, percent)) = rest.split_once('/') {
+            let percent: u32 = percent.parse().unwrap_or(0);
+            if failing == name && rand::random_range(0..100) < percent {
+                status = StatusCode::SERVICE_UNAVAILABLE;
+            }
+        }
+    }
+    // A path failing on one server only: a health check that one endpoint fails.
+    if let Some(failing) = req.uri().path().strip_prefix("/fail-on/") {
+        if failing == name {
+            status = StatusCode::SERVICE_UNAVAILABLE;
+        }
     }
     if let Some(wait) = req.uri().path().strip_prefix("/delay/") {
         tokio::time::sleep(delay_of(wait)).await;
