@@ -53,6 +53,24 @@ pub const HASHED: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 35);
 /// no waypoint: the agent's connect retry and passive health.
 pub const L4_RETRY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 36);
 
+/// `demo/l4-local`: echo-v2 (node0, zone-a) and echo-v1 (node1, zone-b) at L4, for the
+/// agent's locality preference.
+pub const L4_LOCAL: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 37);
+
+/// The fixture's nodes: node0 in zone-a, node1 in zone-b, both in region r1.
+pub const NODES: &str = "apiVersion: v1
+kind: Node
+metadata:
+  name: node0
+  labels: {topology.kubernetes.io/region: r1, topology.kubernetes.io/zone: zone-a}
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: node1
+  labels: {topology.kubernetes.io/region: r1, topology.kubernetes.io/zone: zone-b}
+";
+
 /// The Gateway and every route of the fixture.
 pub const ROUTES: &str = include_str!("waypoint_routes.yaml");
 
@@ -154,6 +172,14 @@ fn services(cluster: &Cluster) -> String {
             Some("name: http"),
         ),
         service(
+            "l4-local",
+            L4_LOCAL,
+            (80, 8080),
+            &[v1, v2],
+            false,
+            Some("name: http"),
+        ),
+        service(
             "resilient",
             RESILIENT,
             (80, 8080),
@@ -234,6 +260,7 @@ impl Mesh {
         let hashed = [ip("echo-v1"), ip("echo-v2"), ip("echo-v3")];
         manifests.write("hashed.yaml", &hashed_service(&hashed))?;
         manifests.write("routes.yaml", ROUTES)?;
+        manifests.write("nodes.yaml", NODES)?;
         let mut mesh = Self {
             cluster,
             manifests,

@@ -408,9 +408,15 @@ fn choose<'r>(
     let algorithm = policy.map(|p| p.algorithm).unwrap_or_default();
     let key = parts.and_then(|p| crate::resilience::hash_key(policy, p, tunnel.client_ip));
     let state = waypoint.resilience.backend(&resolved.key, &waypoint.limits);
+    let locality = policy.and_then(|p| p.resilience.locality);
+    let nearness = locality.map(|_| {
+        let client = request.registry.node_of(tunnel.client_ip);
+        request.registry.nearness(client, &resolved.endpoints)
+    });
+    let near = nearness.as_deref().zip(locality);
     let picked = state
         .endpoints()
-        .pick(algorithm, &resolved.endpoints, key, tried);
+        .pick_near(algorithm, &resolved.endpoints, key, tried, near);
     let endpoint = picked.map_err(|none| match none {
         balance::NoPick::NoEndpoints => {
             let (reason, detail) = resolved.none_ready();

@@ -109,6 +109,18 @@ impl EndpointHealth {
         first: SocketAddr,
         endpoints: &[SocketAddr],
     ) -> Vec<SocketAddr> {
+        self.order_near(algorithm, first, endpoints, None)
+    }
+
+    /// [`EndpointHealth::order`], keeping to the nearest locality with enough healthy
+    /// endpoints when `near` is given.
+    pub fn order_near(
+        &self,
+        algorithm: Algorithm,
+        first: SocketAddr,
+        endpoints: &[SocketAddr],
+        near: Option<Nearness<'_>>,
+    ) -> Vec<SocketAddr> {
         let now = Instant::now();
         let records = self.lock();
         let mut usable: Vec<SocketAddr> = endpoints
@@ -116,6 +128,9 @@ impl EndpointHealth {
             .copied()
             .filter(|e| !Self::skipped(records.get(e), now))
             .collect();
+        if let Some(near) = near {
+            usable = nearest(endpoints, near, &usable);
+        }
         if usable.is_empty() {
             usable = endpoints.to_vec();
         }
@@ -208,6 +223,37 @@ impl EndpointHealth {
     }
 }
 
+/// Locality preference: how near each endpoint of a Service is to the client (0 its zone, 1
+/// its region, 2 further; parallel to the endpoint list) and the healthy share (percent) a
+/// locality needs to be used.
+pub type Nearness<'a> = (&'a [u8], u32);
+
+/// The healthy endpoints (`usable`) of the nearest locality that has enough of them: the
+/// client's zone, else its region, else all of `usable`.
+pub fn nearest(
+    all: &[SocketAddr],
+    (nearness, min_healthy): Nearness<'_>,
+    usable: &[SocketAddr],
+) -> Vec<SocketAddr> {
+    for tier in 0..=1u8 {
+        let in_tier: Vec<SocketAddr> = all
+            .iter()
+            .zip(nearness)
+            .filter(|(_, n)| **n <= tier)
+            .map(|(e, _)| *e)
+            .collect();
+        let healthy: Vec<SocketAddr> = usable
+            .iter()
+            .copied()
+            .filter(|e| in_tier.contains(e))
+            .collect();
+        if !healthy.is_empty() && healthy.len() * 100 >= min_healthy as usize * in_tier.len() {
+            return healthy;
+        }
+    }
+    usable.to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use std::{net::SocketAddr, time::Duration};
@@ -245,6 +291,21 @@ mod tests {
             health.failed(*e, &all, rule);
         }
         assert_eq!(health.order(Algorithm::RoundRobin, all[1], &all).len(), 3);
+    }
+
+    #[test]
+    fn the_nearest_locality_with_enough_healthy_endpoints_is_used() {
+        let all = endpoints();
+        // 10.0.0.1 and .2 in the client's zone, .3 elsewhere in its region.
+        let nearness = [0, 0, 1];
+        assert_eq!(super::nearest(&all, (&nearness, 70), &all), all[..2]);
+        // One of the zone's two is out: 50% < 70%, so the region (2 of 3 healthy) is used.
+        let usable = [all[1], all[2]];
+        assert_eq!(super::nearest(&all, (&nearness, 70), &usable), usable);
+        // At 50% the zone's one healthy endpoint is enough.
+        assert_eq!(super::nearest(&all, (&nearness, 50), &usable), [all[1]]);
+        // Nothing near is healthy: every usable endpoint.
+        assert_eq!(super::nearest(&all, (&[2, 2, 2], 70), &usable), usable);
     }
 
     #[test]

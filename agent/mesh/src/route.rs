@@ -138,7 +138,7 @@ impl RoundRobin {
 pub fn resolve(
     (rotation, health): (&RoundRobin, &crate::balance::EndpointHealth),
     registry: &Registry,
-    original: SocketAddrV4,
+    (client, original): (std::net::IpAddr, SocketAddrV4),
 ) -> Result<Route, RouteError> {
     if let Some((service, port)) = registry.service_by_vip(original) {
         let name = format!("{}/{}", service.namespace, service.name);
@@ -181,7 +181,12 @@ pub fn resolve(
             service: name.clone(),
             port: port.port,
         })?;
-        let mut order = health.order(algorithm, first, &endpoints).into_iter();
+        let locality = traffic.and_then(|t| t.resilience.locality);
+        let nearness = locality.map(|_| registry.nearness(registry.node_of(client), &endpoints));
+        let near = nearness.as_deref().zip(locality);
+        let mut order = health
+            .order_near(algorithm, first, &endpoints, near)
+            .into_iter();
         let destination = order.next().unwrap_or(first);
         return Ok(Route {
             destination,

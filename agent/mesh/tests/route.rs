@@ -63,7 +63,8 @@ fn resolve(
     original: std::net::SocketAddrV4,
 ) -> Result<Route, RouteError> {
     let health = weft_mesh::balance::EndpointHealth::default();
-    weft_mesh::route::resolve((rotation, &health), registry, original)
+    let client = std::net::IpAddr::from([10, 244, 0, 99]);
+    weft_mesh::route::resolve((rotation, &health), registry, (client, original))
 }
 
 #[test]

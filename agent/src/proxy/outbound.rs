@@ -74,7 +74,11 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         return;
     }
     // One registry snapshot decides the whole connection: route, identity and names.
-    let route = match route::resolve((&ctx.rotation, &ctx.endpoints), &registry, original) {
+    let route = match route::resolve(
+        (&ctx.rotation, &ctx.endpoints),
+        &registry,
+        (pod.placement.ip.into(), original),
+    ) {
         Ok(route) => route,
         Err(e) => {
             tracing::warn!(pod = %pod.name(), %original, reason = e.reason(), error = %e, "outbound connection failed");

@@ -285,6 +285,7 @@ pub async fn measure(
     // Rebuild and lookup cost over the objects as the watches keep them.
     let objects = kube_watch::Objects {
         namespaces: settled(&namespaces)?,
+        nodes: Vec::new(),
         pods: settled(&served_pods)?,
         services: settled(&served_services)?,
         endpoint_slices: settled(&served_slices)?,

@@ -103,6 +103,19 @@ impl Endpoints {
         key: Option<u64>,
         tried: &[SocketAddr],
     ) -> std::result::Result<SocketAddr, NoPick> {
+        self.pick_near(algorithm, current, key, tried, None)
+    }
+
+    /// [`Endpoints::pick`], keeping to the nearest locality with enough healthy endpoints
+    /// when `near` is given.
+    pub fn pick_near(
+        &mut self,
+        algorithm: Algorithm,
+        current: &[SocketAddr],
+        key: Option<u64>,
+        tried: &[SocketAddr],
+        near: Option<weft_mesh::balance::Nearness<'_>>,
+    ) -> std::result::Result<SocketAddr, NoPick> {
         if current.is_empty() {
             return Err(NoPick::NoEndpoints);
         }
@@ -120,6 +133,10 @@ impl Endpoints {
         if usable.is_empty() {
             return Err(NoPick::NoHealthy);
         }
+        let usable = match near {
+            Some(near) => weft_mesh::balance::nearest(current, near, &usable),
+            None => usable,
+        };
         let fresh: Vec<SocketAddr> = usable
             .iter()
             .copied()

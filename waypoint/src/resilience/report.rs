@@ -58,7 +58,14 @@ fn backend(waypoint: &Waypoint, registry: &Registry, key: &str) -> Option<Backen
                 ewma_ms: (record.ewma_micros / 10.0).round() / 100.0,
                 requests: record.requests,
                 errors: record.errors,
-                locality: None,
+                locality: registry
+                    .node_of(address.ip())
+                    .and_then(|n| match (&n.region, &n.zone) {
+                        (Some(region), Some(zone)) => Some(format!("{region}/{zone}")),
+                        (None, Some(zone)) => Some(zone.clone()),
+                        (Some(region), None) => Some(region.clone()),
+                        (None, None) => None,
+                    }),
             }
         })
         .collect();

@@ -31,7 +31,13 @@ pub struct Resilience {
     pub rate_limit: Option<RateLimit>,
     pub fault: Option<Fault>,
     pub hash: Option<HashOn>,
+    /// Locality preference: the healthy share (percent) below which a locality is passed over.
+    pub locality: Option<u32>,
 }
+
+/// A locality is passed over below this healthy share when a policy gives none (Envoy's
+/// overprovisioning factor of 1.4 makes it about 71%).
+pub const DEFAULT_LOCALITY_MIN_HEALTHY: u32 = 70;
 
 /// Which failures a retry answers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -471,5 +477,17 @@ pub fn compile(spec: &TrafficPolicySpec) -> Result<Resilience, PolicyError> {
         rate_limit,
         fault: spec.fault_injection.as_ref().map(fault).transpose()?,
         hash: hash(spec)?,
+        locality: spec
+            .load_balancer
+            .as_ref()
+            .and_then(|lb| lb.locality.as_ref())
+            .map(|l| {
+                percent(
+                    "loadBalancer.locality.minHealthyPercent",
+                    l.min_healthy_percent
+                        .unwrap_or(DEFAULT_LOCALITY_MIN_HEALTHY),
+                )
+            })
+            .transpose()?,
     })
 }

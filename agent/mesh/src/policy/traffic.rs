@@ -55,6 +55,19 @@ pub struct LoadBalancer {
     /// What `ConsistentHash` hashes: exactly one of a header, a cookie or the source IP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistent_hash: Option<ConsistentHash>,
+    /// Prefer endpoints in the client's zone, then its region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<LocalityPreference>,
+}
+
+/// Endpoints on nodes in the client's zone first (`topology.kubernetes.io/zone`), then in its
+/// region; a locality is passed over while the share of its endpoints that are healthy (not
+/// ejected, skipped or failing health checks) is below `minHealthyPercent` (default 70).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityPreference {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_healthy_percent: Option<u32>,
 }
 
 /// `RoundRobin`, `Random` and `LeastRequest` (over active connections) pick per connection at

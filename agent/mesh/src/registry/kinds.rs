@@ -5,6 +5,7 @@
 /// The kinds Weft acts on, each under the versions it reads.
 pub const READ: &[(&str, &str)] = &[
     ("v1", "Namespace"),
+    ("v1", "Node"),
     ("v1", "Pod"),
     ("v1", "Service"),
     ("discovery.k8s.io/v1", "EndpointSlice"),

@@ -68,6 +68,8 @@ pub struct ObjectError {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Registry {
     pub namespaces: BTreeMap<String, Namespace>,
+    /// Nodes by name, for their zone and region (locality-aware balancing).
+    pub nodes: BTreeMap<String, objects::Node>,
     /// Shared with the watch stores (and between snapshots): a rebuild copies no object.
     pub pods: Vec<Arc<Pod>>,
     pub services: Vec<Arc<Service>>,
@@ -381,6 +383,36 @@ impl Registry {
             .get(&ip)
             .and_then(|&i| self.pods.get(i as usize))
             .map(Arc::as_ref)
+    }
+
+    /// The node the pod at `ip` runs on, with its zone and region, when the registry has it.
+    pub fn node_of(&self, ip: std::net::IpAddr) -> Option<&objects::Node> {
+        let std::net::IpAddr::V4(ip) = ip else {
+            return None;
+        };
+        let node = self.pod_by_ip(ip)?.node_name.as_deref()?;
+        self.nodes.get(node)
+    }
+
+    /// How near each of `endpoints` is to `client`: 0 in its zone, 1 in its region, 2 further
+    /// or unknown.
+    pub fn nearness(&self, client: Option<&objects::Node>, endpoints: &[SocketAddr]) -> Vec<u8> {
+        endpoints
+            .iter()
+            .map(|e| {
+                let (Some(client), Some(node)) = (client, self.node_of(e.ip())) else {
+                    return 2;
+                };
+                let same_region = client.region.is_some() && client.region == node.region;
+                if same_region && client.zone.is_some() && client.zone == node.zone {
+                    0
+                } else if same_region {
+                    1
+                } else {
+                    2
+                }
+            })
+            .collect()
     }
 
     /// The `TrafficPolicy` that applies to an HTTPRoute: the first, by name, that targets it.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{
-    typed::{EndpointSliceObject, NamespaceObject, PodObject, ServiceObject, Settle},
+    typed::{EndpointSliceObject, NamespaceObject, NodeObject, PodObject, ServiceObject, Settle},
     Registry,
 };
 
@@ -38,6 +38,14 @@ impl Meta {
             ..ObjectMeta::default()
         }
     }
+}
+
+/// A node's place: its `topology.kubernetes.io/region` and `/zone` labels.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub region: Option<String>,
+    pub zone: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -317,7 +325,10 @@ fn add_core(
     doc: &serde_yaml::Value,
     kind: &str,
 ) -> Option<Result<(), Rejection>> {
-    if !matches!(kind, "Namespace" | "Pod" | "Service" | "EndpointSlice") {
+    if !matches!(
+        kind,
+        "Namespace" | "Node" | "Pod" | "Service" | "EndpointSlice"
+    ) {
         return None;
     }
     let id = object_id(doc, kind);
@@ -332,6 +343,13 @@ fn add_core(
             NamespaceObject {
                 metadata: metadata()?,
                 ..NamespaceObject::default()
+            },
+        ),
+        "Node" => keep(
+            registry,
+            NodeObject {
+                metadata: metadata()?,
+                ..NodeObject::default()
             },
         ),
         "Pod" => keep(

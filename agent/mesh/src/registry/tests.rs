@@ -284,3 +284,34 @@ fn a_ports_protocol_comes_from_app_protocol_then_its_name() {
     assert_eq!(port("main", None).protocol(), AppProtocol::Unknown);
     assert_eq!(port("", None).protocol(), AppProtocol::Unknown);
 }
+
+#[test]
+fn nodes_place_pods_in_their_zone_and_region() {
+    let registry = docs(&format!(
+        "{CLUSTER}---
+apiVersion: v1
+kind: Node
+metadata: {{name: n1, labels: {{topology.kubernetes.io/region: r1, topology.kubernetes.io/zone: z1}}}}
+---
+apiVersion: v1
+kind: Node
+metadata: {{name: n2, labels: {{topology.kubernetes.io/region: r1}}}}
+"
+    ));
+    let node = registry
+        .node_of(std::net::IpAddr::from([10, 0, 0, 1]))
+        .expect("a's node");
+    assert_eq!(
+        (node.region.as_deref(), node.zone.as_deref()),
+        (Some("r1"), Some("z1"))
+    );
+    assert_eq!(registry.nodes["n2"].zone, None);
+    let near = registry.nearness(
+        Some(node),
+        &[
+            std::net::SocketAddr::from(([10, 0, 0, 1], 80)),
+            std::net::SocketAddr::from(([10, 9, 9, 9], 80)),
+        ],
+    );
+    assert_eq!(near, [0, 2]);
+}

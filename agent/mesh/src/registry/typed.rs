@@ -21,8 +21,8 @@ use serde::Deserialize;
 use super::Registry;
 
 use super::objects::{
-    Endpoint, EndpointPort, EndpointSlice, Labels, Namespace, Pod, Problem, Rejection, Service,
-    ServicePort,
+    Endpoint, EndpointPort, EndpointSlice, Labels, Namespace, Node, Pod, Problem, Rejection,
+    Service, ServicePort,
 };
 
 /// What an object became in the registry's terms.
@@ -172,6 +172,43 @@ impl Settle for NamespaceObject {
         registry
             .namespaces
             .insert(kept.name.clone(), Namespace::clone(kept));
+    }
+}
+
+/// A node: only its name and its topology labels are kept.
+#[derive(Clone, Debug, Default, Deserialize, Resource)]
+#[resource(inherit = core::Node)]
+pub struct NodeObject {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(skip)]
+    pub settled: Settled<Node>,
+}
+
+/// The node labels that place a node (well-known labels of Kubernetes).
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+
+impl Settle for NodeObject {
+    type Kept = Node;
+
+    fn settle(&mut self) {
+        self.settled = settle_with::<Self, _>(&mut self.metadata, |meta| {
+            let label = |key: &str| meta.labels.as_ref().and_then(|l| l.get(key)).cloned();
+            Ok(Some(Node {
+                name: meta.name.clone().unwrap_or_default(),
+                region: label(REGION_LABEL),
+                zone: label(ZONE_LABEL),
+            }))
+        });
+    }
+
+    fn settled(&self) -> &Settled<Node> {
+        &self.settled
+    }
+
+    fn keep(kept: &Arc<Node>, registry: &mut Registry) {
+        registry.nodes.insert(kept.name.clone(), Node::clone(kept));
     }
 }
 

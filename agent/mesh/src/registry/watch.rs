@@ -27,7 +27,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    typed::{EndpointSliceObject, NamespaceObject, PodObject, ServiceObject, Settle},
+    typed::{EndpointSliceObject, NamespaceObject, NodeObject, PodObject, ServiceObject, Settle},
     Registry,
 };
 
@@ -83,6 +83,7 @@ enum Change {
 /// Every kind's store, read whole for each snapshot.
 struct Stores {
     namespaces: Store<NamespaceObject>,
+    nodes: Store<NodeObject>,
     pods: Store<PodObject>,
     services: Store<ServiceObject>,
     endpoint_slices: Store<EndpointSliceObject>,
@@ -93,6 +94,7 @@ impl Stores {
     fn len(&self, kind: &str) -> usize {
         match kind {
             "Namespace" => self.namespaces.len(),
+            "Node" => self.nodes.len(),
             "Pod" => self.pods.len(),
             "Service" => self.services.len(),
             "EndpointSlice" => self.endpoint_slices.len(),
@@ -108,6 +110,7 @@ impl Stores {
     fn objects(&self) -> Objects {
         Objects {
             namespaces: self.namespaces.state(),
+            nodes: self.nodes.state(),
             pods: self.pods.state(),
             services: self.services.state(),
             endpoint_slices: self.endpoint_slices.state(),
@@ -124,6 +127,7 @@ impl Stores {
 #[derive(Debug, Default)]
 pub struct Objects {
     pub namespaces: Vec<Arc<NamespaceObject>>,
+    pub nodes: Vec<Arc<NodeObject>>,
     pub pods: Vec<Arc<PodObject>>,
     pub services: Vec<Arc<ServiceObject>>,
     pub endpoint_slices: Vec<Arc<EndpointSliceObject>>,
@@ -162,6 +166,7 @@ impl Objects {
         }
         let mut registry = Registry::default();
         add(&mut registry, "Namespace", &self.namespaces);
+        add(&mut registry, "Node", &self.nodes);
         add(&mut registry, "Pod", &self.pods);
         add(&mut registry, "Service", &self.services);
         add(&mut registry, "EndpointSlice", &self.endpoint_slices);
@@ -183,6 +188,7 @@ pub fn spawn(client: &Client, tx: watch::Sender<Arc<Registry>>) -> WatchStatus {
     let (changes_tx, changes_rx) = mpsc::channel(1024);
     let stores = Stores {
         namespaces: typed(client, "Namespace", &changes_tx),
+        nodes: typed(client, "Node", &changes_tx),
         pods: typed(client, "Pod", &changes_tx),
         services: typed(client, "Service", &changes_tx),
         endpoint_slices: typed(client, "EndpointSlice", &changes_tx),
