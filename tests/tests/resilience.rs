@@ -115,6 +115,15 @@ fn retries_hide_a_failing_endpoint_and_the_budget_caps_them() {
         "resilient",
         "  retry: {attempts: 2, retryOn: [5xx]}\n",
     );
+    // The client's agent says the waypoint applies what it cannot.
+    let node0 = mesh.cluster.node("node0").clone();
+    eventually(Duration::from_secs(10), "node0 names the waypoint", || {
+        mesh.cluster
+            .admin(&node0, "/trafficpolicies")
+            .is_ok_and(|p| {
+                p[0]["appliedBy"][0] == "demo/waypoint" && p[0]["waypointOnly"][0] == "retry"
+            })
+    });
     let answers = requests(&mesh, &url, 200, &["x-echo-fail-on: echo-v1"], &[]);
     assert_eq!(answers.len(), 200);
     assert_eq!(by(&answers, |a| a.status == 200), 200, "{answers:?}");

@@ -534,6 +534,34 @@ mod tests {
     }
 
     #[test]
+    fn waypoint_settings_are_needed_unless_a_waypoint_serves_the_service() {
+        let policy = |applied_by: Vec<String>| weft_api::TrafficPolicy {
+            namespace: "demo".into(),
+            name: "echo".into(),
+            spec: serde_json::json!({"targetRefs": [{"kind": "Service", "name": "echo"}]}),
+            services: vec!["echo".into()],
+            connect_timeout: None,
+            algorithm: "RoundRobin".into(),
+            waypoint_only: vec!["retry".into(), "circuitBreaker".into()],
+            applied_by,
+        };
+        let shown = |applied_by| {
+            super::policies(&super::Policies {
+                authorization_policies: Vec::new(),
+                traffic_policies: vec![policy(applied_by)],
+            })
+        };
+        let alone = shown(Vec::new());
+        assert!(alone.contains("retry,circuitBreaker"), "{alone}");
+        let served = shown(vec!["demo/waypoint".into()]);
+        assert!(
+            served.contains("none: waypoint demo/waypoint applies them"),
+            "{served}"
+        );
+        assert!(!served.contains("circuitBreaker"), "{served}");
+    }
+
+    #[test]
     fn tables_are_aligned_and_json_is_the_typed_answer() {
         let workload = Workload {
             namespace: "demo".into(),
