@@ -1,7 +1,7 @@
 """A gRPC server and client for the waypoint tests, on grpcio with raw-bytes messages (no
 generated code): `weft.Echo/Unary` echoes one message with a trailer (or fails with NOT_FOUND
 when asked), `weft.Echo/Chat` echoes a bidirectional stream. The client prints one JSON line
-of what it saw."""
+of what it saw; `chaos` makes one call with `x-chaos: 1` and one without."""
 
 import json
 import sys
@@ -67,5 +67,22 @@ def client(target):
     print(json.dumps(seen))
 
 
+def chaos(target):
+    """One unary call carrying `x-chaos: 1` (a fault-injection match), and one without."""
+    seen = {}
+    with grpc.insecure_channel(target) as channel:
+        unary_call = channel.unary_unary("/weft.Echo/Unary")
+        try:
+            unary_call(b"hello", timeout=10, metadata=(("x-chaos", "1"),))
+            seen["chaos_code"] = "OK"
+        except grpc.RpcError as e:
+            seen["chaos_code"] = e.code().name
+            seen["chaos_details"] = e.details()
+        reply, call = unary_call.with_call(b"calm", timeout=10)
+        seen["calm"] = reply.decode()
+        seen["calm_code"] = call.code().name
+    print(json.dumps(seen))
+
+
 if __name__ == "__main__":
-    {"serve": serve, "client": client}[sys.argv[1]](sys.argv[2])
+    {"serve": serve, "client": client, "chaos": chaos}[sys.argv[1]](sys.argv[2])

@@ -8,7 +8,7 @@ use std::{collections::HashMap, fmt::Write as _, path::Path, time::Duration};
 
 use weft_harness::{
     eventually, require_privileges,
-    waypoint_mesh::{hashed_service, Mesh, HASHED, L4_LOCAL, L4_RETRY, RESILIENT},
+    waypoint_mesh::{hashed_service, Mesh, GRPC, HASHED, L4_LOCAL, L4_RETRY, RESILIENT},
 };
 
 fn start() -> Mesh {
@@ -205,6 +205,33 @@ fn outlier_detection_ejects_a_failing_endpoint_and_brings_it_back() {
     std::thread::sleep(Duration::from_millis(3_200));
     let back = requests(&mesh, &url, 20, &[], &[]);
     assert_eq!(by(&back, |a| a.server == "echo-v1"), 10, "{back:?}");
+
+    // With every endpoint allowed out, two failures eject both: nothing healthy is left.
+    apply(
+        &mesh,
+        "tp-eject-all",
+        "resilient",
+        "  outlierDetection: {consecutiveErrors: 1, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}\n",
+    );
+    let failing = requests(
+        &mesh,
+        &format!("http://{RESILIENT}/status/503"),
+        2,
+        &[],
+        &[],
+    );
+    assert_eq!(
+        by(&failing, |a| a.reason == "endpoint_ejected"),
+        2,
+        "{failing:?}"
+    );
+    let none = requests(&mesh, &url, 3, &[], &[]);
+    assert_eq!(
+        by(&none, |a| a.status == 503
+            && a.reason == "no_healthy_endpoint"),
+        3,
+        "{none:?}"
+    );
 }
 
 #[test]
@@ -519,5 +546,53 @@ fn locality_keeps_traffic_in_the_clients_zone_until_its_endpoints_are_ejected() 
             );
             by(&l4, |a| a.server == "echo-v2") == 20
         },
+    );
+}
+
+#[test]
+fn a_grpc_abort_answers_its_status_to_matching_calls_only() {
+    if !require_privileges() {
+        return;
+    }
+    let mesh = start();
+    let grpc = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("py")
+        .join("grpc_echo.py");
+    let grpc = grpc.to_str().expect("path");
+    mesh.cluster
+        .spawn_in_pod(
+            &mesh.pod("echo-v2"),
+            "python3",
+            &[grpc, "serve", "0.0.0.0:50051"],
+        )
+        .expect("grpc server");
+    apply(
+        &mesh,
+        "tp-grpc-chaos",
+        "grpc",
+        "  faultInjection: {abort: {grpcStatus: 14, percent: 100}, headers: [{name: x-chaos, value: '1'}]}\n",
+    );
+    let client = mesh.pod("client");
+    let mut seen = serde_json::Value::Null;
+    eventually(Duration::from_secs(15), "the gRPC client ran", || {
+        let out = mesh
+            .cluster
+            .run_in_pod(
+                &client,
+                "python3",
+                &[grpc, "chaos", &format!("{GRPC}:50051")],
+            )
+            .expect("grpc client");
+        seen = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        out.status.success()
+    });
+    assert_eq!(seen["chaos_code"], "UNAVAILABLE", "{seen}");
+    assert_eq!(seen["chaos_details"], "fault injected", "{seen}");
+    assert_eq!(seen["calm_code"], "OK", "{seen}");
+    assert!(
+        seen["calm"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("echo:calm")),
+        "{seen}"
     );
 }

@@ -195,3 +195,64 @@ impl Drop for Held {
         self.backend.endpoints().finished(self.endpoint);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use weft_mesh::policy::traffic::{compile, TrafficPolicySpec};
+
+    use super::hash_key;
+
+    fn policy(key: &str) -> weft_mesh::policy::TrafficSettings {
+        let spec: TrafficPolicySpec = serde_yaml::from_str(&format!(
+            "targetRefs: [{{kind: Service, name: s}}]\nloadBalancer: {{algorithm: ConsistentHash, consistentHash: {{{key}}}}}"
+        ))
+        .expect("spec");
+        compile("demo", "p", spec).expect("compiles")
+    }
+
+    fn request(headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut builder = http::Request::get("/");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn a_hash_key_comes_from_the_header_the_cookie_or_the_source_ip() {
+        let client = IpAddr::from([10, 0, 0, 1]);
+        let other = IpAddr::from([10, 0, 0, 2]);
+        let by_header = policy("header: x-user");
+        let alice = hash_key(Some(&by_header), &request(&[("x-user", "alice")]), client);
+        assert!(alice.is_some());
+        assert_eq!(
+            alice,
+            hash_key(Some(&by_header), &request(&[("X-User", "alice")]), other)
+        );
+        assert_ne!(
+            alice,
+            hash_key(Some(&by_header), &request(&[("x-user", "bob")]), client)
+        );
+        assert_eq!(hash_key(Some(&by_header), &request(&[]), client), None);
+
+        let by_cookie = policy("cookie: session");
+        let with =
+            |cookies: &str| hash_key(Some(&by_cookie), &request(&[("cookie", cookies)]), client);
+        assert!(with("a=1; session=s1").is_some());
+        assert_eq!(with("a=1; session=s1"), with("session=s1"));
+        assert_ne!(with("session=s1"), with("session=s2"));
+        assert_eq!(with("sessions=s1"), None);
+
+        let by_source = policy("sourceIP: true");
+        let here = hash_key(Some(&by_source), &request(&[]), client);
+        assert!(here.is_some());
+        assert_ne!(here, hash_key(Some(&by_source), &request(&[]), other));
+        // Another algorithm hashes nothing.
+        assert_eq!(
+            hash_key(None, &request(&[("x-user", "alice")]), client),
+            None
+        );
+    }
+}
