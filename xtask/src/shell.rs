@@ -64,8 +64,34 @@ pub fn cargo(toolchain: Option<&str>) -> Command {
     ] {
         cmd.env_remove(var);
     }
+    if in_ci() {
+        // Incremental state is written for a rebuild CI never makes, and it is the larger part
+        // of a debug target folder.
+        cmd.env("CARGO_INCREMENTAL", "0");
+    }
     cmd.current_dir(root());
     cmd
+}
+
+/// Whether this runs under CI (`CI` set to anything but empty, `0` or `false`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// Free space on the file system holding `path`, in bytes, from `df` (no unsafe statvfs
+/// here); `None` when `df` cannot tell.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn describe(cmd: &Command) -> String {
