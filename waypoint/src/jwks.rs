@@ -1,0 +1,140 @@
+//! Key sets a `RequestAuthentication` names by `jwksUri`: fetched by the waypoint over HTTP
+//! (from its own network namespace, so through the mesh like any of its connections), cached
+//! per URI, refreshed after [`REFRESH`], and fetched again early, at most once per
+//! [`MIN_REFETCH`], when a token names a key the cached set lacks (a rotation). Bounded in
+//! URIs, bytes and time; a failed fetch keeps the last good set.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty, Limited};
+use weft_mesh::policy::jwt::{KeySet, MAX_JWKS_BYTES};
+
+/// A fetched set is used this long before it is fetched again.
+pub const REFRESH: Duration = Duration::from_mins(5);
+/// The shortest time between two fetches of one URI, whatever asks.
+pub const MIN_REFETCH: Duration = Duration::from_secs(2);
+/// Connect, send and read, all of it.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most URIs cached; past it the oldest entry goes.
+pub const MAX_URIS: usize = 64;
+
+#[derive(Default)]
+struct Entry {
+    keys: Option<Arc<KeySet>>,
+    fetched: Option<Instant>,
+    error: Option<String>,
+}
+
+/// The cache, shared by every request of the waypoint.
+#[derive(Default)]
+pub struct JwksCache {
+    entries: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Entry>>>>,
+}
+
+impl std::fmt::Debug for JwksCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksCache").finish_non_exhaustive()
+    }
+}
+
+impl JwksCache {
+    fn entry(&self, uri: &str) -> Arc<tokio::sync::Mutex<Entry>> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if !entries.contains_key(uri) && entries.len() >= MAX_URIS {
+            // Entries are few and rarely change: dropping any one is enough to stay bounded.
+            if let Some(victim) = entries.keys().next().cloned() {
+                entries.remove(&victim);
+            }
+        }
+        entries.entry(uri.to_owned()).or_default().clone()
+    }
+
+    /// The key set at `uri`, fetched when there is none yet, when it is older than
+    /// [`REFRESH`], or when it lacks `kid`. Concurrent callers for one URI wait for one fetch.
+    pub async fn keys(&self, uri: &http::Uri, kid: Option<&str>) -> Result<Arc<KeySet>, String> {
+        let entry = self.entry(&uri.to_string());
+        let mut entry = entry.lock().await;
+        let age = entry.fetched.map(|at| at.elapsed());
+        let lacks_kid = match (&entry.keys, kid) {
+            (Some(keys), Some(kid)) => !keys.has_kid(kid),
+            _ => false,
+        };
+        let due = match age {
+            None => true,
+            Some(age) => {
+                age >= REFRESH
+                    || (lacks_kid && age >= MIN_REFETCH)
+                    || (entry.keys.is_none() && age >= MIN_REFETCH)
+            }
+        };
+        if due {
+            entry.fetched = Some(Instant::now());
+            match tokio::time::timeout(FETCH_TIMEOUT, fetch(uri)).await {
+                Ok(Ok(keys)) => {
+                    entry.keys = Some(Arc::new(keys));
+                    entry.error = None;
+                }
+                Ok(Err(e)) => entry.error = Some(e),
+                Err(_) => entry.error = Some(format!("no answer within {FETCH_TIMEOUT:?}")),
+            }
+            if let Some(error) = &entry.error {
+                tracing::warn!(uri = %uri, error = %error, "jwksUri fetch failed; the last good key set (if any) stays in use");
+            }
+        }
+        match (&entry.keys, &entry.error) {
+            (Some(keys), _) => Ok(keys.clone()),
+            (None, Some(error)) => Err(error.clone()),
+            (None, None) => Err("not fetched yet".into()),
+        }
+    }
+}
+
+async fn fetch(uri: &http::Uri) -> Result<KeySet, String> {
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "{uri}: only http:// key sets are fetched; serve it inside the mesh (mTLS carries it) or give the set inline as jwks"
+        ));
+    }
+    let host = uri.host().ok_or("the URI has no host")?;
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP handshake: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "jwksUri connection ended");
+        }
+    });
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = http::Request::get(path)
+        .header(
+            http::header::HOST,
+            uri.authority().map_or(host, |a| a.as_str()),
+        )
+        .header(http::header::ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("answered {}", response.status()));
+    }
+    let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the key set (at most {MAX_JWKS_BYTES} bytes): {e}"))?
+        .to_bytes();
+    let text = std::str::from_utf8(&body).map_err(|_| "the key set is not UTF-8".to_owned())?;
+    KeySet::parse(text).map_err(|e| e.to_string())
+}
