@@ -147,22 +147,38 @@ fn applying<'r>(
         .collect()
 }
 
-/// Checks the end user's token, if any. `Ok(None)`: no token (unauthenticated).
-async fn authenticate(
-    waypoint: &Waypoint,
-    rules: &[(&RequestAuth, &CompiledJwtRule)],
-    parts: &mut http::request::Parts,
-) -> Result<Option<Authenticated>, (String, JwtError)> {
+type Rules<'r> = [(&'r RequestAuth, &'r CompiledJwtRule)];
+
+/// The token a request carries, the rule of its issuer and its header fields; `Ok(None)`
+/// when it carries none.
+#[expect(clippy::type_complexity, reason = "a private step of authenticate")]
+fn locate<'r>(
+    rules: &Rules<'r>,
+    parts: &http::request::Parts,
+) -> Result<Option<(Found, jwt::Peeked, (&'r RequestAuth, &'r CompiledJwtRule))>, (String, JwtError)>
+{
     let Some((found, first)) = rules
         .iter()
-        .find_map(|(a, r)| find_token(r, parts).map(|f| (f, (*a, *r))))
+        .find_map(|(a, r)| find_token(r, parts).map(|f| (f, *a)))
     else {
         return Ok(None);
     };
-    let peeked = jwt::peek(&found.token).map_err(|e| (first.0.id(), e))?;
+    let peeked = jwt::peek(&found.token).map_err(|e| (first.id(), e))?;
     let issuer = peeked.issuer.clone().unwrap_or_default();
-    let Some((auth, rule)) = rules.iter().find(|(_, r)| r.issuer == issuer) else {
-        return Err((first.0.id(), JwtError::UnknownIssuer(issuer)));
+    let Some(chosen) = rules.iter().find(|(_, r)| r.issuer == issuer) else {
+        return Err((first.id(), JwtError::UnknownIssuer(issuer)));
+    };
+    Ok(Some((found, peeked, *chosen)))
+}
+
+/// Checks the end user's token, if any. `Ok(None)`: no token (unauthenticated).
+async fn authenticate(
+    waypoint: &Waypoint,
+    rules: &Rules<'_>,
+    parts: &mut http::request::Parts,
+) -> Result<Option<Authenticated>, (String, JwtError)> {
+    let Some((found, peeked, (auth, rule))) = locate(rules, parts)? else {
+        return Ok(None);
     };
     let keys = match &rule.keys {
         Keys::Inline(keys) => keys.clone(),
@@ -174,6 +190,17 @@ async fn authenticate(
     };
     let user = jwt::verify(&found.token, &keys, &rule.issuer, &rule.audiences)
         .map_err(|e| (auth.id(), e))?;
+    pass_on(rule, &found, &user, parts);
+    Ok(Some(user))
+}
+
+/// Removes the token and copies claims into headers, as the rule says.
+fn pass_on(
+    rule: &CompiledJwtRule,
+    found: &Found,
+    user: &Authenticated,
+    parts: &mut http::request::Parts,
+) {
     if !rule.forward_original_token {
         if let Some(name) = &found.header {
             parts.headers.remove(name);
@@ -187,7 +214,59 @@ async fn authenticate(
             }
         }
     }
-    Ok(Some(user))
+}
+
+/// What [`check`] would decide, without waiting: a `jwksUri` set is used only as last
+/// fetched. For route-check.
+pub fn explain(
+    waypoint: &Waypoint,
+    tunnel: &Tunnel,
+    registry: &Registry,
+    parts: &http::request::Parts,
+) -> serde_json::Value {
+    let rules = applying(registry, waypoint, tunnel);
+    let verified = locate(&rules, parts).and_then(|located| {
+        let Some((found, _, (auth, rule))) = located else {
+            return Ok(None);
+        };
+        let keys = match &rule.keys {
+            Keys::Inline(keys) => Some(keys.clone()),
+            Keys::Uri(uri) => waypoint.jwks.cached(uri),
+        };
+        let keys = keys.ok_or_else(|| {
+            (
+                auth.id(),
+                JwtError::KeysUnavailable(format!("{} (not fetched yet)", auth.id())),
+            )
+        })?;
+        jwt::verify(&found.token, &keys, &rule.issuer, &rule.audiences)
+            .map(Some)
+            .map_err(|e| (auth.id(), e))
+    });
+    let user = match verified {
+        Ok(user) => user,
+        Err((policy, error)) => {
+            return serde_json::json!({
+                "verdict": "deny",
+                "status": 401,
+                "reason": error.reason(),
+                "requestAuthentication": policy,
+                "detail": format!("Jwt verification fails: {error}"),
+            })
+        }
+    };
+    let decision = authorize(registry, waypoint, tunnel, parts, user.as_ref());
+    let allowed = decision.verdict == Verdict::Allow;
+    serde_json::json!({
+        "verdict": if allowed { "allow" } else { "deny" },
+        "status": if allowed { 200 } else { 403 },
+        "reason": decision.reason.as_str(),
+        "policy": decision.policy,
+        "rule": decision.rule,
+        "requestPrincipal": user.map(|u| u.principal),
+        "detail": decision.detail,
+        "notes": decision.notes,
+    })
 }
 
 /// Decides the request under the registry's policies.

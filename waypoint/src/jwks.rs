@@ -54,6 +54,15 @@ impl JwksCache {
         entries.entry(uri.to_owned()).or_default().clone()
     }
 
+    /// The set last fetched from `uri`, without waiting or fetching (for route-check).
+    pub fn cached(&self, uri: &http::Uri) -> Option<Arc<KeySet>> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = entries.get(&uri.to_string())?.clone();
+        drop(entries);
+        let entry = entry.try_lock().ok()?;
+        entry.keys.clone()
+    }
+
     /// The key set at `uri`, fetched when there is none yet, when it is older than
     /// [`REFRESH`], or when it lacks `kid`. Concurrent callers for one URI wait for one fetch.
     pub async fn keys(&self, uri: &http::Uri, kid: Option<&str>) -> Result<Arc<KeySet>, String> {
