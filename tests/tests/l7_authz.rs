@@ -593,6 +593,22 @@ fn tokens_are_verified_refused_and_rotated_at_the_waypoint() {
             last.0 == 200
         },
     );
+    // The key set came over the mesh: the key server's agent saw an mTLS connection from the
+    // waypoint's identity to port 8081.
+    let node = mesh.cluster.node(&mesh.pod("mirror").node).clone();
+    let flows = mesh.cluster.admin(&node, "/flows").expect("flows");
+    assert!(
+        flows.as_array().into_iter().flatten().any(|f| {
+            f["destination"]
+                .as_str()
+                .is_some_and(|d| d.ends_with(":8081"))
+                && f["peerIdentity"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("/ns/demo/sa/waypoint"))
+                && f["security"] == "mtls"
+        }),
+        "no mTLS flow from the waypoint to the key server: {flows}"
+    );
     let rotated = Signer::new(Algorithm::EdDSA, "uri-2").expect("key");
     std::fs::write(served.join("jwks.json"), jwks(&[&rotated])).expect("rotate");
     eventually(

@@ -184,7 +184,7 @@ async fn authenticate(
         Keys::Inline(keys) => keys.clone(),
         Keys::Uri(uri) => waypoint
             .jwks
-            .keys(uri, peeked.kid.as_deref())
+            .keys(waypoint, uri, peeked.kid.as_deref())
             .await
             .map_err(|e| (auth.id(), JwtError::KeysUnavailable(format!("{uri} ({e})"))))?,
     };

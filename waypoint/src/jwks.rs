@@ -1,18 +1,25 @@
-//! Key sets a `RequestAuthentication` names by `jwksUri`: fetched by the waypoint over HTTP
-//! (from its own network namespace, so through the mesh like any of its connections), cached
-//! per URI, refreshed after [`REFRESH`], and fetched again early, at most once per
-//! [`MIN_REFETCH`], when a token names a key the cached set lacks (a rotation). Bounded in
-//! URIs, bytes and time; a failed fetch keeps the last good set.
+//! Key sets a `RequestAuthentication` names by `jwksUri`: fetched by the waypoint over HTTP,
+//! through the mesh (HBONE under the waypoint's identity, the server's identity checked) when
+//! the URI names a Service or a pod of the mesh, plain TCP otherwise; cached per URI,
+//! refreshed after [`REFRESH`], and fetched again early, at most once per [`MIN_REFETCH`],
+//! when a token names a key the cached set lacks (a rotation). Bounded in URIs, bytes and
+//! time; a failed fetch keeps the last good set.
 
 use std::{
     collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty, Limited};
-use weft_mesh::policy::jwt::{KeySet, MAX_JWKS_BYTES};
+use weft_mesh::{
+    identity::SpiffeId,
+    policy::jwt::{KeySet, MAX_JWKS_BYTES},
+};
+
+use crate::app::Waypoint;
 
 /// A fetched set is used this long before it is fetched again.
 pub const REFRESH: Duration = Duration::from_mins(5);
@@ -65,7 +72,12 @@ impl JwksCache {
 
     /// The key set at `uri`, fetched when there is none yet, when it is older than
     /// [`REFRESH`], or when it lacks `kid`. Concurrent callers for one URI wait for one fetch.
-    pub async fn keys(&self, uri: &http::Uri, kid: Option<&str>) -> Result<Arc<KeySet>, String> {
+    pub async fn keys(
+        &self,
+        waypoint: &Waypoint,
+        uri: &http::Uri,
+        kid: Option<&str>,
+    ) -> Result<Arc<KeySet>, String> {
         let entry = self.entry(&uri.to_string());
         let mut entry = entry.lock().await;
         let age = entry.fetched.map(|at| at.elapsed());
@@ -83,7 +95,7 @@ impl JwksCache {
         };
         if due {
             entry.fetched = Some(Instant::now());
-            match tokio::time::timeout(FETCH_TIMEOUT, fetch(uri)).await {
+            match tokio::time::timeout(FETCH_TIMEOUT, fetch(waypoint, uri)).await {
                 Ok(Ok(keys)) => {
                     entry.keys = Some(Arc::new(keys));
                     entry.error = None;
@@ -103,19 +115,73 @@ impl JwksCache {
     }
 }
 
-async fn fetch(uri: &http::Uri) -> Result<KeySet, String> {
+/// Where a fetch goes: a Service (by VIP or `name.namespace[.svc…]`) is one of its ready
+/// endpoints, anything else the address itself; with the identity the endpoint must prove
+/// when it is a mesh pod.
+fn target(waypoint: &Waypoint, uri: &http::Uri) -> Result<(SocketAddr, Option<SpiffeId>), String> {
+    let host = uri.host().ok_or("the URI has no host")?;
+    let port = uri.port_u16().unwrap_or(80);
+    let registry = waypoint.registry.borrow().clone();
+    let pick = |endpoints: Vec<SocketAddr>, what: &str| {
+        let count = endpoints.len().max(1);
+        endpoints
+            .get(rand::random_range(0..count))
+            .copied()
+            .ok_or_else(|| format!("{what} has no ready endpoint on port {port}"))
+    };
+    let endpoint = if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        match registry.service_by_vip(SocketAddrV4::new(ip, port)) {
+            Some((service, service_port)) => pick(
+                registry.endpoints(service, service_port),
+                &format!("Service {}/{}", service.namespace, service.name),
+            )?,
+            None => SocketAddr::new(IpAddr::V4(ip), port),
+        }
+    } else {
+        let mut labels = host.split('.');
+        let (Some(name), Some(namespace)) = (labels.next(), labels.next()) else {
+            return Err(format!(
+                "{host}: name a Service as name.namespace, or give an address"
+            ));
+        };
+        let service = registry
+            .service(namespace, name)
+            .ok_or_else(|| format!("{host} names no Service Weft knows"))?;
+        let service_port = service
+            .ports
+            .iter()
+            .find(|p| p.port == port)
+            .ok_or_else(|| format!("Service {namespace}/{name} has no port {port}"))?;
+        pick(
+            registry.endpoints(service, service_port),
+            &format!("Service {namespace}/{name}"),
+        )?
+    };
+    Ok((
+        endpoint,
+        crate::forward::identity_of(waypoint, &registry, endpoint),
+    ))
+}
+
+async fn fetch(waypoint: &Waypoint, uri: &http::Uri) -> Result<KeySet, String> {
     if uri.scheme_str() != Some("http") {
         return Err(format!(
             "{uri}: only http:// key sets are fetched; serve it inside the mesh (mTLS carries it) or give the set inline as jwks"
         ));
     }
     let host = uri.host().ok_or("the URI has no host")?;
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host, port))
+    let (endpoint, identity) = target(waypoint, uri)?;
+    let key = crate::upstream::Key {
+        endpoint,
+        client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        http2: false,
+        carried: None,
+    };
+    let io = crate::upstream::connect(&waypoint.pool, &waypoint.identity, identity.as_ref(), &key)
         .await
-        .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+        .map_err(|e| e.to_string())?;
     let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
             .await
             .map_err(|e| format!("HTTP handshake: {e}"))?;
     tokio::spawn(async move {

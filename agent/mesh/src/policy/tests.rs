@@ -602,3 +602,77 @@ mod l7 {
         assert!(compile("demo", "p", spec).is_err());
     }
 }
+
+mod request_auth {
+    //! `RequestAuthentication` validation: what is refused, with what to fix, and the
+    //! defaults a rule gets.
+
+    use crate::policy::request_auth::{compile, Keys};
+
+    const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"rWT_r3fsaZfpXEAKrClC-II-91SE5ci5BFFEkqa9dfQ","y":"z_dXupa45So7zCLNv0zEkIS9NjICcBS4r71-HAiAVmQ"}]}"#;
+
+    fn spec(rules: &str) -> crate::policy::request_auth::RequestAuthenticationSpec {
+        serde_yaml::from_str(&format!(
+            "targetRefs: [{{kind: Service, name: api}}]\njwtRules: {rules}"
+        ))
+        .expect("spec")
+    }
+
+    #[test]
+    fn a_rule_gets_istios_default_token_locations() {
+        let compiled = compile(
+            "demo",
+            "ra",
+            spec(&format!("[{{issuer: https://i.test, jwks: '{JWKS}'}}]")),
+        )
+        .expect("compiles");
+        let rule = &compiled.rules[0];
+        assert_eq!(
+            rule.from_headers,
+            [(http::header::AUTHORIZATION, "Bearer ".to_owned())]
+        );
+        assert_eq!(rule.from_params, ["access_token"]);
+        assert!(matches!(&rule.keys, Keys::Inline(k) if k.len() == 1));
+        assert!(!rule.forward_original_token);
+        let uri = compile(
+            "demo",
+            "ra",
+            spec("[{issuer: i, jwksUri: 'http://keys.demo:8081/jwks.json', fromHeaders: [{name: X-Token}], outputClaimToHeaders: [{header: x-team, claim: org.team}]}]"),
+        )
+        .expect("compiles");
+        let rule = &uri.rules[0];
+        assert!(matches!(&rule.keys, Keys::Uri(u) if u.port_u16() == Some(8081)));
+        assert_eq!(rule.from_headers[0].0.as_str(), "x-token");
+        assert!(rule.from_params.is_empty());
+        assert_eq!(rule.output_claim_to_headers[0].1, ["org", "team"]);
+    }
+
+    #[test]
+    fn bad_objects_are_refused_with_what_to_fix() {
+        let cases = [
+            ("[]", "jwtRules: is empty"),
+            ("[{issuer: ''}]", "issuer: is empty"),
+            ("[{issuer: i}]", "give jwks"),
+            (&*format!("[{{issuer: i, jwks: '{JWKS}', jwksUri: 'http://k/j'}}]"), "not both"),
+            ("[{issuer: i, jwksUri: 'ftp://k/j'}]", "http:// or https://"),
+            ("[{issuer: i, jwks: '{\"keys\": []}'}]", "no key of the set"),
+            ("[{issuer: i, jwks: 'nonsense'}]", "not JSON"),
+            ("[{issuer: i, jwksUri: 'http://k/j', outputClaimToHeaders: [{header: x, claim: 'a..b'}]}]", "not a claim name"),
+            ("[{issuer: i, jwksUri: 'http://k/j', fromHeaders: [{name: 'bad header'}]}]", "not a header name"),
+        ];
+        for (rules, want) in cases {
+            let error = compile("demo", "ra", spec(rules))
+                .expect_err(rules)
+                .to_string();
+            assert!(error.contains(want), "{rules}: {error}");
+        }
+        let untargeted = serde_yaml::from_str(
+            "selector: {matchLabels: {app: api}}\njwtRules: [{issuer: i, jwksUri: 'http://k/j'}]",
+        )
+        .expect("spec");
+        let error = compile("demo", "ra", untargeted)
+            .expect_err("no targets")
+            .to_string();
+        assert!(error.contains("targetRefs"), "{error}");
+    }
+}
