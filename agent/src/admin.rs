@@ -191,15 +191,12 @@ impl AdminState {
             "/certs" => ok(json!(self.certs.certs())),
             "/services" => ok(json!(self.services())),
             "/policies" => {
-                let registry = self.registry.borrow().clone();
-                let policies: Vec<weft_api::AuthorizationPolicy> = registry
+                let policies: Vec<weft_api::AuthorizationPolicy> = self
+                    .registry
+                    .borrow()
                     .policies
                     .iter()
-                    .map(|p| {
-                        let mut policy = weft_api::AuthorizationPolicy::from(p);
-                        policy.enforced_at = registry.enforcement(p);
-                        policy
-                    })
+                    .map(Into::into)
                     .collect();
                 ok(json!(policies))
             }

@@ -58,10 +58,6 @@ pub const L4_RETRY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 36);
 pub const L4_LOCAL: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 37);
 
 /// The fixture's nodes: node0 in zone-a, node1 in zone-b, both in region r1.
-/// `demo/guarded`: echo-v3 (labelled `app: guarded`) behind the waypoint, for
-/// AuthorizationPolicy and RequestAuthentication at L7.
-pub const GUARDED: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 38);
-
 pub const NODES: &str = "apiVersion: v1
 kind: Node
 metadata:
@@ -184,14 +180,6 @@ fn services(cluster: &Cluster) -> String {
             Some("name: http"),
         ),
         service(
-            "guarded",
-            GUARDED,
-            (80, 8080),
-            &[ip("echo-v3")],
-            true,
-            Some("name: http"),
-        ),
-        service(
             "resilient",
             RESILIENT,
             (80, 8080),
@@ -257,10 +245,10 @@ impl Mesh {
             .pods
             .iter()
             .map(|p| {
-                let labels: &[(&str, &str)] = match p.name.as_str() {
-                    "waypoint" => &[("gateway.networking.k8s.io/gateway-name", "waypoint")],
-                    "echo-v3" => &[("app", "guarded")],
-                    _ => &[],
+                let labels: &[(&str, &str)] = if p.name == "waypoint" {
+                    &[("gateway.networking.k8s.io/gateway-name", "waypoint")]
+                } else {
+                    &[]
                 };
                 manifests::pod(p, labels)
             })
@@ -442,41 +430,6 @@ impl Mesh {
             self.waypoint_log()
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// The path of a Python helper in `tests/py`.
-    pub fn python_helper(name: &str) -> String {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("py")
-            .join(name)
-            .to_string_lossy()
-            .into_owned()
-    }
-
-    /// Starts the grpcio echo server (`tests/py/grpc_echo.py`) in echo-v2, the endpoint of
-    /// `demo/grpc`.
-    pub fn start_grpc_echo(&self) -> anyhow::Result<()> {
-        let grpc = Self::python_helper("grpc_echo.py");
-        self.cluster
-            .spawn_in_pod(&self.pod("echo-v2"), "python3", &[&grpc, "serve", "0.0.0.0:50051"])?;
-        Ok(())
-    }
-
-    /// Runs the grpcio client's `chaos` mode from demo/client against `demo/grpc` (one call
-    /// with `x-chaos: 1`, one without) until it runs, and returns what it saw.
-    pub fn grpc_chaos(&self) -> serde_json::Value {
-        let grpc = Self::python_helper("grpc_echo.py");
-        let client = self.pod("client");
-        let mut seen = serde_json::Value::Null;
-        eventually(Duration::from_secs(15), "the gRPC client ran", || {
-            let out = self
-                .cluster
-                .run_in_pod(&client, "python3", &[&grpc, "chaos", &format!("{GRPC}:50051")])
-                .expect("grpc client");
-            seen = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            out.status.success()
-        });
-        seen
     }
 
     /// `weftctl --admin <the waypoint's admin>` with `args`, run in the waypoint's netns.

@@ -87,10 +87,6 @@ pub enum Reason {
     FaultInjected,
     /// Every endpoint of the backend is ejected or failing its health check.
     NoHealthyEndpoint,
-    /// A token came and failed its `RequestAuthentication` (401): the JWT reason.
-    Unauthenticated(&'static str),
-    /// An `AuthorizationPolicy` refused the request (403): the policy reason.
-    Denied(weft_mesh::policy::Reason),
 }
 
 impl Reason {
@@ -114,8 +110,6 @@ impl Reason {
             Self::RateLimited => "rate_limited",
             Self::FaultInjected => "fault_injected",
             Self::NoHealthyEndpoint => "no_healthy_endpoint",
-            Self::Unauthenticated(reason) => reason,
-            Self::Denied(reason) => reason.as_str(),
         }
     }
 }
@@ -131,33 +125,6 @@ pub(crate) fn own(status: StatusCode, reason: Reason, detail: &str) -> Response<
     response
         .headers_mut()
         .insert("x-weft-reason", HeaderValue::from_static(reason.as_str()));
-    response
-}
-
-/// The waypoint's own answer to a gRPC call: trailers-only, `grpc-status` `code` and
-/// `message` percent-encoded as gRPC wants it.
-pub(crate) fn grpc_answer(code: u32, message: &str, reason: Reason) -> Response<Body> {
-    let mut response = Response::new(full(Bytes::new()));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    headers.insert("grpc-status", HeaderValue::from(code));
-    let encoded: String = message
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b" -_./:".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    if let Ok(value) = HeaderValue::from_str(&encoded) {
-        headers.insert("grpc-message", value);
-    }
-    headers.insert("x-weft-reason", HeaderValue::from_static(reason.as_str()));
     response
 }
 
@@ -194,24 +161,9 @@ pub struct Outcome {
     pub attempts: u32,
     /// The endpoint's active request and breaker slot, freed when the response body ends.
     pub held: Option<crate::resilience::Held>,
-    /// What authentication and authorization said.
-    pub judged: crate::authz::Judged,
 }
 
 impl Outcome {
-    /// Nothing done yet: no route, backend or attempt.
-    pub fn new(reason: Reason) -> Self {
-        Self {
-            route: "-".into(),
-            backend: "-".into(),
-            upstream: None,
-            reason,
-            attempts: 0,
-            held: None,
-            judged: crate::authz::Judged::default(),
-        }
-    }
-
     /// Records where the request went and what the waypoint did on the way.
     fn took(&mut self, sent: &mut crate::attempts::Sent, faulted: bool) {
         self.attempts = sent.attempts;
@@ -273,17 +225,14 @@ async fn route(
     let table = waypoint.table.load_full();
     let (mut parts, body) = request.into_parts();
     let client_upgrade = crate::upgrade::take(&mut parts);
-    let mut outcome = Outcome::new(Reason::Routed);
-    let registry = waypoint.registry.borrow().clone();
-    match crate::authz::check(waypoint, tunnel, &registry, &mut parts).await {
-        Ok(judged) => outcome.judged = judged,
-        Err(refused) => {
-            let refused = *refused;
-            outcome.reason = refused.reason;
-            outcome.judged = refused.judged;
-            return (refused.response, outcome);
-        }
-    }
+    let mut outcome = Outcome {
+        route: "-".into(),
+        backend: "-".into(),
+        upstream: None,
+        reason: Reason::Routed,
+        attempts: 0,
+        held: None,
+    };
     let default_backend = [tunnel.service_itself()];
     let chosen = table.choose(
         &tunnel.service,
@@ -314,6 +263,7 @@ async fn route(
             return (*redirect, outcome);
         }
     };
+    let registry = waypoint.registry.borrow().clone();
     let policy = crate::resilience::request_policy(&registry, rule, &tunnel.service);
     let faulted = match gate(waypoint, policy, &parts).await {
         Ok(faulted) => faulted,
@@ -468,10 +418,21 @@ async fn gate(
                 Reason::FaultInjected,
             ))
         }
-        Some(weft_mesh::policy::resilience::Abort::Grpc(code)) => Err((
-            Box::new(grpc_answer(code, "fault injected", Reason::FaultInjected)),
-            Reason::FaultInjected,
-        )),
+        Some(weft_mesh::policy::resilience::Abort::Grpc(code)) => {
+            let mut response = Response::new(full(Bytes::new()));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            headers.insert("grpc-status", HeaderValue::from(code));
+            headers.insert("grpc-message", HeaderValue::from_static("fault%20injected"));
+            headers.insert(
+                "x-weft-reason",
+                HeaderValue::from_static(Reason::FaultInjected.as_str()),
+            );
+            Err((Box::new(response), Reason::FaultInjected))
+        }
         None => Ok(drawn.delay.is_some()),
     }
 }

@@ -20,7 +20,6 @@ pub const TARGETS: &[&str] = &[
     "policy",
     "admin_request",
     "weftctl_parse",
-    "jwt",
 ];
 
 fn fuzz_dir() -> PathBuf {

@@ -60,7 +60,6 @@ impl From<&Policy> for weft_api::AuthorizationPolicy {
             name: p.name.clone(),
             spec: serde_json::to_value(&p.spec).unwrap_or_default(),
             unreadable: p.unreadable.clone(),
-            enforced_at: Vec::new(),
         }
     }
 }

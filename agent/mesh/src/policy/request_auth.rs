@@ -233,13 +233,6 @@ pub fn compile(
             ),
         ));
     }
-    if spec.target_refs.is_empty() {
-        // Silently validating nothing would be worse than refusing: say where it must attach.
-        return Err(bad(
-            "targetRefs",
-            "is empty: a waypoint applies a RequestAuthentication by targetRefs, naming its Gateway or a Service it serves (a selector alone attaches to nothing)",
-        ));
-    }
     for target in &spec.target_refs {
         if !matches!(target.kind.as_str(), "Service" | "Gateway") {
             return Err(PolicyError::BadTarget {
