@@ -68,28 +68,6 @@ impl Registry {
             .collect()
     }
 
-    /// Of `services` (names in `namespace`), those whose waypoint is `client`: a connection
-    /// from it carries requests it has already authorized against the policies that target
-    /// those Services.
-    pub fn served_by_waypoint(
-        &self,
-        namespace: &str,
-        services: &[String],
-        client: &crate::identity::SpiffeId,
-    ) -> Vec<String> {
-        services
-            .iter()
-            .filter(|name| {
-                self.service(namespace, name)
-                    .and_then(|s| self.waypoint_for(s))
-                    .is_some_and(|w| {
-                        w.namespace == client.namespace && w.name == client.service_account
-                    })
-            })
-            .cloned()
-            .collect()
-    }
-
     /// The Service named `namespace/name`.
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
         self.services
