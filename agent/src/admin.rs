@@ -191,12 +191,15 @@ impl AdminState {
             "/certs" => ok(json!(self.certs.certs())),
             "/services" => ok(json!(self.services())),
             "/policies" => {
-                let policies: Vec<weft_api::AuthorizationPolicy> = self
-                    .registry
-                    .borrow()
+                let registry = self.registry.borrow().clone();
+                let policies: Vec<weft_api::AuthorizationPolicy> = registry
                     .policies
                     .iter()
-                    .map(Into::into)
+                    .map(|p| {
+                        let mut policy = weft_api::AuthorizationPolicy::from(p);
+                        policy.enforced_at = registry.enforcement(p);
+                        policy
+                    })
                     .collect();
                 ok(json!(policies))
             }

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cgroup;
 pub mod cluster;
 pub mod hbone_client;
+pub mod jwt;
 pub mod load;
 pub mod load_http;
 pub mod manifests;

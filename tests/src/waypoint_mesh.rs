@@ -58,6 +58,10 @@ pub const L4_RETRY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 36);
 pub const L4_LOCAL: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 37);
 
 /// The fixture's nodes: node0 in zone-a, node1 in zone-b, both in region r1.
+/// `demo/guarded`: echo-v3 (labelled `app: guarded`) behind the waypoint, for
+/// AuthorizationPolicy and RequestAuthentication at L7.
+pub const GUARDED: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 38);
+
 pub const NODES: &str = "apiVersion: v1
 kind: Node
 metadata:
@@ -180,6 +184,14 @@ fn services(cluster: &Cluster) -> String {
             Some("name: http"),
         ),
         service(
+            "guarded",
+            GUARDED,
+            (80, 8080),
+            &[ip("echo-v3")],
+            true,
+            Some("name: http"),
+        ),
+        service(
             "resilient",
             RESILIENT,
             (80, 8080),
@@ -245,10 +257,10 @@ impl Mesh {
             .pods
             .iter()
             .map(|p| {
-                let labels: &[(&str, &str)] = if p.name == "waypoint" {
-                    &[("gateway.networking.k8s.io/gateway-name", "waypoint")]
-                } else {
-                    &[]
+                let labels: &[(&str, &str)] = match p.name.as_str() {
+                    "waypoint" => &[("gateway.networking.k8s.io/gateway-name", "waypoint")],
+                    "echo-v3" => &[("app", "guarded")],
+                    _ => &[],
                 };
                 manifests::pod(p, labels)
             })

@@ -67,6 +67,8 @@ pub struct Waypoint {
     pub upgrades: Arc<tokio::sync::Semaphore>,
     /// Breakers, endpoint records, rate-limit buckets and retry budgets.
     pub resilience: crate::resilience::State,
+    /// Key sets fetched from `jwksUri`s (see [`crate::jwks`]).
+    pub jwks: crate::jwks::JwksCache,
 }
 
 /// The registry's updates, and in Kubernetes mode the client route status is written with.
@@ -176,6 +178,7 @@ pub async fn run(
         upgrades: Arc::new(tokio::sync::Semaphore::new(crate::upgrade::MAX_UPGRADED)),
         recent: weft_mesh::ring::Ring::default(),
         resilience: crate::resilience::State::default(),
+        jwks: crate::jwks::JwksCache::default(),
     });
     let statuses = client.map(|client| {
         let (tx, rx) = watch::channel(Vec::new());

@@ -87,6 +87,10 @@ pub enum Reason {
     FaultInjected,
     /// Every endpoint of the backend is ejected or failing its health check.
     NoHealthyEndpoint,
+    /// A token came and failed its `RequestAuthentication` (401): the JWT reason.
+    Unauthenticated(&'static str),
+    /// An `AuthorizationPolicy` refused the request (403): the policy reason.
+    Denied(weft_mesh::policy::Reason),
 }
 
 impl Reason {
@@ -110,6 +114,8 @@ impl Reason {
             Self::RateLimited => "rate_limited",
             Self::FaultInjected => "fault_injected",
             Self::NoHealthyEndpoint => "no_healthy_endpoint",
+            Self::Unauthenticated(reason) => reason,
+            Self::Denied(reason) => reason.as_str(),
         }
     }
 }
@@ -161,9 +167,24 @@ pub struct Outcome {
     pub attempts: u32,
     /// The endpoint's active request and breaker slot, freed when the response body ends.
     pub held: Option<crate::resilience::Held>,
+    /// What authentication and authorization said.
+    pub judged: crate::authz::Judged,
 }
 
 impl Outcome {
+    /// Nothing done yet: no route, backend or attempt.
+    pub fn new(reason: Reason) -> Self {
+        Self {
+            route: "-".into(),
+            backend: "-".into(),
+            upstream: None,
+            reason,
+            attempts: 0,
+            held: None,
+            judged: crate::authz::Judged::default(),
+        }
+    }
+
     /// Records where the request went and what the waypoint did on the way.
     fn took(&mut self, sent: &mut crate::attempts::Sent, faulted: bool) {
         self.attempts = sent.attempts;
@@ -225,14 +246,17 @@ async fn route(
     let table = waypoint.table.load_full();
     let (mut parts, body) = request.into_parts();
     let client_upgrade = crate::upgrade::take(&mut parts);
-    let mut outcome = Outcome {
-        route: "-".into(),
-        backend: "-".into(),
-        upstream: None,
-        reason: Reason::Routed,
-        attempts: 0,
-        held: None,
-    };
+    let mut outcome = Outcome::new(Reason::Routed);
+    let registry = waypoint.registry.borrow().clone();
+    match crate::authz::check(waypoint, tunnel, &registry, &mut parts).await {
+        Ok(judged) => outcome.judged = judged,
+        Err(refused) => {
+            let refused = *refused;
+            outcome.reason = refused.reason;
+            outcome.judged = refused.judged;
+            return (refused.response, outcome);
+        }
+    }
     let default_backend = [tunnel.service_itself()];
     let chosen = table.choose(
         &tunnel.service,
@@ -263,7 +287,6 @@ async fn route(
             return (*redirect, outcome);
         }
     };
-    let registry = waypoint.registry.borrow().clone();
     let policy = crate::resilience::request_policy(&registry, rule, &tunnel.service);
     let faulted = match gate(waypoint, policy, &parts).await {
         Ok(faulted) => faulted,

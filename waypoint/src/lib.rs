@@ -7,8 +7,10 @@
 pub mod admin;
 pub mod app;
 pub mod attempts;
+pub mod authz;
 pub mod config;
 pub mod forward;
+pub mod jwks;
 pub mod metrics;
 pub mod mirror;
 pub mod protocol;

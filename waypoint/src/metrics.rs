@@ -36,6 +36,8 @@ pub struct RequestLabels {
     pub method: &'static str,
     pub code: String,
     pub reason: &'static str,
+    /// `allow` or `deny`: what authorization said (`unknown` when the client left first).
+    pub verdict: &'static str,
 }
 
 /// The histograms' labels: fewer than the counter's, so their series stay few.

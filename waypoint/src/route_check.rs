@@ -2,7 +2,9 @@
 //! route table a request would take, why every other rule did or did not match, and what the
 //! chosen rule would do (backends with their weights, filters, timeouts), with no traffic
 //! sent. `weftctl route-check` asks it. The URL's host is a Service VIP (with its port) or
-//! a Service name `name.namespace[.svc[.cluster.local]]`.
+//! a Service name `name.namespace[.svc[.cluster.local]]`. It also says what authorization
+//! would decide for a caller (`caller=NS/SA`, `source-ip=`; a token in the headers is
+//! verified against inline or already fetched keys).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -40,6 +42,65 @@ fn service_of(
     waypoint.served_service(SocketAddrV4::new(vip, port))
 }
 
+/// The caller's identity (`NS/SA`) and address the query names.
+fn caller_of(
+    waypoint: &Waypoint,
+    caller: Option<&str>,
+    source_ip: Option<&str>,
+) -> Result<
+    (Option<weft_mesh::identity::SpiffeId>, std::net::IpAddr),
+    (StatusCode, serde_json::Value),
+> {
+    let identity = match caller {
+        Some(caller) => match caller.split_once('/') {
+            Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() => Some(
+                weft_mesh::identity::SpiffeId::new(&waypoint.identity.trust_domain, ns, sa),
+            ),
+            _ => {
+                return Err(bad(format!(
+                    "caller {caller:?} is not NAMESPACE/SERVICEACCOUNT"
+                )))
+            }
+        },
+        None => None,
+    };
+    let source_ip = match source_ip {
+        Some(ip) => match ip.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => return Err(bad(format!("source-ip {ip:?} is not an address"))),
+        },
+        None => std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    };
+    Ok((identity, source_ip))
+}
+
+/// What authorization would say of the request from that caller.
+fn authorization_of(
+    waypoint: &Waypoint,
+    (service, port): (&str, u16),
+    (identity, source_ip, caller): (
+        Option<weft_mesh::identity::SpiffeId>,
+        std::net::IpAddr,
+        Option<&str>,
+    ),
+    parts: &http::request::Parts,
+) -> serde_json::Value {
+    let tunnel = crate::forward::Tunnel {
+        service: service.to_owned(),
+        service_port: port,
+        client_ip: source_ip,
+        client: identity.unwrap_or_else(|| {
+            weft_mesh::identity::SpiffeId::new(
+                &waypoint.identity.trust_domain,
+                caller.unwrap_or("default"),
+                "default",
+            )
+        }),
+    };
+    let registry = waypoint.registry.borrow().clone();
+    crate::authz::explain(waypoint, &tunnel, &registry, parts)
+}
+
 /// Answers a route-check query.
 pub fn answer(waypoint: &Waypoint, query: Option<&str>) -> (StatusCode, serde_json::Value) {
     let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
@@ -63,7 +124,13 @@ pub fn answer(waypoint: &Waypoint, query: Option<&str>) -> (StatusCode, serde_js
     let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
         return bad(format!("{method:?} is not an HTTP method"));
     };
-    let caller = value("caller-namespace").map(str::to_owned);
+    let (identity, source_ip) = match caller_of(waypoint, value("caller"), value("source-ip")) {
+        Ok(found) => found,
+        Err(answer) => return answer,
+    };
+    let caller = value("caller-namespace")
+        .map(str::to_owned)
+        .or_else(|| identity.as_ref().map(|id| id.namespace.clone()));
     let mut request = http::Request::builder().method(method).uri(uri.clone());
     for (_, header) in pairs
         .iter()
@@ -85,6 +152,12 @@ pub fn answer(waypoint: &Waypoint, query: Option<&str>) -> (StatusCode, serde_js
             json!({"error": format!("{} names no Service this waypoint ({}) serves", uri.authority().map_or("", |a| a.as_str()), waypoint.gateway)}),
         );
     };
+    let authorization = authorization_of(
+        waypoint,
+        (&service, port),
+        (identity, source_ip, caller.as_deref()),
+        &parts,
+    );
     let table = waypoint.table.load_full();
     let caller = caller.as_deref();
     let verdicts = table.explain(&service, caller, &parts);
@@ -120,6 +193,7 @@ pub fn answer(waypoint: &Waypoint, query: Option<&str>) -> (StatusCode, serde_js
             "outcome": outcome,
             "chosen": chosen,
             "rules": verdicts,
+            "authorization": authorization,
         }),
     )
 }

@@ -133,6 +133,11 @@ impl Pending {
             method: method_label(&self.method),
             code: self.status.to_string(),
             reason: self.outcome.reason.as_str(),
+            verdict: if self.outcome.judged.verdict.is_empty() {
+                "unknown"
+            } else {
+                self.outcome.judged.verdict
+            },
         };
         self.waypoint.requests.record(
             labels,
@@ -157,6 +162,12 @@ impl Pending {
             duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
             reason: self.outcome.reason.as_str().to_owned(),
             attempts: self.outcome.attempts,
+            verdict: Some(self.outcome.judged.verdict)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned),
+            policy: self.outcome.judged.policy.clone(),
+            rule: self.outcome.judged.rule,
+            request_principal: self.outcome.judged.request_principal.clone(),
         };
         tracing::info!(
             target: "weft_waypoint::access",
@@ -176,6 +187,10 @@ impl Pending {
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             reason = %record.reason,
             attempts = record.attempts,
+            verdict = record.verdict.as_deref().unwrap_or("-"),
+            policy = record.policy.as_deref().unwrap_or("-"),
+            rule = record.rule.map_or_else(|| "-".to_owned(), |r| r.to_string()),
+            request_principal = record.request_principal.as_deref().unwrap_or("-"),
             "request"
         );
         self.waypoint.recent.record(record);
@@ -227,14 +242,7 @@ impl Routing {
 impl Drop for Routing {
     fn drop(&mut self) {
         if let Some((waypoint, tunnel, head, request_bytes, started)) = self.started.take() {
-            let outcome = Outcome {
-                route: "-".into(),
-                backend: "-".into(),
-                upstream: None,
-                reason: crate::forward::Reason::ClientClosed,
-                attempts: 0,
-                held: None,
-            };
+            let outcome = Outcome::new(crate::forward::Reason::ClientClosed);
             Pending::new(
                 waypoint,
                 tunnel,

@@ -2,7 +2,8 @@
 //! the tour's L7 part: `demo/echo` is labelled to use it and given an HTTPRoute, then a 90/10
 //! split counted over 100 requests, a header route, a redirect, a header a filter added, the
 //! requests with the routes they took, and a route-check; then the resilience part
-//! (`demo_resilience`) on the Service itself; finally the label comes off again.
+//! (`demo_resilience`) and L7 authorization with JWTs (`demo_authz`) on the Service itself;
+//! finally the label comes off again.
 
 use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
@@ -85,7 +86,7 @@ pub fn start(cluster: &Cluster, bin: &Path, manifests: &Path, state: &Path) -> a
 }
 
 /// `curl` in demo/client with `args`.
-fn curl(cluster: &Cluster, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn curl(cluster: &Cluster, args: &[&str]) -> anyhow::Result<String> {
     let netns = &cluster.pod("demo", "client").netns;
     let out = Command::new("ip")
         .args(["netns", "exec", netns, "curl", "-sS", "--max-time", "5"])
@@ -100,7 +101,7 @@ fn curl(cluster: &Cluster, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn weftctl_waypoint(args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn weftctl_waypoint(args: &[&str]) -> anyhow::Result<()> {
     let mut full = vec!["--waypoint", "demo/waypoint"];
     full.extend_from_slice(args);
     demo::weftctl(&full)
@@ -202,6 +203,7 @@ pub fn tour(cluster: &Cluster, manifests: &Manifests) -> anyhow::Result<()> {
     manifests.write("routes.yaml", "")?;
     std::thread::sleep(Duration::from_millis(800));
     crate::demo_resilience::tour(cluster, manifests)?;
+    crate::demo_authz::tour(cluster, manifests)?;
 
     demo::banner("The label comes off: demo/echo is L4 again");
     demo::write_manifests(cluster, manifests, false)?;

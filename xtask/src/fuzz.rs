@@ -20,6 +20,7 @@ pub const TARGETS: &[&str] = &[
     "policy",
     "admin_request",
     "weftctl_parse",
+    "jwt",
 ];
 
 fn fuzz_dir() -> PathBuf {

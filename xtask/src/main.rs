@@ -5,6 +5,7 @@
 mod bench;
 mod build;
 mod demo;
+mod demo_authz;
 mod demo_resilience;
 mod demo_waypoint;
 mod fuzz;

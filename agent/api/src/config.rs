@@ -39,6 +39,9 @@ pub struct AuthorizationPolicy {
     /// Set on a policy that could not be read, which then denies all it may cover: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<String>,
+    /// Where it is enforced: `agent`, `waypoint NS/NAME`, or both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub enforced_at: Vec<String>,
 }
 
 /// `GET /trafficpolicies`: one element per `TrafficPolicy`, with what the agent applies.

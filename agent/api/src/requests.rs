@@ -38,6 +38,16 @@ pub struct RequestRecord {
     pub reason: String,
     /// Attempts to backends (0: the waypoint answered itself).
     pub attempts: u32,
+    /// What authorization said (`allow`/`deny`), the policy (`namespace/name`) and rule that
+    /// decided, and the end user of a valid token (`<issuer>/<subject>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_principal: Option<String>,
 }
 
 /// What `GET /requests` selects: `route` (a route `namespace/name`, or its rule

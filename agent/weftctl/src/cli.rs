@@ -145,6 +145,13 @@ pub enum Cmd {
         /// The caller's namespace, for its consumer routes.
         #[arg(long)]
         caller_namespace: Option<String>,
+        /// The caller's identity, `NAMESPACE/SERVICEACCOUNT`, for the policies that would
+        /// judge the request (its namespace also picks consumer routes).
+        #[arg(long)]
+        caller: Option<String>,
+        /// The caller's address, for `ipBlocks` and `source.ip`.
+        #[arg(long)]
+        source_ip: Option<String>,
     },
     /// Waypoints: `generate` prints the objects one needs in Kubernetes (what the controller
     /// creates for a Gateway of class `weft-waypoint`).

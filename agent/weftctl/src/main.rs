@@ -184,12 +184,18 @@ async fn waypoint_command(client: &Client, output: Output, command: Cmd) -> anyh
             url,
             headers,
             caller_namespace,
+            caller,
+            source_ip,
         } => {
             let path = weftctl::waypoint::route_check_path(
                 &method,
                 &url,
                 &headers,
-                caller_namespace.as_deref(),
+                weftctl::waypoint::Caller {
+                    namespace: caller_namespace.as_deref(),
+                    identity: caller.as_deref(),
+                    source_ip: source_ip.as_deref(),
+                },
             );
             let answer = client.get::<serde_json::Value>(&path).await?;
             show(output, &answer, weftctl::waypoint::render_route_check)?

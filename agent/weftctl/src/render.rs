@@ -190,7 +190,14 @@ pub fn policies(p: &Policies) -> String {
         "none".to_owned()
     } else {
         table(
-            &["NAMESPACE", "NAME", "ACTION", "RULES", "DRY RUN"],
+            &[
+                "NAMESPACE",
+                "NAME",
+                "ACTION",
+                "RULES",
+                "DRY RUN",
+                "ENFORCED AT",
+            ],
             p.authorization_policies.iter().map(|p| {
                 let spec = &p.spec;
                 let action = spec["action"].as_str().unwrap_or("ALLOW").to_owned();
@@ -204,6 +211,11 @@ pub fn policies(p: &Policies) -> String {
                     action,
                     spec["rules"].as_array().map_or(0, Vec::len).to_string(),
                     spec["dryRun"].as_bool().unwrap_or(false).to_string(),
+                    if p.enforced_at.is_empty() {
+                        "-".into()
+                    } else {
+                        p.enforced_at.join(" + ")
+                    },
                 ]
             }),
         )

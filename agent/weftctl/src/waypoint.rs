@@ -21,20 +21,30 @@ pub fn generate(namespace: &str, name: &str, image: &str) -> anyhow::Result<Stri
     Ok(text)
 }
 
+/// Who a route-check asks for: namespace (consumer routes), identity `NS/SA` and address
+/// (policies).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Caller<'a> {
+    pub namespace: Option<&'a str>,
+    pub identity: Option<&'a str>,
+    pub source_ip: Option<&'a str>,
+}
+
 /// The admin path of a route-check for `method url` with `headers` (`name: value`).
-pub fn route_check_path(
-    method: &str,
-    url: &str,
-    headers: &[String],
-    caller_namespace: Option<&str>,
-) -> String {
+pub fn route_check_path(method: &str, url: &str, headers: &[String], caller: Caller<'_>) -> String {
     let mut query = form_urlencoded::Serializer::new(String::new());
     query.append_pair("method", method).append_pair("url", url);
     for header in headers {
         query.append_pair("header", header);
     }
-    if let Some(ns) = caller_namespace {
-        query.append_pair("caller-namespace", ns);
+    for (key, value) in [
+        ("caller-namespace", caller.namespace),
+        ("caller", caller.identity),
+        ("source-ip", caller.source_ip),
+    ] {
+        if let Some(value) = value {
+            query.append_pair(key, value);
+        }
     }
     format!("/route-check?{}", query.finish())
 }
@@ -94,6 +104,20 @@ pub fn render_route_check(answer: &serde_json::Value) -> String {
         &["ROUTE", "RULE", "CHOSEN", "WHY"],
         rows,
     ));
+    let authz = &answer["authorization"];
+    if authz.is_object() {
+        let _ = write!(
+            out,
+            "\nauthorization: {} ({} {}): {}\n",
+            text(&authz["verdict"]),
+            authz["status"],
+            text(&authz["reason"]),
+            text(&authz["detail"]),
+        );
+        if let Some(user) = authz["requestPrincipal"].as_str() {
+            let _ = writeln!(out, "request principal: {user}");
+        }
+    }
     out
 }
 

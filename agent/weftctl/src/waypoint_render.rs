@@ -151,6 +151,8 @@ pub fn requests(records: &[RequestRecord]) -> String {
             "OUT",
             "MS",
             "REASON",
+            "POLICY",
+            "USER",
         ],
         records.iter().map(|r| {
             vec![
@@ -168,15 +170,26 @@ pub fn requests(records: &[RequestRecord]) -> String {
                 r.response_bytes.to_string(),
                 r.duration_ms.to_string(),
                 r.reason.clone(),
+                decided_by(r),
+                r.request_principal.clone().unwrap_or_else(|| "-".into()),
             ]
         }),
     )
 }
 
 /// One followed request, on one line.
+/// The policy and rule that decided a request (`demo/p rule 0`), or `-`.
+fn decided_by(r: &RequestRecord) -> String {
+    match (&r.policy, r.rule) {
+        (Some(policy), Some(rule)) => format!("{policy} rule {rule}"),
+        (Some(policy), None) => policy.clone(),
+        _ => "-".into(),
+    }
+}
+
 pub fn request_line(r: &RequestRecord) -> String {
     format!(
-        "{} {} {}{} {} route={} backend={} upstream={} in={} out={} {}ms reason={} attempts={}",
+        "{} {} {}{} {} route={} backend={} upstream={} in={} out={} {}ms reason={} attempts={} verdict={} policy={} user={}",
         r.client,
         r.method,
         r.authority,
@@ -192,7 +205,10 @@ pub fn request_line(r: &RequestRecord) -> String {
         r.response_bytes,
         r.duration_ms,
         r.reason,
-        r.attempts
+        r.attempts,
+        r.verdict.as_deref().unwrap_or("-"),
+        decided_by(r),
+        r.request_principal.as_deref().unwrap_or("-"),
     )
 }
 

@@ -1,5 +1,6 @@
 //! Policy compilation: an AuthorizationPolicy or TrafficPolicy spec in YAML, compiled, and a
-//! compiled AuthorizationPolicy evaluated against a connection.
+//! compiled AuthorizationPolicy evaluated against a connection (as the node agent does) and
+//! against a request with a token's claims (as a waypoint does).
 #![no_main]
 
 
@@ -33,6 +34,38 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             identity,
             source_ip: "10.244.1.7".parse().expect("an address"),
             strict: false,
+            l7: None,
+            gateway: None,
+            enforced_by_waypoint: &[],
+        };
+        let _ = policy::evaluate([&compiled], &request);
+    }
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-tenant", http::HeaderValue::from_static("acme"));
+    let user = policy::Authenticated {
+        principal: "https://issuer.test/alice".into(),
+        audiences: vec!["api".into()],
+        presenter: None,
+        claims: serde_json::json!({"sub": "alice", "groups": ["ops"], "org": {"team": "x", "n": 3}}),
+    };
+    for auth in [Some(&user), None] {
+        let request = policy::Request {
+            namespace: "demo",
+            labels: &labels,
+            services: &services,
+            port: 8080,
+            identity: Some(&identity),
+            source_ip: "10.244.1.7".parse().expect("an address"),
+            strict: false,
+            l7: Some(policy::Attributes {
+                method: "POST",
+                path: "/admin/users",
+                host: "echo.demo:8080",
+                headers: &headers,
+                auth,
+            }),
+            gateway: Some("waypoint"),
+            enforced_by_waypoint: &[],
         };
         let _ = policy::evaluate([&compiled], &request);
     }

@@ -8,6 +8,7 @@ mod process;
 pub mod profile;
 mod run;
 pub mod waypoint;
+pub mod waypoint_authz;
 pub mod waypoint_resilience;
 
 use serde::{Deserialize, Serialize};

@@ -45,6 +45,9 @@ pub struct WaypointReport {
     /// One of two endpoints failing 10% of requests, by the policy in force.
     #[serde(default)]
     pub resilience: Vec<super::waypoint_resilience::ResilienceCase>,
+    /// L7 policies and JWT verification, by the configuration in force.
+    #[serde(default)]
+    pub authz: Vec<super::waypoint_authz::AuthzCase>,
 }
 
 /// How long each open-loop run measures, after its warm-up.
@@ -167,6 +170,7 @@ pub fn run(bins: &Path, out: &Path, quick: bool) -> anyhow::Result<WaypointRepor
     report.waypoint_idle_rss_mib = mib(idle_rss);
     report.waypoint_peak_rss_mib = mib(peak_rss_kib(waypoint));
     report.resilience = super::waypoint_resilience::run(&mesh, (seconds, warmup))?;
+    report.authz = super::waypoint_authz::run(&mesh, (seconds, warmup))?;
     Ok(report)
 }
 
@@ -241,6 +245,7 @@ impl WaypointReport {
             });
         }
         rows.extend(super::waypoint_resilience::rows(&self.resilience));
+        rows.extend(super::waypoint_authz::rows(&self.authz));
         rows
     }
 }

@@ -95,6 +95,12 @@ pub struct Source {
     pub ip_blocks: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_ip_blocks: Vec<String>,
+    /// End users proven by a `RequestAuthentication` JWT, as `<issuer>/<subject>`; `*` is any
+    /// authenticated request. Waypoint only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_principals: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_request_principals: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -125,7 +131,10 @@ pub struct Operation {
     pub not_paths: Vec<String>,
 }
 
-/// A request attribute (`request.headers[x]`, `request.auth.claims[iss]`): waypoint only.
+/// A request attribute, checked at a waypoint: `request.headers[NAME]`, `source.ip`,
+/// `source.namespace`, `source.principal`, `destination.port`, `request.auth.principal`,
+/// `request.auth.audiences`, `request.auth.presenter`, `request.auth.claims[NAME]` (nested:
+/// `request.auth.claims[a][b]`).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Condition {

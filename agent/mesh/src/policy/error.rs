@@ -30,6 +30,12 @@ pub enum PolicyError {
     NotPercent { field: &'static str, value: u32 },
     #[error("faultInjection.abort.httpStatus is {0}: give an HTTP status from 200 to 599")]
     NotStatus(u16),
+    #[error("when key {0:?} is not one Weft reads: use request.headers[NAME], source.ip, source.namespace, source.principal, destination.port, request.auth.principal, request.auth.audiences, request.auth.presenter or request.auth.claims[NAME]")]
+    UnknownConditionKey(String),
+    #[error("when key {0:?} is malformed: write request.headers[x-name] or request.auth.claims[a][b] (at most 8 levels)")]
+    BadConditionKey(String),
+    #[error("when key {0:?} has neither values nor notValues")]
+    EmptyCondition(String),
     #[error("{field}: {problem}")]
     BadValue {
         field: &'static str,
@@ -67,7 +73,8 @@ impl PolicyError {
             | Self::ZeroLimit
             | Self::NotPercent { .. }
             | Self::NotStatus(_) => "out_of_range",
-            Self::BadValue { .. } => "bad_value",
+            Self::BadValue { .. } | Self::EmptyCondition(_) => "bad_value",
+            Self::UnknownConditionKey(_) | Self::BadConditionKey(_) => "bad_condition_key",
             Self::In { source, .. } => source.reason(),
         }
     }

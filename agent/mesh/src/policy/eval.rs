@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use super::crd::{Action, AuthorizationPolicySpec, Operation, Rule, Source};
+use super::l7::{Attributes, CompiledCondition, Connection, OperationL7, SourceL7};
 use crate::identity::SpiffeId;
 
 /// A validated policy, ready to evaluate.
@@ -47,17 +48,13 @@ impl Policy {
                 dry_run: false,
             },
             unreadable: Some(why.into()),
-            rules: vec![CompiledRule {
-                from: Vec::new(),
-                to: Vec::new(),
-                needs_l7: false,
-            }],
+            rules: vec![CompiledRule::default()],
         }
     }
 }
 
 #[derive(Clone, Debug)]
-enum Pattern {
+pub(super) enum Pattern {
     Any,
     Exact(String),
     Prefix(String),
@@ -65,7 +62,7 @@ enum Pattern {
 }
 
 impl Pattern {
-    fn parse(text: &str) -> Self {
+    pub(super) fn parse(text: &str) -> Self {
         if text == "*" {
             Self::Any
         } else if let Some(rest) = text.strip_suffix('*') {
@@ -77,7 +74,7 @@ impl Pattern {
         }
     }
 
-    fn matches(&self, value: &str) -> bool {
+    pub(super) fn matches(&self, value: &str) -> bool {
         match self {
             Self::Any => true,
             Self::Exact(s) => value == s,
@@ -88,13 +85,13 @@ impl Pattern {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Cidr {
+pub(super) struct Cidr {
     network: IpAddr,
     prefix: u8,
 }
 
 impl Cidr {
-    fn parse(text: &str) -> Result<Self, PolicyError> {
+    pub(super) fn parse(text: &str) -> Result<Self, PolicyError> {
         let (address, prefix) = text.split_once('/').unwrap_or((text, ""));
         let network: IpAddr = address
             .parse()
@@ -116,7 +113,7 @@ impl Cidr {
         Ok(Self { network, prefix })
     }
 
-    fn contains(self, ip: IpAddr) -> bool {
+    pub(super) fn contains(self, ip: IpAddr) -> bool {
         match (self.network, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX
@@ -143,19 +140,22 @@ struct CompiledSource {
     not_namespaces: Vec<Pattern>,
     ip_blocks: Vec<Cidr>,
     not_ip_blocks: Vec<Cidr>,
+    l7: SourceL7,
 }
 
 #[derive(Clone, Debug, Default)]
 struct CompiledOperation {
     ports: Vec<u16>,
     not_ports: Vec<u16>,
+    l7: OperationL7,
 }
 
 #[derive(Clone, Debug, Default)]
 struct CompiledRule {
     from: Vec<CompiledSource>,
     to: Vec<CompiledOperation>,
-    /// Hosts, methods, paths or `when`: only a waypoint can check them.
+    when: Vec<CompiledCondition>,
+    /// Hosts, methods, paths, request principals or `when`: only a waypoint can check them.
     needs_l7: bool,
 }
 
@@ -184,6 +184,7 @@ fn compile_source(source: &Source) -> Result<CompiledSource, PolicyError> {
         not_namespaces: patterns(&source.not_namespaces),
         ip_blocks: cidrs(&source.ip_blocks)?,
         not_ip_blocks: cidrs(&source.not_ip_blocks)?,
+        l7: SourceL7::compile(&source.request_principals, &source.not_request_principals),
     })
 }
 
@@ -201,7 +202,7 @@ fn l7_fields(operation: &Operation) -> bool {
 }
 
 fn compile_rule(rule: &Rule) -> Result<CompiledRule, PolicyError> {
-    let from = rule
+    let from: Vec<CompiledSource> = rule
         .from
         .iter()
         .map(|f| compile_source(&f.source))
@@ -213,11 +214,25 @@ fn compile_rule(rule: &Rule) -> Result<CompiledRule, PolicyError> {
             Ok(CompiledOperation {
                 ports: ports(&t.operation.ports)?,
                 not_ports: ports(&t.operation.not_ports)?,
+                l7: OperationL7::compile(&t.operation),
             })
         })
         .collect::<Result<_, PolicyError>>()?;
-    let needs_l7 = !rule.when.is_empty() || rule.to.iter().any(|t| l7_fields(&t.operation));
-    Ok(CompiledRule { from, to, needs_l7 })
+    let when = rule
+        .when
+        .iter()
+        .enumerate()
+        .map(|(i, c)| CompiledCondition::compile(c).map_err(|e| e.within(format!("when[{i}]"))))
+        .collect::<Result<_, _>>()?;
+    let needs_l7 = !rule.when.is_empty()
+        || rule.to.iter().any(|t| l7_fields(&t.operation))
+        || from.iter().any(|s| !s.l7.is_empty());
+    Ok(CompiledRule {
+        from,
+        to,
+        when,
+        needs_l7,
+    })
 }
 
 /// Validates and compiles a policy; the error says what to fix.
@@ -257,6 +272,23 @@ pub struct Request<'a> {
     pub source_ip: IpAddr,
     /// Whether the pod's mTLS mode is strict.
     pub strict: bool,
+    /// At a waypoint: the request itself, so the L7 parts of rules are judged, not assumed.
+    pub l7: Option<Attributes<'a>>,
+    /// At a waypoint: the name of its `Gateway`, which policies may target.
+    pub gateway: Option<&'a str>,
+    /// Of `services`, those whose waypoint sent this connection: it has enforced the policies
+    /// that target them, so they are not judged again on the waypoint's own identity.
+    pub enforced_by_waypoint: &'a [String],
+}
+
+impl Request<'_> {
+    fn connection(&self) -> Connection<'_> {
+        Connection {
+            identity: self.identity,
+            source_ip: self.source_ip,
+            port: self.port,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -304,6 +336,9 @@ pub struct Decision {
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// The index of the deciding rule in that policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<usize>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
 }
@@ -321,8 +356,15 @@ impl Decision {
             reason,
             detail,
             policy,
+            rule: None,
             notes,
         }
+    }
+
+    #[must_use]
+    fn by_rule(mut self, rule: usize) -> Self {
+        self.rule = Some(rule);
+        self
     }
 }
 
@@ -344,9 +386,17 @@ fn applies(policy: &Policy, request: &Request<'_>) -> bool {
             .spec
             .target_refs
             .iter()
-            .any(|t| t.kind == "Service" && request.services.contains(&t.name));
+            .any(|t| match t.kind.as_str() {
+                "Service" => {
+                    request.services.contains(&t.name)
+                        && !request.enforced_by_waypoint.contains(&t.name)
+                }
+                "Gateway" => request.gateway == Some(t.name.as_str()),
+                _ => false,
+            });
     }
-    true
+    // A waypoint enforces what targets it or its Services; selectors are the agent's.
+    request.gateway.is_none()
 }
 
 fn source_matches(source: &CompiledSource, request: &Request<'_>) -> bool {
@@ -359,7 +409,11 @@ fn source_matches(source: &CompiledSource, request: &Request<'_>) -> bool {
     let any = |list: &[Pattern], value: Option<&str>| {
         value.is_some_and(|v| list.iter().any(|p| p.matches(v)))
     };
-    (source.principals.is_empty() || any(&source.principals, principal.as_deref()))
+    let l7 = request
+        .l7
+        .as_ref()
+        .is_none_or(|l7| source.l7.matches(l7.auth));
+    l7 && (source.principals.is_empty() || any(&source.principals, principal.as_deref()))
         && (source.not_principals.is_empty() || !any(&source.not_principals, principal.as_deref()))
         && (source.namespaces.is_empty() || any(&source.namespaces, namespace))
         && (source.not_namespaces.is_empty() || !any(&source.not_namespaces, namespace))
@@ -378,12 +432,27 @@ fn source_matches(source: &CompiledSource, request: &Request<'_>) -> bool {
 fn operation_matches(operation: &CompiledOperation, request: &Request<'_>) -> bool {
     (operation.ports.is_empty() || operation.ports.contains(&request.port))
         && (operation.not_ports.is_empty() || !operation.not_ports.contains(&request.port))
+        && request
+            .l7
+            .as_ref()
+            .is_none_or(|l7| operation.l7.matches(l7))
 }
 
-/// Whether the rule's L4 parts match (L7 parts are judged by the caller).
-fn l4_matches(rule: &CompiledRule, request: &Request<'_>) -> bool {
+/// Whether the rule matches: all of it at a waypoint; at the agent, its L4 parts (what
+/// needs L7 is judged by the caller from `needs_l7`).
+fn rule_matches(rule: &CompiledRule, request: &Request<'_>) -> bool {
     (rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, request)))
         && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, request)))
+        && request.l7.as_ref().is_none_or(|l7| {
+            let connection = request.connection();
+            rule.when.iter().all(|c| c.matches(&connection, l7))
+        })
+}
+
+/// Whether a matched rule decides here: always at a waypoint, at the agent only when it has
+/// no L7 parts.
+fn decides(rule: &CompiledRule, request: &Request<'_>) -> bool {
+    !rule.needs_l7 || request.l7.is_some()
 }
 
 /// Decides a connection: strict mTLS first, then DENY policies, then ALLOW policies. AUDIT
@@ -407,7 +476,7 @@ pub fn evaluate<'p>(
         .collect();
     let mut notes = Vec::new();
     for policy in applying.iter().filter(|p| p.spec.action == Action::Audit) {
-        if let Some(i) = policy.rules.iter().position(|r| l4_matches(r, request)) {
+        if let Some(i) = policy.rules.iter().position(|r| rule_matches(r, request)) {
             notes.push(format!("audited by {} rule {i}", policy.id()));
         }
     }
@@ -427,12 +496,12 @@ fn first_denial(
             .rules
             .iter()
             .enumerate()
-            .find(|(_, r)| l4_matches(r, request))
+            .find(|(_, r)| rule_matches(r, request))
         {
-            let l7 = if rule.needs_l7 {
-                " (its L7 conditions cannot be checked without a waypoint, so it applies as a whole)"
-            } else {
+            let l7 = if decides(rule, request) {
                 ""
+            } else {
+                " (its L7 conditions cannot be checked without a waypoint, so it applies as a whole)"
             };
             let detail = match &policy.unreadable {
                 Some(why) => format!(
@@ -445,17 +514,20 @@ fn first_denial(
                 notes.push(format!("dry run: would be {detail}"));
                 continue;
             }
-            return Some(Decision::new(
-                Verdict::Deny,
-                if policy.unreadable.is_some() {
-                    Reason::UnreadablePolicy
-                } else {
-                    Reason::DeniedByPolicy
-                },
-                detail,
-                Some(policy.id()),
-                std::mem::take(notes),
-            ));
+            return Some(
+                Decision::new(
+                    Verdict::Deny,
+                    if policy.unreadable.is_some() {
+                        Reason::UnreadablePolicy
+                    } else {
+                        Reason::DeniedByPolicy
+                    },
+                    detail,
+                    Some(policy.id()),
+                    std::mem::take(notes),
+                )
+                .by_rule(i),
+            );
         }
     }
     None
@@ -469,9 +541,9 @@ fn allow_phase(applying: &[&Policy], request: &Request<'_>, mut notes: Vec<Strin
             .rules
             .iter()
             .enumerate()
-            .find(|(_, r)| l4_matches(r, request));
+            .find(|(_, r)| rule_matches(r, request));
         if policy.spec.dry_run {
-            let what = if matched.is_some_and(|(_, r)| !r.needs_l7) {
+            let what = if matched.is_some_and(|(_, r)| decides(r, request)) {
                 "allowed"
             } else {
                 "denied"
@@ -481,14 +553,15 @@ fn allow_phase(applying: &[&Policy], request: &Request<'_>, mut notes: Vec<Strin
         }
         enforced.push(policy.id());
         match matched {
-            Some((i, rule)) if !rule.needs_l7 => {
+            Some((i, rule)) if decides(rule, request) => {
                 return Decision::new(
                     Verdict::Allow,
                     Reason::AllowedByPolicy,
                     format!("allowed by {} rule {i}", policy.id()),
                     Some(policy.id()),
                     notes,
-                );
+                )
+                .by_rule(i);
             }
             Some((i, _)) => l7_blocked = l7_blocked.or(Some((policy.id(), i))),
             None => {}
@@ -511,7 +584,8 @@ fn allow_phase(applying: &[&Policy], request: &Request<'_>, mut notes: Vec<Strin
             detail,
             Some(policy),
             notes,
-        );
+        )
+        .by_rule(i);
     }
     let detail = format!(
         "no rule of the ALLOW policies {} matched",

@@ -5,11 +5,15 @@
 pub mod crd;
 mod error;
 mod eval;
+pub mod jwt;
+pub mod l7;
+pub mod request_auth;
 pub mod resilience;
 pub mod traffic;
 
 pub use error::PolicyError;
 pub use eval::{compile, evaluate, Decision, Policy, Reason, Request, Verdict};
+pub use l7::{Attributes, Authenticated};
 pub use traffic::TrafficSettings;
 
 /// Namespace or pod annotation: `strict` refuses plaintext inbound; `permissive` (default)
@@ -39,6 +43,13 @@ pub fn crds() -> Vec<(&'static str, String)> {
             "trafficpolicies.weft.io.yaml",
             generated(serde_yaml::to_string(&traffic::TrafficPolicy::crd()).unwrap_or_default()),
         ),
+        (
+            "requestauthentications.weft.io.yaml",
+            generated(
+                serde_yaml::to_string(&request_auth::RequestAuthentication::crd())
+                    .unwrap_or_default(),
+            ),
+        ),
     ]
 }
 
@@ -49,6 +60,7 @@ impl From<&Policy> for weft_api::AuthorizationPolicy {
             name: p.name.clone(),
             spec: serde_json::to_value(&p.spec).unwrap_or_default(),
             unreadable: p.unreadable.clone(),
+            enforced_at: Vec::new(),
         }
     }
 }

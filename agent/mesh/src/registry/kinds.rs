@@ -11,6 +11,7 @@ pub const READ: &[(&str, &str)] = &[
     ("discovery.k8s.io/v1", "EndpointSlice"),
     ("weft.io/v1alpha1", "AuthorizationPolicy"),
     ("weft.io/v1alpha1", "TrafficPolicy"),
+    ("weft.io/v1alpha1", "RequestAuthentication"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
     ("gateway.networking.k8s.io/v1beta1", "HTTPRoute"),
     ("gateway.networking.k8s.io/v1", "GRPCRoute"),
@@ -93,7 +94,7 @@ fn unknown_reason(api: &str, kind: &str) -> String {
     }
     if api.starts_with("weft.io/") {
         return format!(
-            "weft.io has no kind {kind} under {api}: Weft serves weft.io/v1alpha1 AuthorizationPolicy and TrafficPolicy"
+            "weft.io has no kind {kind} under {api}: Weft serves weft.io/v1alpha1 AuthorizationPolicy, TrafficPolicy and RequestAuthentication"
         );
     }
     format!("unknown apiVersion/kind {api}/{kind}: Weft does not read it and ignores the object")

@@ -180,6 +180,9 @@ fn an_unreadable_deny_policy_fails_closed_for_what_it_selects() {
         identity: None,
         source_ip: "10.0.0.1".parse().expect("ip"),
         strict: false,
+        l7: None,
+        gateway: None,
+        enforced_by_waypoint: &[],
     };
     let decision = crate::policy::evaluate(&registry.policies, &request);
     assert_eq!(decision.reason, crate::policy::Reason::UnreadablePolicy);

@@ -80,6 +80,8 @@ pub struct Registry {
     /// `TrafficPolicy` objects, sorted by namespace and name (the first one targeting a
     /// Service applies).
     pub traffic_policies: Vec<crate::policy::TrafficSettings>,
+    /// `RequestAuthentication` objects (for waypoints).
+    pub request_auths: Vec<crate::policy::request_auth::RequestAuth>,
     pub errors: Vec<ObjectError>,
     /// Objects of kinds Weft knows but does not act on (a ServiceAccount, a Deployment), by
     /// `apiVersion/kind`: accepted without a report.
@@ -346,6 +348,9 @@ impl Registry {
         let empty = Labels::default();
         let found = self.pod(&pod.namespace, &pod.name);
         let services = self.services_of(&pod.namespace, pod.ip);
+        let enforced_by_waypoint = identity.map_or_else(Vec::new, |id| {
+            self.served_by_waypoint(&pod.namespace, &services, id)
+        });
         let request = crate::policy::Request {
             namespace: &pod.namespace,
             labels: found.map_or(&empty, |p| &p.labels),
@@ -354,6 +359,9 @@ impl Registry {
             identity,
             source_ip,
             strict: found.is_some_and(|p| self.mtls_strict(p)),
+            l7: None,
+            gateway: None,
+            enforced_by_waypoint: &enforced_by_waypoint,
         };
         let in_namespace = self
             .index

@@ -313,6 +313,7 @@ pub(super) fn add(registry: &mut Registry, doc: &serde_yaml::Value) -> Result<()
             }
         },
         "TrafficPolicy" => registry.traffic_policies.push(traffic_policy(&object)?),
+        "RequestAuthentication" => registry.request_auths.push(request_auth(&object)?),
         _ => registry.routes.push(route(&kind, object)?),
     }
     Ok(())
@@ -462,6 +463,16 @@ fn traffic_policy(object: &Object<'_>) -> Result<crate::policy::TrafficSettings,
         .field("spec")?
         .ok_or_else(|| object.reject(Problem::Missing("spec")))?;
     crate::policy::traffic::compile(&object.namespace, &object.name, spec)
+        .map_err(|e| object.reject(e))
+}
+
+fn request_auth(
+    object: &Object<'_>,
+) -> Result<crate::policy::request_auth::RequestAuth, Rejection> {
+    let spec: crate::policy::request_auth::RequestAuthenticationSpec = object
+        .field("spec")?
+        .ok_or_else(|| object.reject(Problem::Missing("spec")))?;
+    crate::policy::request_auth::compile(&object.namespace, &object.name, spec)
         .map_err(|e| object.reject(e))
 }
 

@@ -42,13 +42,19 @@ pub const REQUIRED: &[&str] = &[
 /// Kinds whose CRDs may be absent from a cluster: the agent runs without them. A missing
 /// `TrafficPolicy` CRD (an upgrade that has not applied it yet) leaves the defaults in force;
 /// a missing `AuthorizationPolicy` would mean unenforced policy, so that one is required.
-pub const OPTIONAL: &[&str] = &["HTTPRoute", "GRPCRoute", "TrafficPolicy"];
+pub const OPTIONAL: &[&str] = &[
+    "HTTPRoute",
+    "GRPCRoute",
+    "TrafficPolicy",
+    "RequestAuthentication",
+];
 
 /// The custom resources, read untyped so that one malformed object is reported by the
 /// registry and skipped, not a broken list.
-const CUSTOM: [(&str, &str, &str); 4] = [
+const CUSTOM: [(&str, &str, &str); 5] = [
     ("weft.io", "v1alpha1", "AuthorizationPolicy"),
     ("weft.io", "v1alpha1", "TrafficPolicy"),
+    ("weft.io", "v1alpha1", "RequestAuthentication"),
     ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
     ("gateway.networking.k8s.io", "v1", "GRPCRoute"),
 ];

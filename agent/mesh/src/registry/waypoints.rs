@@ -68,6 +68,60 @@ impl Registry {
             .collect()
     }
 
+    /// Of `services` (names in `namespace`), those whose waypoint is `client`: a connection
+    /// from it carries requests it has already authorized against the policies that target
+    /// those Services.
+    pub fn served_by_waypoint(
+        &self,
+        namespace: &str,
+        services: &[String],
+        client: &crate::identity::SpiffeId,
+    ) -> Vec<String> {
+        services
+            .iter()
+            .filter(|name| {
+                self.service(namespace, name)
+                    .and_then(|s| self.waypoint_for(s))
+                    .is_some_and(|w| {
+                        w.namespace == client.namespace && w.name == client.service_account
+                    })
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Where `policy` is enforced: `agent` (the destination pods' node agents) and
+    /// `waypoint NS/NAME` for each waypoint whose Gateway it targets or that serves a Service
+    /// it targets; a waypoint-served Service's policy is also the agent's for connections that
+    /// bypass the waypoint.
+    pub fn enforcement(&self, policy: &crate::policy::Policy) -> Vec<String> {
+        let mut places: Vec<String> = Vec::new();
+        let mut add = |place: String| {
+            if !places.contains(&place) {
+                places.push(place);
+            }
+        };
+        if policy.spec.target_refs.is_empty() {
+            add("agent".into());
+        }
+        for target in &policy.spec.target_refs {
+            match target.kind.as_str() {
+                "Gateway" => add(format!("waypoint {}/{}", policy.namespace, target.name)),
+                "Service" => {
+                    if let Some(waypoint) = self
+                        .service(&policy.namespace, &target.name)
+                        .and_then(|s| self.waypoint_for(s))
+                    {
+                        add(format!("waypoint {waypoint}"));
+                    }
+                    add("agent".into());
+                }
+                _ => {}
+            }
+        }
+        places
+    }
+
     /// The Service named `namespace/name`.
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
         self.services
