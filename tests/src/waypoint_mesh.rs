@@ -444,6 +444,48 @@ impl Mesh {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The path of a Python helper in `tests/py`.
+    pub fn python_helper(name: &str) -> String {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("py")
+            .join(name)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Starts the grpcio echo server (`tests/py/grpc_echo.py`) in echo-v2, the endpoint of
+    /// `demo/grpc`.
+    pub fn start_grpc_echo(&self) -> anyhow::Result<()> {
+        let grpc = Self::python_helper("grpc_echo.py");
+        self.cluster.spawn_in_pod(
+            &self.pod("echo-v2"),
+            "python3",
+            &[&grpc, "serve", "0.0.0.0:50051"],
+        )?;
+        Ok(())
+    }
+
+    /// Runs the grpcio client's `chaos` mode from demo/client against `demo/grpc` (one call
+    /// with `x-chaos: 1`, one without) until it runs, and returns what it saw.
+    pub fn grpc_chaos(&self) -> serde_json::Value {
+        let grpc = Self::python_helper("grpc_echo.py");
+        let client = self.pod("client");
+        let mut seen = serde_json::Value::Null;
+        eventually(Duration::from_secs(15), "the gRPC client ran", || {
+            let out = self
+                .cluster
+                .run_in_pod(
+                    &client,
+                    "python3",
+                    &[&grpc, "chaos", &format!("{GRPC}:50051")],
+                )
+                .expect("grpc client");
+            seen = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            out.status.success()
+        });
+        seen
+    }
+
     /// `weftctl --admin <the waypoint's admin>` with `args`, run in the waypoint's netns.
     pub fn weftctl(&self, args: &[&str]) -> (bool, String) {
         let out = self

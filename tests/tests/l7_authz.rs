@@ -12,7 +12,7 @@ use weft_harness::{
     eventually,
     jwt::{claims, jwks, now, unsigned, Signer},
     require_privileges,
-    waypoint_mesh::{Mesh, GRPC, GUARDED},
+    waypoint_mesh::{Mesh, GUARDED},
 };
 
 const ISSUER: &str = "https://issuer.weft.test";
@@ -651,17 +651,7 @@ fn grpc_calls_are_denied_with_permission_denied() {
         return;
     }
     let mesh = start();
-    let grpc = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("py")
-        .join("grpc_echo.py");
-    let grpc = grpc.to_str().expect("path");
-    mesh.cluster
-        .spawn_in_pod(
-            &mesh.pod("echo-v2"),
-            "python3",
-            &[grpc, "serve", "0.0.0.0:50051"],
-        )
-        .expect("grpc server");
+    mesh.start_grpc_echo().expect("grpc server");
     apply(
         &mesh,
         "authz.yaml",
@@ -672,20 +662,7 @@ fn grpc_calls_are_denied_with_permission_denied() {
         ),
         &["deny-chaos"],
     );
-    let client = mesh.pod("client");
-    let mut seen = serde_json::Value::Null;
-    eventually(Duration::from_secs(15), "the gRPC client ran", || {
-        let out = mesh
-            .cluster
-            .run_in_pod(
-                &client,
-                "python3",
-                &[grpc, "chaos", &format!("{GRPC}:50051")],
-            )
-            .expect("grpc client");
-        seen = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        out.status.success()
-    });
+    let seen = mesh.grpc_chaos();
     assert_eq!(seen["chaos_code"], "PERMISSION_DENIED", "{seen}");
     assert!(
         seen["chaos_details"]

@@ -8,7 +8,7 @@ use std::{collections::HashMap, fmt::Write as _, path::Path, time::Duration};
 
 use weft_harness::{
     eventually, require_privileges,
-    waypoint_mesh::{hashed_service, Mesh, GRPC, HASHED, L4_LOCAL, L4_RETRY, RESILIENT},
+    waypoint_mesh::{hashed_service, Mesh, HASHED, L4_LOCAL, L4_RETRY, RESILIENT},
 };
 
 fn start() -> Mesh {
@@ -568,37 +568,14 @@ fn a_grpc_abort_answers_its_status_to_matching_calls_only() {
         return;
     }
     let mesh = start();
-    let grpc = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("py")
-        .join("grpc_echo.py");
-    let grpc = grpc.to_str().expect("path");
-    mesh.cluster
-        .spawn_in_pod(
-            &mesh.pod("echo-v2"),
-            "python3",
-            &[grpc, "serve", "0.0.0.0:50051"],
-        )
-        .expect("grpc server");
+    mesh.start_grpc_echo().expect("grpc server");
     apply(
         &mesh,
         "tp-grpc-chaos",
         "grpc",
         "  faultInjection: {abort: {grpcStatus: 14, percent: 100}, headers: [{name: x-chaos, value: '1'}]}\n",
     );
-    let client = mesh.pod("client");
-    let mut seen = serde_json::Value::Null;
-    eventually(Duration::from_secs(15), "the gRPC client ran", || {
-        let out = mesh
-            .cluster
-            .run_in_pod(
-                &client,
-                "python3",
-                &[grpc, "chaos", &format!("{GRPC}:50051")],
-            )
-            .expect("grpc client");
-        seen = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        out.status.success()
-    });
+    let seen = mesh.grpc_chaos();
     assert_eq!(seen["chaos_code"], "UNAVAILABLE", "{seen}");
     assert_eq!(seen["chaos_details"], "fault injected", "{seen}");
     assert_eq!(seen["calm_code"], "OK", "{seen}");

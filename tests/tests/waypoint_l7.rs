@@ -23,15 +23,6 @@ fn start() -> Mesh {
 }
 
 /// The Python helpers beside this crate.
-fn python_helper(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("py")
-        .join(name)
-        .to_str()
-        .expect("path")
-        .to_owned()
-}
-
 /// Whether the echo's reply came from `server` along the catch-all (split) rule or another.
 fn from(body: &str, server: &str) -> bool {
     body.contains(&format!("server={server}\n"))
@@ -242,15 +233,9 @@ fn grpc_websocket_and_tcp_pass_through_the_waypoint() {
         return;
     }
     let mesh = start();
-    let grpc = python_helper("grpc_echo.py");
-    let ws = python_helper("ws_echo.py");
-    mesh.cluster
-        .spawn_in_pod(
-            &mesh.pod("echo-v2"),
-            "python3",
-            &[&grpc, "serve", "0.0.0.0:50051"],
-        )
-        .expect("grpc server");
+    let grpc = Mesh::python_helper("grpc_echo.py");
+    let ws = Mesh::python_helper("ws_echo.py");
+    mesh.start_grpc_echo().expect("grpc server");
     mesh.cluster
         .spawn_in_pod(
             &mesh.pod("echo-v1"),

@@ -17,7 +17,7 @@ use weft_mesh::{
 
 use crate::{
     app::Waypoint,
-    forward::{full, Body, Reason, Tunnel},
+    forward::{full, grpc_answer, Body, Reason, Tunnel},
 };
 
 /// What authorization said of a request, for its record.
@@ -52,38 +52,16 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
 fn refusal(
     grpc: bool,
     status: StatusCode,
-    grpc_code: u16,
+    grpc_code: u32,
     reason: Reason,
     detail: &str,
 ) -> Response<Body> {
-    let mut response = if grpc {
-        let mut response = Response::new(full(Bytes::new()));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert("grpc-status", HeaderValue::from(grpc_code));
-        let message: String = detail
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b" -_./:".contains(&b) {
-                    char::from(b).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        if let Ok(value) = HeaderValue::from_str(&message) {
-            headers.insert("grpc-message", value);
-        }
-        response
-    } else {
-        let mut response = Response::new(full(Bytes::from(format!("{detail}\n"))));
-        *response.status_mut() = status;
-        response
-    };
-    if status == StatusCode::UNAUTHORIZED && !grpc {
+    if grpc {
+        return grpc_answer(grpc_code, detail, reason);
+    }
+    let mut response = Response::new(full(Bytes::from(format!("{detail}\n"))));
+    *response.status_mut() = status;
+    if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"weft\""),

@@ -134,6 +134,33 @@ pub(crate) fn own(status: StatusCode, reason: Reason, detail: &str) -> Response<
     response
 }
 
+/// The waypoint's own answer to a gRPC call: trailers-only, `grpc-status` `code` and
+/// `message` percent-encoded as gRPC wants it.
+pub(crate) fn grpc_answer(code: u32, message: &str, reason: Reason) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::new()));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code));
+    let encoded: String = message
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b" -_./:".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    if let Ok(value) = HeaderValue::from_str(&encoded) {
+        headers.insert("grpc-message", value);
+    }
+    headers.insert("x-weft-reason", HeaderValue::from_static(reason.as_str()));
+    response
+}
+
 fn modify(headers: &mut http::HeaderMap, modifier: &HeaderModifier) {
     for h in &modifier.set {
         if let (Ok(name), Ok(value)) = (
@@ -441,21 +468,10 @@ async fn gate(
                 Reason::FaultInjected,
             ))
         }
-        Some(weft_mesh::policy::resilience::Abort::Grpc(code)) => {
-            let mut response = Response::new(full(Bytes::new()));
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
-            );
-            headers.insert("grpc-status", HeaderValue::from(code));
-            headers.insert("grpc-message", HeaderValue::from_static("fault%20injected"));
-            headers.insert(
-                "x-weft-reason",
-                HeaderValue::from_static(Reason::FaultInjected.as_str()),
-            );
-            Err((Box::new(response), Reason::FaultInjected))
-        }
+        Some(weft_mesh::policy::resilience::Abort::Grpc(code)) => Err((
+            Box::new(grpc_answer(code, "fault injected", Reason::FaultInjected)),
+            Reason::FaultInjected,
+        )),
         None => Ok(drawn.delay.is_some()),
     }
 }

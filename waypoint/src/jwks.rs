@@ -27,7 +27,7 @@ pub const REFRESH: Duration = Duration::from_mins(5);
 pub const MIN_REFETCH: Duration = Duration::from_secs(2);
 /// Connect, send and read, all of it.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// The most URIs cached; past it the oldest entry goes.
+/// The most URIs cached; past it one entry goes (counted as limit `jwks_uris`).
 pub const MAX_URIS: usize = 64;
 
 #[derive(Default)]
@@ -50,12 +50,17 @@ impl std::fmt::Debug for JwksCache {
 }
 
 impl JwksCache {
-    fn entry(&self, uri: &str) -> Arc<tokio::sync::Mutex<Entry>> {
+    fn entry(
+        &self,
+        uri: &str,
+        limits: &weft_mesh::limits::Limits,
+    ) -> Arc<tokio::sync::Mutex<Entry>> {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if !entries.contains_key(uri) && entries.len() >= MAX_URIS {
             // Entries are few and rarely change: dropping any one is enough to stay bounded.
             if let Some(victim) = entries.keys().next().cloned() {
                 entries.remove(&victim);
+                limits.hit("waypoint", "jwks_uris", &victim);
             }
         }
         entries.entry(uri.to_owned()).or_default().clone()
@@ -78,7 +83,7 @@ impl JwksCache {
         uri: &http::Uri,
         kid: Option<&str>,
     ) -> Result<Arc<KeySet>, String> {
-        let entry = self.entry(&uri.to_string());
+        let entry = self.entry(&uri.to_string(), &waypoint.limits);
         let mut entry = entry.lock().await;
         let age = entry.fetched.map(|at| at.elapsed());
         let lacks_kid = match (&entry.keys, kid) {
