@@ -30,6 +30,8 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
+    Tracing(#[from] weft_mesh::trace::TraceError),
+    #[error(transparent)]
     Capture(#[from] CaptureError),
     #[error(transparent)]
     Admin(#[from] AdminError),
@@ -170,6 +172,7 @@ pub async fn run(
 
     let maps = Arc::new(Mutex::new(maps));
     let connections = Arc::new(Connections::default());
+    start_tracer(&config, &connections)?;
     let certs = Arc::new(CertStore::new(
         ca,
         &config.trust_domain,
@@ -245,7 +248,21 @@ pub async fn run(
     ));
 
     follow_registry(updates, enrollment, &state).await?;
-    drain_and_stop(drain, config.drain_timeout, &owner).await;
+    drain_and_stop(drain, config.drain_timeout, &owner, &state.connections).await;
+    Ok(())
+}
+
+/// A span per connection from now on, when tracing is on.
+fn start_tracer(config: &Config, connections: &Connections) -> Result<(), AppError> {
+    if let Some(settings) = &config.tracing {
+        let node = opentelemetry::KeyValue::new("k8s.node.name", config.node_name.clone());
+        let tracer = weft_mesh::trace::Tracer::start(
+            settings,
+            connections.metrics.trace.clone(),
+            vec![node],
+        )?;
+        let _ = connections.tracer.set(tracer);
+    }
     Ok(())
 }
 
@@ -255,6 +272,7 @@ async fn drain_and_stop(
     drain: weft_mesh::drain::Trigger,
     deadline: std::time::Duration,
     owner: &Owner,
+    connections: &Arc<Connections>,
 ) {
     tracing::info!(
         open = drain.open(),
@@ -269,6 +287,15 @@ async fn drain_and_stop(
             "drain deadline passed: cutting the connections still open"
         ),
     }
+    // The spans of the connections that just ended leave before the process does; it
+    // blocks up to the export timeout, on a thread of its own.
+    let flushing = connections.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(tracer) = flushing.tracer.get() {
+            tracer.shutdown();
+        }
+    })
+    .await;
     // A clean exit carries nothing on: the next agent has nothing to report lost.
     owner.publish_carried(0);
     tracing::info!(

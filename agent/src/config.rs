@@ -45,6 +45,8 @@ pub enum ConfigError {
     TwoSources,
     #[error("--ca-url needs --ca-root (the root bundle that verifies the CA service)")]
     RemoteCaWithoutRoot,
+    #[error(transparent)]
+    Tracing(#[from] weft_mesh::trace::SettingsError),
     #[error("--ca-url and --ca-cert/--ca-key both name a signer: give one")]
     TwoCas,
 }
@@ -82,6 +84,8 @@ pub struct Config {
     /// On SIGTERM, how long open connections may finish before the agent exits (below the
     /// DaemonSet's termination grace period of 30 s).
     pub drain_timeout: std::time::Duration,
+    /// A span per connection when set (see `weft_mesh::trace`); `None`: no spans.
+    pub tracing: Option<weft_mesh::trace::Settings>,
 }
 
 /// `--drain-timeout` when none is given.
@@ -125,6 +129,8 @@ pub struct FileConfig {
     pub ca_root: Option<PathBuf>,
     /// The projected service-account token sent to the CA.
     pub token_file: Option<PathBuf>,
+    /// `tracing:`; the standard `OTEL_*` variables override it.
+    pub tracing: Option<weft_mesh::trace::SettingsFile>,
 }
 
 impl FileConfig {
@@ -228,6 +234,11 @@ impl FileConfig {
                 .trust_domain
                 .or(self.trust_domain)
                 .unwrap_or_else(|| "cluster.local".into()),
+            tracing: over
+                .tracing
+                .unwrap_or_default()
+                .over(self.tracing.unwrap_or_default())
+                .check("weft-agent")?,
         };
         // A port listed twice would add the same routing rule twice, and the kernel refuses
         // the second: enrollment of every pod would fail over a repeated flag.

@@ -203,6 +203,10 @@ fn main() -> anyhow::Result<()> {
         ca_url: args.ca_url,
         ca_root: args.ca_root,
         token_file: args.token_file,
+        tracing: Some(
+            weft_mesh::trace::SettingsFile::from_env(|name| std::env::var(name).ok())
+                .context("invalid OTEL_* tracing variable")?,
+        ),
         ..FileConfig::default()
     };
     let config = file.merge(over).context("invalid configuration")?;

@@ -78,6 +78,14 @@ metadata:
 /// The Gateway and every route of the fixture.
 pub const ROUTES: &str = include_str!("waypoint_routes.yaml");
 
+/// What a test adds to the mesh it starts: the waypoint's environment (e.g. `OTEL_*`) and
+/// flags for both agents.
+#[derive(Debug, Default, Clone)]
+pub struct Extras {
+    pub waypoint_env: Vec<(String, String)>,
+    pub agent_flags: Vec<String>,
+}
+
 /// The running fixture; dropping it stops everything.
 #[derive(Debug)]
 pub struct Mesh {
@@ -224,6 +232,16 @@ impl Mesh {
 
     /// [`Mesh::start`] with the waypoint's `RUST_LOG` (the bench runs it at the default, `info`).
     pub fn start_logging(bins: &Path, tmp: &Path, rust_log: &str) -> anyhow::Result<Self> {
+        Self::start_with(bins, tmp, rust_log, &Extras::default())
+    }
+
+    /// Like [`Mesh::start_logging`], with what `extras` adds to the waypoint and the agents.
+    pub fn start_with(
+        bins: &Path,
+        tmp: &Path,
+        rust_log: &str,
+        extras: &Extras,
+    ) -> anyhow::Result<Self> {
         let spec = ClusterSpec {
             nodes: vec!["node0".into(), "node1".into()],
             pods: vec![
@@ -283,14 +301,15 @@ impl Mesh {
         mesh.spawn_backends()?;
         for node in ["node0", "node1"] {
             let node = mesh.cluster.node(node).clone();
-            mesh.cluster.start_agent(
+            mesh.cluster.start_agent_with(
                 &node,
                 &mesh.bin("weft-agent")?,
                 &mesh.manifests.dir,
                 &mesh.logs,
+                &extras.agent_flags,
             )?;
         }
-        mesh.waypoint_pid = mesh.spawn_waypoint(rust_log)?;
+        mesh.waypoint_pid = mesh.spawn_waypoint(rust_log, &extras.waypoint_env)?;
         let waypoint = mesh.pod("waypoint");
         eventually(Duration::from_secs(10), "the waypoint is ready", || {
             crate::netns::exec(
@@ -367,7 +386,10 @@ impl Mesh {
 
     /// The waypoint (its log in `waypoint.log`), from the same manifest folder and CA as the
     /// agents.
-    fn spawn_waypoint(&self, rust_log: &str) -> anyhow::Result<u32> {
+    fn spawn_waypoint(&self, rust_log: &str, env: &[(String, String)]) -> anyhow::Result<u32> {
+        let mut env: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.push(("RUST_LOG", rust_log));
         let ca_dir = self.logs.join("ca");
         let log = std::fs::File::create(self.logs.join("waypoint.log"))?;
         self.cluster.spawn_in_pod_logged(
@@ -383,7 +405,7 @@ impl Mesh {
                 "--ca-dir",
                 ca_dir.to_str().context("path")?,
             ],
-            &[("RUST_LOG", rust_log)],
+            &env,
             log,
         )
     }

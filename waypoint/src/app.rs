@@ -39,6 +39,8 @@ pub enum AppError {
     Kube(#[from] kube::Error),
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Tracing(#[from] weft_mesh::trace::TraceError),
     #[error("a start-up task panicked: {0}")]
     Panicked(tokio::task::JoinError),
 }
@@ -69,6 +71,8 @@ pub struct Waypoint {
     pub resilience: crate::resilience::State,
     /// Key sets fetched from `jwksUri`s (see [`crate::jwks`]).
     pub jwks: crate::jwks::JwksCache,
+    /// Spans for requests and their attempts, when tracing is on (see [`crate::trace`]).
+    pub tracer: Option<weft_mesh::trace::Tracer>,
 }
 
 /// The registry's updates, and in Kubernetes mode the client route status is written with.
@@ -134,6 +138,25 @@ async fn follow_routes(
     }
 }
 
+/// The request tracer, when tracing is on; its counters are the waypoint's metrics.
+fn start_tracer(
+    config: &Config,
+    requests: &Requests,
+) -> Result<Option<weft_mesh::trace::Tracer>, AppError> {
+    let Some(settings) = &config.tracing else {
+        return Ok(None);
+    };
+    let attributes = vec![
+        opentelemetry::KeyValue::new("k8s.namespace.name", config.namespace.clone()),
+        opentelemetry::KeyValue::new("weft.waypoint", config.name.clone()),
+    ];
+    Ok(Some(weft_mesh::trace::Tracer::start(
+        settings,
+        requests.trace.clone(),
+        attributes,
+    )?))
+}
+
 /// Runs the waypoint until SIGTERM or Ctrl-C, then drains.
 pub async fn run(
     config: Config,
@@ -156,6 +179,8 @@ pub async fn run(
     let (registry, client) = start_source(&config).await?;
     let limits = Arc::new(Limits::default());
     let (drain, draining) = weft_mesh::drain::channel();
+    let requests = Requests::default();
+    let tracer = start_tracer(&config, &requests)?;
     let waypoint = Arc::new(Waypoint {
         gateway: WaypointRef {
             namespace: config.namespace.clone(),
@@ -169,7 +194,7 @@ pub async fn run(
         pool: Pool::new(certs.clone()),
         upstreams: Upstreams::default(),
         rotation: RoundRobin::counted_by(limits.clone()),
-        requests: Requests::default(),
+        requests,
         limits: limits.clone(),
         ready: AtomicBool::new(false),
         mirrors: Arc::new(tokio::sync::Semaphore::new(
@@ -179,6 +204,7 @@ pub async fn run(
         recent: weft_mesh::ring::Ring::default(),
         resilience: crate::resilience::State::default(),
         jwks: crate::jwks::JwksCache::default(),
+        tracer,
     });
     let statuses = client.map(|client| {
         let (tx, rx) = watch::channel(Vec::new());
@@ -222,5 +248,13 @@ pub async fn run(
             );
         }
     }
+    let flushing = waypoint.clone();
+    // Blocks up to the export timeout, on a thread of its own.
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(tracer) = &flushing.tracer {
+            tracer.shutdown();
+        }
+    })
+    .await;
     Ok(())
 }

@@ -175,6 +175,8 @@ pub struct Request<'a> {
     pub policy: Option<&'a TrafficSettings>,
     pub registry: &'a Registry,
     pub started: Instant,
+    /// The request's span: each attempt is a child of it.
+    pub trace: Option<&'a crate::trace::RequestTrace>,
 }
 
 /// When a request is sent again: its rule's `retry` wins; else its TrafficPolicy's.
@@ -512,6 +514,51 @@ fn report(
     true
 }
 
+/// An attempt's span, its context written into the attempt's head; `None` when tracing is off.
+type AttemptSpan<'w> = (
+    weft_mesh::trace::Begun,
+    &'w weft_mesh::trace::Tracer,
+    http::Method,
+);
+
+fn begin_attempt_span<'w>(
+    waypoint: &'w Waypoint,
+    request: &Request<'_>,
+    head: &mut http::request::Parts,
+) -> Option<AttemptSpan<'w>> {
+    let (trace, tracer) = request.trace.zip(waypoint.tracer.as_ref())?;
+    Some((
+        trace.attempt(tracer, &mut head.headers),
+        tracer,
+        head.method.clone(),
+    ))
+}
+
+/// Ends an attempt's span with what the attempt came to (`None`: its timeout passed).
+fn end_attempt_span(
+    span: Option<AttemptSpan<'_>>,
+    target: &Target<'_>,
+    attempt: u32,
+    sent: Option<&Result<Response<hyper::body::Incoming>, crate::upstream::UpstreamError>>,
+) {
+    let Some((begun, tracer, method)) = span else {
+        return;
+    };
+    let answer = match sent {
+        Some(Ok(response)) => Ok(response.status().as_u16()),
+        Some(Err(_)) => Err("upstream_failed"),
+        None => Err("timeout"),
+    };
+    let end = crate::trace::AttemptEnd {
+        method: &method,
+        backend: &target.backend,
+        endpoint: target.endpoint,
+        number: attempt,
+        answer,
+    };
+    crate::trace::attempt_ended(tracer, begun, &end);
+}
+
 /// Sends the request to its backends until an attempt's answer is final.
 pub async fn run(
     waypoint: &Arc<Waypoint>,
@@ -556,7 +603,7 @@ pub async fn run(
         } else {
             parts.as_ref().map(head_of)
         };
-        let (Some(head), Some(attempt_body)) = (head, body.for_attempt()) else {
+        let (Some(mut head), Some(attempt_body)) = (head, body.for_attempt()) else {
             // Unreachable: a head and a body are kept for every allowed attempt.
             let detail = "no attempt is left".into();
             return Err(failed(
@@ -567,6 +614,7 @@ pub async fn run(
             ));
         };
         let wait = [plan.left(), plan.per_attempt].into_iter().flatten().min();
+        let traced = begin_attempt_span(waypoint, request, &mut head);
         let sending = forward::send_upstream(
             waypoint,
             tunnel,
@@ -584,6 +632,7 @@ pub async fn run(
             Some(Ok(response)) => balance::Result::Status(response.status().as_u16()),
             _ => balance::Result::Failed,
         };
+        end_attempt_span(traced, &target, attempt, sent.as_ref());
         if report(waypoint, &target, result, sent_at.elapsed()) {
             note = Some(Reason::EndpointEjected);
         }

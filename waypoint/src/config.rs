@@ -43,6 +43,8 @@ pub enum ConfigError {
         "no signer: give --ca-dir (local mode's shared CA folder), --ca-cert/--ca-key, or --ca-url"
     )]
     NoCa,
+    #[error(transparent)]
+    Tracing(#[from] weft_mesh::trace::SettingsError),
 }
 
 /// Where the registry comes from.
@@ -68,6 +70,8 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     pub readiness_addr: SocketAddr,
     pub drain_timeout: Duration,
+    /// Where spans go and which are kept; `None`: no spans, trace headers pass untouched.
+    pub tracing: Option<weft_mesh::trace::Settings>,
 }
 
 /// `--drain-timeout` when none is given, as the agent's.
@@ -95,6 +99,8 @@ pub struct FileConfig {
     pub metrics_addr: Option<SocketAddr>,
     pub readiness_addr: Option<SocketAddr>,
     pub drain_timeout_secs: Option<u64>,
+    /// `tracing:`; the standard `OTEL_*` variables override it.
+    pub tracing: Option<weft_mesh::trace::SettingsFile>,
 }
 
 impl FileConfig {
@@ -182,6 +188,11 @@ impl FileConfig {
                 .drain_timeout_secs
                 .or(self.drain_timeout_secs)
                 .map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_secs),
+            tracing: over
+                .tracing
+                .unwrap_or_default()
+                .over(self.tracing.unwrap_or_default())
+                .check("weft-waypoint")?,
         };
         if config.namespace.trim().is_empty() || config.name.trim().is_empty() {
             return Err(ConfigError::NoName);

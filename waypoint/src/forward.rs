@@ -245,7 +245,9 @@ pub async fn handle(
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<crate::telemetry::Recorded>, Infallible> {
     let started = Instant::now();
-    let head = crate::telemetry::Head::of(&request);
+    let mut head = crate::telemetry::Head::of(&request);
+    let trace = crate::trace::begin(&waypoint, request.headers());
+    head.trace.clone_from(&trace);
     let request_bytes = Arc::new(AtomicU64::new(0));
     let routing = crate::telemetry::Routing::new(
         waypoint.clone(),
@@ -254,7 +256,8 @@ pub async fn handle(
         request_bytes.clone(),
         started,
     );
-    let (response, outcome) = route(&waypoint, &tunnel, request, &request_bytes).await;
+    let (response, outcome) =
+        route(&waypoint, &tunnel, request, &request_bytes, trace.as_ref()).await;
     let (parts, body) = response.into_parts();
     let pending = routing.answered(parts.status.as_u16(), outcome);
     Ok(Response::from_parts(
@@ -268,6 +271,7 @@ async fn route(
     tunnel: &Arc<Tunnel>,
     request: Request<hyper::body::Incoming>,
     request_bytes: &Arc<AtomicU64>,
+    trace: Option<&crate::trace::RequestTrace>,
 ) -> (Response<Body>, Outcome) {
     let started = Instant::now();
     let table = waypoint.table.load_full();
@@ -344,6 +348,7 @@ async fn route(
         policy,
         registry: &registry,
         started,
+        trace,
     };
     let sent = crate::attempts::run(waypoint, tunnel, &request, parts, body).await;
     let mut sent = match sent {

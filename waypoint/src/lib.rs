@@ -20,6 +20,7 @@ pub mod route_check;
 pub mod route_status;
 pub mod routing;
 pub mod telemetry;
+pub mod trace;
 pub mod tunnels;
 pub mod upgrade;
 pub mod upstream;

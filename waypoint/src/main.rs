@@ -87,6 +87,10 @@ fn main() -> anyhow::Result<()> {
         metrics_addr: args.metrics_addr,
         readiness_addr: args.readiness_addr,
         drain_timeout_secs: args.drain_timeout_secs,
+        tracing: Some(
+            weft_mesh::trace::SettingsFile::from_env(|name| std::env::var(name).ok())
+                .context("invalid OTEL_* tracing variable")?,
+        ),
     };
     let config = file.merge(over).context("invalid configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -108,6 +108,8 @@ pub struct Requests {
     request_size: Family<DurationLabels, Histogram, fn() -> Histogram>,
     response_size: Family<DurationLabels, Histogram, fn() -> Histogram>,
     stats: Mutex<BTreeMap<RequestLabels, u64>>,
+    /// Spans exported, failed and dropped (see [`weft_mesh::trace::export`]).
+    pub trace: weft_mesh::trace::Counters,
 }
 
 impl std::fmt::Debug for Requests {
@@ -179,8 +181,11 @@ impl Default for Requests {
             "What a backend Service port's circuit breaker counts now: requests, HTTP/1.1 connections, pending requests, retries",
             occupancy.clone(),
         );
+        let trace = weft_mesh::trace::Counters::default();
+        trace.register(&mut registry);
         Self {
             registry,
+            trace,
             retries,
             ejections,
             ejected,

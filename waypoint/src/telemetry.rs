@@ -45,14 +45,18 @@ pub struct Pending {
     outcome: Outcome,
     request_bytes: Arc<AtomicU64>,
     started: Instant,
+    version: http::Version,
+    trace: Option<crate::trace::RequestTrace>,
 }
 
-/// The request's method, authority and path, taken before it is routed.
+/// The request's method, authority and path, taken before it is routed, and its span.
 #[derive(Debug)]
 pub struct Head {
     pub method: http::Method,
     pub authority: String,
     pub path: String,
+    pub version: http::Version,
+    pub trace: Option<crate::trace::RequestTrace>,
 }
 
 impl Head {
@@ -73,6 +77,8 @@ impl Head {
             method: request.method().clone(),
             authority,
             path: request.uri().path().to_owned(),
+            version: request.version(),
+            trace: None,
         }
     }
 }
@@ -97,10 +103,13 @@ impl Pending {
             outcome,
             request_bytes,
             started,
+            version: head.version,
+            trace: head.trace,
         }
     }
 
-    fn finish(self, response_bytes: u64) {
+    fn finish(mut self, response_bytes: u64) {
+        let trace = self.trace.take();
         let elapsed = self.started.elapsed();
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
         let registry = self.waypoint.registry.borrow().clone();
@@ -193,6 +202,8 @@ impl Pending {
             request_principal = record.request_principal.as_deref().unwrap_or("-"),
             "request"
         );
+        let span = self.waypoint.tracer.as_ref().zip(trace);
+        crate::trace::request_ended(span, &record, (self.tunnel.service_port, self.version));
         self.waypoint.recent.record(record);
     }
 }

@@ -232,6 +232,7 @@ pub async fn connect(
                 ip: key.client,
                 sockets: &Plain,
                 carried: key.carried.as_ref(),
+                traceparent: None,
             };
             let hbone = SocketAddr::new(endpoint.ip(), weft_mesh::ports::HBONE_PORT);
             let tunnel = pool

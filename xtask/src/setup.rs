@@ -22,6 +22,10 @@ const PACKAGES: &[&str] = &[
     "linux-perf",
     // The benchmark plots' text.
     "fonts-dejavu-core",
+    // `promtool check/test rules` and the real Prometheus of tests/tests/monitoring.rs.
+    "prometheus",
+    // `weftctl graph -o png`.
+    "graphviz",
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -224,8 +228,16 @@ fn ensure_kube_tools() -> anyhow::Result<()> {
 }
 
 /// The Python clients and servers the waypoint tests drive: grpcio (gRPC unary and streaming,
-/// with status and trailers) and websockets (an Upgrade through the waypoint).
-const PYTHON_CLIENTS: &[(&str, &str)] = &[("grpc", "grpcio"), ("websockets", "websockets")];
+/// with status and trailers), websockets (an Upgrade through the waypoint), and
+/// opentelemetry-proto (the OTLP receiver that decodes exported spans).
+const PYTHON_CLIENTS: &[(&str, &str)] = &[
+    ("grpc", "grpcio"),
+    ("websockets", "websockets"),
+    (
+        "opentelemetry.proto.collector.trace.v1",
+        "opentelemetry-proto",
+    ),
+];
 
 fn ensure_python_clients() -> anyhow::Result<()> {
     for (module, package) in PYTHON_CLIENTS {

@@ -2,6 +2,7 @@
 //! record of what it carried and why it allowed or refused it. The admin API shows it; each
 //! closed or refused connection also leaves one access-log line (target `weft_access`).
 
+use opentelemetry::{trace::Status, KeyValue};
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -58,6 +59,9 @@ pub struct Connection {
     /// The authorization decision (inbound connections).
     pub decision: Option<Decision>,
     pub started_unix_ms: u64,
+    /// The connection's span, when tracing is on: begun when it was accepted, ended with its
+    /// record.
+    pub trace: Option<crate::trace::Begun>,
 }
 
 /// What is needed to decide an inbound connection again when policies change.
@@ -127,6 +131,8 @@ pub struct Connections {
     pub totals: Totals,
     pub metrics: Metrics,
     pub flows: Flows,
+    /// Set once at start when tracing is on: each connection's span ends with its record.
+    pub tracer: std::sync::OnceLock<crate::trace::Tracer>,
 }
 
 /// Moves the connection from the live set to the recent ones when dropped, however the proxy
@@ -345,6 +351,7 @@ impl Connections {
             ended_unix_ms: now_unix_ms(),
         };
         access_log(&closed);
+        self.end_span(&closed.connection, (0, 0));
         self.flows.record(flow(
             &closed.connection,
             FlowEvent::Denied,
@@ -370,8 +377,81 @@ impl Connections {
         connection.failure = Some(failure);
         self.totals.failed.fetch_add(1, Ordering::Relaxed);
         self.metrics.failed(&connection);
+        self.end_span(&connection, (0, 0));
         self.flows
             .record(flow(&connection, FlowEvent::Failed, (0, 0), now_unix_ms()));
+    }
+
+    /// Ends the connection's span, when it has one, with what its record says.
+    fn end_span(&self, connection: &Connection, (from_client, to_client): (u64, u64)) {
+        let (Some(tracer), Some(begun)) = (self.tracer.get(), connection.trace.clone()) else {
+            return;
+        };
+        if !begun.sampled() {
+            return;
+        }
+        let bytes = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let mut attributes = vec![
+            KeyValue::new("network.transport", "tcp"),
+            KeyValue::new("weft.direction", connection.direction.as_str()),
+            KeyValue::new("weft.pod", connection.pod.clone()),
+            KeyValue::new("client.address", connection.source.ip().to_string()),
+            KeyValue::new("client.port", i64::from(connection.source.port())),
+            KeyValue::new(
+                "server.address",
+                connection.original_destination.ip().to_string(),
+            ),
+            KeyValue::new(
+                "server.port",
+                i64::from(connection.original_destination.port()),
+            ),
+            KeyValue::new(
+                "network.peer.address",
+                connection.destination.ip().to_string(),
+            ),
+            KeyValue::new("weft.security", connection.security.as_str()),
+            KeyValue::new("weft.reason", connection.reason()),
+            KeyValue::new("weft.bytes.from_client", bytes(from_client)),
+            KeyValue::new("weft.bytes.to_client", bytes(to_client)),
+            KeyValue::new(
+                "weft.connect_attempts",
+                i64::from(connection.connect_attempts),
+            ),
+        ];
+        let optional = [
+            ("weft.service", &connection.service),
+            ("weft.peer.principal", &connection.peer_identity),
+            ("weft.peer.workload", &connection.peer_workload),
+            ("weft.waypoint", &connection.waypoint),
+        ];
+        for (key, value) in optional {
+            if let Some(value) = value {
+                attributes.push(KeyValue::new(key, value.clone()));
+            }
+        }
+        let verdict = match &connection.decision {
+            Some(d) if d.verdict != Verdict::Allow => "deny",
+            _ => "allow",
+        };
+        attributes.push(KeyValue::new("weft.policy.verdict", verdict));
+        if let Some(policy) = connection.decision.as_ref().and_then(|d| d.policy.clone()) {
+            attributes.push(KeyValue::new("weft.policy.name", policy));
+        }
+        let status = if let Some(failure) = &connection.failure {
+            attributes.push(KeyValue::new("error.type", failure.reason.as_str()));
+            Status::error(failure.detail.clone())
+        } else if verdict == "deny" {
+            attributes.push(KeyValue::new("error.type", connection.reason()));
+            Status::error("denied by policy")
+        } else {
+            Status::Unset
+        };
+        let name = match (connection.direction, &connection.service) {
+            (Direction::Outbound, Some(service)) => format!("connect {service}"),
+            (Direction::Outbound, None) => format!("connect {}", connection.original_destination),
+            (Direction::Inbound, _) => format!("accept {}", connection.pod),
+        };
+        tracer.end(begun, name, attributes, status);
     }
 
     pub fn live(&self) -> Vec<LiveView> {
@@ -472,6 +552,8 @@ impl Drop for Guard<'_> {
                 ended_unix_ms,
             };
             access_log(&closed);
+            self.connections
+                .end_span(&closed.connection, (bytes_from_client, bytes_to_client));
             let event = flow(
                 &closed.connection,
                 FlowEvent::Closed,

@@ -23,3 +23,4 @@ pub mod ring;
 pub mod route;
 pub mod serve;
 pub mod socket;
+pub mod trace;

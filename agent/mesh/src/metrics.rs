@@ -108,10 +108,14 @@ pub struct Metrics {
     pub kube_watch_synced: Family<NameLabel, Gauge>,
     /// Every listener limit hit, by listener and limit.
     pub limits: std::sync::Arc<crate::limits::Limits>,
+    /// Spans exported, failed and dropped, when tracing is on.
+    pub trace: crate::trace::Counters,
 }
 
-/// Kubernetes mode's watch health (absent, never set, in local mode).
-fn register_kube(registry: &mut Registry, metrics: &Metrics) {
+/// Kubernetes mode's watch health (no series in local mode), and tracing's span counters (no
+/// series while tracing is off).
+fn register_optional(registry: &mut Registry, metrics: &Metrics) {
+    metrics.trace.register(registry);
     registry.register(
         "kube_watch_errors",
         "Kubernetes mode: errors of each kind's watch since start (each retried with backoff)",
@@ -149,8 +153,9 @@ impl Default for Metrics {
             kube_watch_errors: Family::default(),
             kube_watch_synced: Family::default(),
             limits: std::sync::Arc::default(),
+            trace: crate::trace::Counters::default(),
         };
-        register_kube(&mut registry, &metrics);
+        register_optional(&mut registry, &metrics);
         registry.register(
             "limit_hits",
             "Times a listener limit was hit (deadline, size or connection cap), by listener and limit",

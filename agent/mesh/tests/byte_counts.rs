@@ -33,6 +33,7 @@ fn connection(address: SocketAddr) -> Connection {
         failure: None,
         decision: None,
         started_unix_ms: 0,
+        trace: None,
     }
 }
 

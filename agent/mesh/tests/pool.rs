@@ -60,6 +60,7 @@ async fn tunnels_of_different_source_identities_never_share_a_connection() {
                 ip: std::net::Ipv4Addr::LOCALHOST.into(),
                 sockets: &Plain,
                 carried: None,
+                traceparent: None,
             },
             &mesh.tunnels.identity,
             mesh.server,

@@ -37,6 +37,7 @@ fn record(
     Connection {
         id: 0,
         started_unix_ms: 0,
+        trace: None,
         decision: None,
         direction: Direction::Inbound,
         pod: pod.name().to_owned(),
@@ -85,12 +86,21 @@ impl Tunnels for PodTunnels {
             serial,
             target,
             carried,
+            trace_parent,
             body,
             mut respond,
         } = tunnel;
         let (pod, ctx) = (&self.pod, &self.ctx);
         let registry = ctx.registry.borrow().clone();
         let mut connection = record(&registry, pod, peer, target, Some((&client, serial)));
+        connection.trace = ctx.connections.tracer.get().map(|tracer| {
+            tracer.begin(
+                trace_parent.as_ref(),
+                "accept",
+                opentelemetry::trace::SpanKind::Server,
+                false,
+            )
+        });
         // Only a waypoint tunnels for someone else: any other peer's claim is not recorded.
         let from_waypoint = match peer.ip() {
             std::net::IpAddr::V4(ip) => registry

@@ -53,6 +53,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         failure: None,
         decision: None,
         started_unix_ms: 0,
+        trace: None,
     };
     // Reached without capture (a process in the pod dialed 127.0.0.1:15006), or addressed to
     // an agent port: delivering it would come straight back to the agent.

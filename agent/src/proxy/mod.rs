@@ -92,6 +92,7 @@ impl PodContext {
             ip: self.placement.ip.into(),
             sockets: self,
             carried: None,
+            traceparent: None,
         }
     }
 }

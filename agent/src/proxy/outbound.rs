@@ -60,6 +60,15 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         failure: None,
         decision: None,
         started_unix_ms: 0,
+        // Begun before the connect, so the CONNECT can carry it to the destination.
+        trace: ctx.connections.tracer.get().map(|tracer| {
+            tracer.begin(
+                None,
+                "connect",
+                opentelemetry::trace::SpanKind::Client,
+                false,
+            )
+        }),
     };
     if let Some(reason) = super::loops_into_agent(pod.placement.ip, SocketAddr::V4(original)) {
         if original.ip().is_loopback() {
@@ -131,7 +140,19 @@ async fn connect_any(
             connection.security = Security::Mtls;
             connection.peer_identity = Some(identity.to_string());
         }
-        let opened = open(&client, pod, ctx, route, &candidate, left, &mut early).await;
+        let traceparent = connection
+            .trace
+            .as_ref()
+            .and_then(|t| weft_mesh::trace::propagate::traceparent(&t.context));
+        let opened = open(
+            (&client, pod, traceparent.as_deref()),
+            ctx,
+            route,
+            &candidate,
+            left,
+            &mut early,
+        )
+        .await;
         let failure = match opened {
             Ok(Opened::Tunnel(tunnel, early_bytes)) => {
                 let _active = ctx.endpoints.connected(candidate.destination);
@@ -197,8 +218,7 @@ struct NotOpened {
 
 /// Opens a tunnel (or a direct connection) to `candidate` within `left`.
 async fn open(
-    client: &TcpStream,
-    pod: &PodContext,
+    (client, pod, traceparent): (&TcpStream, &PodContext, Option<&str>),
     ctx: &ProxyContext,
     route: &route::Route,
     candidate: &Candidate,
@@ -213,18 +233,17 @@ async fn open(
             // Boxed: opening a tunnel (a TLS and HTTP/2 handshake when no pooled connection
             // fits) is the largest state this future passes through, and unboxed its size
             // would stay with every connection for as long as it is open.
-            let opening = Box::pin(ctx.pool.open(
-                pod.source(),
-                identity,
-                hbone,
-                candidate.target,
-                left,
-                || {
-                    let sent = early.get_or_insert_with(|| already_sent(client)).clone();
-                    early_bytes = sent.len() as u64;
-                    sent
-                },
-            ));
+            let mut source = pod.source();
+            source.traceparent = traceparent;
+            let opening =
+                Box::pin(
+                    ctx.pool
+                        .open(source, identity, hbone, candidate.target, left, || {
+                            let sent = early.get_or_insert_with(|| already_sent(client)).clone();
+                            early_bytes = sent.len() as u64;
+                            sent
+                        }),
+                );
             match tokio::time::timeout(left, opening)
                 .await
                 .unwrap_or_else(|_| Err(HboneError::TimedOut))

@@ -34,6 +34,9 @@ pub struct Source<'a> {
     /// A waypoint tunnelling on a client's behalf: that client's identity, sent as
     /// `baggage: source.principal=<id>` for the destination's records.
     pub carried: Option<&'a SpiffeId>,
+    /// The connection's span as a `traceparent`, sent with the CONNECT so the destination's
+    /// span is its child.
+    pub traceparent: Option<&'a str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -186,6 +189,9 @@ impl Pool {
                 "baggage",
                 format!("{}={carried}", crate::hbone::server::CARRIED_IDENTITY_KEY),
             );
+        }
+        if let Some(traceparent) = pod.traceparent {
+            request = request.header("traceparent", traceparent);
         }
         let request = request
             .body(())

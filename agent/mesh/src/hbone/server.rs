@@ -47,6 +47,8 @@ pub struct Inbound {
     /// The original client's identity a waypoint carried in `baggage` (see
     /// [`carried_identity`]); the peer's own is `client`.
     pub carried: Option<SpiffeId>,
+    /// The caller's span, from the CONNECT's `traceparent`.
+    pub trace_parent: Option<opentelemetry::trace::SpanContext>,
     pub body: h2::RecvStream,
     pub respond: SendResponse<Bytes>,
 }
@@ -282,6 +284,11 @@ async fn accept_stream<T: Tunnels>(
         serial,
         target,
         carried,
+        trace_parent: request
+            .headers()
+            .contains_key("traceparent")
+            .then(|| crate::trace::propagate::extract(request.headers()).parent)
+            .flatten(),
         body: request.into_body(),
         respond,
     };

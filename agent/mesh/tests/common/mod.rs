@@ -201,6 +201,7 @@ impl Mesh {
             ip: Ipv4Addr::LOCALHOST.into(),
             sockets: &Plain,
             carried: None,
+            traceparent: None,
         }
     }
 
