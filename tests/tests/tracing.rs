@@ -406,7 +406,69 @@ fn agents_link_both_ends_of_a_connection_over_http_and_a_dead_collector_costs_no
     }
 
     a_dead_collector_costs_nothing(&mesh);
+    the_graph_counts_what_was_sent(&mesh, &config_dir);
     let _ = std::fs::remove_dir_all(&config_dir);
+}
+
+/// `weftctl graph --all` over the two nodes and the waypoint: the one connection to echo-v1,
+/// the 300 requests through the waypoint, each counted once; and the same as dot and PNG.
+fn the_graph_counts_what_was_sent(mesh: &Mesh, dir: &Path) {
+    let node = |name: &str| serde_json::json!({"name": name, "netns": mesh.cluster.node(name).netns, "admin": "127.0.0.1:15000"});
+    let playground = serde_json::json!({
+        "nodes": [node("node0"), node("node1")],
+        "waypoints": [{"namespace": "demo", "name": "waypoint", "netns": mesh.pod("waypoint").netns, "admin": "127.0.0.1:15000"}],
+    });
+    let file = dir.join("playground.json");
+    std::fs::write(&file, playground.to_string()).expect("playground");
+    let weftctl = |args: &[&str]| {
+        let out = Command::new(mesh.bin("weftctl").expect("weftctl"))
+            .arg("--playground")
+            .arg(&file)
+            .args(args)
+            .output()
+            .expect("weftctl");
+        assert!(
+            out.status.success(),
+            "weftctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let graph: Value =
+        serde_json::from_str(&weftctl(&["-o", "json", "graph", "--all"])).expect("json");
+    let edges = graph["edges"].as_array().expect("edges");
+    let edge = |source: &str, destination: &str, via: Option<&str>| {
+        edges
+            .iter()
+            .filter(|e| e["source"] == source && e["destination"] == destination)
+            .find(|e| e["via"].as_str() == via)
+            .cloned()
+            .unwrap_or_else(|| panic!("no edge {source} -> {destination} via {via:?}: {graph:#}"))
+    };
+    let direct = edge("demo/client", "demo/echo-v1", None);
+    assert_eq!(direct["connections"], 1, "{direct:#}");
+    assert_eq!(direct["mtlsConnections"], 1);
+    let via = Some("demo/waypoint");
+    let served: u64 = ["demo/echo-v1", "demo/echo-v2"]
+        .iter()
+        .map(|d| {
+            edge("demo/client", d, via)["requests"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(served, 300, "{graph:#}");
+    let table = weftctl(&["graph", "--all"]);
+    assert!(
+        table.contains("demo/client") && table.contains("demo/waypoint"),
+        "{table}"
+    );
+    let dot = weftctl(&["-o", "dot", "graph", "--all"]);
+    assert!(dot.starts_with("digraph weft"), "{dot}");
+    let png = dir.join("graph.png");
+    weftctl(&["-o", "png", "graph", "--all", png.to_str().expect("path")]);
+    let bytes = std::fs::read(&png).expect("the PNG");
+    assert!(bytes.starts_with(b"\x89PNG"), "a PNG file");
 }
 
 /// The waypoint's collector is down: 300 requests all answer, and every span is counted as

@@ -166,6 +166,7 @@ impl Pending {
             upstream_pod: upstream_pod.map(|p| format!("{}/{}", p.namespace, p.name)),
             client: self.tunnel.client.to_string(),
             client_ip: self.tunnel.client_ip.to_string(),
+            client_pod: source.map(|p| format!("{}/{}", p.namespace, p.name)),
             request_bytes,
             response_bytes,
             duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),

@@ -30,6 +30,9 @@ pub struct RequestRecord {
     /// The client's SPIFFE identity and address, from the tunnel.
     pub client: String,
     pub client_ip: String,
+    /// The client's pod (`namespace/name`) when the registry knows its address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_pod: Option<String>,
     pub request_bytes: u64,
     pub response_bytes: u64,
     /// From the request's arrival to the end of its response.

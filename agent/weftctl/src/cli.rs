@@ -38,6 +38,10 @@ pub enum Output {
     Table,
     Json,
     Yaml,
+    /// Graphviz (`graph` only).
+    Dot,
+    /// A PNG drawn by Graphviz's `dot` (`graph` only; give the file).
+    Png,
 }
 
 /// `--verdict`: the values [`weft_api::Verdict`] has, so a typo fails before anything is sent.
@@ -152,6 +156,22 @@ pub enum Cmd {
         /// The caller's address, for `ipBlocks` and `source.ip`.
         #[arg(long)]
         source_ip: Option<String>,
+    },
+    /// The workload-to-workload graph of this node (or waypoint), or of the whole playground
+    /// with `--all`: connection and request rates, error share, p99 and mTLS share per edge,
+    /// from the records the agents and waypoints keep (no Prometheus needed).
+    Graph {
+        /// Every node and waypoint of the playground file.
+        #[arg(long)]
+        all: bool,
+        /// The window the counts and rates cover (`30s`, `5m`, `1h`).
+        #[arg(long, default_value = "5m")]
+        since: String,
+        /// With `-o png`: the file to write.
+        file: Option<PathBuf>,
+        /// The raw edge counts as JSON, for `--all` to merge.
+        #[arg(long, hide = true)]
+        edges: bool,
     },
     /// Waypoints: `generate` prints the objects one needs in Kubernetes (what the controller
     /// creates for a Gateway of class `weft-waypoint`).

@@ -7,6 +7,8 @@
 pub mod cli;
 pub mod cli_parse;
 pub mod client;
+pub mod graph;
+pub mod graph_cmd;
 pub mod playground;
 pub mod render;
 pub mod waypoint;

@@ -18,7 +18,7 @@ use weftctl::{
     cli::{Args, Cmd, Output, WaypointCmd},
     cli_parse::FlowFlags,
     client::{Client, ClientError},
-    playground,
+    graph_cmd, playground,
     render::{self, show, Policies},
     waypoint_render,
 };
@@ -34,6 +34,26 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let graph = match &args.command {
+        Cmd::Graph {
+            all,
+            since,
+            file,
+            edges,
+        } => Some((*all, since.clone(), file.clone(), *edges)),
+        _ if matches!(args.output, Output::Dot | Output::Png) => {
+            return Err(graph_cmd::GraphError::NotAGraph.into())
+        }
+        _ => None,
+    };
+    if let Some((true, since, file, _)) = &graph {
+        let merged = graph_cmd::all(args.playground.as_deref(), since)?;
+        println!(
+            "{}",
+            graph_cmd::render(&merged, args.output, file.as_deref())?
+        );
+        return Ok(());
+    }
     let admin = match (&args.node, &args.waypoint) {
         (_, Some(waypoint)) => playground::enter_waypoint(waypoint, args.playground.as_deref())?,
         (Some(node), None) => playground::enter_node(node, args.playground.as_deref())?,
@@ -45,6 +65,23 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    if let Some((_, since, file, for_merge)) = graph {
+        let client = Client::new(admin);
+        let edges = runtime.block_on(graph_cmd::local(
+            &client,
+            args.waypoint.as_deref(),
+            &since,
+            for_merge,
+        ))?;
+        // Drawn after the runtime is done: `dot` is a blocking child process.
+        let text = if for_merge {
+            serde_json::to_string(&edges)?
+        } else {
+            graph_cmd::render(&edges, args.output, file.as_deref())?
+        };
+        println!("{text}");
+        return Ok(());
+    }
     runtime.block_on(command(Client::new(admin), args.output, args.command))
 }
 
@@ -144,6 +181,7 @@ async fn command(client: Client, output: Output, command: Cmd) -> anyhow::Result
         | Cmd::Routes
         | Cmd::Endpoints { .. }
         | Cmd::Requests { .. }) => waypoint_command(&client, output, command).await?,
+        Cmd::Graph { .. } => anyhow::bail!("weftctl graph is answered before the runtime starts"),
         Cmd::Logging { level } => {
             let path = format!("/logging?level={}", encode_level(&level));
             let set = client.post::<weft_api::LogLevel>(&path).await?;
@@ -302,7 +340,7 @@ where
             Err(e) => return Err(e.into()),
         };
         let text = match output {
-            Output::Table => line(&record),
+            Output::Table | Output::Dot | Output::Png => line(&record),
             Output::Json | Output::Yaml => serde_json::to_string(&record)?,
         };
         print(&text).await?;

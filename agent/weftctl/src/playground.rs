@@ -158,6 +158,22 @@ fn find_waypoint(
         })
 }
 
+/// Every node and waypoint (`namespace/name`) of the playground, and the file they are in:
+/// what `graph --all` asks.
+pub fn members(
+    playground: Option<&Path>,
+) -> Result<(PathBuf, Vec<String>, Vec<String>), PlaygroundError> {
+    let (text, path) = read(playground)?;
+    let doc = parse(&text, &path)?;
+    let nodes = doc.nodes.into_iter().map(|n| n.name).collect();
+    let waypoints = doc
+        .waypoints
+        .into_iter()
+        .map(|w| format!("{}/{}", w.namespace, w.name))
+        .collect();
+    Ok((path, nodes, waypoints))
+}
+
 fn find_node(text: &str, path: &Path, node: &str) -> Result<Node, PlaygroundError> {
     let doc = parse(text, path)?;
     let names = doc

@@ -37,7 +37,7 @@ pub fn show<T: Serialize + ?Sized>(
     Ok(match output {
         Output::Json => serde_json::to_string_pretty(value)?,
         Output::Yaml => serde_yaml::to_string(value)?.trim_end().to_owned(),
-        Output::Table => table(value),
+        Output::Table | Output::Dot | Output::Png => table(value),
     })
 }
 
