@@ -85,16 +85,23 @@ def differences(a, b, path=""):
 
 
 def validate(name, docs):
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-        yaml.safe_dump_all(list(docs.values()), f)
-        f.flush()
+    """kubernetes-validate --strict, but for the monitoring.coreos.com objects (monitoring.enabled),
+    which it has no schema for: check-monitoring.py checks those, as validate.sh has it do."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rendered, core = pathlib.Path(tmp, "rendered.yaml"), pathlib.Path(tmp, "core.yaml")
+        rendered.write_text(yaml.safe_dump_all(list(docs.values())))
+        split = subprocess.run([sys.executable, str(DEPLOY / "check-monitoring.py"), "--split", str(rendered), str(core)],
+                               capture_output=True, text=True)
         args = ["kubernetes-validate", "--strict"]
         for v in KUBE_VERSIONS:
             args += ["-k", v]
-        out = subprocess.run(args + [f.name], capture_output=True, text=True)
+        out = subprocess.run(args + [str(core)], capture_output=True, text=True)
     problems = [l for l in (out.stdout + out.stderr).splitlines() if l and not l.startswith("INFO ")]
-    report(out.returncode == 0 and not problems, f"{name}: {len(docs)} objects validate (strict)",
-           "; ".join(problems[:5]))
+    problems += [l for l in split.stderr.splitlines() if l.strip()]
+    monitoring = split.stdout.strip()
+    detail = "; ".join(problems[:5]) or ("" if monitoring.startswith("0 ") else monitoring)
+    report(out.returncode == 0 and split.returncode == 0 and not problems,
+           f"{name}: {len(docs)} objects validate (strict)", detail)
 
 
 def container(docs, kind, name):
@@ -169,7 +176,14 @@ report(not any(k[1] == "Namespace" for k in docs), "createNamespace: false rende
 validate("chart with another trust domain and a digest", docs)
 check_rollout("chart with another trust domain and a digest", docs)
 
+docs = render({"monitoring": {"enabled": True, "labels": {"release": "prometheus"}}})
+selected = [k for k in docs if k[1] in ("PodMonitor", "PrometheusRule")]
+report(len(selected) == 3 and all(docs[k]["metadata"]["labels"].get("release") == "prometheus" for k in selected),
+       "monitoring.labels reach the PodMonitors and the PrometheusRule", ", ".join(f"{k[1]} {k[3]}" for k in selected))
+validate("chart with monitoring.labels", docs)
+
 for bad, why in [({"ca": {"replicas": 0}}, "ca.replicas 0"),
+                 ({"monitoring": {"enabled": "yes"}}, "monitoring.enabled not a boolean"),
                  ({"image": {"repository": "x", "digest": "latest"}}, "a digest that is not sha256"),
                  ({"agnet": {}}, "a misspelt key")]:
     try:

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Renders every overlay under deploy/overlays/ and validates each rendered object against the
 # Kubernetes OpenAPI schemas with kubernetes-validate in strict mode (unknown fields are errors).
-# Prints one line per overlay; exits non-zero if any overlay fails.
+# Prints one line per overlay; exits non-zero if any overlay fails. kubernetes-validate has no
+# schema for the Prometheus Operator's kinds (monitoring.coreos.com: the monitoring overlay's
+# PodMonitors and PrometheusRule), and none is vendored here: check-monitoring.py checks those
+# (a schema of the operator's fields for what Weft writes, promtool, rules.yaml) and the rest
+# goes to kubernetes-validate; the overlay's line says how many it checked that way.
 #
-# Needs: kubectl (for `kubectl kustomize`, or set KUSTOMIZE="kustomize build") and
-# kubernetes-validate (`pip install kubernetes-validate`). Offline.
+# Needs: kubectl (for `kubectl kustomize`, or set KUSTOMIZE="kustomize build"),
+# kubernetes-validate (`pip install kubernetes-validate`), python3 with PyYAML and promtool
+# (Debian's prometheus package) for the monitoring overlay. Offline.
 #
 # KUBE_VERSIONS: Kubernetes versions to validate against (default: 1.32.0 and the newest the
 # installed kubernetes-validate knows).
@@ -56,8 +61,16 @@ for dir in "$deploy"/overlays/*/; do
         failed=1
         continue
     fi
+    core="$work/$overlay.core.yaml"
+    if ! monitoring=$(python3 "$deploy/check-monitoring.py" --split "$rendered" "$core" 2>"$work/$overlay.monitoring"); then
+        echo "FAIL $overlay: monitoring objects (deploy/check-monitoring.py):"
+        sed 's/^/    /' "$work/$overlay.monitoring"
+        failed=1
+        continue
+    fi
+    [[ $monitoring == "0 "* ]] && monitoring="" || monitoring="; $monitoring"
     rc=0
-    out=$(kubernetes-validate --strict "${version_args[@]}" "$rendered" 2>&1) || rc=$?
+    out=$(kubernetes-validate --strict "${version_args[@]}" "$core" 2>&1) || rc=$?
     # kubernetes-validate exits 0 when it has no schema for a kind (a WARN line): count anything
     # but an INFO "passed" line as a failure, so a misspelt kind cannot slip through.
     problems=$(grep -v '^INFO ' <<<"$out" || true)
@@ -68,7 +81,7 @@ for dir in "$deploy"/overlays/*/; do
         sed 's/^/    /' <<<"${problems:-$out}"
         failed=1
     else
-        echo "ok   $overlay: $objects objects, $passed checks passed (strict, Kubernetes $versions)"
+        echo "ok   $overlay: $objects objects, $passed checks passed (strict, Kubernetes $versions)$monitoring"
     fi
 done
 
