@@ -304,15 +304,25 @@ impl AdminState {
                 })
                 .set(cert.seconds_to_expiry);
         }
-        let enrolled = self
-            .enrollment
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .enrolled
-            .len();
-        metrics
-            .ebpf_enrolled_pods
-            .set(i64::try_from(enrolled).unwrap_or(i64::MAX));
+        let (enrolled, failed, unplaceable) = {
+            let enrollment = self
+                .enrollment
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            (
+                enrollment.enrolled.len(),
+                enrollment.failed.len(),
+                enrollment.unplaceable.len(),
+            )
+        };
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        metrics.ebpf_enrolled_pods.set(count(enrolled));
+        for (reason, pods) in [("attach_failed", failed), ("no_netns", unplaceable)] {
+            metrics
+                .ebpf_capture_missing_pods
+                .get_or_create(&weft_mesh::metrics::ReasonLabel { reason })
+                .set(count(pods));
+        }
         for (name, value) in self
             .maps
             .lock()

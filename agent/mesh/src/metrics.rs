@@ -82,6 +82,11 @@ pub struct NameLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabel {
     pub direction: &'static str,
 }
@@ -100,6 +105,9 @@ pub struct Metrics {
     pub registry_objects: Family<NameLabel, Gauge>,
     pub cert_expiry_seconds: Family<NameLabel, Gauge>,
     pub ebpf_enrolled_pods: Gauge,
+    /// Pods of enrolled namespaces on this node that have no capture: `attach_failed` (the
+    /// program could not be attached in their netns) or `no_netns` (their netns was not found).
+    pub ebpf_capture_missing_pods: Family<ReasonLabel, Gauge>,
     pub ebpf_program_events: Family<NameLabel, Gauge>,
     pub pool_connections: Gauge,
     pub pool_streams: Gauge,
@@ -110,6 +118,25 @@ pub struct Metrics {
     pub limits: std::sync::Arc<crate::limits::Limits>,
     /// Spans exported, failed and dropped, when tracing is on.
     pub trace: crate::trace::Counters,
+}
+
+/// The capture program's health: pods it serves, pods it does not, and its own counters.
+fn register_ebpf(registry: &mut Registry, metrics: &Metrics) {
+    registry.register(
+        "ebpf_enrolled_pods",
+        "Pods whose netns has the capture program attached",
+        metrics.ebpf_enrolled_pods.clone(),
+    );
+    registry.register(
+        "ebpf_capture_missing_pods",
+        "Pods of enrolled namespaces on this node without capture, by reason (attach_failed, no_netns): their traffic bypasses the mesh",
+        metrics.ebpf_capture_missing_pods.clone(),
+    );
+    registry.register(
+        "ebpf_program_events",
+        "Counters of the capture program, read from its per-CPU map",
+        metrics.ebpf_program_events.clone(),
+    );
 }
 
 /// Kubernetes mode's watch health (no series in local mode), and tracing's span counters (no
@@ -147,6 +174,7 @@ impl Default for Metrics {
             registry_objects: Family::default(),
             cert_expiry_seconds: Family::default(),
             ebpf_enrolled_pods: Gauge::default(),
+            ebpf_capture_missing_pods: Family::default(),
             ebpf_program_events: Family::default(),
             pool_connections: Gauge::default(),
             pool_streams: Gauge::default(),
@@ -206,16 +234,7 @@ impl Default for Metrics {
             "Seconds until each SVID this agent holds expires",
             metrics.cert_expiry_seconds.clone(),
         );
-        registry.register(
-            "ebpf_enrolled_pods",
-            "Pods whose netns has the capture program attached",
-            metrics.ebpf_enrolled_pods.clone(),
-        );
-        registry.register(
-            "ebpf_program_events",
-            "Counters of the capture program, read from its per-CPU map",
-            metrics.ebpf_program_events.clone(),
-        );
+        register_ebpf(&mut registry, &metrics);
         registry.register(
             "pool_connections",
             "Open pooled HBONE connections",
