@@ -128,6 +128,8 @@ def tree(args):
     for span in spans:
         by_trace.setdefault(span["trace_id"], []).append(span)
     for trace_id, members in by_trace.items():
+        if args.trace and trace_id != args.trace:
+            continue
         ids = {s["span_id"] for s in members}
         children = {}
         for s in members:
@@ -157,6 +159,7 @@ def main():
     s.add_argument("--out", required=True, help="JSON-lines file the spans are appended to")
     t = commands.add_parser("tree")
     t.add_argument("file")
+    t.add_argument("--trace", help="only this trace id")
     t.add_argument(
         "--attributes",
         default="http.response.status_code,weft.route,weft.backend,weft.policy.verdict,weft.reason,http.request.resend_count",

@@ -103,6 +103,11 @@ pub fn run(action: Action) -> anyhow::Result<()> {
             "  edit:    {} (changes apply live)",
             manifests.dir.display()
         );
+        println!(
+            "  spans:   python3 tests/py/otlp_receiver.py tree {} (send x-weft-trace: 1 to keep one)",
+            crate::demo_tracing::spans_file().display()
+        );
+        println!("  graph:   sudo target/debug/weftctl graph --all");
         println!("  remove:  cargo xtask demo down");
         return Ok(());
     }
@@ -382,7 +387,7 @@ fn write_playground(
     cluster: &Cluster,
     manifests: &Manifests,
     agents: &[(String, u32)],
-    waypoint_pid: u32,
+    (waypoint_pid, collector_pid): (u32, u32),
 ) -> anyhow::Result<()> {
     let waypoint = cluster.pod("demo", "waypoint");
     let service = |name: &str, vip: Ipv4Addr| json!({"namespace": "demo", "name": name, "vip": vip, "ports": [{"name": "http", "port": 80, "targetPort": 8080, "appProtocol": "http"}]});
@@ -401,6 +406,7 @@ fn write_playground(
         }],
         "services": [service("echo", ECHO_VIP), service("echo-v1", ECHO_V1_VIP), service("echo-v2", ECHO_V2_VIP)],
         "ca": state_dir().join("logs").join("ca"),
+        "collector": {"pid": collector_pid, "spans": crate::demo_tracing::spans_file()},
     });
     let path = state_dir().join("playground.json");
     std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
@@ -432,6 +438,15 @@ fn down() {
                     nix::sys::signal::Signal::SIGTERM,
                 );
             }
+        }
+        if let Some(pid) = doc["collector"]["pid"]
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(300));
         let agent = shell::root().join("target/debug/weft-agent");

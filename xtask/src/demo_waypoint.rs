@@ -39,12 +39,19 @@ spec:
 
 /// Starts `weft-waypoint` in the waypoint pod from the agents' manifest folder and CA; returns
 /// its PID once it is ready.
-pub fn start(cluster: &Cluster, bin: &Path, manifests: &Path, state: &Path) -> anyhow::Result<u32> {
+/// Starts the OTLP receiver, then the waypoint exporting to it; returns both PIDs.
+pub fn start(
+    cluster: &Cluster,
+    bin: &Path,
+    manifests: &Path,
+    state: &Path,
+) -> anyhow::Result<(u32, u32)> {
     let pod = cluster.pod("demo", "waypoint").clone();
     let logs = state.join("logs");
     std::fs::create_dir_all(&logs)?;
     let log = std::fs::File::create(logs.join("waypoint.log"))?;
     let binary = bin.join("weft-waypoint");
+    let collector = crate::demo_tracing::start_collector(cluster)?;
     let pid = cluster.spawn_in_pod_logged(
         &pod,
         &binary.to_string_lossy(),
@@ -58,7 +65,7 @@ pub fn start(cluster: &Cluster, bin: &Path, manifests: &Path, state: &Path) -> a
             "--ca-dir",
             &logs.join("ca").to_string_lossy(),
         ],
-        &[],
+        crate::demo_tracing::WAYPOINT_ENV,
         log,
     )?;
     let ready = (0..100).any(|_| {
@@ -82,7 +89,7 @@ pub fn start(cluster: &Cluster, bin: &Path, manifests: &Path, state: &Path) -> a
         "the waypoint did not become ready within 10 s (log in {})",
         logs.join("waypoint.log").display()
     );
-    Ok(pid)
+    Ok((pid, collector))
 }
 
 /// `curl` in demo/client with `args`.
@@ -204,6 +211,7 @@ pub fn tour(cluster: &Cluster, manifests: &Manifests) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(800));
     crate::demo_resilience::tour(cluster, manifests)?;
     crate::demo_authz::tour(cluster, manifests)?;
+    crate::demo_tracing::tour(cluster)?;
 
     demo::banner("The label comes off: demo/echo is L4 again");
     demo::write_manifests(cluster, manifests, false)?;

@@ -7,6 +7,7 @@ mod build;
 mod demo;
 mod demo_authz;
 mod demo_resilience;
+mod demo_tracing;
 mod demo_waypoint;
 mod fuzz;
 mod plot;

@@ -187,7 +187,12 @@ fn rate(count: u64, window_secs: u64) -> String {
     if count == 0 {
         return "-".into();
     }
-    format!("{:.2}/s", count as f64 / window_secs.max(1) as f64)
+    let per_second = count as f64 / window_secs.max(1) as f64;
+    if per_second < 0.1 {
+        format!("{per_second:.4}/s")
+    } else {
+        format!("{per_second:.2}/s")
+    }
 }
 
 fn percent(value: Option<f64>) -> String {
