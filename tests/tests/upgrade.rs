@@ -26,6 +26,13 @@ fn fixture() -> Fixture {
     f.cluster
         .spawn_in_pod(&server, TESTPOD, &["echo", &format!("0.0.0.0:{ECHO_PORT}")])
         .expect("echo server");
+    // The load starts at once: a chat connected before the echo listens is refused (seen as
+    // a reset of its first message), which is the fixture's fault, not the upgrade's.
+    let filter = format!("sport = :{ECHO_PORT}");
+    eventually(Duration::from_secs(10), "the echo server listens", || {
+        weft_harness::netns::exec(&server.netns, &["ss", "-Hltn", &filter])
+            .is_ok_and(|out| !out.trim().is_empty())
+    });
     f
 }
 
@@ -446,4 +453,61 @@ fn a_policy_changed_during_an_upgrade_holds_whichever_agent_serves() {
         f.send(&client, &server_a, 64).is_ok()
     });
     assert!(!f.cluster.has_exited(new));
+}
+
+/// Capture rules in a pod as `ip rule` shows them, this module's preferences only.
+fn capture_rules(pod: &PodHandle) -> Vec<String> {
+    weft_harness::netns::ip(&pod.netns, &["-4", "rule", "show"])
+        .expect("ip rule")
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|r| {
+            ["100:", "101:", "102:", "110:"]
+                .iter()
+                .any(|p| r.starts_with(p))
+        })
+        .collect()
+}
+
+#[test]
+fn an_agent_taking_over_with_other_excluded_ports_converges_the_rules_without_a_gap() {
+    if !require_privileges() {
+        return;
+    }
+    let mut f = Fixture::start_with(&["--excluded-ports", "9000", "--drain-timeout-secs", "5"]);
+    let client = f.pod("demo", "client").clone();
+    assert!(capture_rules(&client)
+        .iter()
+        .any(|r| r.contains("dport 9000")));
+    let load = Load::start(&f, false);
+    std::thread::sleep(Duration::from_secs(1));
+    let old = f.agents[0];
+    f.agent_args = vec![
+        "--excluded-ports".into(),
+        "9001".into(),
+        "--drain-timeout-secs".into(),
+        "5".into(),
+    ];
+    upgrade(&mut f, "node0", old);
+    std::thread::sleep(Duration::from_secs(1));
+    load.finish()
+        .assert_no_failure("a takeover that changes the excluded ports");
+    let rules = capture_rules(&client);
+    assert_eq!(
+        rules,
+        [
+            "100: from all fwmark 0x5746 lookup 22342",
+            "101: from all fwmark 0x5747 lookup main",
+            "102: from all iif lo ipproto tcp dport 9001 lookup main",
+            "102: from all iif lo ipproto tcp sport 9001 lookup main",
+            "110: from all iif lo ipproto tcp lookup 22342",
+        ],
+        "the new agent's set, the old port's rules gone, each rule once"
+    );
+    wait_exit(&f, old, Duration::from_secs(10));
+    assert_eq!(
+        capture_rules(&client).len(),
+        5,
+        "the old agent's exit leaves the rules"
+    );
 }

@@ -170,7 +170,17 @@ fn ensure_packages() -> anyhow::Result<()> {
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    )?;
+    if missing.contains(&"prometheus") {
+        // The tests run their own Prometheus on loopback; the package's service would listen
+        // on :9090 for good on a host that runs systemd. Nothing to stop where none runs.
+        let _ = shell::output(Command::new("systemctl").args([
+            "disable",
+            "--now",
+            "prometheus.service",
+        ]));
+    }
+    Ok(())
 }
 
 /// Overlays list folders under `resources:` and use `patches:` with targets.

@@ -119,10 +119,12 @@ fn run_tests() -> anyhow::Result<Totals> {
         "test",
         "--workspace",
         "--all-features",
+        // Every test binary runs even after one fails, so one run shows every failure.
+        "--no-fail-fast",
         "--",
         "--test-threads=2",
     ]);
-    eprintln!("+ cargo test --workspace --all-features -- --test-threads=2");
+    eprintln!("+ cargo test --workspace --all-features --no-fail-fast -- --test-threads=2");
     let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()

@@ -7,7 +7,7 @@
 use std::{fmt, io, net::Ipv4Addr, time::Duration};
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::{
@@ -112,6 +112,8 @@ pub enum Change {
     /// `local default dev lo table 22342`, with `src` on IPv4.
     AddLocalRoute(Family, Option<Ipv4Addr>),
     AddRule(Rule),
+    DeleteRule(Rule),
+    ListRules(Family),
     DeleteRules(Family, u16),
     DeleteLocalRoute(Family),
 }
@@ -130,6 +132,8 @@ impl fmt::Display for Change {
                 }
             }
             Self::AddRule(rule) => write!(f, "adding {rule}"),
+            Self::DeleteRule(rule) => write!(f, "deleting {rule}"),
+            Self::ListRules(family) => write!(f, "listing {family} rules"),
             Self::DeleteRules(family, pref) => write!(f, "deleting {family} rules pref {pref}"),
             Self::DeleteLocalRoute(family) => {
                 write!(f, "deleting {family} route local default table {TABLE}")
@@ -282,8 +286,123 @@ impl Rtnl {
         )
     }
 
-    /// `rule add`: refused with EEXIST if the same rule is already there.
+    /// `rule add`, where the same rule already there counts as added: an agent taking over
+    /// from another finds its rules in place, and must not open a moment without them.
     fn add_rule(&mut self, rule: Rule) -> Result<(), RoutingError> {
+        match self.request(
+            Change::AddRule(rule),
+            RouteNetlinkMessage::NewRule(Self::rule_message(rule)),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Err(RoutingError::Refused {
+                errno: Errno::EEXIST,
+                ..
+            }) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Deletes exactly `rule` (the kernel matches on every attribute the request names).
+    fn delete_exact(&mut self, rule: Rule) -> Result<(), RoutingError> {
+        self.request(
+            Change::DeleteRule(rule),
+            RouteNetlinkMessage::DelRule(Self::rule_message(rule)),
+            0,
+        )
+    }
+
+    /// The excluded-port rules of `family` now in the netns (`ip rule show pref 102`).
+    fn excluded_rules(&mut self, family: Family) -> Result<Vec<Rule>, RoutingError> {
+        let change = Change::ListRules(family);
+        self.sequence = self.sequence.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = self.sequence;
+        let mut query = RuleMessage::default();
+        query.header.family = family.address_family();
+        let mut packet = NetlinkMessage::new(
+            header,
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetRule(query)),
+        );
+        packet.finalize();
+        let mut bytes = vec![0; packet.buffer_len()];
+        packet.serialize(&mut bytes);
+        let kernel = netlink_sys::SocketAddr::new(0, 0);
+        if let Err(source) = self.socket.send_to(&bytes, &kernel, 0) {
+            return Err(RoutingError::Exchange { change, source });
+        }
+        let mut found = Vec::new();
+        // A pod netns holds a handful of rules; the bound stops a kernel that kept sending.
+        for _ in 0..64 {
+            self.reply.clear();
+            if let Err(source) = self.socket.recv(&mut self.reply, 0) {
+                return Err(RoutingError::Exchange { change, source });
+            }
+            let mut offset = 0;
+            while offset < self.reply.len() {
+                let message =
+                    match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.reply[offset..])
+                    {
+                        Ok(message) => message,
+                        Err(e) => {
+                            return Err(RoutingError::Exchange {
+                                change,
+                                source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+                            })
+                        }
+                    };
+                let length = usize::try_from(message.header.length).unwrap_or(usize::MAX);
+                offset = offset.saturating_add(length.max(16).next_multiple_of(4));
+                if message.header.sequence_number != self.sequence {
+                    continue;
+                }
+                match message.payload {
+                    NetlinkPayload::Done(_) => return Ok(found),
+                    NetlinkPayload::Error(error) => {
+                        return Err(RoutingError::Refused {
+                            change,
+                            errno: Errno::from_raw(-error.code.map_or(0, std::num::NonZero::get)),
+                        })
+                    }
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRule(rule)) => {
+                        found.extend(Self::excluded_rule(family, &rule));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Err(RoutingError::Exchange {
+            change,
+            source: io::Error::new(io::ErrorKind::InvalidData, "the rule dump did not end"),
+        })
+    }
+
+    /// `message` as one of this module's excluded-port rules, if it is one.
+    fn excluded_rule(family: Family, message: &RuleMessage) -> Option<Rule> {
+        let mut pref = None;
+        let mut port = None;
+        for attribute in &message.attributes {
+            match attribute {
+                RuleAttribute::Priority(p) => pref = Some(*p),
+                RuleAttribute::SourcePortRange(r) if r.start == r.end => {
+                    port = Some((true, r.start));
+                }
+                RuleAttribute::DestinationPortRange(r) if r.start == r.end => {
+                    port = Some((false, r.start));
+                }
+                _ => {}
+            }
+        }
+        let (source, port) = port?;
+        (pref == Some(u32::from(PREF_EXCLUDED))).then_some(Rule {
+            family,
+            pref: PREF_EXCLUDED,
+            selector: Selector::PodTcpPort { source, port },
+            table: MAIN,
+        })
+    }
+
+    fn rule_message(rule: Rule) -> RuleMessage {
         let mut message = RuleMessage::default();
         message.header.family = rule.family.address_family();
         message.header.action = RuleAction::ToTable;
@@ -314,11 +433,7 @@ impl Rtnl {
             Ok(table) => message.header.table = table,
             Err(_) => attributes.push(RuleAttribute::Table(rule.table)),
         }
-        self.request(
-            Change::AddRule(rule),
-            RouteNetlinkMessage::NewRule(message),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
+        message
     }
 
     /// Deletes one rule of this preference (the kernel matches on what the request names).
@@ -339,10 +454,15 @@ impl Rtnl {
 /// Installs (or refreshes) the capture rules. IPv6 gets the same catch-all so its TCP meets
 /// the program and is refused; a pod without IPv6 simply skips that part. Blocking (netlink
 /// round trips, a sysctl write): call from a blocking context.
+///
+/// It converges on what is there instead of starting over: an agent taking over capture from
+/// another finds the rules in place, and removing them first opened a moment in which the
+/// pod's packets, those of its established connections included, took its normal routes (a
+/// reset, a stall, or "Network is unreachable" for a Service address, seen in the upgrade
+/// tests). The route is replaced in one step, present rules count as added, and only
+/// excluded-port rules no longer wanted are removed, after the wanted ones are in.
 pub fn install(ns: &Netns, pod_ip: Ipv4Addr, excluded_ports: &[u16]) -> Result<(), RoutingError> {
     let mut rtnl = Rtnl::open(ns)?;
-    // Whatever an earlier install (or agent) left would make the adds fail with EEXIST.
-    remove_with(&mut rtnl);
     ns.write_sysctl("net.ipv4.tcp_fwmark_accept", "1")
         .map_err(RoutingError::Sysctl)?;
     install_family(&mut rtnl, Family::V4, Some(pod_ip), excluded_ports)?;
@@ -375,16 +495,23 @@ fn install_family(
     // packets the pod sends: without it, port selectors also took part in routing received
     // packets and broke the replies of the HBONE listener (seen in
     // `excluded_ports_bypass_capture_in_both_directions`).
+    let mut wanted = Vec::new();
     for &port in excluded_ports {
         for source in [false, true] {
-            rtnl.add_rule(rule(
-                PREF_EXCLUDED,
-                Selector::PodTcpPort { source, port },
-                MAIN,
-            ))?;
+            let excluded = rule(PREF_EXCLUDED, Selector::PodTcpPort { source, port }, MAIN);
+            rtnl.add_rule(excluded)?;
+            wanted.push(excluded);
         }
     }
-    rtnl.add_rule(rule(PREF_CAPTURE, Selector::PodTcp, TABLE))
+    rtnl.add_rule(rule(PREF_CAPTURE, Selector::PodTcp, TABLE))?;
+    for stale in rtnl
+        .excluded_rules(family)?
+        .into_iter()
+        .filter(|r| !wanted.contains(r))
+    {
+        rtnl.delete_exact(stale)?;
+    }
+    Ok(())
 }
 
 /// Removes every rule and route `install` made; the pod's direct path is back. Best effort.
