@@ -29,13 +29,14 @@ def value(any_value):
     return str(any_value)
 
 
-def spans_of(request, transport):
+def spans_of(request, transport, headers):
     for resource_spans in request.resource_spans:
         resource = {a.key: value(a.value) for a in resource_spans.resource.attributes}
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 yield {
                     "transport": transport,
+                    "headers": headers,
                     "service": resource.get("service.name"),
                     "resource": resource,
                     "scope": scope_spans.scope.name,
@@ -56,9 +57,9 @@ class Sink:
         self.lock = threading.Lock()
         self.out = open(path, "a", encoding="utf-8")
 
-    def write(self, request, transport):
+    def write(self, request, transport, headers):
         with self.lock:
-            for span in spans_of(request, transport):
+            for span in spans_of(request, transport, headers):
                 self.out.write(json.dumps(span) + "\n")
             self.out.flush()
 
@@ -68,7 +69,8 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         self.sink = sink
 
     def Export(self, request, context):
-        self.sink.write(request, "grpc")
+        metadata = {k: v for k, v in context.invocation_metadata() if k.startswith("x-")}
+        self.sink.write(request, "grpc", metadata)
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
@@ -88,7 +90,8 @@ def http_handler(sink):
             except Exception as error:  # a body that is not the protobuf: say so, keep serving
                 self.send_error(400, str(error))
                 return
-            sink.write(request, "http")
+            headers = {k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-")}
+            sink.write(request, "http", headers)
             body = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
             self.send_response(200)
             self.send_header("content-type", "application/x-protobuf")

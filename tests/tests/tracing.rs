@@ -38,7 +38,7 @@ fn agent_config(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).expect("config dir");
     std::fs::write(
         &path,
-        "tracing:\n  endpoint: http://127.0.0.1:4318/v1/traces\n  protocol: http/protobuf\n  scheduledDelayMs: 200\n",
+        "tracing:\n  endpoint: http://127.0.0.1:4318/v1/traces\n  protocol: http/protobuf\n  scheduledDelayMs: 200\n  headers: {x-weft-tenant: agents}\n",
     )
     .expect("agent config");
     path
@@ -137,6 +137,7 @@ fn the_waypoint_continues_the_callers_trace_and_exports_its_spans_over_grpc() {
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
             ("OTEL_SERVICE_NAME", "waypoint-under-test"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-weft-tenant=team%20a"),
             // Nothing new is sampled: only a sampled caller or x-weft-trace keeps a trace.
             ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
             ("OTEL_TRACES_SAMPLER_ARG", "0"),
@@ -201,6 +202,7 @@ fn w3c_keeps_the_trace_and_the_spans_arrive(mesh: &Mesh, file: &Path, url: &str)
     );
     assert_eq!(server["service"], "waypoint-under-test");
     assert_eq!(server["transport"], "grpc");
+    assert_eq!(server["headers"]["x-weft-tenant"], "team a", "{server:#}");
     let attributes = &server["attributes"];
     assert_eq!(attributes["http.request.method"], "GET", "{server:#}");
     assert_eq!(attributes["http.response.status_code"], 200);
@@ -386,6 +388,7 @@ fn agents_link_both_ends_of_a_connection_over_http_and_a_dead_collector_costs_no
     let (outbound, inbound) = pair.expect("pair");
     assert_eq!(outbound["trace_id"], inbound["trace_id"]);
     assert_eq!(outbound["transport"], "http");
+    assert_eq!(outbound["headers"]["x-weft-tenant"], "agents", "{outbound:#}");
     assert_eq!(outbound["service"], "weft-agent");
     assert_eq!(
         outbound["resource"]["k8s.node.name"], "node0",

@@ -10,6 +10,7 @@ mod run;
 pub mod waypoint;
 pub mod waypoint_authz;
 pub mod waypoint_resilience;
+pub mod waypoint_tracing;
 
 use serde::{Deserialize, Serialize};
 

@@ -48,6 +48,9 @@ pub struct WaypointReport {
     /// L7 policies and JWT verification, by the configuration in force.
     #[serde(default)]
     pub authz: Vec<super::waypoint_authz::AuthzCase>,
+    /// Every request traced, with the collector up and down, on a second fixture.
+    #[serde(default)]
+    pub tracing: Vec<super::waypoint_tracing::TracingCase>,
 }
 
 /// How long each open-loop run measures, after its warm-up.
@@ -171,6 +174,8 @@ pub fn run(bins: &Path, out: &Path, quick: bool) -> anyhow::Result<WaypointRepor
     report.waypoint_peak_rss_mib = mib(peak_rss_kib(waypoint));
     report.resilience = super::waypoint_resilience::run(&mesh, (seconds, warmup))?;
     report.authz = super::waypoint_authz::run(&mesh, (seconds, warmup))?;
+    drop(mesh);
+    report.tracing = super::waypoint_tracing::run(bins, out, (seconds, warmup))?;
     Ok(report)
 }
 
@@ -246,6 +251,8 @@ impl WaypointReport {
         }
         rows.extend(super::waypoint_resilience::rows(&self.resilience));
         rows.extend(super::waypoint_authz::rows(&self.authz));
+        let untraced = self.authz.first().map(|case| &case.load);
+        rows.extend(super::waypoint_tracing::rows(untraced, &self.tracing));
         rows
     }
 }

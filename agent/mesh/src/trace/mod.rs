@@ -14,7 +14,10 @@ use opentelemetry::{
     trace::{SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceState},
     Context, InstrumentationScope, KeyValue,
 };
-use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
+use opentelemetry_otlp::{
+    tonic_types::metadata::MetadataMap, WithExportConfig as _, WithHttpConfig as _,
+    WithTonicConfig as _,
+};
 use opentelemetry_sdk::{
     trace::{
         BatchConfigBuilder, BatchSpanProcessor, IdGenerator as _, RandomIdGenerator, Sampler,
@@ -94,13 +97,20 @@ impl Tracer {
                 .with_tonic()
                 .with_endpoint(endpoint.clone())
                 .with_timeout(settings.export_timeout)
+                .with_metadata(MetadataMap::from_headers(settings.headers.clone()))
                 .build(),
             Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                 .with_endpoint(endpoint.clone())
                 .with_timeout(settings.export_timeout)
-                .with_headers(std::collections::HashMap::new())
+                .with_headers(
+                    settings
+                        .headers
+                        .iter()
+                        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
+                        .collect(),
+                )
                 .build(),
         };
         let exporter = built.map_err(|source| TraceError::Exporter { endpoint, source })?;

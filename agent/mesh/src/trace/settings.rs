@@ -1,7 +1,7 @@
 //! The tracing settings both binaries take: a `tracing:` section of their config file, then
 //! the standard `OTEL_*` environment variables over it, checked once into [`Settings`].
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::Deserialize;
 
@@ -29,6 +29,12 @@ pub enum SettingsError {
     },
     #[error("OTEL_TRACES_EXPORTER {0:?} is not one of otlp, none")]
     Exporter(String),
+    #[error("tracing header {0:?} is not a valid HTTP header name and value (OTEL_EXPORTER_OTLP_HEADERS is `key=value,key2=value2`, values percent-encoded)")]
+    Header(String),
+    #[error(
+        "more than {MAX_HEADERS} tracing headers, or more than {MAX_HEADER_BYTES} bytes of them"
+    )]
+    TooManyHeaders,
 }
 
 /// The `tracing:` section of a config file; every field optional.
@@ -48,6 +54,8 @@ pub struct SettingsFile {
     pub max_export_batch_size: Option<u64>,
     pub scheduled_delay_ms: Option<u64>,
     pub export_timeout_ms: Option<u64>,
+    /// Sent with every export (an API key for a hosted collector, a tenant).
+    pub headers: Option<BTreeMap<String, String>>,
 }
 
 /// How spans leave: OTLP over gRPC or over HTTP with protobuf bodies.
@@ -80,6 +88,7 @@ pub struct Settings {
     pub max_export_batch_size: usize,
     pub scheduled_delay: Duration,
     pub export_timeout: Duration,
+    pub headers: http::HeaderMap,
 }
 
 /// The span queue when none is given (the SDK's own default); the most a queue may hold.
@@ -88,6 +97,43 @@ pub const MAX_QUEUE: u64 = 65_536;
 pub const DEFAULT_BATCH: u64 = 512;
 pub const DEFAULT_DELAY_MS: u64 = 5_000;
 pub const DEFAULT_EXPORT_TIMEOUT_MS: u64 = 10_000;
+/// The most export headers, and their bytes together.
+pub const MAX_HEADERS: usize = 32;
+pub const MAX_HEADER_BYTES: usize = 8192;
+
+/// `key=value,key2=value2`, values percent-decoded, as the OpenTelemetry spec writes them.
+fn parse_headers(text: &str) -> Result<BTreeMap<String, String>, SettingsError> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| SettingsError::Header(pair.to_owned()))?;
+            let value = percent_encoding::percent_decode_str(value.trim())
+                .decode_utf8()
+                .map_err(|_| SettingsError::Header(pair.to_owned()))?;
+            Ok((key.trim().to_owned(), value.into_owned()))
+        })
+        .collect()
+}
+
+fn header_map(headers: BTreeMap<String, String>) -> Result<http::HeaderMap, SettingsError> {
+    let bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return Err(SettingsError::TooManyHeaders);
+    }
+    headers
+        .into_iter()
+        .map(|(key, value)| {
+            let bad = || SettingsError::Header(key.clone());
+            Ok((
+                http::HeaderName::from_bytes(key.as_bytes()).map_err(|_| bad())?,
+                http::HeaderValue::from_str(&value).map_err(|_| bad())?,
+            ))
+        })
+        .collect()
+}
 
 fn number(name: &'static str, value: Option<String>) -> Result<Option<u64>, SettingsError> {
     value
@@ -157,6 +203,12 @@ impl SettingsFile {
                     "OTEL_EXPORTER_OTLP_TIMEOUT",
                 ),
             )?,
+            headers: either(
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                "OTEL_EXPORTER_OTLP_HEADERS",
+            )
+            .map(|text| parse_headers(&text))
+            .transpose()?,
         };
         let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         match var("OTEL_TRACES_EXPORTER").as_deref() {
@@ -184,6 +236,7 @@ impl SettingsFile {
             max_export_batch_size: self.max_export_batch_size.or(under.max_export_batch_size),
             scheduled_delay_ms: self.scheduled_delay_ms.or(under.scheduled_delay_ms),
             export_timeout_ms: self.export_timeout_ms.or(under.export_timeout_ms),
+            headers: self.headers.or(under.headers),
         }
     }
 
@@ -254,6 +307,7 @@ impl SettingsFile {
             max_export_batch_size: usize::try_from(batch).unwrap_or(usize::MAX),
             scheduled_delay: Duration::from_millis(delay),
             export_timeout: Duration::from_millis(timeout),
+            headers: header_map(self.headers.unwrap_or_default())?,
         }))
     }
 }
@@ -295,6 +349,10 @@ mod tests {
             ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
             ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-api-key=s%3Dcret, x-tenant = a ",
+            ),
         ]))
         .expect("env");
         let settings = env.over(file).check("weft-waypoint").expect("valid");
@@ -308,6 +366,8 @@ mod tests {
             settings.max_export_batch_size, 100,
             "the batch fits the queue"
         );
+        assert_eq!(settings.headers["x-api-key"], "s=cret");
+        assert_eq!(settings.headers["x-tenant"], "a");
     }
 
     #[test]
@@ -356,6 +416,16 @@ mod tests {
             ..SettingsFile::default()
         })
         .contains("maxQueueSize"));
+        let no_value = SettingsFile::from_env(env(&[("OTEL_EXPORTER_OTLP_HEADERS", "novalue")]));
+        assert!(no_value
+            .expect_err("refused")
+            .to_string()
+            .contains("key=value"));
+        let bad_name = SettingsFile {
+            headers: Some(BTreeMap::from([("bad name".to_owned(), "x".to_owned())])),
+            ..SettingsFile::default()
+        };
+        assert!(bad(bad_name).contains("bad name"));
         let env = SettingsFile::from_env(env(&[("OTEL_BSP_SCHEDULE_DELAY", "soon")]));
         assert!(env
             .expect_err("refused")

@@ -18,6 +18,7 @@ fn settings(sampling: Sampling, queue: usize) -> Settings {
         max_export_batch_size: queue,
         scheduled_delay: Duration::from_millis(50),
         export_timeout: Duration::from_millis(500),
+        headers: http::HeaderMap::new(),
     }
 }
 
