@@ -15,7 +15,7 @@ use weft_harness::{
     eventually, netns,
     privileges::skip,
     require_privileges,
-    waypoint_mesh::{self, Mesh, ECHO, GUARDED, RESILIENT, TCP},
+    waypoint_mesh::{self, Extras, Mesh, ECHO, GUARDED, RESILIENT, TCP},
     NodeHandle,
 };
 
@@ -524,8 +524,27 @@ fn every_dashboard_query_returns_data_from_a_prometheus_scraping_the_mesh() {
     let bins = Path::new(env!("CARGO_BIN_EXE_weft-testpod"))
         .parent()
         .expect("the target folder");
-    let mesh =
-        Mesh::start(bins, Path::new(env!("CARGO_TARGET_TMPDIR"))).expect("the waypoint mesh");
+    // Tracing on, to a collector port where nothing listens, so the span counters the rules
+    // and the agent-health dashboard use have series (every export fails).
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let config = tmp.join(format!("monitoring-agent-{}.yaml", std::process::id()));
+    std::fs::write(
+        &config,
+        "tracing:\n  endpoint: http://127.0.0.1:4319\n  scheduledDelayMs: 200\n",
+    )
+    .expect("agent config");
+    let extras = Extras {
+        waypoint_env: vec![
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                "http://127.0.0.1:4319".into(),
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()),
+        ],
+        agent_flags: vec!["--config".into(), config.to_string_lossy().into_owned()],
+    };
+    let mesh = Mesh::start_with(bins, tmp, "info,weft_waypoint=debug", &extras)
+        .expect("the waypoint mesh");
     let empty = waypoint_mesh::service(
         "monitoring-empty",
         EMPTY_L4,

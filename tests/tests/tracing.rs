@@ -388,7 +388,10 @@ fn agents_link_both_ends_of_a_connection_over_http_and_a_dead_collector_costs_no
     let (outbound, inbound) = pair.expect("pair");
     assert_eq!(outbound["trace_id"], inbound["trace_id"]);
     assert_eq!(outbound["transport"], "http");
-    assert_eq!(outbound["headers"]["x-weft-tenant"], "agents", "{outbound:#}");
+    assert_eq!(
+        outbound["headers"]["x-weft-tenant"], "agents",
+        "{outbound:#}"
+    );
     assert_eq!(outbound["service"], "weft-agent");
     assert_eq!(
         outbound["resource"]["k8s.node.name"], "node0",
