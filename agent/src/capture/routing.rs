@@ -186,6 +186,29 @@ impl Rtnl {
         })
     }
 
+    /// Sends one request under the next sequence number; the change comes back for the
+    /// errors of its answer.
+    fn send(
+        &mut self,
+        change: Change,
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Change, RoutingError> {
+        self.sequence = self.sequence.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = self.sequence;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
+        packet.finalize();
+        let mut bytes = vec![0; packet.buffer_len()];
+        packet.serialize(&mut bytes);
+        let kernel = netlink_sys::SocketAddr::new(0, 0);
+        match self.socket.send_to(&bytes, &kernel, 0) {
+            Ok(_) => Ok(change),
+            Err(source) => Err(RoutingError::Exchange { change, source }),
+        }
+    }
+
     /// Sends one request and waits for its acknowledgement.
     fn request(
         &mut self,
@@ -193,18 +216,7 @@ impl Rtnl {
         message: RouteNetlinkMessage,
         flags: u16,
     ) -> Result<(), RoutingError> {
-        self.sequence = self.sequence.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        header.sequence_number = self.sequence;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
-        packet.finalize();
-        let mut bytes = vec![0; packet.buffer_len()];
-        packet.serialize(&mut bytes);
-        let kernel = netlink_sys::SocketAddr::new(0, 0);
-        if let Err(source) = self.socket.send_to(&bytes, &kernel, 0) {
-            return Err(RoutingError::Exchange { change, source });
-        }
+        let change = self.send(change, message, NLM_F_ACK | flags)?;
         // Only this socket's own requests are answered on it, one at a time: anything else
         // (a stale answer) is skipped, a bounded number of times.
         for _ in 0..16 {
@@ -313,24 +325,13 @@ impl Rtnl {
 
     /// The excluded-port rules of `family` now in the netns (`ip rule show pref 102`).
     fn excluded_rules(&mut self, family: Family) -> Result<Vec<Rule>, RoutingError> {
-        let change = Change::ListRules(family);
-        self.sequence = self.sequence.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        header.sequence_number = self.sequence;
         let mut query = RuleMessage::default();
         query.header.family = family.address_family();
-        let mut packet = NetlinkMessage::new(
-            header,
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetRule(query)),
-        );
-        packet.finalize();
-        let mut bytes = vec![0; packet.buffer_len()];
-        packet.serialize(&mut bytes);
-        let kernel = netlink_sys::SocketAddr::new(0, 0);
-        if let Err(source) = self.socket.send_to(&bytes, &kernel, 0) {
-            return Err(RoutingError::Exchange { change, source });
-        }
+        let change = self.send(
+            Change::ListRules(family),
+            RouteNetlinkMessage::GetRule(query),
+            NLM_F_DUMP,
+        )?;
         let mut found = Vec::new();
         // A pod netns holds a handful of rules; the bound stops a kernel that kept sending.
         for _ in 0..64 {
