@@ -287,8 +287,11 @@ async fn drain_and_stop(
             "drain deadline passed: cutting the connections still open"
         ),
     }
-    // The spans of the connections that just ended leave before the process does; it
-    // blocks up to the export timeout, on a thread of its own.
+    // A clean exit carries nothing on: the next agent has nothing to report lost.
+    owner.publish_carried(0);
+    // The spans of the connections that just ended leave before the process does, within
+    // FLUSH_TIMEOUT (the drain's 25 s plus this stay under the pod's 30 s grace period), on
+    // a thread of its own.
     let flushing = connections.clone();
     let _ = tokio::task::spawn_blocking(move || {
         if let Some(tracer) = flushing.tracer.get() {
@@ -296,8 +299,6 @@ async fn drain_and_stop(
         }
     })
     .await;
-    // A clean exit carries nothing on: the next agent has nothing to report lost.
-    owner.publish_carried(0);
     tracing::info!(
         "agent stopping; capture stays pinned (served by a newer agent if one took over, else failing closed until the next agent adopts it)"
     );

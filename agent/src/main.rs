@@ -204,8 +204,11 @@ fn main() -> anyhow::Result<()> {
         ca_root: args.ca_root,
         token_file: args.token_file,
         tracing: Some(
-            weft_mesh::trace::SettingsFile::from_env(|name| std::env::var(name).ok())
-                .context("invalid OTEL_* tracing variable")?,
+            weft_mesh::trace::SettingsFile::from_env(|name| {
+                // The OpenTelemetry spec: an empty variable is an unset one.
+                std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+            })
+            .context("invalid OTEL_* tracing variable")?,
         ),
         ..FileConfig::default()
     };

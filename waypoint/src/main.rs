@@ -88,8 +88,11 @@ fn main() -> anyhow::Result<()> {
         readiness_addr: args.readiness_addr,
         drain_timeout_secs: args.drain_timeout_secs,
         tracing: Some(
-            weft_mesh::trace::SettingsFile::from_env(|name| std::env::var(name).ok())
-                .context("invalid OTEL_* tracing variable")?,
+            weft_mesh::trace::SettingsFile::from_env(|name| {
+                // The OpenTelemetry spec: an empty variable is an unset one.
+                std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+            })
+            .context("invalid OTEL_* tracing variable")?,
         ),
     };
     let config = file.merge(over).context("invalid configuration")?;

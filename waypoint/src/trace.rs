@@ -28,12 +28,7 @@ pub struct RequestTrace {
 pub fn begin(waypoint: &Waypoint, headers: &http::HeaderMap) -> Option<RequestTrace> {
     let tracer = waypoint.tracer.as_ref()?;
     let incoming = propagate::extract(headers);
-    let begun = tracer.begin(
-        incoming.parent.as_ref(),
-        "request",
-        SpanKind::Server,
-        incoming.forced,
-    );
+    let begun = tracer.begin_from(&incoming, "request", SpanKind::Server);
     Some(RequestTrace {
         begun,
         b3: incoming.b3,
@@ -155,7 +150,14 @@ pub fn request_ended(
         attributes.push(KeyValue::new("weft.request.principal", principal.clone()));
     }
     let status = if record.status >= 500 {
-        attributes.push(KeyValue::new("error.type", record.reason.clone()));
+        // The status code when a backend answered, as the HTTP conventions say; the
+        // waypoint's own reason when it answered itself.
+        let error = if record.attempts > 0 {
+            record.status.to_string()
+        } else {
+            record.reason.clone()
+        };
+        attributes.push(KeyValue::new("error.type", error));
         Status::error(record.reason.clone())
     } else {
         Status::Unset

@@ -14,6 +14,7 @@ use crate::{build, plot, setup, shell};
 
 pub fn run(quick: bool) -> anyhow::Result<()> {
     setup::run()?;
+    setup::ensure_oha()?;
     let bins = build::bench()?;
     let out = shell::root().join("target/bench");
     std::fs::create_dir_all(&out)?;
@@ -51,6 +52,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
 /// scenario runs (`target/bench/profile-<scenario>*.{md,svg,folded}`).
 pub fn profile(scenario: &str, quick: bool) -> anyhow::Result<()> {
     setup::run()?;
+    setup::ensure_oha()?;
     let bins = build::bench()?;
     let out = shell::root().join("target/bench");
     std::fs::create_dir_all(&out)?;
@@ -116,6 +118,7 @@ pub enum Only {
 
 pub fn run_only(only: Only) -> anyhow::Result<()> {
     setup::run()?;
+    setup::ensure_oha()?;
     let bins = build::bench()?;
     let out = shell::root().join("target/bench");
     std::fs::create_dir_all(&out)?;

@@ -141,6 +141,19 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// oha, the external open-loop HTTP load generator the bench runs beside its own (pinned,
+/// built from crates.io: Debian has none). Needed by `cargo xtask bench` only.
+pub fn ensure_oha() -> anyhow::Result<()> {
+    let installed = shell::succeeds(Command::new("oha").arg("--version"))
+        || std::env::var_os("HOME")
+            .is_some_and(|home| std::path::Path::new(&home).join(".cargo/bin/oha").is_file());
+    if installed {
+        return Ok(());
+    }
+    eprintln!("setup: installing oha, the bench's external load generator (a few minutes)");
+    shell::run(shell::cargo(None).args(["install", "--locked", "oha@1.16.0"]))
+}
+
 /// cargo-fuzz drives the libFuzzer targets (`cargo xtask fuzz`); it needs nightly, which
 /// [`ensure_nightly`] provides.
 pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {

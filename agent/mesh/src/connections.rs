@@ -505,6 +505,20 @@ impl Guard<'_> {
         self.progress.clone()
     }
 
+    /// Records why the connection could not be carried after it was accepted (the
+    /// destination refused the delivery): its record, flow and span say so when it ends.
+    pub fn fail(&self, failure: Failure) {
+        if let Some(live) = self
+            .connections
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(&self.id)
+        {
+            live.connection.failure = Some(failure);
+        }
+    }
+
     /// Resolves when a policy change has denied this connection.
     pub async fn revoked(&self) {
         self.cancel.notified().await;

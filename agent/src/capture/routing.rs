@@ -378,13 +378,17 @@ impl Rtnl {
         })
     }
 
-    /// `message` as one of this module's excluded-port rules, if it is one.
+    /// `message` as one of this module's excluded-port rules, if it is one: preference 102,
+    /// `iif lo`, TCP, one port, to `main`. Anything else at that preference is not ours.
     fn excluded_rule(family: Family, message: &RuleMessage) -> Option<Rule> {
-        let mut pref = None;
-        let mut port = None;
+        let (mut pref, mut port, mut table) = (None, None, u32::from(message.header.table));
+        let (mut from_lo, mut tcp) = (false, false);
         for attribute in &message.attributes {
             match attribute {
                 RuleAttribute::Priority(p) => pref = Some(*p),
+                RuleAttribute::Table(t) => table = *t,
+                RuleAttribute::Iifname(name) => from_lo = name == "lo",
+                RuleAttribute::IpProtocol(IpProtocol::Tcp) => tcp = true,
                 RuleAttribute::SourcePortRange(r) if r.start == r.end => {
                     port = Some((true, r.start));
                 }
@@ -395,7 +399,12 @@ impl Rtnl {
             }
         }
         let (source, port) = port?;
-        (pref == Some(u32::from(PREF_EXCLUDED))).then_some(Rule {
+        let ours = pref == Some(u32::from(PREF_EXCLUDED))
+            && from_lo
+            && tcp
+            && table == MAIN
+            && message.header.action == RuleAction::ToTable;
+        ours.then_some(Rule {
             family,
             pref: PREF_EXCLUDED,
             selector: Selector::PodTcpPort { source, port },
@@ -510,7 +519,15 @@ fn install_family(
         .into_iter()
         .filter(|r| !wanted.contains(r))
     {
-        rtnl.delete_exact(stale)?;
+        match rtnl.delete_exact(stale) {
+            // Gone already (another agent's install raced this one): what was wanted.
+            Ok(())
+            | Err(RoutingError::Refused {
+                errno: Errno::ENOENT,
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }

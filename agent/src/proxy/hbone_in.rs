@@ -122,6 +122,7 @@ impl Tunnels for PodTunnels {
             Ok(server) => server,
             Err(e) => {
                 tracing::warn!(pod = %pod.name(), %client, %target, error = %e, "HBONE destination unreachable: 503");
+                guard.fail(Failure::new(FailReason::Unreachable, e.to_string()));
                 ctx.connections
                     .totals
                     .failed

@@ -48,8 +48,9 @@ fn keyed(edges: Vec<Edge>) -> BTreeMap<Key, Edge> {
 
 impl Edges {
     /// An agent's connections since `since_ms`. Each connection is counted once: where it
-    /// left (outbound), or where it arrived when no mesh agent saw it leave (plaintext from
-    /// outside the mesh) or when it left from another node and `local` lists this node's pods.
+    /// left (outbound), or where it arrived when no agent saw it leave (plaintext from
+    /// outside the mesh, or a waypoint's upstream tunnel: waypoint pods are not captured), or
+    /// when it left from another node and `local` lists this node's pods.
     pub fn from_flows(flows: &[Flow], since_ms: u64, local: Option<&[String]>) -> Vec<Edge> {
         let mut edges: BTreeMap<Key, Edge> = BTreeMap::new();
         for flow in flows.iter().filter(|f| f.time_unix_ms >= since_ms) {
@@ -61,6 +62,7 @@ impl Edges {
                 Direction::Outbound => true,
                 Direction::Inbound => {
                     flow.security == Security::Plaintext
+                        || flow.carried_identity.is_some()
                         || local.is_some_and(|pods| !pods.contains(&source))
                 }
             };

@@ -3,6 +3,7 @@
 
 pub mod disruption;
 pub mod enroll;
+pub mod external;
 pub mod kube_memory;
 mod process;
 pub mod profile;

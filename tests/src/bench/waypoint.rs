@@ -51,6 +51,9 @@ pub struct WaypointReport {
     /// Every request traced, with the collector up and down, on a second fixture.
     #[serde(default)]
     pub tracing: Vec<super::waypoint_tracing::TracingCase>,
+    /// oha on the same three paths at 1,000 rps (HTTP/1.1), beside the in-repo generator.
+    #[serde(default)]
+    pub external: Vec<super::external::OhaRun>,
 }
 
 /// How long each open-loop run measures, after its warm-up.
@@ -165,6 +168,30 @@ pub fn run(bins: &Path, out: &Path, quick: bool) -> anyhow::Result<WaypointRepor
             });
         }
     }
+    for connections in [4, 64] {
+        let paths = [
+            (
+                "baseline",
+                &plain_client,
+                format!("http://{baseline_target}/bench"),
+            ),
+            ("L4", &client, format!("http://{l4_target}/bench")),
+            (
+                "waypoint",
+                &client,
+                format!("http://{waypoint_target}/bench"),
+            ),
+        ];
+        for (path, from, url) in paths {
+            let run =
+                super::external::run(&mesh, from, (path, &url), (1000.0, connections, seconds))?;
+            eprintln!(
+                "waypoint bench: oha http1 {connections} conns 1000 rps {path}: p50 {:.0} µs, p99 {:.0} µs, success {:.3}",
+                run.p50_us, run.p99_us, run.success_rate
+            );
+            report.external.push(run);
+        }
+    }
     #[expect(clippy::cast_precision_loss, reason = "request counts fit")]
     let per_1000 = waypoint_cpu / (waypoint_requests.max(1) as f64) * 1000.0;
     report.waypoint_cpu_s_per_1000_requests = per_1000;
@@ -251,6 +278,7 @@ impl WaypointReport {
         }
         rows.extend(super::waypoint_resilience::rows(&self.resilience));
         rows.extend(super::waypoint_authz::rows(&self.authz));
+        rows.extend(super::external::rows(&self.external));
         let untraced = self.authz.first().map(|case| &case.load);
         rows.extend(super::waypoint_tracing::rows(untraced, &self.tracing));
         rows

@@ -24,7 +24,8 @@ use prometheus_client::{
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SpanOutcome {
-    /// `exported`, `export_failed` or `dropped_queue_full`.
+    /// `exported`, `export_failed`, `dropped_queue_full`, or `dropped_shutdown` (ended after
+    /// the export thread stopped).
     pub outcome: &'static str,
 }
 
@@ -42,7 +43,7 @@ impl Counters {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "trace_spans",
-            "Finished spans by outcome: exported, export_failed (the collector refused or was unreachable), dropped_queue_full (the bounded export queue was full)",
+            "Finished spans by outcome: exported, export_failed (the collector refused or was unreachable), dropped_queue_full (the bounded export queue was full), dropped_shutdown (ended after the exporter stopped at exit)",
             self.spans.clone(),
         );
         registry.register(

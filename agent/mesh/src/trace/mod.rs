@@ -40,6 +40,10 @@ pub enum TraceError {
     },
 }
 
+/// How long the spans still queued at exit may take to leave: the agent's drain (25 s by
+/// default) plus this stays below the pod's 30 s grace period.
+pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The attribute a forced span carries, so a reader sees why it was kept.
 pub const FORCED_ATTRIBUTE: &str = "weft.trace.forced";
 
@@ -52,6 +56,8 @@ pub struct Tracer {
     scope: InstrumentationScope,
     counters: Counters,
     max_queue: usize,
+    /// Set by [`Tracer::shutdown`]: spans ending later are counted, not queued.
+    shut: std::sync::atomic::AtomicBool,
 }
 
 /// A span that has begun: its context (sent to the next hop), its parent, and when it began.
@@ -141,6 +147,7 @@ impl Tracer {
                 .build(),
             counters,
             max_queue: settings.max_queue_size,
+            shut: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -153,15 +160,41 @@ impl Tracer {
         kind: SpanKind,
         forced: bool,
     ) -> Begun {
+        self.begin_with(parent, name, kind, (forced, false, false))
+    }
+
+    /// Begins a request's span from what its headers said: as [`Tracer::begin`], and a B3
+    /// caller that deferred the decision gets this hop's root sampler (its trace kept), one
+    /// that said "do not sample" without ids gets an unsampled new trace.
+    pub fn begin_from(&self, incoming: &propagate::Incoming, name: &str, kind: SpanKind) -> Begun {
+        self.begin_with(
+            incoming.parent.as_ref(),
+            name,
+            kind,
+            (incoming.forced, incoming.deferred, incoming.refused),
+        )
+    }
+
+    fn begin_with(
+        &self,
+        parent: Option<&SpanContext>,
+        name: &str,
+        kind: SpanKind,
+        (forced, deferred, refused): (bool, bool, bool),
+    ) -> Begun {
         let parent = parent.filter(|p| p.is_valid());
         let trace_id = parent.map_or_else(|| self.ids.new_trace_id(), SpanContext::trace_id);
-        let parent_cx = parent.map(|p| Context::new().with_remote_span_context(p.clone()));
+        // A deferring caller's flag says nothing: decide as for a root, in its trace.
+        let parent_cx = parent
+            .filter(|_| !deferred)
+            .map(|p| Context::new().with_remote_span_context(p.clone()));
         let sampled = forced
-            || self
-                .sampler
-                .should_sample(parent_cx.as_ref(), trace_id, name, &kind, &[], &[])
-                .decision
-                == SamplingDecision::RecordAndSample;
+            || (!refused
+                && self
+                    .sampler
+                    .should_sample(parent_cx.as_ref(), trace_id, name, &kind, &[], &[])
+                    .decision
+                    == SamplingDecision::RecordAndSample);
         let flags = parent.map_or(TraceFlags::default(), SpanContext::trace_flags);
         let state = parent.map_or_else(TraceState::default, |p| p.trace_state().clone());
         Begun {
@@ -209,6 +242,11 @@ impl Tracer {
         if !begun.sampled() {
             return;
         }
+        if self.shut.load(std::sync::atomic::Ordering::Acquire) {
+            // The export thread is gone (a connection cut after the drain).
+            self.counters.count("dropped_shutdown", 1);
+            return;
+        }
         if !self.counters.admit(self.max_queue) {
             return;
         }
@@ -233,10 +271,11 @@ impl Tracer {
         });
     }
 
-    /// Exports what is queued and stops the export thread. It blocks (up to the export
-    /// timeout): call it from a blocking thread when the process stops.
+    /// Exports what is queued and stops the export thread. It blocks (up to
+    /// [`FLUSH_TIMEOUT`]): call it from a blocking thread when the process stops.
     pub fn shutdown(&self) {
-        if let Err(error) = self.processor.shutdown() {
+        self.shut.store(true, std::sync::atomic::Ordering::Release);
+        if let Err(error) = self.processor.shutdown_with_timeout(FLUSH_TIMEOUT) {
             tracing::warn!(%error, "flushing spans at shutdown failed");
         }
     }

@@ -4,7 +4,7 @@
 
 use opentelemetry::{
     propagation::TextMapPropagator,
-    trace::{SpanContext, TraceContextExt as _},
+    trace::{SpanContext, TraceContextExt as _, TraceFlags},
     Context,
 };
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
@@ -37,9 +37,17 @@ pub struct Incoming {
     pub parent: Option<SpanContext>,
     /// B3 arrived: it is written again, in the same encoding, beside `traceparent`.
     pub b3: Option<B3>,
-    /// `x-weft-trace: 1` asked for the trace to be kept.
+    /// `x-weft-trace: 1` asked for the trace to be kept, or a B3 caller set its debug flag.
     pub forced: bool,
+    /// A B3 caller sent ids but left the sampling decision to this hop (no sampled flag).
+    pub deferred: bool,
+    /// A B3 caller said "do not sample" without ids (`b3: 0`, a lone `x-b3-sampled: 0`).
+    pub refused: bool,
 }
+
+/// B3's private bits in the SDK's flags (the B3 crate's own): "deferred" and "debug".
+const B3_DEFERRED: u8 = 0x02;
+const B3_DEBUG: u8 = 0x04;
 
 /// Reads the trace context a request carries.
 pub fn extract(headers: &http::HeaderMap) -> Incoming {
@@ -53,15 +61,48 @@ pub fn extract(headers: &http::HeaderMap) -> Incoming {
     } else {
         None
     };
-    let parent = w3c.or_else(|| {
-        b3?;
-        let cx = B3Propagator::with_encoding(B3Encoding::SingleAndMultiHeader).extract(&extractor);
-        Some(cx.span().span_context().clone()).filter(SpanContext::is_valid)
-    });
-    let forced = headers
+    let mut forced = headers
         .get(FORCE_HEADER)
         .is_some_and(|v| v.as_bytes() == b"1" || v.as_bytes().eq_ignore_ascii_case(b"true"));
-    Incoming { parent, b3, forced }
+    let (mut deferred, mut refused) = (false, false);
+    let parent = match (w3c, b3) {
+        (Some(w3c), _) => Some(w3c),
+        (None, Some(encoding)) => {
+            // Each encoding read as such: the combined mode refuses `x-b3-sampled: true`.
+            let reader = match encoding {
+                B3::Single => B3Encoding::SingleHeader,
+                B3::Multi => B3Encoding::MultipleHeader,
+            };
+            let cx = B3Propagator::with_encoding(reader).extract(&extractor);
+            let found = Some(cx.span().span_context().clone()).filter(SpanContext::is_valid);
+            found.map(|sc| {
+                let bits = sc.trace_flags().to_u8();
+                forced |= bits & B3_DEBUG != 0;
+                deferred = bits & (B3_DEFERRED | B3_DEBUG) == B3_DEFERRED;
+                // Only the sampled bit goes on: B3's private bits mean other things in W3C.
+                let sampled = sc.is_sampled() || bits & B3_DEBUG != 0;
+                SpanContext::new(
+                    sc.trace_id(),
+                    sc.span_id(),
+                    TraceFlags::default().with_sampled(sampled),
+                    true,
+                    sc.trace_state().clone(),
+                )
+            })
+        }
+        (None, None) => None,
+    };
+    if parent.is_none() {
+        let said_no = |name: &str| headers.get(name).is_some_and(|v| v.as_bytes() == b"0");
+        refused = said_no("b3") || said_no("x-b3-sampled");
+    }
+    Incoming {
+        parent,
+        b3,
+        forced,
+        deferred,
+        refused,
+    }
 }
 
 /// Writes `span` as the caller of the next hop: `traceparent` (and the `tracestate` it
@@ -211,6 +252,34 @@ mod tests {
         }
         assert!(extract(&headers(&[("x-weft-trace", "1")])).forced);
         assert!(!extract(&headers(&[("x-weft-trace", "0")])).forced);
+    }
+
+    #[test]
+    fn b3_deferred_debug_true_and_zero_mean_what_b3_says() {
+        let deferred = extract(&headers(&[("b3", &format!("{TRACE}-{SPAN}"))]));
+        assert!(deferred.deferred && !deferred.forced && !deferred.refused);
+        let parent = deferred.parent.expect("ids kept");
+        assert_eq!(
+            parent.trace_flags().to_u8(),
+            0,
+            "no B3 bit leaks into W3C flags"
+        );
+        let debug = extract(&headers(&[("b3", &format!("{TRACE}-{SPAN}-d"))]));
+        assert!(debug.forced && !debug.deferred);
+        assert!(debug.parent.expect("ids").is_sampled());
+        let legacy = extract(&headers(&[
+            ("x-b3-traceid", TRACE),
+            ("x-b3-spanid", SPAN),
+            ("x-b3-sampled", "true"),
+        ]));
+        assert!(legacy
+            .parent
+            .expect("a legacy sampled flag parses")
+            .is_sampled());
+        for zero in [("b3", "0"), ("x-b3-sampled", "0")] {
+            let said_no = extract(&headers(&[zero]));
+            assert!(said_no.refused && said_no.parent.is_none(), "{zero:?}");
+        }
     }
 
     #[test]

@@ -70,6 +70,29 @@ async fn a_parent_decides_unless_forced_and_children_follow() {
     assert_eq!(child.context.trace_id(), root.context.trace_id());
     assert!(child.sampled());
 
+    // B3 that deferred the decision keeps its trace and gets the root sampler; "do not
+    // sample" without ids is a new, unsampled trace.
+    let mut deferred = super::propagate::Incoming {
+        parent: Some(parent(false)),
+        deferred: true,
+        ..Default::default()
+    };
+    let kept = tracer.begin_from(&deferred, "r", SpanKind::Server);
+    assert!(
+        kept.sampled(),
+        "parentbased_always_on's root sampler keeps it"
+    );
+    assert_eq!(kept.context.trace_id(), parent(false).trace_id());
+    deferred.deferred = false;
+    assert!(!tracer
+        .begin_from(&deferred, "r", SpanKind::Server)
+        .sampled());
+    let refused = super::propagate::Incoming {
+        refused: true,
+        ..Default::default()
+    };
+    assert!(!tracer.begin_from(&refused, "r", SpanKind::Server).sampled());
+
     let off = Tracer::start(
         &settings(Sampling::ParentBasedAlwaysOff, 8),
         Counters::default(),

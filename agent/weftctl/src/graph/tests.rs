@@ -48,9 +48,26 @@ fn a_connection_counts_once_where_it_left_and_arrivals_from_outside_count_where_
             Security::Plaintext,
             ("legacy/x", "demo/b"),
         ),
+        Flow {
+            carried_identity: Some("spiffe://cluster.local/ns/demo/sa/a".into()),
+            ..flow(
+                Direction::Inbound,
+                FlowEvent::Opened,
+                Security::Mtls,
+                ("demo/waypoint", "demo/b"),
+            )
+        },
     ];
     let merged = Edges::from_flows(&flows, 0, None);
-    assert_eq!(merged.len(), 2, "{merged:?}");
+    assert_eq!(merged.len(), 3, "{merged:?}");
+    let tunnel = merged
+        .iter()
+        .find(|e| e.source == "demo/waypoint")
+        .expect("waypoint->b");
+    assert_eq!(
+        tunnel.connections, 1,
+        "a waypoint's tunnel is counted where it arrives"
+    );
     let ab = merged.iter().find(|e| e.source == "demo/a").expect("a->b");
     assert_eq!(
         (ab.connections, ab.mtls_connections, ab.failed_connections),
