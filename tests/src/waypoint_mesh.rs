@@ -78,6 +78,21 @@ metadata:
 /// The Gateway and every route of the fixture.
 pub const ROUTES: &str = include_str!("waypoint_routes.yaml");
 
+/// The value of one series (`name{labels}` as exposed) in a metrics text, 0 while it does
+/// not exist; several series read from one text are one moment's.
+pub fn metric_value(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 /// What a test adds to the mesh it starts: the waypoint's environment (e.g. `OTEL_*`) and
 /// flags for both agents.
 #[derive(Debug, Default, Clone)]
@@ -423,6 +438,11 @@ impl Mesh {
     /// A path of the waypoint's admin port, fetched with curl in its netns.
     pub fn waypoint_admin(&self, path: &str) -> String {
         self.waypoint_admin_at(15000, path)
+    }
+
+    /// One series of the waypoint's metrics now, 0 while it does not exist.
+    pub fn waypoint_metric(&self, series: &str) -> u64 {
+        metric_value(&self.waypoint_admin_at(15020, "/metrics"), series)
     }
 
     /// A path of one of the waypoint's ports (admin 15000, metrics 15020, readiness 15021).

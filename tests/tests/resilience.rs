@@ -87,14 +87,6 @@ fn rand_suffix() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A counter of the waypoint's metrics, 0 when the series does not exist yet.
-fn metric(mesh: &Mesh, series: &str) -> u64 {
-    mesh.waypoint_admin_at(15020, "/metrics")
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn by<F: Fn(&Answer) -> bool>(answers: &[Answer], f: F) -> usize {
     answers.iter().filter(|a| f(a)).count()
 }
@@ -131,7 +123,7 @@ fn retries_hide_a_failing_endpoint_and_the_budget_caps_them() {
     let retried = by(&answers, |a| a.reason == "retried");
     // Round robin sends every other first attempt to echo-v1; each retry goes to echo-v2.
     assert!((60..=140).contains(&retried), "{retried} retried");
-    assert_eq!(metric(&mesh, RETRIES_SENT), retried as u64);
+    assert_eq!(mesh.waypoint_metric(RETRIES_SENT), retried as u64);
 
     // Every endpoint failing: retries stay within 20% of the requests plus 1 per second.
     apply(
@@ -140,7 +132,7 @@ fn retries_hide_a_failing_endpoint_and_the_budget_caps_them() {
         "resilient",
         "  retry: {attempts: 2, retryOn: [5xx]}\n  retryBudget: {percent: 20, minRetriesPerSecond: 1}\n",
     );
-    let before = metric(&mesh, RETRIES_SENT);
+    let before = mesh.waypoint_metric(RETRIES_SENT);
     let started = std::time::Instant::now();
     let answers = requests(
         &mesh,
@@ -151,9 +143,8 @@ fn retries_hide_a_failing_endpoint_and_the_budget_caps_them() {
     );
     let seconds = started.elapsed().as_secs_f64().ceil();
     assert_eq!(by(&answers, |a| a.status == 503), 200);
-    let sent = metric(&mesh, RETRIES_SENT) - before;
-    let exhausted = metric(
-        &mesh,
+    let sent = mesh.waypoint_metric(RETRIES_SENT) - before;
+    let exhausted = mesh.waypoint_metric(
         "weft_waypoint_retries_total{backend=\"demo/resilient:80\",outcome=\"budget_exhausted\"}",
     );
     #[expect(

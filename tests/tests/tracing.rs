@@ -321,21 +321,7 @@ fn retries_are_child_spans(mesh: &Mesh, file: &Path) {
     assert_eq!(server["attributes"]["weft.reason"], "retried");
 }
 
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| {
-            #[expect(
-                clippy::cast_possible_truncation,
-                clippy::cast_sign_loss,
-                reason = "counters here are small whole numbers"
-            )]
-            let v = v as u64;
-            v
-        })
-        .sum()
-}
+use weft_harness::waypoint_mesh::metric_value as metric;
 
 #[test]
 fn agents_link_both_ends_of_a_connection_over_http_and_a_dead_collector_costs_nothing() {

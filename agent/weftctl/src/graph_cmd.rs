@@ -53,12 +53,6 @@ pub enum GraphError {
     Yaml(#[from] serde_yaml::Error),
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// The edges the admin API at `client` knows, over the last `since`. A waypoint (`waypoint`
 /// names it) has request records; an agent has flows. Alone, an agent also counts what
 /// arrived from other nodes (it says which pods are its own); `for_merge` counts each
@@ -71,7 +65,7 @@ pub async fn local(
     for_merge: bool,
 ) -> Result<Edges, GraphError> {
     let window_ms = crate::cli_parse::parse_duration(since)?;
-    let from = now_ms().saturating_sub(window_ms);
+    let from = crate::render::now_unix_ms().saturating_sub(window_ms);
     let edges = if let Some(name) = waypoint {
         let records: Vec<RequestRecord> = client.get("/requests").await?;
         Edges::from_requests(&records, from, name)

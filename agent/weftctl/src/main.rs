@@ -2,10 +2,7 @@
 //! for scripts; every error says how to fix it.
 #![forbid(unsafe_code)]
 
-use std::{
-    process::ExitCode,
-    time::{Duration, SystemTime},
-};
+use std::{process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -93,12 +90,6 @@ async fn print(text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 async fn command(client: Client, output: Output, command: Cmd) -> anyhow::Result<()> {
     let text = match command {
         Cmd::Version => {
@@ -131,7 +122,9 @@ async fn command(client: Client, output: Output, command: Cmd) -> anyhow::Result
         })?,
         Cmd::Connections => {
             let live = client.get::<Vec<Connection>>("/connections").await?;
-            show(output, &live, |c| render::connections(c, now_ms()))?
+            show(output, &live, |c| {
+                render::connections(c, render::now_unix_ms())
+            })?
         }
         Cmd::Flows {
             follow,

@@ -288,6 +288,13 @@ pub fn certs(c: &[Cert]) -> String {
     )
 }
 
+/// Wall-clock milliseconds since the Unix epoch: what record times are compared with.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 pub fn connections(c: &[Connection], now_unix_ms: u64) -> String {
     table(
         &[

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::{waypoint_mesh::Mesh, PodHandle};
+use crate::{load::Percentiles, waypoint_mesh::Mesh, PodHandle};
 
 /// One oha run.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -20,10 +20,8 @@ pub struct OhaRun {
     pub rate: f64,
     pub requests_per_second: f64,
     pub success_rate: f64,
-    pub p50_us: f64,
-    pub p90_us: f64,
-    pub p99_us: f64,
-    pub p999_us: f64,
+    /// oha's percentiles, in µs (`max` is its slowest request).
+    pub latency_us: Percentiles,
 }
 
 /// oha on PATH, or where `cargo install` puts it.
@@ -73,22 +71,21 @@ pub fn run(
     );
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("oha's JSON report")?;
-    let percentile = |name: &str| {
-        report["latencyPercentiles"][name]
-            .as_f64()
-            .unwrap_or(f64::NAN)
-            * 1e6
-    };
+    let seconds_as_us = |value: &serde_json::Value| value.as_f64().unwrap_or(f64::NAN) * 1e6;
+    let percentile = |name: &str| seconds_as_us(&report["latencyPercentiles"][name]);
     Ok(OhaRun {
         path: path.to_owned(),
         connections,
         rate,
         requests_per_second: report["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
         success_rate: report["summary"]["successRate"].as_f64().unwrap_or(0.0),
-        p50_us: percentile("p50"),
-        p90_us: percentile("p90"),
-        p99_us: percentile("p99"),
-        p999_us: percentile("p99.9"),
+        latency_us: Percentiles {
+            p50: percentile("p50"),
+            p90: percentile("p90"),
+            p99: percentile("p99"),
+            p999: percentile("p99.9"),
+            max: seconds_as_us(&report["summary"]["slowest"]),
+        },
     })
 }
 
@@ -106,20 +103,12 @@ pub fn rows(runs: &[OhaRun]) -> Vec<super::Row> {
             "oha (external generator) http1 {:.0} rps {} conns",
             run.rate, run.connections
         );
-        for (name, b, w) in [
-            ("p50", baseline.p50_us, run.p50_us),
-            ("p90", baseline.p90_us, run.p90_us),
-            ("p99", baseline.p99_us, run.p99_us),
-            ("p999", baseline.p999_us, run.p999_us),
-        ] {
-            rows.push(super::Row::lower(
-                &section,
-                &format!("{} {name}", run.path),
-                b,
-                w,
-                "µs",
-            ));
-        }
+        rows.extend(super::Row::percentiles(
+            &section,
+            &run.path,
+            &baseline.latency_us,
+            &run.latency_us,
+        ));
     }
     rows
 }

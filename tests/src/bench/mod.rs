@@ -179,16 +179,12 @@ impl Report {
                 "latency {} {:.0} rps {} conns",
                 case.placement, case.rate, case.connections
             );
-            let (b, w) = (&case.baseline.latency_us, &case.weft.latency_us);
-            let pick = [
-                ("p50", b.p50, w.p50),
-                ("p90", b.p90, w.p90),
-                ("p99", b.p99, w.p99),
-                ("p999", b.p999, w.p999),
-            ];
-            for (name, baseline, weft) in pick {
-                rows.push(Row::lower(&section, name, baseline, weft, "µs"));
-            }
+            rows.extend(Row::percentiles(
+                &section,
+                "",
+                &case.baseline.latency_us,
+                &case.weft.latency_us,
+            ));
             rows.push(Row::higher(
                 &section,
                 "achieved rps",
@@ -380,6 +376,32 @@ impl Row {
             lower_is_better: false,
             ..Self::lower(section, name, baseline, weft, unit)
         }
+    }
+
+    /// p50, p90, p99 and p99.9 of `weft` against `baseline`, each named `<prefix> pNN` (or
+    /// `pNN` with no prefix).
+    pub(crate) fn percentiles(
+        section: &str,
+        prefix: &str,
+        baseline: &crate::load::Percentiles,
+        weft: &crate::load::Percentiles,
+    ) -> Vec<Self> {
+        [
+            ("p50", baseline.p50, weft.p50),
+            ("p90", baseline.p90, weft.p90),
+            ("p99", baseline.p99, weft.p99),
+            ("p999", baseline.p999, weft.p999),
+        ]
+        .into_iter()
+        .map(|(name, b, w)| {
+            let name = if prefix.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{prefix} {name}")
+            };
+            Self::lower(section, &name, b, w, "µs")
+        })
+        .collect()
     }
 
     /// A figure without the mesh has no counterpart: its baseline is NaN, shown as n/a.

@@ -187,7 +187,7 @@ pub fn run(bins: &Path, out: &Path, quick: bool) -> anyhow::Result<WaypointRepor
                 super::external::run(&mesh, from, (path, &url), (1000.0, connections, seconds))?;
             eprintln!(
                 "waypoint bench: oha http1 {connections} conns 1000 rps {path}: p50 {:.0} µs, p99 {:.0} µs, success {:.3}",
-                run.p50_us, run.p99_us, run.success_rate
+                run.latency_us.p50, run.latency_us.p99, run.success_rate
             );
             report.external.push(run);
         }
@@ -223,23 +223,13 @@ impl WaypointReport {
                     ""
                 }
             );
-            let b = &case.baseline.latency_us;
             for (path, r) in [("L4", &case.l4), ("waypoint", &case.waypoint)] {
-                let w = &r.latency_us;
-                for (name, baseline, weft) in [
-                    ("p50", b.p50, w.p50),
-                    ("p90", b.p90, w.p90),
-                    ("p99", b.p99, w.p99),
-                    ("p999", b.p999, w.p999),
-                ] {
-                    rows.push(super::Row::lower(
-                        &section,
-                        &format!("{path} {name}"),
-                        baseline,
-                        weft,
-                        "µs",
-                    ));
-                }
+                rows.extend(super::Row::percentiles(
+                    &section,
+                    path,
+                    &case.baseline.latency_us,
+                    &r.latency_us,
+                ));
                 #[expect(clippy::cast_precision_loss, reason = "error counts fit")]
                 rows.push(super::Row::lower(
                     &section,

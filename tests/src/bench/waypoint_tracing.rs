@@ -27,12 +27,8 @@ pub struct TracingCase {
 }
 
 fn counter(metrics: &str, outcome: &str) -> u64 {
-    let series = format!("weft_trace_spans_total{{outcome=\"{outcome}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    let series = format!("weft_trace_spans_total{{outcome=\"{outcome}\"}}");
+    crate::waypoint_mesh::metric_value(metrics, &series)
 }
 
 /// Runs both configurations on a traced fixture of its own.
