@@ -60,6 +60,23 @@ pub fn run(action: Action) -> anyhow::Result<()> {
     }
     setup::run()?;
     let bin = build::all(false)?;
+    let (cluster, manifests) = start(&bin)?;
+    if let Action::Up = action {
+        let client = cluster.pod("demo", "client").netns.clone();
+        cluster.keep_running();
+        print_how_to_poke(&client, &manifests);
+        return Ok(());
+    }
+    let result = tour(&cluster, &manifests);
+    drop(cluster);
+    down();
+    println!("\ndemo: playground removed");
+    result
+}
+
+/// Brings up the playground from built binaries in `bin` (removing any earlier one first) and
+/// writes playground.json; the caller keeps it running or tears it down.
+pub(crate) fn start(bin: &Path) -> anyhow::Result<(Cluster, Manifests)> {
     down();
     let cluster = Cluster::start_demo(&spec())?;
     let manifests = Manifests::create(&state_dir().join("manifests"))?;
@@ -87,35 +104,30 @@ pub fn run(action: Action) -> anyhow::Result<()> {
             })?;
         agents.push((node.name.clone(), pid));
     }
-    let waypoint = crate::demo_waypoint::start(&cluster, &bin, &manifests.dir, &state_dir())?;
+    let waypoint = crate::demo_waypoint::start(&cluster, bin, &manifests.dir, &state_dir())?;
     write_playground(&cluster, &manifests, &agents, waypoint)?;
-    if let Action::Up = action {
-        let client = cluster.pod("demo", "client").netns.clone();
-        cluster.keep_running();
-        println!(
-            "demo: the playground is up; it is described in {}",
-            state_dir().join("playground.json").display()
-        );
-        println!("  try:     ip netns exec {client} curl -s http://{ECHO_VIP}/");
-        println!("  agents:  ip netns exec weft-node-a curl -s 127.0.0.1:15000/stats");
-        println!("  waypoint: sudo target/debug/weftctl --waypoint demo/waypoint routes (label a Service weft.io/use-waypoint: waypoint to use it)");
-        println!(
-            "  edit:    {} (changes apply live)",
-            manifests.dir.display()
-        );
-        println!(
-            "  spans:   python3 tests/py/otlp_receiver.py tree {} (send x-weft-trace: 1 to keep one)",
-            crate::demo_tracing::spans_file().display()
-        );
-        println!("  graph:   sudo target/debug/weftctl graph --all");
-        println!("  remove:  cargo xtask demo down");
-        return Ok(());
-    }
-    let result = tour(&cluster, &manifests);
-    drop(cluster);
-    down();
-    println!("\ndemo: playground removed");
-    result
+    Ok((cluster, manifests))
+}
+
+fn print_how_to_poke(client: &str, manifests: &Manifests) {
+    println!(
+        "demo: the playground is up; it is described in {}",
+        state_dir().join("playground.json").display()
+    );
+    println!("  try:     ip netns exec {client} curl -s http://{ECHO_VIP}/");
+    println!("  agents:  ip netns exec weft-node-a curl -s 127.0.0.1:15000/stats");
+    println!("  waypoint: sudo target/debug/weftctl --waypoint demo/waypoint routes (label a Service weft.io/use-waypoint: waypoint to use it)");
+    println!(
+        "  edit:    {} (changes apply live)",
+        manifests.dir.display()
+    );
+    println!(
+        "  spans:   python3 tests/py/otlp_receiver.py tree {} (send x-weft-trace: 1 to keep one)",
+        crate::demo_tracing::spans_file().display()
+    );
+    println!("  graph:   sudo target/debug/weftctl graph --all");
+    println!("  book:    docs/README.md runs on this playground");
+    println!("  remove:  cargo xtask demo down");
 }
 
 pub(crate) fn banner(text: &str) {
@@ -415,7 +427,7 @@ fn write_playground(
 
 /// Stops the agents recorded in playground.json by PID, removes their pins, then the
 /// playground's namespaces and cgroups. Safe to run when nothing is up.
-fn down() {
+pub(crate) fn down() {
     let path = state_dir().join("playground.json");
     if let Ok(doc) = std::fs::read_to_string(&path)
         .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap_or_default())

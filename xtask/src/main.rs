@@ -9,6 +9,8 @@ mod demo_authz;
 mod demo_resilience;
 mod demo_tracing;
 mod demo_waypoint;
+mod docs;
+mod docs_check;
 mod fuzz;
 mod plot;
 mod setup;
@@ -50,6 +52,19 @@ enum Task {
     },
     /// Regenerate deploy/crds/ from the Rust types.
     Crds,
+    /// Check the book (docs/): its links, then every chapter's `sh run` blocks in order on a
+    /// fresh playground, each block's output against the `output` block shown after it.
+    DocsTest {
+        /// Only the chapters whose file name starts with this (`04`).
+        #[arg(long)]
+        chapter: Option<String>,
+        /// Leave the last chapter's playground up (remove it with `cargo xtask demo down`).
+        #[arg(long)]
+        keep: bool,
+        /// Skip set-up and the build: use the binaries already in target/debug.
+        #[arg(long)]
+        no_build: bool,
+    },
     /// Benchmarks against a no-mesh baseline in the same run (`--quick`: a smoke run under
     /// 3 minutes); writes target/bench/report.{json,md} and PNG plots.
     Bench {
@@ -83,6 +98,15 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Task::DocsTest {
+            chapter,
+            keep,
+            no_build,
+        } => docs::run(&docs::Options {
+            chapter,
+            keep,
+            no_build,
+        }),
         Task::Demo { action } => demo::run(action.unwrap_or(demo::Action::Tour)),
         Task::Bench {
             quick,
