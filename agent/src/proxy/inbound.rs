@@ -65,6 +65,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
     }
     // A plaintext client carries no identity: only address and port rules can match it.
     let Some(guard) = super::authorize(ctx, &registry, pod, connection, None) else {
+        // A reset, not a FIN: a clean close reads as an empty answer from the server.
+        let _ = client.set_zero_linger();
         return;
     };
     // A long-lived connection must not keep the snapshot it began under alive.

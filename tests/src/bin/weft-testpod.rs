@@ -134,6 +134,11 @@ fn send(addr: SocketAddr, total: u64, options: SendOptions<'_>) -> anyhow::Resul
         let mut reader = std::io::BufReader::with_capacity(64 * 1024, reader);
         let mut line = String::new();
         std::io::BufRead::read_line(&mut reader, &mut line).context("reading the server's line")?;
+        // The test server always answers a line: a close before it means no server answered.
+        anyhow::ensure!(
+            !line.is_empty(),
+            "connection closed before the server answered"
+        );
         let mut sum = Checksum::new();
         let mut received = 0u64;
         let mut buf = vec![0u8; 64 * 1024];
