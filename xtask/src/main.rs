@@ -11,6 +11,7 @@ mod demo_tracing;
 mod demo_waypoint;
 mod docs;
 mod docs_check;
+mod docs_reference;
 mod fuzz;
 mod plot;
 mod setup;
@@ -52,6 +53,9 @@ enum Task {
     },
     /// Regenerate deploy/crds/ from the Rust types.
     Crds,
+    /// Regenerate the book's troubleshooting reference (docs/reference/reasons.md) from the
+    /// reason catalogue (agent/api/src/reasons.rs).
+    DocsReference,
     /// Check the book (docs/): its links, then every chapter's `sh run` blocks in order on a
     /// fresh playground, each block's output against the `output` block shown after it.
     DocsTest {
@@ -98,6 +102,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Task::DocsReference => docs_reference::write(),
         Task::DocsTest {
             chapter,
             keep,

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod flows;
+pub mod reasons;
 pub mod requests;
 pub mod resilience;
 pub mod status;

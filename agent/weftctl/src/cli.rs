@@ -117,6 +117,11 @@ pub enum Cmd {
         level: String,
     },
     Version,
+    /// What a `reason` (in flows, requests, metrics, rejected objects) means and what to do
+    /// about it; with none named, every reason Weft reports. Needs no agent.
+    Explain {
+        reason: Option<String>,
+    },
     /// At a waypoint: each route with its status (Accepted, ResolvedRefs) and its rules.
     Routes,
     /// At a waypoint: the endpoints of SERVICE (`namespace/name`) with their health,

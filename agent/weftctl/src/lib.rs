@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod cli_parse;
 pub mod client;
+pub mod explain;
 pub mod graph;
 pub mod graph_cmd;
 pub mod playground;

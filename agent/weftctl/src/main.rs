@@ -2,7 +2,7 @@
 //! for scripts; every error says how to fix it.
 #![forbid(unsafe_code)]
 
-use std::{process::ExitCode, time::Duration};
+use std::{io::Write as _, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -31,6 +31,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if let Cmd::Explain { reason } = &args.command {
+        return print_now(&weftctl::explain::explain(reason.as_deref(), args.output)?);
+    }
     let graph = match &args.command {
         Cmd::Graph {
             all,
@@ -45,11 +48,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     if let Some((true, since, file, _)) = &graph {
         let merged = graph_cmd::all(args.playground.as_deref(), since)?;
-        println!(
-            "{}",
-            graph_cmd::render(&merged, args.output, file.as_deref())?
-        );
-        return Ok(());
+        return print_now(&graph_cmd::render(&merged, args.output, file.as_deref())?);
     }
     let admin = match (&args.node, &args.waypoint) {
         (_, Some(waypoint)) => playground::enter_waypoint(waypoint, args.playground.as_deref())?,
@@ -76,18 +75,33 @@ fn run(args: Args) -> anyhow::Result<()> {
         } else {
             graph_cmd::render(&edges, args.output, file.as_deref())?
         };
-        println!("{text}");
-        return Ok(());
+        return print_now(&text);
     }
     runtime.block_on(command(Client::new(admin), args.output, args.command))
 }
 
 async fn print(text: &str) -> anyhow::Result<()> {
     let mut out = tokio::io::stdout();
-    out.write_all(text.as_bytes()).await?;
-    out.write_all(b"\n").await?;
-    out.flush().await?;
-    Ok(())
+    let written = async {
+        out.write_all(text.as_bytes()).await?;
+        out.write_all(b"\n").await?;
+        out.flush().await
+    };
+    reader_gone_is_fine(written.await)
+}
+
+/// Outside the runtime: `text` and a newline on stdout.
+fn print_now(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    reader_gone_is_fine(writeln!(out, "{text}").and_then(|()| out.flush()))
+}
+
+/// `weftctl flows | head -3`: the reader closing the pipe ends the output, not in an error.
+fn reader_gone_is_fine(written: std::io::Result<()>) -> anyhow::Result<()> {
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 async fn command(client: Client, output: Output, command: Cmd) -> anyhow::Result<()> {
@@ -175,6 +189,9 @@ async fn command(client: Client, output: Output, command: Cmd) -> anyhow::Result
         | Cmd::Endpoints { .. }
         | Cmd::Requests { .. }) => waypoint_command(&client, output, command).await?,
         Cmd::Graph { .. } => anyhow::bail!("weftctl graph is answered before the runtime starts"),
+        Cmd::Explain { .. } => {
+            anyhow::bail!("weftctl explain is answered before the runtime starts")
+        }
         Cmd::Logging { level } => {
             let path = format!("/logging?level={}", encode_level(&level));
             let set = client.post::<weft_api::LogLevel>(&path).await?;
