@@ -1,6 +1,6 @@
 //! `cargo xtask test`: set-up, formatting, clippy with warnings denied, then every test,
-//! privileged ones included (they fail, never skip, under CI=true), each fuzz target briefly,
-//! then the quick benchmark as a smoke test.
+//! privileged ones included (they fail, never skip, under CI=true), the book's runnable
+//! chapters, each fuzz target briefly, then the quick benchmark as a smoke test.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -45,6 +45,14 @@ pub fn run() -> anyhow::Result<()> {
         "some tests failed (see above)"
     );
     anyhow::ensure!(totals.passed > 0, "no test ran");
+    // The book, as a reader runs it, on the binaries just built: a chapter whose commands or
+    // shown output no longer hold fails the run.
+    crate::docs::run(&crate::docs::Options {
+        chapter: None,
+        keep: false,
+        no_build: true,
+    })
+    .context("the book's runnable chapters (cargo xtask docs-test) failed")?;
     // Nothing after this point reads the debug build: under CI, where the disk may be short,
     // give its space to the fuzz and release builds.
     prune_in_ci("target/debug");
