@@ -78,6 +78,14 @@ pub fn run(action: Action) -> anyhow::Result<()> {
 /// writes playground.json; the caller keeps it running or tears it down.
 pub(crate) fn start(bin: &Path) -> anyhow::Result<(Cluster, Manifests)> {
     down();
+    // A fresh playground starts from the SPEC's manifests alone, with empty logs and a new
+    // CA: what an earlier one was given (a policy, a route) must not apply here.
+    match std::fs::remove_dir_all(state_dir()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("clearing {}", state_dir().display()));
+        }
+        _ => {}
+    }
     let cluster = Cluster::start_demo(&spec())?;
     let manifests = Manifests::create(&state_dir().join("manifests"))?;
     write_manifests(&cluster, &manifests, false)?;
@@ -409,6 +417,9 @@ fn write_playground(
             "name": n.name, "netns": n.netns, "ip": n.ip, "podCIDR": n.pod_cidr,
             "admin": "127.0.0.1:15000",
             "agentPid": agents.iter().find(|(name, _)| *name == n.name).map(|(_, pid)| pid),
+            "agentCommand": agents.iter().find(|(name, _)| *name == n.name).map(|(_, pid)| command_line(*pid)),
+            "agentEnv": agents.iter().find(|(name, _)| *name == n.name).map(|(_, pid)| agent_env(*pid)),
+            "agentLog": state_dir().join("logs").join(format!("{}.log", n.name)),
             "pins": pin_dir(cluster, n),
         })).collect::<Vec<_>>(),
         "pods": cluster.pods.iter().map(|p| json!({"namespace": p.namespace, "name": p.name, "node": p.node, "netns": p.netns, "ip": p.ip, "cgroup": p.cgroup})).collect::<Vec<_>>(),
@@ -423,6 +434,36 @@ fn write_playground(
     let path = state_dir().join("playground.json");
     std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The agent's argv as the kernel holds it: run again (inside the node's netns, with
+/// [`agent_env`]) it starts the same agent, which is how an upgrade by hand begins.
+fn command_line(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|arg| !arg.is_empty())
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The variables that configure the agent (`RUST_LOG`, `WEFT_*`, `OTEL_*`), from its
+/// environment; the rest is the shell's.
+fn agent_env(pid: u32) -> serde_json::Map<String, serde_json::Value> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter_map(|pair| {
+                    let pair = String::from_utf8_lossy(pair).into_owned();
+                    let (key, value) = pair.split_once('=')?;
+                    (key == "RUST_LOG" || key.starts_with("WEFT_") || key.starts_with("OTEL_"))
+                        .then(|| (key.to_owned(), value.into()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Stops the agents recorded in playground.json by PID, removes their pins, then the
