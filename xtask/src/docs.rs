@@ -113,15 +113,30 @@ fn run_chapter(chapter: &Path, bin: &Path, keep: bool) -> anyhow::Result<usize> 
     let up = Instant::now();
     let (cluster, _manifests) =
         demo::start(bin).with_context(|| format!("{name}: bringing up the playground"))?;
-    cluster.keep_running();
+    let children = cluster.keep_running();
     println!("docs-test: {name}: playground up in {:.1?}", up.elapsed());
-    let result = blocks.iter().try_for_each(|block| run_block(&name, block));
+    let result = blocks.iter().try_for_each(|block| {
+        let result = run_block(&name, block);
+        reap(&children);
+        result
+    });
     if !keep || result.is_err() {
         demo::down();
     }
     result?;
     println!("docs-test: {name}: {} blocks passed", blocks.len());
     Ok(blocks.len())
+}
+
+/// Collects the playground processes a block stopped (an agent it upgraded, say), so they do
+/// not linger as zombies that `kill -0` still finds while the test goes on.
+fn reap(children: &[u32]) {
+    for pid in children.iter().filter_map(|p| i32::try_from(*p).ok()) {
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+    }
 }
 
 fn run_block(chapter: &str, block: &docs_check::Block) -> anyhow::Result<()> {

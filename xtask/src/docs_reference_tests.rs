@@ -12,6 +12,7 @@ const EMITTERS: &[(&str, &str, Option<&str>)] = &[
     ("agent/mesh/src/policy/jwt.rs", "pub fn reason", None),
     ("agent/mesh/src/policy/error.rs", "pub fn reason", None),
     ("agent/mesh/src/registry/objects.rs", "pub fn reason", None),
+    ("agent/mesh/src/registry/local.rs", "fn rebuild", None),
     (
         "waypoint/src/routing.rs",
         "accepted_reason: if accepted",

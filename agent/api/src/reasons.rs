@@ -108,6 +108,8 @@ pub const CATALOGUE: &[ReasonDoc] = &[
     doc("jwt_wrong_audience", &[Request], "The token's audiences include none of the rule's.", "Request a token for the right audience, or add it to the rule's `audiences`."),
     doc("jwks_unavailable", &[Request], "The issuer's key set could not be fetched yet, so no token can be verified.", "Check that the waypoint can reach the jwksUri; its log names the fetch error."),
     // Configuration objects refused.
+    doc("unreadable_file", &[RejectedObject], "A manifest file in the local-mode folder could not be read or parsed as YAML; its last good version, if it had one, stays in force.", "Fix the file: `weftctl status` names it and the parse error (line and column)."),
+    doc("unlistable_folder", &[RejectedObject], "The local-mode manifest folder could not be listed (missing, or no permission).", "Check the `--manifests` path and its permissions; the objects read before stay in force."),
     doc("unknown_kind", &[RejectedObject], "An object with no kind, or a kind Weft does not read.", "Check `apiVersion` and `kind`; chapter 11 of the book lists the kinds local mode reads."),
     doc("bad_field", &[RejectedObject], "A field is unknown or has the wrong type.", "`weftctl status` names the field: fix its spelling or type."),
     doc("bad_address", &[RejectedObject], "An address that must be IPv4 is not.", "Weft captures IPv4 only: give an IPv4 address."),

@@ -281,8 +281,12 @@ fn access_log(closed: &Closed) {
         security = c.security.as_str(),
         peer_identity = c.peer_identity.as_deref().unwrap_or("-"),
         verdict = decision.map_or("allow", |d| if d.verdict == Verdict::Allow { "allow" } else { "deny" }),
-        reason = decision.map_or("-", |d| d.reason.as_str()),
-        detail = decision.map_or("", |d| d.detail.as_str()),
+        // The flow's and the metrics' reason, so one word finds all three.
+        reason = c.reason(),
+        detail = decision.map_or_else(
+            || c.failure.as_ref().map_or("", |f| f.detail.as_str()),
+            |d| d.detail.as_str()
+        ),
         bytes_from_client = closed.bytes_from_client,
         bytes_to_client = closed.bytes_to_client,
         duration_ms = closed.ended_unix_ms.saturating_sub(c.started_unix_ms),

@@ -90,6 +90,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
     ) {
         Ok(route) => route,
         Err(e) => {
+            // A reset, as for a failed connect below: no endpoint is not an empty answer.
+            let _ = client.set_zero_linger();
             tracing::warn!(pod = %pod.name(), %original, reason = e.reason(), error = %e, "outbound connection failed");
             ctx.connections.failed(connection, e.into());
             return;

@@ -111,6 +111,14 @@ pub fn extract(headers: &http::HeaderMap) -> Incoming {
 pub fn inject(span: &SpanContext, b3: Option<B3>, headers: &mut http::HeaderMap) {
     let cx = Context::new().with_remote_span_context(span.clone());
     TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+    // The propagator writes `tracestate` even when there is none: an empty header is noise
+    // to the next hop, and some parsers refuse it.
+    if headers
+        .get("tracestate")
+        .is_some_and(|v| v.as_bytes().is_empty())
+    {
+        headers.remove("tracestate");
+    }
     if let Some(b3) = b3 {
         for name in B3_HEADERS {
             headers.remove(name);
@@ -205,6 +213,10 @@ mod tests {
             format!("00-{TRACE}-1111111111111111-00").as_str()
         );
         assert_eq!(single["b3"], format!("{TRACE}-1111111111111111-0").as_str());
+        assert!(
+            !single.contains_key("tracestate"),
+            "no tracestate came, so none goes on (not an empty one)"
+        );
         assert!(!single.contains_key("x-b3-traceid"));
 
         let mut multi = headers(&[
