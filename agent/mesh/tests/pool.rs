@@ -1,4 +1,5 @@
-//! The HBONE pool in process: connections are reused per (source, identities, address), hold
+//! The HBONE pool in process: connections are reused per (source, identities, address),
+//! tunnels opened at once share the one connection being set up, connections hold
 //! at most `MAX_STREAMS` tunnels, give their stream slots back, are keyed by identity, refuse a
 //! server that proves the wrong identity, and move to a new connection after an SVID renewal
 //! while open tunnels finish on the old one.
@@ -23,6 +24,28 @@ async fn sequential_tunnels_reuse_one_connection() {
         assert_eq!(exchange(&mut as_stream(tunnel).await, &[i]).await, [i]);
     }
     assert_eq!(pool.stats().connections_opened, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_tunnels_wait_for_the_one_connection_being_set_up() {
+    let mesh = Mesh::start().await;
+    let app = echo_app().await;
+    let pool = std::sync::Arc::new(mesh.pool());
+    let mesh = std::sync::Arc::new(mesh);
+    let opening: Vec<_> = (0..8u8)
+        .map(|i| {
+            let (mesh, pool) = (mesh.clone(), pool.clone());
+            tokio::spawn(async move {
+                let tunnel = mesh.open(&pool, app, b"").await.expect("tunnel");
+                assert_eq!(exchange(&mut as_stream(tunnel).await, &[i]).await, [i]);
+            })
+        })
+        .collect();
+    for task in opening {
+        task.await.expect("opener");
+    }
+    // Eight at once found no connection; one handshake served them all.
+    assert_eq!(pool.stats().connections_opened, 1, "{:?}", pool.stats());
 }
 
 #[tokio::test]

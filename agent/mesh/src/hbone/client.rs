@@ -69,6 +69,10 @@ pub struct Tunnel {
 pub struct Pool {
     certs: Arc<CertStore>,
     connections: Mutex<HashMap<PoolKey, Vec<Arc<Connection>>>>,
+    /// One opener per key at a time: tunnels that find no connection while one is being set
+    /// up wait for it instead of each opening their own (a burst of N first connections to a
+    /// peer made N TLS handshakes and N HTTP/2 connections).
+    opening: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>,
     /// HTTP/2 connections this pool has opened.
     pub opened: AtomicU64,
     /// Dials refused by the peer and tried again.
@@ -88,6 +92,7 @@ impl Pool {
         Self {
             certs,
             connections: Mutex::default(),
+            opening: Mutex::default(),
             opened: AtomicU64::new(0),
             refusals_retried: AtomicU64::new(0),
         }
@@ -154,7 +159,7 @@ impl Pool {
                 }
             },
             None => {
-                self.request_on_new(pod, &key, serial, target, connect_timeout)
+                self.request_after_others(pod, &key, serial, target, connect_timeout)
                     .await?
             }
         };
@@ -197,6 +202,54 @@ impl Pool {
             .body(())
             .map_err(|e| HboneError::Authority(e.to_string()))?;
         Ok(send.send_request(request, false)?)
+    }
+
+    /// With no connection to reuse: waits (within `connect_timeout`) for any opener of the
+    /// same key ahead of it, takes the connection that one made if it has room, and opens one
+    /// itself otherwise.
+    async fn request_after_others(
+        &self,
+        pod: Source<'_>,
+        key: &PoolKey,
+        serial: String,
+        target: SocketAddr,
+        connect_timeout: std::time::Duration,
+    ) -> Result<
+        (
+            StreamSlot,
+            h2::client::ResponseFuture,
+            h2::SendStream<Bytes>,
+        ),
+        HboneError,
+    > {
+        let gate = self
+            .opening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let started = tokio::time::Instant::now();
+        let turn = tokio::time::timeout(connect_timeout, gate.lock())
+            .await
+            .map_err(|_| HboneError::TimedOut)?;
+        let result = if let Some(connection) = self.checkout(key, &serial) {
+            // The slot is taken at checkout: dropped on failure, it is given back.
+            let slot = StreamSlot(connection);
+            Self::request(&slot.0, pod, target)
+                .await
+                .map(|(response, stream)| (slot, response, stream))
+        } else {
+            let left = connect_timeout.saturating_sub(started.elapsed());
+            self.request_on_new(pod, key, serial, target, left).await
+        };
+        drop(turn);
+        let mut opening = self.opening.lock().unwrap_or_else(PoisonError::into_inner);
+        // The map's and ours: no other opener holds or waits on it.
+        if Arc::strong_count(&gate) == 2 {
+            opening.remove(key);
+        }
+        result
     }
 
     /// Opens a new pooled connection for `key` and sends the CONNECT on it.
