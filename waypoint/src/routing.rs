@@ -322,7 +322,15 @@ fn status_of(registry: &Registry, route: &Route, parent: &str, problems: usize) 
         .spec
         .rules
         .iter()
-        .flat_map(|r| &r.backend_refs)
+        .flat_map(|r| {
+            // A mirror's target is a reference like a backend's: missing, its copies are lost.
+            let mirrors = r
+                .filters
+                .iter()
+                .chain(r.backend_refs.iter().flat_map(|b| &b.filters))
+                .filter_map(|f| f.request_mirror.as_ref().map(|m| &m.backend_ref));
+            r.backend_refs.iter().chain(mirrors)
+        })
         .filter(|b| b.kind.as_deref().is_none_or(|k| k == "Service"))
         .map(|b| {
             (
@@ -846,6 +854,15 @@ mod tests {
             table.rules_of("demo/echo")[0].request_timeout,
             Some(std::time::Duration::from_secs(2))
         );
+    }
+
+    #[test]
+    fn a_missing_mirror_target_is_a_missing_reference_too() {
+        let routes = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: a\n  namespace: demo\nspec:\n  parentRefs:\n  - {kind: Service, name: echo}\n  rules:\n  - backendRefs: [{name: echo, port: 80}]\n    filters:\n    - type: RequestMirror\n      requestMirror: {backendRef: {name: shadow, port: 80}}\n";
+        let registry = registry(&format!("{BASE}---\n{routes}"));
+        let status = &Table::build(&registry, "demo", "waypoint").statuses[0];
+        assert!(!status.resolved_refs, "{status:?}");
+        assert!(status.message.contains("demo/shadow"), "{status:?}");
     }
 
     #[test]

@@ -327,6 +327,21 @@ impl Endpoints {
         Some(passed)
     }
 
+    /// Forgets what health checks said: the backend's policy no longer has one, and an
+    /// endpoint marked unhealthy would otherwise never be probed back into service. Returns
+    /// the endpoints that take requests again.
+    pub fn clear_health(&mut self) -> Vec<SocketAddr> {
+        let mut restored = Vec::new();
+        for (endpoint, state) in &mut self.known {
+            if state.unhealthy {
+                restored.push(*endpoint);
+            }
+            state.unhealthy = false;
+            state.health_streak = 0;
+        }
+        restored
+    }
+
     /// Every endpoint's record, for `/endpoints`.
     pub fn snapshot(&self) -> Vec<(SocketAddr, Endpoint)> {
         let mut out: Vec<_> = self.known.iter().map(|(e, s)| (*e, s.clone())).collect();

@@ -176,3 +176,20 @@ fn every_endpoint_ejected_or_unhealthy_is_no_healthy_endpoint() {
         Ok(one[0])
     );
 }
+
+#[test]
+fn a_health_check_removed_gives_its_unhealthy_endpoints_back() {
+    let mut state = Endpoints::default();
+    let one = endpoints(1);
+    state.probed(one[0], false, (1, 1));
+    assert_eq!(
+        state.pick(Algorithm::RoundRobin, &one, None, &[]),
+        Err(NoPick::NoHealthy)
+    );
+    assert_eq!(state.clear_health(), one.clone());
+    assert_eq!(
+        state.pick(Algorithm::RoundRobin, &one, None, &[]),
+        Ok(one[0])
+    );
+    assert!(state.clear_health().is_empty(), "nothing was unhealthy");
+}

@@ -5,7 +5,7 @@
 //! `healthyThreshold` in a row.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
@@ -29,8 +29,10 @@ pub const MAX_PROBED: usize = 65_536;
 pub async fn run(waypoint: Arc<Waypoint>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_PROBES_IN_FLIGHT));
     let mut last: HashMap<(String, SocketAddr), Instant> = HashMap::new();
+    let mut checked: HashSet<String> = HashSet::new();
     loop {
         tokio::time::sleep(TICK).await;
+        let mut checked_now = HashSet::new();
         let registry = waypoint.registry.borrow().clone();
         if last.len() > MAX_PROBED {
             waypoint
@@ -48,6 +50,7 @@ pub async fn run(waypoint: Arc<Waypoint>) {
                 };
                 for port in &service.ports {
                     let key = format!("{}/{}:{}", policy.namespace, name, port.port);
+                    checked_now.insert(key.clone());
                     for endpoint in registry.endpoints(service, port) {
                         let due = last
                             .get(&(key.clone(), endpoint))
@@ -92,6 +95,16 @@ pub async fn run(waypoint: Arc<Waypoint>) {
                 }
             }
         }
+        // A backend whose policy lost its health check (or the policy itself) takes its
+        // unhealthy endpoints back: nothing would probe them healthy again.
+        for key in checked.difference(&checked_now) {
+            let backend = waypoint.resilience.backend(key, &waypoint.limits);
+            for endpoint in backend.endpoints().clear_health() {
+                tracing::info!(backend = %key, %endpoint, "health check removed; endpoint takes requests again");
+            }
+            last.retain(|(probed, _), _| probed != key);
+        }
+        checked = checked_now;
     }
 }
 
