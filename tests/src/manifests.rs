@@ -89,3 +89,52 @@ pub fn service(
     }
     yaml
 }
+
+/// One port of a Service: its name, port, target port and `appProtocol`, if any.
+#[derive(Clone, Copy, Debug)]
+pub struct ServicePort<'a> {
+    pub name: &'a str,
+    pub port: u16,
+    pub target_port: u16,
+    pub app_protocol: Option<&'a str>,
+}
+
+/// A Service with several named ports and its EndpointSlice over `backends`, whose ports
+/// carry the same names (the target ports).
+pub fn service_ports(
+    namespace: &str,
+    name: &str,
+    vip: Ipv4Addr,
+    ports: &[ServicePort<'_>],
+    backends: &[Ipv4Addr],
+) -> String {
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  clusterIP: {vip}\n  ports:\n"
+    );
+    for p in ports {
+        let _ = writeln!(yaml, "  - name: {}", p.name);
+        if let Some(protocol) = p.app_protocol {
+            let _ = writeln!(yaml, "    appProtocol: {protocol}");
+        }
+        let _ = writeln!(
+            yaml,
+            "    port: {}\n    targetPort: {}",
+            p.port, p.target_port
+        );
+    }
+    let _ = write!(
+        yaml,
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {namespace}\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n"
+    );
+    for p in ports {
+        let _ = writeln!(yaml, "- name: {}\n  port: {}", p.name, p.target_port);
+    }
+    yaml.push_str("endpoints:\n");
+    for backend in backends {
+        let _ = writeln!(
+            yaml,
+            "- addresses: [\"{backend}\"]\n  conditions:\n    ready: true"
+        );
+    }
+    yaml
+}

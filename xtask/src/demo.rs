@@ -15,7 +15,7 @@ use serde_json::json;
 use weft_harness::{
     agent::pin_dir,
     cluster,
-    manifests::{self, Manifests},
+    manifests::{self, Manifests, ServicePort},
     Cluster, ClusterSpec, PodSpec, RunId,
 };
 
@@ -226,7 +226,7 @@ fn tour(cluster: &Cluster, manifests: &Manifests) -> anyhow::Result<()> {
             pod.node
         );
     }
-    println!("  service demo/echo  {ECHO_VIP}:80 -> 8080 on echo-v1, echo-v2");
+    println!("  service demo/echo  {ECHO_VIP}:80 -> 8080 (http), :9090 (grpc) on echo-v1, echo-v2");
 
     banner(
         "ip netns exec weft-demo-client curl http://10.96.0.10/hello, four times (captured by eBPF, carried by the agents)",
@@ -380,14 +380,19 @@ pub(crate) fn write_manifests_with(
         cluster.pod("demo", "echo-v1").ip,
         cluster.pod("demo", "echo-v2").ip,
     );
-    let http = |name: &str, vip: Ipv4Addr, backends: &[Ipv4Addr]| {
-        manifests::service("demo", name, vip, 80, 8080, backends).replacen(
-            "  - name: main\n",
-            "  - name: http\n    appProtocol: http\n",
-            1,
-        )
+    let with_ports = |name: &str, vip: Ipv4Addr, backends: &[Ipv4Addr], alt: bool| {
+        let ports: Vec<ServicePort<'_>> = service_ports(alt)
+            .iter()
+            .map(|&(name, port, target_port, protocol)| ServicePort {
+                name,
+                port,
+                target_port,
+                app_protocol: Some(protocol),
+            })
+            .collect();
+        manifests::service_ports("demo", name, vip, &ports, backends)
     };
-    let mut echo = http("echo", ECHO_VIP, &[v1, v2]);
+    let mut echo = with_ports("echo", ECHO_VIP, &[v1, v2], false);
     if through_waypoint {
         echo = echo.replacen(
             "  name: echo\n  namespace: demo\nspec:",
@@ -397,10 +402,30 @@ pub(crate) fn write_manifests_with(
     }
     let services = [
         echo,
-        http("echo-v1", ECHO_V1_VIP, &[v1]),
-        http("echo-v2", ECHO_V2_VIP, &[v2]),
+        with_ports("echo-v1", ECHO_V1_VIP, &[v1], true),
+        with_ports("echo-v2", ECHO_V2_VIP, &[v2], true),
     ];
     manifests.write("services.yaml", &services.join("---\n"))
+}
+
+/// The playground Services' ports (SPEC): `http` 80 → 8080 and `grpc` 9090 (h2c); the
+/// per-version Services (`alt`) also `http-alt` 8080 → 8080. As (name, port, targetPort,
+/// appProtocol).
+fn service_ports(alt: bool) -> &'static [(&'static str, u16, u16, &'static str)] {
+    const ECHO: &[(&str, u16, u16, &str)] = &[
+        ("http", 80, 8080, "http"),
+        ("grpc", 9090, 9090, "kubernetes.io/h2c"),
+    ];
+    const VERSION: &[(&str, u16, u16, &str)] = &[
+        ("http", 80, 8080, "http"),
+        ("http-alt", 8080, 8080, "http"),
+        ("grpc", 9090, 9090, "kubernetes.io/h2c"),
+    ];
+    if alt {
+        VERSION
+    } else {
+        ECHO
+    }
 }
 
 fn write_playground(
@@ -410,7 +435,13 @@ fn write_playground(
     (waypoint_pid, collector_pid): (u32, u32),
 ) -> anyhow::Result<()> {
     let waypoint = cluster.pod("demo", "waypoint");
-    let service = |name: &str, vip: Ipv4Addr| json!({"namespace": "demo", "name": name, "vip": vip, "ports": [{"name": "http", "port": 80, "targetPort": 8080, "appProtocol": "http"}]});
+    let service = |name: &str, vip: Ipv4Addr, alt: bool| {
+        let ports: Vec<serde_json::Value> = service_ports(alt)
+            .iter()
+            .map(|(name, port, target, protocol)| json!({"name": name, "port": port, "targetPort": target, "appProtocol": protocol}))
+            .collect();
+        json!({"namespace": "demo", "name": name, "vip": vip, "ports": ports})
+    };
     let doc = json!({
         "manifests": manifests.dir,
         "nodes": cluster.nodes.iter().map(|n| json!({
@@ -427,7 +458,7 @@ fn write_playground(
             "namespace": "demo", "name": "waypoint", "netns": waypoint.netns, "ip": waypoint.ip,
             "node": waypoint.node, "admin": "127.0.0.1:15000", "pid": waypoint_pid,
         }],
-        "services": [service("echo", ECHO_VIP), service("echo-v1", ECHO_V1_VIP), service("echo-v2", ECHO_V2_VIP)],
+        "services": [service("echo", ECHO_VIP, false), service("echo-v1", ECHO_V1_VIP, true), service("echo-v2", ECHO_V2_VIP, true)],
         "ca": state_dir().join("logs").join("ca"),
         "collector": {"pid": collector_pid, "spans": crate::demo_tracing::spans_file()},
     });

@@ -1,7 +1,8 @@
 //! The playground's waypoint `demo/waypoint`: started with the agents (its pod on node-b), and
 //! the tour's L7 part: `demo/echo` is labelled to use it and given an HTTPRoute, then a 90/10
 //! split counted over 100 requests, a header route, a redirect, a header a filter added, the
-//! requests with the routes they took, and a route-check; then the resilience part
+//! requests with the routes they took, a route-check and a gRPC stream on the Service's
+//! `grpc` port (`weft-echo grpc`); then the resilience part
 //! (`demo_resilience`) and L7 authorization with JWTs (`demo_authz`) on the Service itself;
 //! finally the label comes off again.
 
@@ -108,6 +109,64 @@ pub(crate) fn curl(cluster: &Cluster, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `weft-echo grpc` in demo/client with `args`; its output, and whether it exited 0.
+pub(crate) fn grpc(cluster: &Cluster, args: &[&str]) -> anyhow::Result<(bool, String)> {
+    let netns = &cluster.pod("demo", "client").netns;
+    let binary = crate::shell::root().join("target/debug/weft-echo");
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(&binary)
+        .arg("grpc")
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", binary.display()))?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+/// gRPC on the Service's `grpc` port (`kubernetes.io/h2c`), carried by the waypoint as HTTP/2:
+/// a bidirectional stream of three messages, each reply naming the pod and what it received.
+fn tour_grpc(cluster: &Cluster) -> anyhow::Result<()> {
+    let target = format!("{}:9090", demo::ECHO_VIP);
+    demo::banner(&format!(
+        "ip netns exec weft-demo-client weft-echo grpc {target} --method Stream --count 3 -H x-tour:grpc (through the waypoint)"
+    ));
+    let args = [
+        target.as_str(),
+        "--method",
+        "Stream",
+        "--count",
+        "3",
+        "-H",
+        "x-tour:grpc",
+    ];
+    let (mut ok, mut out) = (false, String::new());
+    for _ in 0..50 {
+        (ok, out) = grpc(cluster, &args)?;
+        if ok {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    anyhow::ensure!(ok, "weft-echo grpc {target} failed: {}", out.trim());
+    for line in out.lines() {
+        let reply: serde_json::Value = serde_json::from_str(line).context("a reply line")?;
+        let metadata = reply["metadata"].as_object();
+        println!(
+            "  {:<8} {:<8} x-tour: {}  :authority {}  ({} metadata entries)",
+            reply["pod"].as_str().unwrap_or("?"),
+            reply["message"].as_str().unwrap_or("?"),
+            reply["metadata"]["x-tour"].as_str().unwrap_or("-"),
+            reply["metadata"][":authority"].as_str().unwrap_or("-"),
+            metadata.map_or(0, serde_json::Map::len),
+        );
+    }
+    anyhow::ensure!(out.lines().count() == 3, "three replies: {out}");
+    Ok(())
+}
+
 pub(crate) fn weftctl_waypoint(args: &[&str]) -> anyhow::Result<()> {
     let mut full = vec!["--waypoint", "demo/waypoint"];
     full.extend_from_slice(args);
@@ -186,6 +245,7 @@ pub fn tour(cluster: &Cluster, manifests: &Manifests) -> anyhow::Result<()> {
         "-H",
         "x-version: v1",
     ])?;
+    tour_grpc(cluster)?;
     demo::banner("node-a's flows: the client's agent carried these through the waypoint");
     let node = cluster.node("node-a").clone();
     let flows = cluster.admin(&node, "/flows").context("node-a /flows")?;

@@ -26,6 +26,8 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     // `weftctl graph -o png`.
     "graphviz",
+    // protoc, for the echo server's gRPC code (tests/build.rs).
+    "protobuf-compiler",
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -7,7 +7,30 @@
 //! random. `GET /_peak` answers the most requests this server has had in flight at once
 //! (for circuit-breaker tests). A third argument is the status every answer carries (a broken backend, for retry
 //! tests).
+//!
+//! Beside it, gRPC (`grpc`): `weft.echo.v1.Echo`, health and reflection on `--grpc ADDR`,
+//! by default port 9090 of the HTTP address (skipped quietly when that port is taken, as by a
+//! second echo server in one pod; `--grpc none` turns it off). `weft-echo grpc HOST:PORT …`
+//! is the client (`client`).
 #![forbid(unsafe_code)]
+
+mod client;
+mod grpc;
+
+/// The code tonic-prost-build generated from `tests/proto/weft/echo/v1/echo.proto`, and its
+/// descriptor set (for reflection).
+#[expect(
+    clippy::allow_attributes,
+    clippy::allow_attributes_without_reason,
+    clippy::default_trait_access,
+    clippy::too_many_lines,
+    reason = "generated code: its own `#[allow]`s and tonic-build's style"
+)]
+mod pb {
+    tonic::include_proto!("weft.echo.v1");
+
+    pub const DESCRIPTOR: &[u8] = tonic::include_file_descriptor_set!("weft_echo_v1_descriptor");
+}
 
 use std::{
     convert::Infallible,
@@ -34,8 +57,31 @@ use hyper_util::{
 };
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
+async fn main() -> anyhow::Result<std::process::ExitCode> {
+    let all: Vec<String> = std::env::args().collect();
+    if all.get(1).map(String::as_str) == Some("grpc") {
+        let args = <client::Args as clap::Parser>::parse_from(&all[1..]);
+        return client::run(args).await;
+    }
+    serve(&all[1..]).await?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `weft-echo [ADDR [NAME [STATUS]]] [--grpc ADDR|none]`.
+async fn serve(all: &[String]) -> anyhow::Result<()> {
+    let mut grpc_flag = None;
+    let mut positional = Vec::new();
+    let mut rest = all.iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--grpc" {
+            grpc_flag = Some(rest.next().context("--grpc wants ADDR or none")?.clone());
+        } else if let Some(value) = arg.strip_prefix("--grpc=") {
+            grpc_flag = Some(value.to_owned());
+        } else {
+            positional.push(arg.clone());
+        }
+    }
+    let mut args = positional.into_iter();
     let listen: SocketAddr = args
         .next()
         .unwrap_or_else(|| "0.0.0.0:8080".into())
@@ -49,6 +95,29 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("bind {listen}"))?;
+    let grpc_listener = match grpc_flag.as_deref() {
+        Some("none") => None,
+        Some(addr) => {
+            let addr: SocketAddr = addr.parse().context("--grpc address")?;
+            Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("bind {addr}"))?,
+            )
+        }
+        // The default port may be another echo server's in the same pod: HTTP alone then.
+        None => tokio::net::TcpListener::bind(grpc::default_addr(listen))
+            .await
+            .ok(),
+    };
+    if let Some(grpc_listener) = grpc_listener {
+        let name = name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = grpc::serve(grpc_listener, name).await {
+                eprintln!("weft-echo: gRPC stopped: {e:#}");
+            }
+        });
+    }
     loop {
         let (stream, peer) = listener.accept().await?;
         let name = name.clone();
