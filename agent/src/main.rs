@@ -31,6 +31,9 @@ struct Args {
     admin_addr: Option<std::net::SocketAddr>,
     #[arg(long, env = "WEFT_READINESS_ADDR")]
     readiness_addr: Option<std::net::SocketAddr>,
+    /// Where Prometheus scrapes `/metrics` (default 0.0.0.0:15020, in the node's netns).
+    #[arg(long, env = "WEFT_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Folder of the generated local CA (shared by the agents of a local cluster).
     #[arg(long, env = "WEFT_CA_DIR")]
     ca_dir: Option<PathBuf>,
@@ -189,6 +192,7 @@ fn main() -> anyhow::Result<()> {
         excluded_ports: args.excluded_ports,
         admin_addr: args.admin_addr,
         readiness_addr: args.readiness_addr,
+        metrics_addr: args.metrics_addr,
         ca_dir: args.ca_dir,
         ca_cert: args.ca_cert,
         ca_key: args.ca_key,
