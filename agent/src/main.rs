@@ -214,7 +214,6 @@ fn main() -> anyhow::Result<()> {
             })
             .context("invalid OTEL_* tracing variable")?,
         ),
-        ..FileConfig::default()
     };
     let config = file.merge(over).context("invalid configuration")?;
     match args.command.unwrap_or(Cmd::Run) {
