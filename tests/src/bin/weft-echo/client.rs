@@ -79,9 +79,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The channel the clients call through: an HTTP answer that is not gRPC (a proxy's 404 or
+/// 503 with a body) becomes the status gRPC's HTTP mapping gives it, as grpc-go and grpcio
+/// read it, instead of a body tonic cannot decode.
+type Transport = tower::util::MapResponse<Channel, fn(Answer) -> Answer>;
+type Answer = http::Response<tonic::body::Body>;
+
 /// A lazy h2c channel: a server that cannot be reached is a call's UNAVAILABLE, as the
 /// contract's exit status wants.
-fn channel(args: &Args) -> anyhow::Result<Channel> {
+fn channel(args: &Args) -> anyhow::Result<Transport> {
     let mut endpoint = Endpoint::from_shared(format!("http://{}", args.target))
         .with_context(|| format!("target {}", args.target))?
         .connect_timeout(Duration::from_secs(5))
@@ -92,7 +98,38 @@ fn channel(args: &Args) -> anyhow::Result<Channel> {
             .with_context(|| format!("authority {authority}"))?;
         endpoint = endpoint.origin(origin);
     }
-    Ok(endpoint.connect_lazy())
+    let map: fn(Answer) -> Answer = http_answer_as_grpc;
+    Ok(tower::ServiceBuilder::new()
+        .map_response(map)
+        .service(endpoint.connect_lazy()))
+}
+
+/// A non-200 answer without `grpc-status`, as a trailers-only gRPC answer with the code of
+/// <https://github.com/grpc/grpc/blob/master/doc/http-grpc-status-mapping.md>.
+fn http_answer_as_grpc(answer: Answer) -> Answer {
+    let status = answer.status();
+    if status == http::StatusCode::OK || answer.headers().contains_key("grpc-status") {
+        return answer;
+    }
+    let code = match status.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    };
+    let mut mapped = http::Response::new(tonic::body::Body::empty());
+    let headers = mapped.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", http::HeaderValue::from(code as i32));
+    if let Ok(message) = http::HeaderValue::from_str(&format!("HTTP status {status}")) {
+        headers.insert("grpc-message", message);
+    }
+    mapped
 }
 
 fn parse_metadata(pairs: &[String]) -> anyhow::Result<MetadataMap> {
@@ -160,7 +197,7 @@ fn print_reply(reply: &EchoReply) {
     });
 }
 
-async fn echo(channel: Channel, args: &Args, metadata: &MetadataMap) -> Result<(), Status> {
+async fn echo(channel: Transport, args: &Args, metadata: &MetadataMap) -> Result<(), Status> {
     let mut client = EchoClient::new(channel);
     for message in messages(args) {
         let reply = client.echo(request(message, metadata)).await?;
@@ -169,7 +206,7 @@ async fn echo(channel: Channel, args: &Args, metadata: &MetadataMap) -> Result<(
     Ok(())
 }
 
-async fn stream(channel: Channel, args: &Args, metadata: &MetadataMap) -> Result<(), Status> {
+async fn stream(channel: Transport, args: &Args, metadata: &MetadataMap) -> Result<(), Status> {
     let mut client = EchoClient::new(channel);
     let outgoing = tokio_stream::iter(messages(args));
     let mut replies = client
@@ -182,7 +219,7 @@ async fn stream(channel: Channel, args: &Args, metadata: &MetadataMap) -> Result
     Ok(())
 }
 
-async fn health(channel: Channel, args: &Args, metadata: &MetadataMap) -> Result<(), Status> {
+async fn health(channel: Transport, args: &Args, metadata: &MetadataMap) -> Result<(), Status> {
     use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
     let mut client = HealthClient::new(channel);
     let check = tonic_health::pb::HealthCheckRequest {
@@ -194,7 +231,7 @@ async fn health(channel: Channel, args: &Args, metadata: &MetadataMap) -> Result
     Ok(())
 }
 
-async fn reflection(channel: Channel, metadata: &MetadataMap) -> Result<(), Status> {
+async fn reflection(channel: Transport, metadata: &MetadataMap) -> Result<(), Status> {
     use tonic_reflection::pb::v1::{
         server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
