@@ -1,8 +1,8 @@
 //! The playground's waypoint `demo/waypoint`: started with the agents (its pod on node-b), and
 //! the tour's L7 part: `demo/echo` is labelled to use it and given an HTTPRoute, then a 90/10
 //! split counted over 100 requests, a header route, a redirect, a header a filter added, the
-//! requests with the routes they took, a route-check and a gRPC stream on the Service's
-//! `grpc` port (`weft-echo grpc`); then the resilience part
+//! requests with the routes they took and a route-check; a gRPC stream on the Service's
+//! `grpc` port (`weft-echo grpc`) once the route is gone; then the resilience part
 //! (`demo_resilience`) and L7 authorization with JWTs (`demo_authz`) on the Service itself;
 //! finally the label comes off again.
 
@@ -245,7 +245,6 @@ pub fn tour(cluster: &Cluster, manifests: &Manifests) -> anyhow::Result<()> {
         "-H",
         "x-version: v1",
     ])?;
-    tour_grpc(cluster)?;
     demo::banner("node-a's flows: the client's agent carried these through the waypoint");
     let node = cluster.node("node-a").clone();
     let flows = cluster.admin(&node, "/flows").context("node-a /flows")?;
@@ -269,6 +268,9 @@ pub fn tour(cluster: &Cluster, manifests: &Manifests) -> anyhow::Result<()> {
     // The resilience part runs on the Service itself, with no route.
     manifests.write("routes.yaml", "")?;
     std::thread::sleep(Duration::from_millis(800));
+    // After the route is gone: the waypoint attaches a route to every port of its Service
+    // (parentRef ports are not told apart yet), so the HTTPRoute above would take gRPC too.
+    tour_grpc(cluster)?;
     crate::demo_resilience::tour(cluster, manifests)?;
     crate::demo_authz::tour(cluster, manifests)?;
     crate::demo_tracing::tour(cluster)?;
