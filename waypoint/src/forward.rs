@@ -290,7 +290,7 @@ async fn route(
     }
     let default_backend = [tunnel.service_itself()];
     let chosen = table.choose(
-        &tunnel.service,
+        (&tunnel.service, tunnel.service_port),
         Some(tunnel.client.namespace.as_str()),
         &parts,
     );
@@ -300,7 +300,7 @@ async fn route(
             outcome.route = format!("{} rule {}", rule.route, rule.index);
             (rule.backends.as_slice(), rule.filters.as_slice())
         }
-        None if table.has_routes(&tunnel.service) => {
+        None if table.has_routes(&tunnel.service, tunnel.service_port) => {
             let detail = format!(
                 "no route of {} matches {} {}",
                 tunnel.service,

@@ -160,8 +160,8 @@ pub fn answer(waypoint: &Waypoint, query: Option<&str>) -> (StatusCode, serde_js
     );
     let table = waypoint.table.load_full();
     let caller = caller.as_deref();
-    let verdicts = table.explain(&service, caller, &parts);
-    let chosen = table.choose(&service, caller, &parts).map(|c| {
+    let verdicts = table.explain((&service, port), caller, &parts);
+    let chosen = table.choose((&service, port), caller, &parts).map(|c| {
         json!({
             "route": c.rule.route,
             "rule": c.rule.index,
@@ -174,7 +174,7 @@ pub fn answer(waypoint: &Waypoint, query: Option<&str>) -> (StatusCode, serde_js
             "timeoutMs": c.rule.deadline().map(|d| d.as_millis()),
         })
     });
-    let outcome = match (&chosen, table.has_routes(&service)) {
+    let outcome = match (&chosen, table.has_routes(&service, port)) {
         _ if protocol == weft_mesh::registry::AppProtocol::Tcp => {
             "the port is TCP: connections pass through at L4, routes do not apply"
         }

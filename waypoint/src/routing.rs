@@ -64,6 +64,8 @@ pub struct Rule {
     pub backends: Vec<Backend>,
     /// The route is the caller namespace's (consumer), not the Service's (producer).
     consumer_namespace: Option<String>,
+    /// The Service ports its parentRefs name; `None`: every port (a parentRef without one).
+    pub ports: Option<Vec<u16>>,
     /// `timeouts.request`: until the response head, from when the waypoint has the request.
     pub request_timeout: Option<std::time::Duration>,
     /// `timeouts.backendRequest`: the same, for each attempt to a backend.
@@ -214,11 +216,26 @@ fn backend(route: &Route, b: &BackendRef) -> Backend {
 
 /// Whether `route` attaches to `service` (a Service parentRef, on any or this port).
 fn attaches(route: &Route, service: &Service) -> bool {
-    route.spec.parent_refs.iter().any(|p| {
+    parents_on(route, service).next().is_some()
+}
+
+fn parents_on<'a>(
+    route: &'a Route,
+    service: &'a Service,
+) -> impl Iterator<Item = &'a weft_mesh::registry::routes::ParentRef> {
+    route.spec.parent_refs.iter().filter(move |p| {
         p.is_service()
             && p.name == service.name
             && p.namespace.as_deref().unwrap_or(&route.namespace) == service.namespace
     })
+}
+
+/// The Service ports `route` attaches to: as the Gateway API has it for a Service parent, a
+/// parentRef with a `port` takes that port only, one without takes them all.
+fn attached_ports(route: &Route, service: &Service) -> Option<Vec<u16>> {
+    parents_on(route, service)
+        .map(|p| p.port)
+        .collect::<Option<Vec<u16>>>()
 }
 
 fn compile_rule(
@@ -258,6 +275,7 @@ fn compile_rule(
             .map(|b| backend(route, b))
             .collect(),
         consumer_namespace,
+        ports: None,
         request_timeout: duration(timeouts.and_then(|t| t.request.as_ref()), "request")?,
         backend_timeout: duration(
             timeouts.and_then(|t| t.backend_request.as_ref()),
@@ -369,6 +387,13 @@ fn status_of(registry: &Registry, route: &Route, parent: &str, problems: usize) 
 }
 
 impl Rule {
+    /// Whether the rule applies to requests for the Service's `port`.
+    pub fn on_port(&self, port: u16) -> bool {
+        self.ports
+            .as_ref()
+            .is_none_or(|ports| ports.contains(&port))
+    }
+
     /// The shorter of the rule's timeouts, if it sets one above 0: the longest one attempt
     /// may wait for its response head.
     pub fn deadline(&self) -> Option<std::time::Duration> {
@@ -427,9 +452,13 @@ impl Table {
                 let consumer =
                     (route.namespace != service.namespace).then(|| route.namespace.clone());
                 let mut problems = 0;
+                let ports = attached_ports(route, service);
                 for (index, rule) in route.spec.rules.iter().enumerate() {
                     match compile_rule(route, &id, index, rule, consumer.clone()) {
-                        Ok(rule) => rules.push(rule),
+                        Ok(rule) => rules.push(Rule {
+                            ports: ports.clone(),
+                            ..rule
+                        }),
                         Err(problem) => {
                             problems += 1;
                             table.problems.push(RouteProblem {
@@ -465,16 +494,18 @@ impl Table {
     /// at all (the caller then gets the Service itself).
     pub fn choose<'a>(
         &'a self,
-        service: &str,
+        (service, port): (&str, u16),
         caller_namespace: Option<&str>,
         request: &http::request::Parts,
     ) -> Option<Chosen<'a>> {
         let rules = self.rules.get(service)?;
         let consumers_present = rules.iter().any(|r| {
-            r.consumer_namespace.is_some() && r.consumer_namespace.as_deref() == caller_namespace
+            r.on_port(port)
+                && r.consumer_namespace.is_some()
+                && r.consumer_namespace.as_deref() == caller_namespace
         });
         let mut best: Option<(Rank, &Rule)> = None;
-        for rule in rules {
+        for rule in rules.iter().filter(|r| r.on_port(port)) {
             // A caller whose namespace has its own routes for the Service sees only those.
             let visible = match &rule.consumer_namespace {
                 Some(ns) => Some(ns.as_str()) == caller_namespace,
@@ -494,9 +525,12 @@ impl Table {
         best.map(|(_, rule)| Chosen { rule })
     }
 
-    /// Whether `service` has any route attached (else its traffic goes to it unchanged).
-    pub fn has_routes(&self, service: &str) -> bool {
-        self.rules.get(service).is_some_and(|r| !r.is_empty())
+    /// Whether `service` has any route attached on `port` (else its traffic goes to it
+    /// unchanged).
+    pub fn has_routes(&self, service: &str, port: u16) -> bool {
+        self.rules
+            .get(service)
+            .is_some_and(|rules| rules.iter().any(|r| r.on_port(port)))
     }
 }
 
@@ -648,27 +682,34 @@ impl Table {
     /// why each one was or was not taken.
     pub fn explain(
         &self,
-        service: &str,
+        (service, port): (&str, u16),
         caller_namespace: Option<&str>,
         request: &http::request::Parts,
     ) -> Vec<RuleVerdict> {
         let chosen = self
-            .choose(service, caller_namespace, request)
+            .choose((service, port), caller_namespace, request)
             .map(|c| (c.rule.route.clone(), c.rule.index));
         let consumers_present = self.rules_of(service).iter().any(|r| {
-            r.consumer_namespace.is_some() && r.consumer_namespace.as_deref() == caller_namespace
+            r.on_port(port)
+                && r.consumer_namespace.is_some()
+                && r.consumer_namespace.as_deref() == caller_namespace
         });
         self.rules_of(service)
             .iter()
             .map(|rule| {
                 let is_chosen = chosen.as_ref() == Some(&(rule.route.clone(), rule.index));
-                let hidden = match &rule.consumer_namespace {
+                let elsewhere = rule
+                    .ports
+                    .as_ref()
+                    .filter(|_| !rule.on_port(port))
+                    .map(|ports| format!("attached to port {ports:?} of the Service, not {port}"));
+                let hidden = elsewhere.or_else(|| match &rule.consumer_namespace {
                     Some(ns) => (Some(ns.as_str()) != caller_namespace)
                         .then(|| format!("a consumer route of namespace {ns}, not the caller's")),
                     None => consumers_present.then(|| {
                         "a producer route, replaced by the caller namespace's own routes".to_owned()
                     }),
-                };
+                });
                 let matched = rule.matches.iter().any(|m| m.rank(request).is_some());
                 let why = if let Some(hidden) = hidden {
                     hidden
@@ -745,7 +786,11 @@ mod tests {
         assert!(table.problems.is_empty(), "{:?}", table.problems);
         let pick = |uri: &str, headers: &[(&str, &str)]| {
             table
-                .choose("demo/echo", Some("demo"), &request("GET", uri, headers))
+                .choose(
+                    ("demo/echo", 80),
+                    Some("demo"),
+                    &request("GET", uri, headers),
+                )
                 .map(|c| c.rule.backends[0].name.clone())
         };
         assert_eq!(pick("/api/v2/x", &[]).as_deref(), Some("exact"));
@@ -765,7 +810,7 @@ mod tests {
         let registry = registry(&format!("{BASE}---\n{routes}"));
         let table = Table::build(&registry, "demo", "waypoint");
         let verdicts = table.explain(
-            "demo/echo",
+            ("demo/echo", 80),
             Some("demo"),
             &request("GET", "/api/x", &[("x-version", "v1")]),
         );
@@ -791,7 +836,7 @@ mod tests {
         let table = Table::build(&registry, "demo", "waypoint");
         assert_eq!(table.problems.len(), 1, "{:?}", table.problems);
         let chosen = table
-            .choose("demo/echo", Some("demo"), &request("GET", "/", &[]))
+            .choose(("demo/echo", 80), Some("demo"), &request("GET", "/", &[]))
             .expect("the second rule");
         assert_eq!(chosen.rule.index, 1);
     }
@@ -803,7 +848,7 @@ mod tests {
         let table = Table::build(&registry, "demo", "waypoint");
         let pick = |uri: &str| {
             table
-                .choose("demo/echo", Some("demo"), &request("GET", uri, &[]))
+                .choose(("demo/echo", 80), Some("demo"), &request("GET", uri, &[]))
                 .map(|c| c.rule.backends[0].name.clone())
         };
         assert_eq!(pick("/re/12").as_deref(), Some("exact"));
@@ -854,6 +899,27 @@ mod tests {
             table.rules_of("demo/echo")[0].request_timeout,
             Some(std::time::Duration::from_secs(2))
         );
+    }
+
+    #[test]
+    fn a_parent_ref_with_a_port_takes_that_port_only() {
+        let routes = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: a\n  namespace: demo\nspec:\n  parentRefs:\n  - {kind: Service, name: echo, port: 80}\n  rules:\n  - backendRefs: [{name: echo, port: 80}]\n";
+        let registry = registry(&format!("{BASE}---\n{routes}"));
+        let table = Table::build(&registry, "demo", "waypoint");
+        let get = request("GET", "/", &[]);
+        assert!(table
+            .choose(("demo/echo", 80), Some("demo"), &get)
+            .is_some());
+        assert!(table.has_routes("demo/echo", 80));
+        assert!(
+            table
+                .choose(("demo/echo", 9090), Some("demo"), &get)
+                .is_none()
+                && !table.has_routes("demo/echo", 9090),
+            "port 9090 is not the route's: its traffic goes to the Service unchanged"
+        );
+        let why = &table.explain(("demo/echo", 9090), Some("demo"), &get)[0].why;
+        assert!(why.contains("attached to port [80]"), "{why}");
     }
 
     #[test]
