@@ -360,6 +360,9 @@ fn status_of(registry: &Registry, route: &Route, parent: &str, problems: usize) 
         })
         .filter(|(ns, name)| registry.service(ns, name).is_none())
         .map(|(ns, name)| format!("{ns}/{name}"))
+        // Named once, however many rules or mirrors refer to it.
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect();
     let accepted = problems < route.spec.rules.len() || route.spec.rules.is_empty();
     RouteStatus {
@@ -381,7 +384,7 @@ fn status_of(registry: &Registry, route: &Route, parent: &str, problems: usize) 
         message: if missing.is_empty() {
             String::new()
         } else {
-            format!("backend Services not found: {}", missing.join(", "))
+            format!("referenced Services not found: {}", missing.join(", "))
         },
     }
 }

@@ -268,8 +268,8 @@ pub fn tour(cluster: &Cluster, manifests: &Manifests) -> anyhow::Result<()> {
     // The resilience part runs on the Service itself, with no route.
     manifests.write("routes.yaml", "")?;
     std::thread::sleep(Duration::from_millis(800));
-    // After the route is gone: the waypoint attaches a route to every port of its Service
-    // (parentRef ports are not told apart yet), so the HTTPRoute above would take gRPC too.
+    // After the route is gone: the HTTPRoute above names no parentRef port, so it attaches to
+    // every port of the Service and would take gRPC too.
     tour_grpc(cluster)?;
     crate::demo_resilience::tour(cluster, manifests)?;
     crate::demo_authz::tour(cluster, manifests)?;

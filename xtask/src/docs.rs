@@ -105,6 +105,11 @@ fn run_chapter(chapter: &Path, bin: &Path, keep: bool) -> anyhow::Result<usize> 
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let text = std::fs::read_to_string(chapter)?;
+    let misspelt = docs_check::misspelt_runnable(&text);
+    anyhow::ensure!(
+        misspelt.is_empty(),
+        "{name}: fences at lines {misspelt:?} look meant to run but are not `sh run`"
+    );
     let blocks = docs_check::runnable_blocks(&text);
     if blocks.is_empty() {
         println!("docs-test: {name}: no runnable block");
@@ -122,6 +127,7 @@ fn run_chapter(chapter: &Path, bin: &Path, keep: bool) -> anyhow::Result<usize> 
     });
     if !keep || result.is_err() {
         demo::down();
+        reap(&children);
     }
     result?;
     println!("docs-test: {name}: {} blocks passed", blocks.len());

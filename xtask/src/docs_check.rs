@@ -82,36 +82,57 @@ pub fn runnable_blocks(markdown: &str) -> Vec<Block> {
     blocks
 }
 
+/// Lines of fences that look meant to run but would not (`sh  run`, `sh run!`, `bash run`):
+/// such a block would never be checked, so it is an error, not a silent skip.
+pub fn misspelt_runnable(markdown: &str) -> Vec<usize> {
+    fences(markdown)
+        .iter()
+        .filter(|f| f.info != "sh run" && f.info.split_whitespace().any(|w| w.starts_with("run")))
+        .map(|f| f.start + 1)
+        .collect()
+}
+
 /// Where the expected lines fail to appear in `actual`: `None` when they all do, as one
 /// contiguous run (a line of only `…` stands for any number of lines).
+///
+/// The `…` lines cut the expected lines into segments that must each match contiguously, in
+/// order; taking each segment at its earliest place after the one before is then exact, so
+/// the match is linear in the segments' positions, never a backtracking search.
 pub fn first_unmatched(expected: &[String], actual: &str) -> Option<String> {
     let expected: Vec<&str> = expected.iter().map(|l| l.trim_end()).collect();
     let actual: Vec<&str> = actual.lines().map(str::trim_end).collect();
     if expected.iter().all(|l| l.is_empty()) {
         return None;
     }
-    let matched = (0..=actual.len()).any(|start| lines_match(&expected, &actual[start..]));
-    if matched {
-        return None;
+    let elided = ELIDED.to_string();
+    let segments: Vec<&[&str]> = expected
+        .split(|l| l.trim() == elided)
+        .filter(|segment| !segment.is_empty())
+        .collect();
+    let mut from = 0;
+    for segment in segments {
+        let found = (from..=actual.len().saturating_sub(segment.len()))
+            .find(|&at| segment_at(segment, &actual, at) == segment.len());
+        let Some(at) = found else {
+            // For the message: the line of the segment where its best attempt broke.
+            let reached = (from..actual.len())
+                .map(|at| segment_at(segment, &actual, at))
+                .max()
+                .unwrap_or(0);
+            return Some(segment[reached.min(segment.len() - 1)].to_owned());
+        };
+        from = at + segment.len();
     }
-    // For the message: the longest prefix that does match somewhere names the line that broke.
-    let longest = (1..=expected.len())
-        .rev()
-        .find(|&n| (0..=actual.len()).any(|start| lines_match(&expected[..n], &actual[start..])))
-        .unwrap_or(0);
-    Some(expected[longest].to_owned())
+    None
 }
 
-fn lines_match(expected: &[&str], actual: &[&str]) -> bool {
-    match expected.split_first() {
-        None => true,
-        Some((line, rest)) if line.trim() == ELIDED.to_string() => {
-            (0..=actual.len()).any(|skip| lines_match(rest, &actual[skip..]))
-        }
-        Some((line, rest)) => actual
-            .split_first()
-            .is_some_and(|(first, tail)| line_matches(line, first) && lines_match(rest, tail)),
-    }
+/// How many lines of `segment` match `actual` from line `at` on.
+fn segment_at(segment: &[&str], actual: &[&str], at: usize) -> usize {
+    segment
+        .iter()
+        .zip(actual.get(at..).unwrap_or_default())
+        .take_while(|(want, got)| line_matches(want, got))
+        .count()
 }
 
 /// One line against one line: `…` inside it matches any text.

@@ -1,3 +1,5 @@
+use std::fmt::Write as _;
+
 use super::*;
 
 const CHAPTER: &str = "# 1. Title\n\n```sh run\necho one\necho two\n```\n\n```output\none\n```\n\n```sh\nnot run\n```\n\n```sh run\ntrue\n```\n\ntext\n\n```output\nnot this block's\n```\n";
@@ -66,4 +68,34 @@ fn links_outside_code_are_found_and_checked() {
     assert_eq!(broken.len(), 2, "{broken:?}");
     assert!(broken[0].contains("#nope"), "{broken:?}");
     assert!(broken[1].contains("c.md: no such file"), "{broken:?}");
+}
+
+#[test]
+fn a_fence_meant_to_run_but_misspelt_is_caught() {
+    let doc = "```sh run\ntrue\n```\n```sh  run\nx\n```\n```bash run\ny\n```\n```sh\nz\n```\n";
+    assert_eq!(misspelt_runnable(doc), vec![4, 7]);
+}
+
+#[test]
+fn many_elided_lines_over_long_output_match_at_once() {
+    // Backtracking over every split of 2,000 lines would take far longer than this test may.
+    let actual = (0..2_000).fold(String::new(), |mut text, i| {
+        let _ = writeln!(text, "line {i}");
+        text
+    });
+    let want: Vec<String> = [
+        "…",
+        "line 1…",
+        "…",
+        "line 5…",
+        "…",
+        "line 1999",
+        "…",
+        "nope",
+    ]
+    .iter()
+    .map(|l| (*l).to_owned())
+    .collect();
+    assert_eq!(first_unmatched(&want, &actual), Some("nope".to_owned()));
+    assert_eq!(first_unmatched(&want[..6], &actual), None);
 }

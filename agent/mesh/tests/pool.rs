@@ -46,6 +46,7 @@ async fn concurrent_first_tunnels_wait_for_the_one_connection_being_set_up() {
     }
     // Eight at once found no connection; one handshake served them all.
     assert_eq!(pool.stats().connections_opened, 1, "{:?}", pool.stats());
+    assert_eq!(pool.openers(), 0);
 }
 
 #[tokio::test]
@@ -168,5 +169,36 @@ async fn a_destination_that_does_not_answer_in_time_is_a_timed_out_error() {
         .await
         .map_or(HboneError::TimedOut, |r| r.expect_err("no answer"));
     assert!(error.timed_out(), "{error}");
+    drop(silent);
+}
+
+#[tokio::test]
+async fn an_open_its_caller_gives_up_on_leaves_no_opener_behind() {
+    let mesh = Mesh::start().await;
+    let pool = mesh.pool();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = silent.local_addr().expect("address");
+    let open = || {
+        pool.open(
+            mesh.source(),
+            &mesh.tunnels.identity,
+            address,
+            address,
+            Duration::from_secs(5),
+            bytes::Bytes::new,
+        )
+    };
+    // Two callers, one opening and one waiting behind it, both cancelled mid-handshake (as the
+    // agent's outer connect deadline cancels them).
+    let both = async { tokio::join!(open(), open()) };
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), both)
+            .await
+            .is_err(),
+        "the silent peer never answers"
+    );
+    assert_eq!(pool.openers(), 0, "the gate went with its last opener");
     drop(silent);
 }

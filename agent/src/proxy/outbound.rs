@@ -287,10 +287,12 @@ fn tunnel_failure(error: &HboneError, hbone: SocketAddr, route: &route::Route) -
             format!("HBONE tunnel to {hbone}: {}", route.timed_out()),
         );
     }
-    let reason = if matches!(error, HboneError::Status(_)) {
-        FailReason::TunnelRefused
-    } else {
-        FailReason::TunnelFailed
+    let reason = match error {
+        HboneError::Status(_) => FailReason::TunnelRefused,
+        // No TCP connection to the peer's port 15008 (its agent is down, or no route): the
+        // same failure as a plain connect's, whatever would have ridden on it.
+        HboneError::Connect { .. } => FailReason::Unreachable,
+        _ => FailReason::TunnelFailed,
     };
     Failure::new(reason, format!("HBONE tunnel to {hbone} failed: {error}"))
 }

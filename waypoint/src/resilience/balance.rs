@@ -80,6 +80,9 @@ pub struct Endpoints {
     /// The endpoint list the Maglev table was built for, and the table (indexes into it).
     maglev: Option<(Vec<SocketAddr>, Vec<u16>)>,
     turn: usize,
+    /// Bumped when health checking stops: a probe begun before then reports into an older
+    /// epoch and is ignored, so it cannot mark an endpoint unhealthy that nothing will probe.
+    health_epoch: u64,
 }
 
 impl Endpoints {
@@ -305,13 +308,23 @@ impl Endpoints {
         })
     }
 
-    /// Records a health-check probe; returns the endpoint's new health when it changed.
+    /// The epoch a probe begun now reports into (see [`Endpoints::probed`]).
+    pub fn health_epoch(&self) -> u64 {
+        self.health_epoch
+    }
+
+    /// Records a health-check probe begun in `epoch`; returns the endpoint's new health when
+    /// it changed. A probe from before the last [`Endpoints::clear_health`] counts for nothing.
     pub fn probed(
         &mut self,
         endpoint: SocketAddr,
         passed: bool,
         thresholds: (u32, u32),
+        epoch: u64,
     ) -> Option<bool> {
+        if epoch != self.health_epoch {
+            return None;
+        }
         let state = self.known.entry(endpoint).or_default();
         if passed != state.unhealthy {
             state.health_streak = 0;
@@ -331,6 +344,7 @@ impl Endpoints {
     /// endpoint marked unhealthy would otherwise never be probed back into service. Returns
     /// the endpoints that take requests again.
     pub fn clear_health(&mut self) -> Vec<SocketAddr> {
+        self.health_epoch += 1;
         let mut restored = Vec::new();
         for (endpoint, state) in &mut self.known {
             if state.unhealthy {

@@ -164,13 +164,13 @@ fn every_endpoint_ejected_or_unhealthy_is_no_healthy_endpoint() {
     state
         .pick(Algorithm::RoundRobin, &one, None, &[])
         .expect("pick");
-    assert_eq!(state.probed(one[0], false, (1, 2)), None);
-    assert_eq!(state.probed(one[0], false, (1, 2)), Some(false));
+    assert_eq!(state.probed(one[0], false, (1, 2), 0), None);
+    assert_eq!(state.probed(one[0], false, (1, 2), 0), Some(false));
     assert_eq!(
         state.pick(Algorithm::RoundRobin, &one, None, &[]),
         Err(NoPick::NoHealthy)
     );
-    assert_eq!(state.probed(one[0], true, (1, 2)), Some(true));
+    assert_eq!(state.probed(one[0], true, (1, 2), 0), Some(true));
     assert_eq!(
         state.pick(Algorithm::RoundRobin, &one, None, &[]),
         Ok(one[0])
@@ -181,12 +181,15 @@ fn every_endpoint_ejected_or_unhealthy_is_no_healthy_endpoint() {
 fn a_health_check_removed_gives_its_unhealthy_endpoints_back() {
     let mut state = Endpoints::default();
     let one = endpoints(1);
-    state.probed(one[0], false, (1, 1));
+    let begun = state.health_epoch();
+    state.probed(one[0], false, (1, 1), begun);
     assert_eq!(
         state.pick(Algorithm::RoundRobin, &one, None, &[]),
         Err(NoPick::NoHealthy)
     );
     assert_eq!(state.clear_health(), one.clone());
+    // A probe begun before the check was removed finishes late: it must not count.
+    assert_eq!(state.probed(one[0], false, (1, 1), begun), None);
     assert_eq!(
         state.pick(Algorithm::RoundRobin, &one, None, &[]),
         Ok(one[0])

@@ -66,6 +66,7 @@ pub async fn run(waypoint: Arc<Waypoint>) {
                         };
                         last.insert((key.clone(), endpoint), Instant::now());
                         let backend = waypoint.resilience.backend(&key, &waypoint.limits);
+                        let epoch = backend.endpoints().health_epoch();
                         let identity = crate::forward::identity_of(&waypoint, &registry, endpoint);
                         let (waypoint, health) = (waypoint.clone(), health.clone());
                         tokio::spawn(async move {
@@ -80,6 +81,7 @@ pub async fn run(waypoint: Arc<Waypoint>) {
                                 endpoint,
                                 passed,
                                 (health.healthy, health.unhealthy),
+                                epoch,
                             );
                             match changed {
                                 Some(true) => {

@@ -98,6 +98,14 @@ impl Pool {
         }
     }
 
+    /// Keys with an opener at work or waiting (0 once every open has ended, however).
+    pub fn openers(&self) -> usize {
+        self.opening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     pub fn stats(&self) -> PoolStats {
         let connections = self
             .connections
@@ -222,34 +230,25 @@ impl Pool {
         ),
         HboneError,
     > {
-        let gate = self
-            .opening
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(key.clone())
-            .or_default()
-            .clone();
+        let gate = OpenerGate::join(self, key);
         let started = tokio::time::Instant::now();
-        let turn = tokio::time::timeout(connect_timeout, gate.lock())
+        let _turn = tokio::time::timeout(connect_timeout, gate.gate.lock())
             .await
             .map_err(|_| HboneError::TimedOut)?;
-        let result = if let Some(connection) = self.checkout(key, &serial) {
+        if let Some(connection) = self.checkout(key, &serial) {
             // The slot is taken at checkout: dropped on failure, it is given back.
             let slot = StreamSlot(connection);
-            Self::request(&slot.0, pod, target)
-                .await
-                .map(|(response, stream)| (slot, response, stream))
-        } else {
-            let left = connect_timeout.saturating_sub(started.elapsed());
-            self.request_on_new(pod, key, serial, target, left).await
-        };
-        drop(turn);
-        let mut opening = self.opening.lock().unwrap_or_else(PoisonError::into_inner);
-        // The map's and ours: no other opener holds or waits on it.
-        if Arc::strong_count(&gate) == 2 {
-            opening.remove(key);
+            match Self::request(&slot.0, pod, target).await {
+                Ok((response, stream)) => return Ok((slot, response, stream)),
+                // The same GOAWAY race `open` guards against: a new connection instead.
+                Err(e) => {
+                    tracing::debug!(address = %key.address, error = %e, "pooled HBONE connection refused a stream; opening a new one");
+                    slot.0.closed.store(true, Ordering::Relaxed);
+                }
+            }
         }
-        result
+        let left = connect_timeout.saturating_sub(started.elapsed());
+        self.request_on_new(pod, key, serial, target, left).await
     }
 
     /// Opens a new pooled connection for `key` and sends the CONNECT on it.
@@ -377,6 +376,46 @@ impl Pool {
             closed,
             serial,
         })
+    }
+}
+
+/// A place among the openers of one pool key. Dropped (the tunnel opened, failed, or its
+/// caller gave up on a timeout), the last one out removes the key's gate, so gates never
+/// outlive their openers whichever way an open ends.
+struct OpenerGate<'p> {
+    pool: &'p Pool,
+    key: PoolKey,
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'p> OpenerGate<'p> {
+    fn join(pool: &'p Pool, key: &PoolKey) -> Self {
+        let gate = pool
+            .opening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        Self {
+            pool,
+            key: key.clone(),
+            gate,
+        }
+    }
+}
+
+impl Drop for OpenerGate<'_> {
+    fn drop(&mut self) {
+        let mut opening = self
+            .pool
+            .opening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // The map's and ours: no other opener holds or waits on it.
+        if Arc::strong_count(&self.gate) == 2 {
+            opening.remove(&self.key);
+        }
     }
 }
 
