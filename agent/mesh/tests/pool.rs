@@ -148,48 +148,51 @@ async fn after_an_svid_renewal_new_tunnels_take_a_new_connection_and_old_ones_fi
     assert_eq!(exchange(&mut old, b"old").await, b"old");
 }
 
-#[tokio::test]
-async fn a_destination_that_does_not_answer_in_time_is_a_timed_out_error() {
-    let mesh = Mesh::start().await;
-    let pool = mesh.pool();
-    // A listener that never completes TLS: the handshake must give up, not hang.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+/// A listener that accepts and never completes TLS: a peer that does not answer.
+async fn silent_peer() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .expect("bind");
-    let address = silent.local_addr().expect("address");
-    let opening = pool.open(
+        .expect("bind")
+}
+
+/// Opens a tunnel from the mesh's source to `peer`, which must prove the mesh's server identity.
+async fn open_to(
+    mesh: &Mesh,
+    pool: &weft_mesh::hbone::client::Pool,
+    peer: &tokio::net::TcpListener,
+    connect_timeout: Duration,
+) -> Result<weft_mesh::hbone::client::Tunnel, HboneError> {
+    let address = peer.local_addr().expect("address");
+    pool.open(
         mesh.source(),
         &mesh.tunnels.identity,
         address,
         address,
-        Duration::from_millis(300),
+        connect_timeout,
         bytes::Bytes::new,
-    );
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_destination_that_does_not_answer_in_time_is_a_timed_out_error() {
+    let mesh = Mesh::start().await;
+    let pool = mesh.pool();
+    // The handshake must give up, not hang.
+    let silent = silent_peer().await;
+    let opening = open_to(&mesh, &pool, &silent, Duration::from_millis(300));
     let error = tokio::time::timeout(Duration::from_millis(500), opening)
         .await
         .map_or(HboneError::TimedOut, |r| r.expect_err("no answer"));
     assert!(error.timed_out(), "{error}");
-    drop(silent);
 }
 
 #[tokio::test]
 async fn an_open_its_caller_gives_up_on_leaves_no_opener_behind() {
     let mesh = Mesh::start().await;
     let pool = mesh.pool();
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = silent.local_addr().expect("address");
-    let open = || {
-        pool.open(
-            mesh.source(),
-            &mesh.tunnels.identity,
-            address,
-            address,
-            Duration::from_secs(5),
-            bytes::Bytes::new,
-        )
-    };
+    let silent = silent_peer().await;
+    let open = || open_to(&mesh, &pool, &silent, Duration::from_secs(5));
     // Two callers, one opening and one waiting behind it, both cancelled mid-handshake (as the
     // agent's outer connect deadline cancels them).
     let both = async { tokio::join!(open(), open()) };
@@ -200,5 +203,4 @@ async fn an_open_its_caller_gives_up_on_leaves_no_opener_behind() {
         "the silent peer never answers"
     );
     assert_eq!(pool.openers(), 0, "the gate went with its last opener");
-    drop(silent);
 }

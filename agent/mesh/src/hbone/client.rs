@@ -154,23 +154,18 @@ impl Pool {
         // A pooled connection the destination has just closed (GOAWAY after its idle timeout)
         // may still look open here: a request it refuses before any byte of this tunnel was
         // sent is tried once more on a new connection, so the client never sees the race.
-        let reused = self.checkout(&key, &serial);
-        let (slot, response, mut stream) = match reused {
-            Some(connection) => match Self::request(&connection, pod, target).await {
-                Ok((response, stream)) => (StreamSlot(connection), response, stream),
-                Err(e) => {
-                    tracing::debug!(%address, error = %e, "pooled HBONE connection refused a stream; opening a new one");
-                    connection.closed.store(true, Ordering::Relaxed);
-                    drop(StreamSlot(connection));
+        let (slot, response, mut stream) =
+            match self.request_pooled(pod, &key, &serial, target).await {
+                Pooled::Opened(opened) => opened,
+                Pooled::Refused => {
                     self.request_on_new(pod, &key, serial, target, connect_timeout)
                         .await?
                 }
-            },
-            None => {
-                self.request_after_others(pod, &key, serial, target, connect_timeout)
-                    .await?
-            }
-        };
+                Pooled::NoneFree => {
+                    self.request_after_others(pod, &key, serial, target, connect_timeout)
+                        .await?
+                }
+            };
         let early = early();
         if !early.is_empty() {
             stream.send_data(early, false)?;
@@ -215,6 +210,33 @@ impl Pool {
     /// With no connection to reuse: waits (within `connect_timeout`) for any opener of the
     /// same key ahead of it, takes the connection that one made if it has room, and opens one
     /// itself otherwise.
+    /// Sends the CONNECT on a pooled connection with room, if there is one. One that refuses
+    /// the stream (the GOAWAY race `open` describes) is marked closed and its slot given back.
+    async fn request_pooled(
+        &self,
+        pod: Source<'_>,
+        key: &PoolKey,
+        serial: &str,
+        target: SocketAddr,
+    ) -> Pooled {
+        let Some(connection) = self.checkout(key, serial) else {
+            return Pooled::NoneFree;
+        };
+        // The slot is taken at checkout: dropped on failure, it is given back.
+        let slot = StreamSlot(connection);
+        match Self::request(&slot.0, pod, target).await {
+            Ok((response, stream)) => Pooled::Opened((slot, response, stream)),
+            Err(e) => {
+                tracing::debug!(address = %key.address, error = %e, "pooled HBONE connection refused a stream; opening a new one");
+                slot.0.closed.store(true, Ordering::Relaxed);
+                Pooled::Refused
+            }
+        }
+    }
+
+    /// With no connection to reuse: waits (within `connect_timeout`) for any opener of the
+    /// same key ahead of it, takes the connection that one made if it has room, and opens one
+    /// itself otherwise.
     async fn request_after_others(
         &self,
         pod: Source<'_>,
@@ -222,30 +244,14 @@ impl Pool {
         serial: String,
         target: SocketAddr,
         connect_timeout: std::time::Duration,
-    ) -> Result<
-        (
-            StreamSlot,
-            h2::client::ResponseFuture,
-            h2::SendStream<Bytes>,
-        ),
-        HboneError,
-    > {
+    ) -> Result<Opened, HboneError> {
         let gate = OpenerGate::join(self, key);
         let started = tokio::time::Instant::now();
         let _turn = tokio::time::timeout(connect_timeout, gate.gate.lock())
             .await
             .map_err(|_| HboneError::TimedOut)?;
-        if let Some(connection) = self.checkout(key, &serial) {
-            // The slot is taken at checkout: dropped on failure, it is given back.
-            let slot = StreamSlot(connection);
-            match Self::request(&slot.0, pod, target).await {
-                Ok((response, stream)) => return Ok((slot, response, stream)),
-                // The same GOAWAY race `open` guards against: a new connection instead.
-                Err(e) => {
-                    tracing::debug!(address = %key.address, error = %e, "pooled HBONE connection refused a stream; opening a new one");
-                    slot.0.closed.store(true, Ordering::Relaxed);
-                }
-            }
+        if let Pooled::Opened(opened) = self.request_pooled(pod, key, &serial, target).await {
+            return Ok(opened);
         }
         let left = connect_timeout.saturating_sub(started.elapsed());
         self.request_on_new(pod, key, serial, target, left).await
@@ -259,14 +265,7 @@ impl Pool {
         serial: String,
         target: SocketAddr,
         connect_timeout: std::time::Duration,
-    ) -> Result<
-        (
-            StreamSlot,
-            h2::client::ResponseFuture,
-            h2::SendStream<Bytes>,
-        ),
-        HboneError,
-    > {
+    ) -> Result<Opened, HboneError> {
         let connection = Arc::new(self.connect(pod, key, serial, connect_timeout).await?);
         connection.streams.fetch_add(1, Ordering::Relaxed);
         {
@@ -377,6 +376,22 @@ impl Pool {
             serial,
         })
     }
+}
+
+/// A CONNECT sent on a pooled connection: its stream slot, the answer to await, the stream.
+type Opened = (
+    StreamSlot,
+    h2::client::ResponseFuture,
+    h2::SendStream<Bytes>,
+);
+
+/// What trying the pool's open connections gave.
+enum Pooled {
+    Opened(Opened),
+    /// None with room for this key and SVID.
+    NoneFree,
+    /// One had room but refused the stream: it is marked closed.
+    Refused,
 }
 
 /// A place among the openers of one pool key. Dropped (the tunnel opened, failed, or its
