@@ -138,3 +138,59 @@ pub fn service_ports(
     }
     yaml
 }
+
+/// The SPEC playground's Service ports: `http` 80 → 8080 and `grpc` 9090 (h2c); the
+/// per-version Services (`version`) also `http-alt` 8080 → 8080.
+pub fn playground_ports(version: bool) -> &'static [ServicePort<'static>] {
+    const fn port(
+        name: &'static str,
+        port: u16,
+        target_port: u16,
+        protocol: &'static str,
+    ) -> ServicePort<'static> {
+        ServicePort {
+            name,
+            port,
+            target_port,
+            app_protocol: Some(protocol),
+        }
+    }
+    const ECHO: &[ServicePort<'static>] = &[
+        port("http", 80, 8080, "http"),
+        port("grpc", 9090, 9090, "kubernetes.io/h2c"),
+    ];
+    const VERSION: &[ServicePort<'static>] = &[
+        port("http", 80, 8080, "http"),
+        port("http-alt", 8080, 8080, "http"),
+        port("grpc", 9090, 9090, "kubernetes.io/h2c"),
+    ];
+    if version {
+        VERSION
+    } else {
+        ECHO
+    }
+}
+
+/// The SPEC playground's Services in namespace `demo`: `echo` over both echo pods (labelled
+/// to use the waypoint `waypoint` when `through_waypoint`), `echo-v1` and `echo-v2` over one
+/// each, at `vips` in that order, with [`playground_ports`].
+pub fn playground_services(
+    vips: [Ipv4Addr; 3],
+    (v1, v2): (Ipv4Addr, Ipv4Addr),
+    through_waypoint: bool,
+) -> String {
+    let mut echo = service_ports("demo", "echo", vips[0], playground_ports(false), &[v1, v2]);
+    if through_waypoint {
+        echo = echo.replacen(
+            "  name: echo\n  namespace: demo\nspec:",
+            "  name: echo\n  namespace: demo\n  labels:\n    weft.io/use-waypoint: waypoint\nspec:",
+            1,
+        );
+    }
+    [
+        echo,
+        service_ports("demo", "echo-v1", vips[1], playground_ports(true), &[v1]),
+        service_ports("demo", "echo-v2", vips[2], playground_ports(true), &[v2]),
+    ]
+    .join("---\n")
+}

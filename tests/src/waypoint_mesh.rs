@@ -78,6 +78,23 @@ metadata:
 /// The Gateway and every route of the fixture.
 pub const ROUTES: &str = include_str!("waypoint_routes.yaml");
 
+/// Waits up to 10 s for the waypoint in `pod` to answer its readiness endpoint.
+pub fn wait_until_ready(pod: &PodHandle) {
+    eventually(Duration::from_secs(10), "the waypoint is ready", || {
+        crate::netns::exec(
+            &pod.netns,
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "1",
+                "http://127.0.0.1:15021/healthz/ready",
+            ],
+        )
+        .is_ok()
+    });
+}
+
 /// The value of one series (`name{labels}` as exposed) in a metrics text, 0 while it does
 /// not exist; several series read from one text are one moment's.
 pub fn metric_value(metrics: &str, series: &str) -> u64 {
@@ -325,20 +342,7 @@ impl Mesh {
             )?;
         }
         mesh.waypoint_pid = mesh.spawn_waypoint(rust_log, &extras.waypoint_env)?;
-        let waypoint = mesh.pod("waypoint");
-        eventually(Duration::from_secs(10), "the waypoint is ready", || {
-            crate::netns::exec(
-                &waypoint.netns,
-                &[
-                    "curl",
-                    "-sf",
-                    "--max-time",
-                    "1",
-                    "http://127.0.0.1:15021/healthz/ready",
-                ],
-            )
-            .is_ok()
-        });
+        wait_until_ready(&mesh.pod("waypoint"));
         Ok(mesh)
     }
 

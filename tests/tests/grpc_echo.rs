@@ -9,8 +9,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use serde_json::Value;
 use weft_harness::{
-    eventually,
-    manifests::{self, Manifests, ServicePort},
+    manifests::{self, Manifests},
     require_privileges, Cluster, ClusterSpec, PodHandle, PodSpec,
 };
 
@@ -140,20 +139,7 @@ impl Playground {
                 log,
             )
             .expect("waypoint");
-        let waypoint = playground.pod("waypoint").clone();
-        eventually(Duration::from_secs(10), "the waypoint is ready", || {
-            weft_harness::netns::exec(
-                &waypoint.netns,
-                &[
-                    "curl",
-                    "-sf",
-                    "--max-time",
-                    "1",
-                    "http://127.0.0.1:15021/healthz/ready",
-                ],
-            )
-            .is_ok()
-        });
+        weft_harness::waypoint_mesh::wait_until_ready(playground.pod("waypoint"));
     }
 
     fn pod(&self, name: &str) -> &PodHandle {
@@ -163,37 +149,11 @@ impl Playground {
     /// The playground's Services (SPEC): `demo/echo` with `http` 80 → 8080 and `grpc` 9090,
     /// `demo/echo-v1` and `demo/echo-v2` with `http-alt` 8080 → 8080 as well.
     fn write_services(&self, through_waypoint: bool) {
-        let port = |name, port, target_port, protocol| ServicePort {
-            name,
-            port,
-            target_port,
-            app_protocol: Some(protocol),
-        };
-        let echo_ports = [
-            port("http", 80, 8080, "http"),
-            port("grpc", 9090, 9090, "kubernetes.io/h2c"),
-        ];
-        let version_ports = [
-            port("http", 80, 8080, "http"),
-            port("http-alt", 8080, 8080, "http"),
-            port("grpc", 9090, 9090, "kubernetes.io/h2c"),
-        ];
         let (v1, v2) = (self.pod("echo-v1").ip, self.pod("echo-v2").ip);
-        let mut echo = manifests::service_ports("demo", "echo", ECHO, &echo_ports, &[v1, v2]);
-        if through_waypoint {
-            echo = echo.replacen(
-                "  name: echo\n  namespace: demo\nspec:",
-                "  name: echo\n  namespace: demo\n  labels:\n    weft.io/use-waypoint: waypoint\nspec:",
-                1,
-            );
-        }
-        let services = [
-            echo,
-            manifests::service_ports("demo", "echo-v1", ECHO_V1, &version_ports, &[v1]),
-            manifests::service_ports("demo", "echo-v2", ECHO_V2, &version_ports, &[v2]),
-        ];
+        let services =
+            manifests::playground_services([ECHO, ECHO_V1, ECHO_V2], (v1, v2), through_waypoint);
         self.manifests
-            .write("services.yaml", &services.join("---\n"))
+            .write("services.yaml", &services)
             .expect("services");
     }
 

@@ -15,7 +15,7 @@ use serde_json::json;
 use weft_harness::{
     agent::pin_dir,
     cluster,
-    manifests::{self, Manifests, ServicePort},
+    manifests::{self, Manifests},
     Cluster, ClusterSpec, PodSpec, RunId,
 };
 
@@ -380,52 +380,12 @@ pub(crate) fn write_manifests_with(
         cluster.pod("demo", "echo-v1").ip,
         cluster.pod("demo", "echo-v2").ip,
     );
-    let with_ports = |name: &str, vip: Ipv4Addr, backends: &[Ipv4Addr], alt: bool| {
-        let ports: Vec<ServicePort<'_>> = service_ports(alt)
-            .iter()
-            .map(|&(name, port, target_port, protocol)| ServicePort {
-                name,
-                port,
-                target_port,
-                app_protocol: Some(protocol),
-            })
-            .collect();
-        manifests::service_ports("demo", name, vip, &ports, backends)
-    };
-    let mut echo = with_ports("echo", ECHO_VIP, &[v1, v2], false);
-    if through_waypoint {
-        echo = echo.replacen(
-            "  name: echo\n  namespace: demo\nspec:",
-            "  name: echo\n  namespace: demo\n  labels:\n    weft.io/use-waypoint: waypoint\nspec:",
-            1,
-        );
-    }
-    let services = [
-        echo,
-        with_ports("echo-v1", ECHO_V1_VIP, &[v1], true),
-        with_ports("echo-v2", ECHO_V2_VIP, &[v2], true),
-    ];
-    manifests.write("services.yaml", &services.join("---\n"))
-}
-
-/// The playground Services' ports (SPEC): `http` 80 → 8080 and `grpc` 9090 (h2c); the
-/// per-version Services (`alt`) also `http-alt` 8080 → 8080. As (name, port, targetPort,
-/// appProtocol).
-fn service_ports(alt: bool) -> &'static [(&'static str, u16, u16, &'static str)] {
-    const ECHO: &[(&str, u16, u16, &str)] = &[
-        ("http", 80, 8080, "http"),
-        ("grpc", 9090, 9090, "kubernetes.io/h2c"),
-    ];
-    const VERSION: &[(&str, u16, u16, &str)] = &[
-        ("http", 80, 8080, "http"),
-        ("http-alt", 8080, 8080, "http"),
-        ("grpc", 9090, 9090, "kubernetes.io/h2c"),
-    ];
-    if alt {
-        VERSION
-    } else {
-        ECHO
-    }
+    let services = manifests::playground_services(
+        [ECHO_VIP, ECHO_V1_VIP, ECHO_V2_VIP],
+        (v1, v2),
+        through_waypoint,
+    );
+    manifests.write("services.yaml", &services)
 }
 
 fn write_playground(
@@ -436,23 +396,26 @@ fn write_playground(
 ) -> anyhow::Result<()> {
     let waypoint = cluster.pod("demo", "waypoint");
     let service = |name: &str, vip: Ipv4Addr, alt: bool| {
-        let ports: Vec<serde_json::Value> = service_ports(alt)
+        let ports: Vec<serde_json::Value> = manifests::playground_ports(alt)
             .iter()
-            .map(|(name, port, target, protocol)| json!({"name": name, "port": port, "targetPort": target, "appProtocol": protocol}))
+            .map(|p| json!({"name": p.name, "port": p.port, "targetPort": p.target_port, "appProtocol": p.app_protocol}))
             .collect();
         json!({"namespace": "demo", "name": name, "vip": vip, "ports": ports})
     };
     let doc = json!({
         "manifests": manifests.dir,
-        "nodes": cluster.nodes.iter().map(|n| json!({
+        "nodes": cluster.nodes.iter().map(|n| {
+            let pid = agents.iter().find(|(name, _)| *name == n.name).map(|(_, pid)| *pid);
+            json!({
             "name": n.name, "netns": n.netns, "ip": n.ip, "podCIDR": n.pod_cidr,
             "admin": "127.0.0.1:15000",
-            "agentPid": agents.iter().find(|(name, _)| *name == n.name).map(|(_, pid)| pid),
-            "agentCommand": agents.iter().find(|(name, _)| *name == n.name).map(|(_, pid)| command_line(*pid)),
-            "agentEnv": agents.iter().find(|(name, _)| *name == n.name).map(|(_, pid)| agent_env(*pid)),
+            "agentPid": pid,
+            "agentCommand": pid.map(command_line),
+            "agentEnv": pid.map(agent_env),
             "agentLog": state_dir().join("logs").join(format!("{}.log", n.name)),
             "pins": pin_dir(cluster, n),
-        })).collect::<Vec<_>>(),
+            })
+        }).collect::<Vec<_>>(),
         "pods": cluster.pods.iter().map(|p| json!({"namespace": p.namespace, "name": p.name, "node": p.node, "netns": p.netns, "ip": p.ip, "cgroup": p.cgroup})).collect::<Vec<_>>(),
         "waypoints": [{
             "namespace": "demo", "name": "waypoint", "netns": waypoint.netns, "ip": waypoint.ip,
