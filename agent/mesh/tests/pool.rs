@@ -1,5 +1,6 @@
 //! The HBONE pool in process: connections are reused per (source, identities, address),
-//! tunnels opened at once share the one connection being set up, connections hold
+//! tunnels opened at once share the one connection being set up, concurrent streams spread
+//! over a few connections per peer before they share the least loaded, connections hold
 //! at most `MAX_STREAMS` tunnels, give their stream slots back, are keyed by identity, refuse a
 //! server that proves the wrong identity, and move to a new connection after an SVID renewal
 //! while open tunnels finish on the old one.
@@ -30,7 +31,8 @@ async fn sequential_tunnels_reuse_one_connection() {
 async fn concurrent_first_tunnels_wait_for_the_one_connection_being_set_up() {
     let mesh = Mesh::start().await;
     let app = echo_app().await;
-    let pool = std::sync::Arc::new(mesh.pool());
+    // One connection per key, so a late opener cannot spread instead (spreading has its test).
+    let pool = std::sync::Arc::new(mesh.pool_spreading(1));
     let mesh = std::sync::Arc::new(mesh);
     let opening: Vec<_> = (0..8u8)
         .map(|i| {
@@ -53,7 +55,7 @@ async fn concurrent_first_tunnels_wait_for_the_one_connection_being_set_up() {
 async fn a_connection_carries_at_most_max_streams_tunnels_then_another_opens() {
     let mesh = Mesh::start().await;
     let app = echo_app().await;
-    let pool = mesh.pool();
+    let pool = mesh.pool_spreading(1);
     let mut held = Vec::new();
     for _ in 0..=MAX_STREAMS {
         held.push(mesh.open(&pool, app, b"").await.expect("tunnel"));
@@ -67,6 +69,38 @@ async fn a_connection_carries_at_most_max_streams_tunnels_then_another_opens() {
     let tunnel = mesh.open(&pool, app, b"").await.expect("tunnel");
     drop(tunnel);
     assert_eq!(pool.stats().connections_opened, 2);
+}
+
+#[tokio::test]
+async fn concurrent_streams_spread_over_up_to_spread_connections_then_share_the_least_loaded() {
+    let mesh = Mesh::start().await;
+    let app = echo_app().await;
+    let pool = mesh.pool();
+    let spread = weft_mesh::hbone::client::SPREAD_CONNECTIONS;
+    let mut held = Vec::new();
+    for i in 0..spread {
+        held.push(mesh.open(&pool, app, b"").await.expect("tunnel"));
+        // Each tunnel found every connection carrying a stream, so it opened its own.
+        assert_eq!(pool.stats().connections_opened, i as u64 + 1);
+    }
+    // Past the spread, tunnels share: two more per connection, none opened.
+    for _ in 0..2 * spread {
+        held.push(mesh.open(&pool, app, b"").await.expect("tunnel"));
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.connections_opened, spread as u64, "{stats:?}");
+    assert_eq!(stats.streams_open, 3 * spread);
+    // Every held tunnel still carries its bytes, whichever connection it is on.
+    for (i, tunnel) in held.into_iter().enumerate() {
+        let byte = u8::try_from(i).expect("few tunnels");
+        assert_eq!(
+            exchange(&mut as_stream(tunnel).await, &[byte]).await,
+            [byte]
+        );
+    }
+    // A lone tunnel after that rides a pooled connection: idle ones are not multiplied.
+    drop(mesh.open(&pool, app, b"").await.expect("tunnel"));
+    assert_eq!(pool.stats().connections_opened, spread as u64);
 }
 
 #[tokio::test]

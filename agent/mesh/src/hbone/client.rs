@@ -77,7 +77,16 @@ pub struct Pool {
     pub opened: AtomicU64,
     /// Dials refused by the peer and tried again.
     refusals_retried: AtomicU64,
+    /// Most connections per key that busy streams are spread over.
+    spread: usize,
 }
+
+/// Connections per key that concurrent streams are spread over before they share. One
+/// HTTP/2 connection is one task on one core and one TLS session: parallel bulk streams on it
+/// queue behind each other's records. A new tunnel that finds every pooled connection already
+/// carrying a stream opens another, up to this many; past it, tunnels go to the least loaded.
+/// Four covers the agent's workers on most nodes and costs a few TLS sessions per peer pair.
+pub const SPREAD_CONNECTIONS: usize = 4;
 
 /// How long a dial the peer refused waits before trying again. A peer agent refuses for the
 /// moment it restarts (its pod's port 15008 has no listener yet): a tunnel opened then waits
@@ -89,12 +98,19 @@ pub type PoolStats = weft_api::PoolStats;
 
 impl Pool {
     pub fn new(certs: Arc<CertStore>) -> Self {
+        Self::with_spread(certs, SPREAD_CONNECTIONS)
+    }
+
+    /// A pool that spreads concurrent streams over at most `spread` connections per key
+    /// (at least one).
+    pub fn with_spread(certs: Arc<CertStore>, spread: usize) -> Self {
         Self {
             certs,
             connections: Mutex::default(),
             opening: Mutex::default(),
             opened: AtomicU64::new(0),
             refusals_retried: AtomicU64::new(0),
+            spread: spread.max(1),
         }
     }
 
@@ -157,6 +173,10 @@ impl Pool {
         let (slot, response, mut stream) =
             match self.request_pooled(pod, &key, &serial, target).await {
                 Pooled::Opened(opened) => opened,
+                Pooled::Crowded(slot) => {
+                    self.spread_or_share(pod, &key, serial, target, connect_timeout, slot)
+                        .await?
+                }
                 Pooled::Refused => {
                     self.request_on_new(pod, &key, serial, target, connect_timeout)
                         .await?
@@ -207,11 +227,10 @@ impl Pool {
         Ok(send.send_request(request, false)?)
     }
 
-    /// With no connection to reuse: waits (within `connect_timeout`) for any opener of the
-    /// same key ahead of it, takes the connection that one made if it has room, and opens one
-    /// itself otherwise.
-    /// Sends the CONNECT on a pooled connection with room, if there is one. One that refuses
-    /// the stream (the GOAWAY race `open` describes) is marked closed and its slot given back.
+    /// Sends the CONNECT on the least loaded pooled connection with room, if there is one,
+    /// unless every one already carries a stream and the key may have another
+    /// ([`Pooled::Crowded`]). One that refuses the stream (the GOAWAY race `open` describes) is
+    /// marked closed and its slot given back.
     async fn request_pooled(
         &self,
         pod: Source<'_>,
@@ -219,11 +238,23 @@ impl Pool {
         serial: &str,
         target: SocketAddr,
     ) -> Pooled {
-        let Some(connection) = self.checkout(key, serial) else {
+        let Some((connection, crowded)) = self.checkout(key, serial) else {
             return Pooled::NoneFree;
         };
         // The slot is taken at checkout: dropped on failure, it is given back.
         let slot = StreamSlot(connection);
+        if crowded {
+            return Pooled::Crowded(slot);
+        }
+        Self::request_on_slot(pod, key, target, slot).await
+    }
+
+    async fn request_on_slot(
+        pod: Source<'_>,
+        key: &PoolKey,
+        target: SocketAddr,
+        slot: StreamSlot,
+    ) -> Pooled {
         match Self::request(&slot.0, pod, target).await {
             Ok((response, stream)) => Pooled::Opened((slot, response, stream)),
             Err(e) => {
@@ -250,11 +281,49 @@ impl Pool {
         let _turn = tokio::time::timeout(connect_timeout, gate.gate.lock())
             .await
             .map_err(|_| HboneError::TimedOut)?;
-        if let Pooled::Opened(opened) = self.request_pooled(pod, key, &serial, target).await {
+        // Whoever held the gate just made a connection: share it rather than spread again.
+        let pooled = match self.request_pooled(pod, key, &serial, target).await {
+            Pooled::Crowded(slot) => Self::request_on_slot(pod, key, target, slot).await,
+            pooled => pooled,
+        };
+        if let Pooled::Opened(opened) = pooled {
             return Ok(opened);
         }
         let left = connect_timeout.saturating_sub(started.elapsed());
         self.request_on_new(pod, key, serial, target, left).await
+    }
+
+    /// Every pooled connection carries a stream and the key may have another: opens one unless
+    /// an opener for the key is already at work, and shares `slot`'s connection otherwise, or if
+    /// the new one cannot be opened (the tunnel then does not fail for want of a spare).
+    async fn spread_or_share(
+        &self,
+        pod: Source<'_>,
+        key: &PoolKey,
+        serial: String,
+        target: SocketAddr,
+        connect_timeout: std::time::Duration,
+        slot: StreamSlot,
+    ) -> Result<Opened, HboneError> {
+        let gate = OpenerGate::join(self, key);
+        if let Ok(_turn) = gate.gate.try_lock() {
+            match self
+                .request_on_new(pod, key, serial.clone(), target, connect_timeout)
+                .await
+            {
+                Ok(opened) => return Ok(opened),
+                Err(e) => {
+                    tracing::debug!(address = %key.address, error = %e, "could not open another HBONE connection; sharing a pooled one");
+                }
+            }
+        }
+        match Self::request_on_slot(pod, key, target, slot).await {
+            Pooled::Opened(opened) => Ok(opened),
+            _ => {
+                self.request_on_new(pod, key, serial, target, connect_timeout)
+                    .await
+            }
+        }
     }
 
     /// Opens a new pooled connection for `key` and sends the CONNECT on it.
@@ -282,21 +351,25 @@ impl Pool {
         Ok((slot, response, stream))
     }
 
-    fn checkout(&self, key: &PoolKey, serial: &str) -> Option<Arc<Connection>> {
+    /// Takes a stream slot on the least loaded connection of `key` made with `serial` and
+    /// with room. `true` beside it: that connection already carried a stream and the key has
+    /// fewer than `spread` connections, so another may be opened.
+    fn checkout(&self, key: &PoolKey, serial: &str) -> Option<(Arc<Connection>, bool)> {
         let mut connections = self
             .connections
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let list = connections.get_mut(key)?;
         list.retain(|c| !c.closed.load(Ordering::Relaxed));
-        let connection = list
-            .iter()
-            .find(|c| {
-                c.serial == serial && c.streams.load(Ordering::Relaxed) < MAX_STREAMS as usize
-            })?
+        let current = list.iter().filter(|c| c.serial == serial);
+        let connection = current
+            .clone()
+            .filter(|c| c.streams.load(Ordering::Relaxed) < MAX_STREAMS as usize)
+            .min_by_key(|c| c.streams.load(Ordering::Relaxed))?
             .clone();
-        connection.streams.fetch_add(1, Ordering::Relaxed);
-        Some(connection)
+        let carried = connection.streams.fetch_add(1, Ordering::Relaxed);
+        let crowded = carried > 0 && current.count() < self.spread;
+        Some((connection, crowded))
     }
 
     /// Connects to `address`, trying again after [`REFUSED_RETRY_PAUSE`] while it refuses,
@@ -390,6 +463,9 @@ enum Pooled {
     Opened(Opened),
     /// None with room for this key and SVID.
     NoneFree,
+    /// The least loaded has room but carries a stream, and the key may have another
+    /// connection: the slot is taken on it, the CONNECT not yet sent.
+    Crowded(StreamSlot),
     /// One had room but refused the stream: it is marked closed.
     Refused,
 }

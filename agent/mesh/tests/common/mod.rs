@@ -194,6 +194,11 @@ impl Mesh {
         Pool::new(self.certs.clone())
     }
 
+    /// A pool that spreads concurrent streams over at most `spread` connections per peer.
+    pub fn pool_spreading(&self, spread: usize) -> Pool {
+        Pool::with_spread(self.certs.clone(), spread)
+    }
+
     pub fn source(&self) -> Source<'_> {
         Source {
             name: "demo/client",
