@@ -77,7 +77,7 @@ pub struct Pool {
     pub opened: AtomicU64,
     /// Dials refused by the peer and tried again.
     refusals_retried: AtomicU64,
-    /// Most connections per key that busy streams are spread over.
+    /// Most connections per key that concurrent streams are spread over.
     spread: usize,
 }
 
