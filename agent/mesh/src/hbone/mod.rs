@@ -15,10 +15,13 @@ use std::time::Duration;
 /// playground (one tunnel, 2 cores): h2's defaults (64 KiB windows, 16 KiB frames) moved
 /// 0.03 Gbit/s; a 1 MiB stream window 2.55; 4 MiB stream / 16 MiB connection windows with
 /// 16 KiB frames 1.94, and with 64 KiB frames 2.76. The connection window lets several busy
-/// streams share one HTTP/2 connection without starving each other.
+/// streams share one HTTP/2 connection without starving each other. 1 MiB frames (ztunnel's
+/// size) against 64 KiB, in two quick benches each on one machine: one stream 8.57 and 8.67
+/// against 7.50 and 6.76 Gbit/s, both agents' CPU per GiB 1.40 and 1.39 against 1.63 and 1.82
+/// s, peak RSS unchanged (a frame is cut at the copy buffer, 256 KiB, before this bound).
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
+pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
 /// Streams per pooled connection before the pool opens another.
 pub const MAX_STREAMS: u32 = 100;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
